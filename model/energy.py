@@ -1,0 +1,129 @@
+"""AdaptiveEBM: Ψ -> adaptive sparse-coding layer -> energy (Eq. 8); anomaly map |∇ₓE| (Alg. 2).
+
+Energy. For every feature position p the signal z_p is the d·l² volume around it (l = receptive field),
+scaled to unit ℓ2 norm; the dictionary atoms (every position of every support image) are scaled the
+same way. The position energy is e_p = ‖z_p − z'_p‖², z' = D S(z; D) (Eq. 8), and the image energy
+is the mean over positions. Why unit norms: L_cd (Eq. 10) is unbounded below for an unnormalised
+energy (Ψ can scale features up for negatives); with unit signals e_p lies in [0, 1] (0 = explained by
+the normal atoms, 1 = orthogonal to all of them), so L_cd ∈ [−1, 1] and training cannot run away. The
+Du & Mordatch energy-magnitude regulariser is available on top (losses.energy_regularizer).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from model.errors import InputError
+from model.sparse import (
+    SHRINKS,
+    TaskDictionary,
+    feature_volumes,
+    sparse_code,
+    spectral_norm,
+    validate_sparsity,
+)
+
+
+@dataclass(frozen=True)
+class SparseSpec:
+    lam_max: float = 0.9  # first continuation threshold (cosine units, see sparse.py)
+    lam_star: float = 0.1  # last continuation threshold
+    istc_steps: int = 5  # N in Eq. 6
+    shrink: str = "sigshrink"  # sigshrink | hard | none
+    tau: float = 20.0  # SigShrink smoothness (Eq. 9), in 1/cosine units
+    receptive_field: int = 3  # l (Section 3.1.1)
+    normalize: bool = True  # unit-norm signals and atoms (bounded energy)
+
+    def validate(self) -> None:
+        validate_sparsity(self.lam_max, self.lam_star, self.istc_steps, self.tau)
+        if self.shrink not in SHRINKS:
+            raise InputError(f"model.shrink={self.shrink!r}: expected one of {SHRINKS}")
+        if self.receptive_field < 1 or self.receptive_field % 2 == 0:
+            raise InputError(f"model.receptive_field={self.receptive_field}: expected an odd integer >= 1")
+
+
+class AdaptiveEBM(nn.Module):
+    """E_θ(x; D): the only learnt parameters θ are Ψ's; D is built from support images at run time."""
+
+    def __init__(self, backbone: nn.Module, sparse: SparseSpec):
+        super().__init__()
+        sparse.validate()
+        self.backbone = backbone
+        self.sparse = sparse
+
+    # -- features ---------------------------------------------------------------------------
+    def signals(self, images: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int]]:
+        """images (B, C, H, W) -> signals (B, h'·w', m) with m = d·l², and (h', w')."""
+        features = self.backbone(images)  # (B, d, h', w')
+        volumes = feature_volumes(features, self.sparse.receptive_field)  # (B, h'w', d·l²)
+        if self.sparse.normalize:
+            volumes = F.normalize(volumes, dim=-1, eps=1e-6)
+        return volumes, (features.shape[2], features.shape[3])
+
+    def build_dictionary(self, support: torch.Tensor) -> TaskDictionary:
+        """Alg. 2 steps 3-4: support (K, C, H, W) -> D (m, K·h'·w'), every position an atom."""
+        if support.dim() != 4 or support.shape[0] < 1:
+            raise InputError(f"support batch of shape {tuple(support.shape)}: expected (K >= 1, C, H, W)")
+        volumes, _ = self.signals(support)  # (K, h'w', m)
+        atoms = volumes.reshape(-1, volumes.shape[-1]).transpose(0, 1)  # (m, K·h'w')
+        return TaskDictionary(atoms=atoms, scale=spectral_norm(atoms), shots=support.shape[0])
+
+    # -- energy -----------------------------------------------------------------------------
+    def position_energy(self, images: torch.Tensor, dictionary: TaskDictionary) -> torch.Tensor:
+        """Eq. 8 per feature position: images (B, C, H, W) -> e (B, h', w')."""
+        signals, (h, w) = self.signals(images)  # (B, h'w', m)
+        B, P, m = signals.shape
+        if m != dictionary.atoms.shape[0]:
+            raise InputError(f"dictionary atoms have dimension {dictionary.atoms.shape[0]}, signals {m}")
+        flat = signals.reshape(B * P, m)  # (B·h'w', m)
+        spec = self.sparse
+        recon = sparse_code(
+            flat, dictionary.atoms, spec.lam_max, spec.lam_star, spec.istc_steps, spec.shrink, spec.tau,
+            atom_scale=dictionary.scale,
+        )  # (B·h'w', m)
+        return (flat - recon).pow(2).sum(-1).reshape(B, h, w)  # (B, h', w')
+
+    def energy(self, images: torch.Tensor, dictionary: TaskDictionary) -> torch.Tensor:
+        """Image energy = anomaly score: mean position energy, (B,)."""
+        return self.position_energy(images, dictionary).flatten(1).mean(1)
+
+    def forward(self, images: torch.Tensor, dictionary: TaskDictionary) -> torch.Tensor:
+        return self.energy(images, dictionary)
+
+    # -- localisation -----------------------------------------------------------------------
+    def score_and_map(
+        self, images: torch.Tensor, dictionary: TaskDictionary, smooth_sigma: float = 0.0
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Alg. 2 steps 5-6: energies (B,) and anomaly maps |∇ₓE| (B, H, W).
+
+        The gradient is taken per image (energies are independent across the batch, so the gradient
+        of their sum is every image's own gradient), reduced over channels by the mean of |·|, then
+        optionally Gaussian-smoothed with `smooth_sigma` pixels. θ gets no gradient here.
+        """
+        with torch.enable_grad():
+            x = images.detach().clone().requires_grad_(True)
+            energies = self.energy(x, dictionary.detach())
+            (grad,) = torch.autograd.grad(energies.sum(), x)
+        maps = grad.abs().mean(1)  # (B, H, W)
+        if smooth_sigma > 0:
+            maps = gaussian_blur(maps, smooth_sigma)
+        return energies.detach(), maps.detach()
+
+
+def gaussian_blur(maps: torch.Tensor, sigma: float) -> torch.Tensor:
+    """Separable Gaussian blur of (B, H, W) maps with reflect padding."""
+    radius = max(1, int(round(3 * sigma)))
+    offsets = torch.arange(-radius, radius + 1, dtype=maps.dtype, device=maps.device)
+    kernel = torch.exp(-0.5 * (offsets / sigma) ** 2)
+    kernel = kernel / kernel.sum()
+    x = maps.unsqueeze(1)  # (B, 1, H, W)
+    pad_h = min(radius, x.shape[2] - 1)
+    pad_w = min(radius, x.shape[3] - 1)
+    x = F.pad(x, (pad_w, pad_w, 0, 0), mode="reflect")
+    x = F.conv2d(x, kernel[radius - pad_w : radius + pad_w + 1].view(1, 1, 1, -1))  # (B, 1, H, W)
+    x = F.pad(x, (0, 0, pad_h, pad_h), mode="reflect")
+    x = F.conv2d(x, kernel[radius - pad_h : radius + pad_h + 1].view(1, 1, -1, 1))  # (B, 1, H, W)
+    return x.squeeze(1)

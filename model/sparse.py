@@ -1,0 +1,166 @@
+"""Adaptive sparse coding: shrink functions, ISTC with continuation (Eq. 6), receptive-field volumes.
+
+Convention: signals are rows. A batch of feature vectors is Z (n, m); the dictionary is D (m, A) with one
+atom per column; codes are α (n, A); the reconstruction is α Dᵀ (n, m).
+
+Convergence of Eq. 6. Eq. 6 takes a unit gradient step, which is ISTA's step 1/L with L = ‖D‖₂², so it
+converges only when ‖D‖₂ ≤ 1. A dictionary of K·h'·w' correlated atoms has ‖D‖₂ ≫ 1, so we run Eq. 6
+on D̃ = D / ‖D‖₂ (spectral norm exactly 1) with thresholds λ_n / ‖D‖₂ and SigShrink smoothness
+τ·‖D‖₂. Because shrinkage is positively homogeneous, this is ISTA with step 1/‖D‖₂² on the original D, so
+λ keeps the units of Eq. 5: with unit-norm atoms and signals, λ is a cosine similarity, and an atom
+enters the code only once its correlation with the residual exceeds λ. Each step therefore decreases the
+Eq. 5 objective (tested), and λ means the same thing for any shot count K.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from model.errors import InputError
+
+SHRINKS = ("sigshrink", "hard", "none")
+
+
+# ----------------------------------------------------------------------------------------------
+# Shrink functions σ(z, λ)
+
+
+def hard_shrink(z: torch.Tensor, lam: float | torch.Tensor) -> torch.Tensor:
+    """Eq. 7: sgn(z)·ReLU(|z| − λ). (The paper calls this ReLU-like shrink "hard"; it is the
+    soft-threshold proximal operator of λ‖·‖₁, zero gradient wherever |z| < λ.)"""
+    return torch.sign(z) * F.relu(z.abs() - lam)
+
+
+def sig_shrink(z: torch.Tensor, lam: float | torch.Tensor, tau: float | torch.Tensor) -> torch.Tensor:
+    """Eq. 9: z / (1 + exp(−τ(|z| − λ))) = z·sigmoid(τ(|z| − λ)). Derivative
+    s + τ|z|·s(1 − s) with s = sigmoid(·) is > 0 everywhere: no dead gradients."""
+    return z * torch.sigmoid(tau * (z.abs() - lam))
+
+
+def no_shrink(z: torch.Tensor, lam: float | torch.Tensor = 0.0) -> torch.Tensor:
+    """The no-sparsity ablation (Table 4): Eq. 6 without σ, i.e. plain gradient steps on ‖z − Dα‖²."""
+    return z
+
+
+def shrink(z: torch.Tensor, lam, kind: str, tau: float | torch.Tensor = 1.0) -> torch.Tensor:
+    if kind == "sigshrink":
+        return sig_shrink(z, lam, tau)
+    if kind == "hard":
+        return hard_shrink(z, lam)
+    if kind == "none":
+        return no_shrink(z, lam)
+    raise InputError(f"model.shrink={kind!r}: expected one of {SHRINKS}")
+
+
+# ----------------------------------------------------------------------------------------------
+# Continuation schedule and ISTC
+
+
+def continuation_schedule(lam_max: float, lam_star: float, n_steps: int) -> torch.Tensor:
+    """λ_n = λ_max · (λ_max/λ*)^(−n/N) for n = 1..N (Eq. 6): a geometric descent whose last step uses
+    exactly λ*. Returns (N,) float64 so tests can compare to numpy to the last bit."""
+    validate_sparsity(lam_max, lam_star, n_steps)
+    n = torch.arange(1, n_steps + 1, dtype=torch.float64)
+    return lam_max * (lam_max / lam_star) ** (-n / n_steps)
+
+
+def validate_sparsity(lam_max: float, lam_star: float, n_steps: int, tau: float = 1.0) -> None:
+    for name, value in (("lam_max", lam_max), ("lam_star", lam_star), ("tau", tau)):
+        if not math.isfinite(value) or value <= 0:
+            raise InputError(f"model.{name}={value}: expected a finite value > 0")
+    if lam_star > lam_max:
+        raise InputError(f"model.lam_star={lam_star} > model.lam_max={lam_max}: expected lam_star <= lam_max")
+    if int(n_steps) != n_steps or n_steps < 1:
+        raise InputError(f"model.istc_steps={n_steps}: expected an integer >= 1")
+
+
+def spectral_norm(atoms: torch.Tensor) -> torch.Tensor:
+    """‖D‖₂ for D (m, A): sqrt of the top eigenvalue of D Dᵀ (m, m), cheap because m ≪ A.
+    Differentiable (the top eigenvalue of a symmetric matrix)."""
+    gram = atoms @ atoms.transpose(0, 1)  # (m, m)
+    top = torch.linalg.eigvalsh(gram.double())[-1].to(atoms.dtype)
+    return top.clamp_min(1e-12).sqrt()
+
+
+def istc(
+    signals: torch.Tensor,
+    atoms: torch.Tensor,
+    lambdas: torch.Tensor,
+    kind: str = "sigshrink",
+    tau: float = 1.0,
+) -> torch.Tensor:
+    """Eq. 6, literally: α₀ = 0, α_{n+1} = σ(α_n + Dᵀ(z − Dα_n), λ_n).
+
+    signals (n, m); atoms D (m, A), assumed ‖D‖₂ ≤ 1 (see `sparse_code` for the normalisation);
+    lambdas (N,) thresholds in the units of α. Returns codes α (n, A).
+    """
+    lambdas = lambdas.to(device=signals.device, dtype=signals.dtype)
+    codes = signals.new_zeros(signals.shape[0], atoms.shape[1])  # (n, A)
+    for lam in lambdas:
+        residual = signals - codes @ atoms.transpose(0, 1)  # (n, m)
+        codes = shrink(codes + residual @ atoms, lam, kind, tau)  # (n, A)
+    return codes
+
+
+def sparse_code(
+    signals: torch.Tensor,
+    atoms: torch.Tensor,
+    lam_max: float,
+    lam_star: float,
+    n_steps: int,
+    kind: str = "sigshrink",
+    tau: float = 1.0,
+    atom_scale: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Sparse reconstruction z' = D S(z; D) with the convergence-safe normalisation (module doc).
+
+    signals (n, m); atoms (m, A) raw; atom_scale = ‖D‖₂ if precomputed. Returns z' (n, m).
+    """
+    scale = spectral_norm(atoms) if atom_scale is None else atom_scale
+    unit_atoms = atoms / scale  # (m, A), ‖·‖₂ = 1
+    lambdas = continuation_schedule(lam_max, lam_star, n_steps).to(signals) / scale
+    codes = istc(signals, unit_atoms, lambdas, kind, tau * scale)  # (n, A)
+    return codes @ unit_atoms.transpose(0, 1)  # (n, m)
+
+
+def lasso_objective(signals: torch.Tensor, atoms: torch.Tensor, codes: torch.Tensor, lam: float) -> torch.Tensor:
+    """Eq. 5 per signal: ½‖z − Dα‖² + λ‖α‖₁ -> (n,)."""
+    residual = signals - codes @ atoms.transpose(0, 1)  # (n, m)
+    return 0.5 * residual.pow(2).sum(1) + lam * codes.abs().sum(1)
+
+
+# ----------------------------------------------------------------------------------------------
+# Receptive field (Section 3.1.1)
+
+
+def feature_volumes(features: torch.Tensor, receptive_field: int) -> torch.Tensor:
+    """Flatten the d×l×l volume centred on every feature position into one signal (Im2Col).
+
+    features (B, d, h, w) -> volumes (B, h·w, d·l²); zero padding of l//2 keeps h·w positions.
+    l = 1 returns the plain feature vectors, (B, h·w, d).
+    """
+    if receptive_field < 1 or receptive_field % 2 == 0:
+        raise InputError(f"model.receptive_field={receptive_field}: expected an odd integer >= 1")
+    B, d, h, w = features.shape
+    if receptive_field == 1:
+        return features.flatten(2).transpose(1, 2)  # (B, h·w, d)
+    cols = F.unfold(features, receptive_field, padding=receptive_field // 2)  # (B, d·l², h·w)
+    return cols.transpose(1, 2)  # (B, h·w, d·l²)
+
+
+@dataclass
+class TaskDictionary:
+    """D for one task: unit-norm atoms from the K support images and its spectral norm."""
+
+    atoms: torch.Tensor  # (m, K·h'·w'), m = d·l²
+    scale: torch.Tensor  # () ‖atoms‖₂
+    shots: int
+
+    def to(self, device) -> "TaskDictionary":
+        return TaskDictionary(self.atoms.to(device), self.scale.to(device), self.shots)
+
+    def detach(self) -> "TaskDictionary":
+        return TaskDictionary(self.atoms.detach(), self.scale.detach(), self.shots)
