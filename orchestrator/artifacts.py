@@ -1,0 +1,99 @@
+"""Model directories: weights (safetensors), resolved config, metadata. Never unpickles.
+
+A model directory holds
+    model.safetensors   Ψ's weights (ours) or the autoencoder's (maml_ae)
+    config.yaml         the resolved config it was trained with
+    meta.json           method, training categories, held-out categories, episodes, data root
+and, while training, `state.pt` (optimizer + RNG states, read back with weights_only=True).
+"""
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+import yaml
+from safetensors.torch import load_file, save_file
+
+from model.backbone import build_backbone
+from model.energy import AdaptiveEBM
+from model.errors import InputError
+from orchestrator.config import Config, atomic_write_text, config_from_dict, save_config
+
+WEIGHTS = "model.safetensors"
+CONFIG = "config.yaml"
+META = "meta.json"
+STATE = "state.pt"
+
+
+def resolve_device(name: str) -> torch.device:
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise InputError(f"train.device={name!r} but no CUDA device is available; use train.device=cpu")
+    return torch.device(name)
+
+
+def build_model(cfg: Config) -> torch.nn.Module:
+    """The network for cfg.train.method: AdaptiveEBM (ours) or ConvAutoencoder (maml_ae)."""
+    if cfg.train.method == "maml_ae":
+        from model.maml_ae import AESpec, ConvAutoencoder
+
+        depth = min(3, cfg.model.backbone.stride.bit_length() - 1) or 1
+        return ConvAutoencoder(AESpec(width=cfg.maml.width, latent=cfg.maml.latent, depth=depth))
+    backbone = build_backbone(cfg.model.backbone.spec(), cfg.model.backbone.weights or None)
+    return AdaptiveEBM(backbone, cfg.model.sparse_spec())
+
+
+def atomic_save_tensors(tensors: dict[str, torch.Tensor], path: Path) -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        save_file({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def atomic_torch_save(obj: Any, path: Path) -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        torch.save(obj, tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def save_model_dir(out: Path, model: torch.nn.Module, cfg: Config, meta: dict[str, Any]) -> None:
+    """Config and metadata first, weights last: a directory with weights is always complete."""
+    out.mkdir(parents=True, exist_ok=True)
+    save_config(cfg, out / CONFIG)
+    atomic_write_text(out / META, json.dumps(meta, indent=2, sort_keys=True))
+    atomic_save_tensors(model.state_dict(), out / WEIGHTS)
+
+
+def load_model_dir(path: str | Path, device: str | torch.device = "cpu") -> tuple[torch.nn.Module, Config, dict]:
+    path = Path(path)
+    if not path.is_dir():
+        raise InputError(f"model directory {path} does not exist")
+    for name in (WEIGHTS, CONFIG):
+        if not (path / name).is_file():
+            raise InputError(f"model directory {path} has no {name}; expected the output of `fsad train`")
+    try:
+        tree = yaml.safe_load((path / CONFIG).read_text())
+    except yaml.YAMLError as exc:
+        raise InputError(f"config file {path / CONFIG} is not valid YAML") from exc
+    cfg = config_from_dict(tree)
+    meta = json.loads((path / META).read_text()) if (path / META).is_file() else {}
+    model = build_model(cfg)
+    try:
+        state = load_file(str(path / WEIGHTS))
+        model.load_state_dict(state)
+    except Exception as exc:  # noqa: BLE001 - corrupt or mismatched weights are bad input
+        raise InputError(f"weights {path / WEIGHTS} could not be loaded: {type(exc).__name__}: {str(exc).splitlines()[0][:200]}") from exc
+    model.to(device).eval()
+    return model, cfg, meta

@@ -1,0 +1,210 @@
+"""In-process episodic meta-training (Alg. 1) with checkpoints, resume and a non-finite loss guard.
+
+`episode_step` is the pure update rule (one episode -> loss terms); `train` is the loop around it:
+data loading, the episode sampler, Adam, progress bar, periodic atomic checkpoints and `--resume`.
+"""
+from __future__ import annotations
+
+import json
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+from tqdm import tqdm
+
+from model.energy import AdaptiveEBM
+from model.errors import InputError
+from model.langevin import langevin
+from model.losses import contrastive_divergence, energy_regularizer, reconstruction_loss, total_loss
+from orchestrator.artifacts import (
+    META,
+    STATE,
+    WEIGHTS,
+    atomic_torch_save,
+    build_model,
+    resolve_device,
+    save_model_dir,
+)
+from orchestrator.config import Config
+from workers.data import list_categories, load_category
+from workers.episodes import Episode, EpisodeSampler
+
+
+class TrainingDiverged(RuntimeError):
+    """The loss went non-finite; the last good checkpoint is kept."""
+
+
+@dataclass
+class EpisodeResult:
+    loss: torch.Tensor  # () differentiable w.r.t. θ
+    stats: dict[str, float]
+
+
+def episode_step(
+    model: AdaptiveEBM, episode: Episode, cfg: Config, generator: torch.Generator | None, device: torch.device
+) -> EpisodeResult:
+    """Alg. 1 lines 7-9 for one episode: dictionary, Langevin negatives, L = η₀L_rec + η₁L_cd."""
+    support = episode.support.to(device)
+    queries = episode.queries.to(device)
+    corrupted = episode.corrupted.to(device)
+    dictionary = model.build_dictionary(support)  # gradient flows into θ through D too
+    negatives = langevin(
+        lambda x: model.energy(x, dictionary),
+        corrupted,
+        cfg.langevin.steps,
+        cfg.langevin.step_size,
+        cfg.langevin.noise_scale,
+        generator=generator,
+        create_graph=not cfg.train.detach_rec,
+    )  # (M, C, H, W)
+    pos_energy = model.energy(queries, dictionary)  # (M,)
+    # Contrastive divergence treats negatives as samples: no gradient through the chain (Eq. 3).
+    neg_energy = model.energy(negatives.detach(), dictionary)  # (M,)
+    l_cd = contrastive_divergence(pos_energy, neg_energy)
+    l_rec = reconstruction_loss(negatives, queries)
+    reg = energy_regularizer(pos_energy, neg_energy)
+    loss = total_loss(l_rec, l_cd, cfg.train.eta_rec, cfg.train.eta_cd, reg, cfg.train.reg_weight)
+    start_rec = reconstruction_loss(corrupted, queries)
+    stats = {
+        "loss": float(loss.detach()),
+        "l_rec": float(l_rec.detach()),
+        "l_cd": float(l_cd.detach()),
+        "reg": float(reg.detach()),
+        "pos_energy": float(pos_energy.detach().mean()),
+        "neg_energy": float(neg_energy.detach().mean()),
+        "inpaint_gain": float(start_rec - l_rec.detach()),  # > 0: Langevin moved towards the query
+    }
+    return EpisodeResult(loss, stats)
+
+
+def load_normals(root: str | Path, categories: list[str], image_size: int) -> dict[str, torch.Tensor]:
+    """{category: train/good images (N, 3, S, S)}."""
+    normals = {}
+    for category in categories:
+        items = load_category(root, category, image_size, split="train")
+        normals[category] = torch.stack([item.image for item in items])
+    return normals
+
+
+def training_categories(root: str | Path, cfg: Config) -> list[str]:
+    available = list_categories(root)
+    chosen = cfg.data.categories or available
+    for name in list(chosen) + list(cfg.data.exclude):
+        if name not in available:
+            raise InputError(f"category {name!r} not found under {root}; available: {', '.join(available)}")
+    categories = [c for c in chosen if c not in set(cfg.data.exclude)]
+    if not categories:
+        raise InputError(f"no training categories under {root} once {cfg.data.exclude} are held out")
+    return categories
+
+
+def _prepare_out(out: Path, resume: bool) -> None:
+    if out.exists() and not out.is_dir():
+        raise InputError(f"--out {out} exists and is not a directory")
+    if not resume and (out / WEIGHTS).exists():
+        raise InputError(f"--out {out} already holds a trained model; pass --resume to continue or choose another directory")
+    if resume and not (out / STATE).exists():
+        raise InputError(f"--resume: {out} has no {STATE} checkpoint to continue from")
+    out.mkdir(parents=True, exist_ok=True)
+
+
+def train(
+    cfg: Config,
+    data_root: str | Path,
+    out: str | Path,
+    resume: bool = False,
+    progress: bool = True,
+    on_log: Callable[[dict[str, Any]], None] | None = None,
+) -> dict[str, Any]:
+    """Meta-train on every category of `data_root` except cfg.data.exclude; returns a summary."""
+    out = Path(out)
+    data_root = Path(data_root)
+    if not data_root.is_dir():
+        raise InputError(f"data root {data_root} does not exist")
+    _prepare_out(out, resume)
+    device = resolve_device(cfg.train.device)
+    categories = training_categories(data_root, cfg)
+    normals = load_normals(data_root, categories, cfg.data.image_size)
+    sampler = EpisodeSampler(
+        normals, cfg.train.shots, cfg.train.queries, (cfg.inpaint.min_frac, cfg.inpaint.max_frac),
+        cfg.train.augment, cfg.train.seed, exclude=tuple(cfg.data.exclude),
+    )
+    torch.manual_seed(cfg.train.seed)
+    model = build_model(cfg).to(device)
+    is_maml = cfg.train.method == "maml_ae"
+    lr = cfg.maml.outer_lr if is_maml else cfg.train.lr
+    optimizer = torch.optim.Adam(model.parameters(), lr=lr)
+    generator = torch.Generator(device=device).manual_seed(cfg.train.seed + 1)
+    history: list[dict[str, float]] = []
+    start = 0
+    if resume:
+        from safetensors.torch import load_file
+
+        model.load_state_dict(load_file(str(out / WEIGHTS)))
+        state = torch.load(out / STATE, map_location="cpu", weights_only=True)
+        optimizer.load_state_dict(state["optimizer"])
+        sampler.set_state(state["sampler_rng"])
+        generator.set_state(state["langevin_rng"].to(generator.get_state().device))
+        start = int(state["episode"])
+        history = json.loads((out / META).read_text()).get("history", [])[:start]
+    meta = {
+        "method": cfg.train.method,
+        "train_categories": categories,
+        "held_out": list(cfg.data.exclude),
+        "data_root": str(data_root),
+        "image_size": cfg.data.image_size,
+    }
+
+    def checkpoint(episode: int) -> None:
+        meta_now = {**meta, "episodes_done": episode, "history": history}
+        save_model_dir(out, model, cfg, meta_now)
+        atomic_torch_save(
+            {
+                "episode": episode,
+                "optimizer": optimizer.state_dict(),
+                "sampler_rng": sampler.get_state(),
+                "langevin_rng": generator.get_state().cpu(),
+            },
+            out / STATE,
+        )
+
+    model.train()
+    began = time.perf_counter()
+    bar = tqdm(range(start, cfg.train.episodes), initial=start, total=cfg.train.episodes,
+               desc=f"train {cfg.train.method}", disable=not progress, dynamic_ncols=True)
+    for episode_index in bar:
+        episode = sampler.sample()
+        if is_maml:
+            from model.maml_ae import meta_train_step
+
+            stats = meta_train_step(model, optimizer, episode.support.to(device), episode.queries.to(device),
+                                    cfg.maml.inner_steps, cfg.maml.inner_lr)
+            loss_value = stats["loss"]
+        else:
+            result = episode_step(model, episode, cfg, generator, device)
+            stats, loss_value = result.stats, float(result.loss.detach())
+            if math.isfinite(loss_value):
+                optimizer.zero_grad(set_to_none=True)
+                result.loss.backward()
+                if cfg.train.grad_clip > 0:
+                    torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.train.grad_clip)
+                optimizer.step()
+        if not math.isfinite(loss_value):
+            raise TrainingDiverged(
+                f"loss became non-finite at episode {episode_index} ({stats}); the last good checkpoint "
+                f"is in {out}; try a smaller train.lr or langevin.step_size"
+            )
+        record = {"episode": episode_index, "category": episode.category, **{k: round(float(v), 6) for k, v in stats.items()}}
+        history.append(record)
+        bar.set_postfix(loss=f"{loss_value:.4f}")
+        if on_log:
+            on_log(record)
+        if (episode_index + 1) % cfg.train.checkpoint_every == 0:
+            checkpoint(episode_index + 1)
+    checkpoint(cfg.train.episodes)
+    elapsed = time.perf_counter() - began
+    return {"out": str(out), "episodes": cfg.train.episodes, "seconds": elapsed, "categories": categories,
+            "final": history[-1] if history else None}

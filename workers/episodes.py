@@ -1,0 +1,94 @@
+"""Episode sampler (Alg. 1 lines 5-6): one task = one training category; K support + M query normals,
+queries corrupted with a noise patch (learning by inpainting), seeded for reproducibility.
+
+Augmentation (Section 4.1: flips and 90° rotations) is applied per episode by default: the whole task
+(support and queries alike) gets one random dihedral transform, which turns 3 training categories into
+up to 24 distinct tasks without making an upright query look anomalous against a rotated support. With
+`augment="image"` every image draws its own transform (for rotation-invariant textures).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from model.errors import InputError
+from model.inpaint import noise_patch
+
+AUGMENT_MODES = ("none", "episode", "image")
+
+
+def dihedral(images: torch.Tensor, index: int) -> torch.Tensor:
+    """One of the 8 flips/90° rotations of (..., H, W) images: index = 4·flip + rotations."""
+    if index >= 4:
+        images = images.flip(-1)
+    return torch.rot90(images, index % 4, dims=(-2, -1))
+
+
+@dataclass
+class Episode:
+    category: str
+    support: torch.Tensor  # (K, C, S, S) normal images, the task dictionary's source
+    queries: torch.Tensor  # (M, C, S, S) normal images (positives)
+    corrupted: torch.Tensor  # (M, C, S, S) queries with a noise patch (Langevin starts)
+    patch_mask: torch.Tensor  # (M, S, S) bool, where the noise patch is
+    support_index: list[int]  # indices into the category's normal images
+    query_index: list[int]
+
+
+class EpisodeSampler:
+    """Draws episodes from {category: normal images (N, C, S, S)}; held-out categories never enter."""
+
+    def __init__(
+        self,
+        normals: dict[str, torch.Tensor],
+        shots: int,
+        queries: int,
+        patch_frac: tuple[float, float] = (0.1, 0.3),
+        augment: str = "episode",
+        seed: int = 0,
+        exclude: tuple[str, ...] = (),
+    ):
+        if shots < 1:
+            raise InputError(f"train.shots={shots}: expected K >= 1")
+        if queries < 1:
+            raise InputError(f"train.queries={queries}: expected M >= 1")
+        if augment not in AUGMENT_MODES:
+            raise InputError(f"train.augment={augment!r}: expected one of {AUGMENT_MODES}")
+        self.normals = {c: x for c, x in normals.items() if c not in set(exclude)}
+        if not self.normals:
+            raise InputError("no training categories left after excluding the held-out ones")
+        for category, images in self.normals.items():
+            if images.shape[0] < shots + queries:
+                raise InputError(
+                    f"category {category!r} has {images.shape[0]} normal images; an episode needs "
+                    f"K + M = {shots + queries}"
+                )
+        self.categories = sorted(self.normals)
+        self.shots, self.queries = shots, queries
+        self.patch_frac = patch_frac
+        self.augment = augment
+        self.generator = torch.Generator().manual_seed(seed)
+
+    def get_state(self) -> torch.Tensor:
+        return self.generator.get_state()
+
+    def set_state(self, state: torch.Tensor) -> None:
+        self.generator.set_state(state)
+
+    def sample(self) -> Episode:
+        g = self.generator
+        category = self.categories[int(torch.randint(len(self.categories), (1,), generator=g))]
+        images = self.normals[category]
+        order = torch.randperm(images.shape[0], generator=g)[: self.shots + self.queries].tolist()
+        support_index, query_index = order[: self.shots], order[self.shots :]
+        support, queries = images[support_index], images[query_index]
+        if self.augment == "episode":
+            t = int(torch.randint(8, (1,), generator=g))
+            support, queries = dihedral(support, t), dihedral(queries, t)
+        elif self.augment == "image":
+            ts = torch.randint(8, (self.shots + self.queries,), generator=g).tolist()
+            support = torch.stack([dihedral(x, t) for x, t in zip(support, ts[: self.shots])])
+            queries = torch.stack([dihedral(x, t) for x, t in zip(queries, ts[self.shots :])])
+        corrupted, patch_mask = noise_patch(queries, *self.patch_frac, generator=g)
+        return Episode(category, support, queries, corrupted, patch_mask, support_index, query_index)
