@@ -1,0 +1,106 @@
+"""kNN baseline (PatchCore without coreset subsampling) on the features Ψ of a trained model.
+
+Adaptation stores every feature position of the K support images as one row of a memory bank; a
+query position scores its Euclidean distance to the nearest bank row, an image scores its largest
+position distance (PatchCore's image score). Features are the same receptive-field volumes the EBM
+codes (`model.sparse.feature_volumes`), scaled to unit ℓ2 norm as in the EBM, so distances lie in
+[0, 2] and the two methods compare on equal features.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from model.energy import gaussian_blur
+from model.errors import InputError
+from model.sparse import feature_volumes
+
+DEFAULT_CHUNK_BYTES = 256 * 2**20  # upper bound on one distance block
+
+
+def nearest_distances(
+    queries: torch.Tensor, bank: torch.Tensor, max_chunk_bytes: int = DEFAULT_CHUNK_BYTES
+) -> torch.Tensor:
+    """Euclidean distance from every query row to its nearest bank row: queries (n, m), bank (N, m) -> (n,).
+
+    Distances are computed in blocks of at most `max_chunk_bytes` (query chunks × bank chunks with a
+    running minimum), so memory stays bounded for any n and N. torch.cdist's matmul path finds the
+    neighbour fast but loses precision near 0 (‖q‖² + ‖b‖² − 2q·b cancels, and sqrt amplifies the
+    error), so the winning distance is recomputed exactly from the difference vector: a query equal
+    to a bank row gets exactly 0.
+    """
+    if queries.dim() != 2 or bank.dim() != 2 or queries.shape[1] != bank.shape[1]:
+        raise InputError(
+            f"nearest_distances: queries {tuple(queries.shape)} and bank {tuple(bank.shape)}: expected (n, m) and (N, m)"
+        )
+    if bank.shape[0] < 1:
+        raise InputError("nearest_distances: the memory bank is empty")
+    if max_chunk_bytes < 1:
+        raise InputError(f"nearest_distances: max_chunk_bytes={max_chunk_bytes}: expected >= 1")
+    bank = bank.to(device=queries.device, dtype=queries.dtype)
+    n, N = queries.shape[0], bank.shape[0]
+    max_elems = max(1, max_chunk_bytes // queries.element_size())
+    bank_rows = min(N, max_elems)  # a whole bank per block when it fits the budget
+    query_rows = max(1, max_elems // bank_rows)
+    out = queries.new_empty(n)
+    for q0 in range(0, n, query_rows):
+        q = queries[q0 : q0 + query_rows]  # (rq, m)
+        best = torch.full((q.shape[0],), math.inf, dtype=q.dtype, device=q.device)  # (rq,)
+        best_idx = torch.zeros(q.shape[0], dtype=torch.long, device=q.device)  # (rq,)
+        for b0 in range(0, N, bank_rows):
+            block = torch.cdist(q, bank[b0 : b0 + bank_rows])  # (rq, rb)
+            value, idx = block.min(dim=1)  # (rq,), (rq,)
+            better = value < best
+            best = torch.where(better, value, best)
+            best_idx = torch.where(better, idx + b0, best_idx)
+        out[q0 : q0 + q.shape[0]] = (q - bank[best_idx]).norm(dim=1)  # exact distance, (rq,)
+    return out
+
+
+class KnnScorer:
+    """Memory-bank kNN anomaly scorer on a (frozen) backbone Ψ: (B, 3, H, W) -> (B, d, h', w')."""
+
+    def __init__(self, backbone: nn.Module, receptive_field: int = 1, smooth_sigma: float = 0.0,
+                 max_chunk_bytes: int = DEFAULT_CHUNK_BYTES):
+        if int(receptive_field) != receptive_field or receptive_field < 1 or receptive_field % 2 == 0:
+            raise InputError(f"knn.receptive_field={receptive_field}: expected an odd integer >= 1")
+        if not math.isfinite(smooth_sigma) or smooth_sigma < 0:
+            raise InputError(f"knn.smooth_sigma={smooth_sigma}: expected a finite value >= 0")
+        self.backbone = backbone
+        self.receptive_field = int(receptive_field)
+        self.smooth_sigma = float(smooth_sigma)
+        self.max_chunk_bytes = int(max_chunk_bytes)
+
+    def _signals(self, images: torch.Tensor, what: str) -> tuple[torch.Tensor, tuple[int, int]]:
+        """images (B, C, H, W) -> unit-norm volumes (B, h'·w', m) and (h', w')."""
+        if images.dim() != 4 or images.shape[0] < 1:
+            raise InputError(f"{what} batch of shape {tuple(images.shape)}: expected (B >= 1, C, H, W)")
+        features = self.backbone(images)  # (B, d, h', w')
+        volumes = feature_volumes(features, self.receptive_field)  # (B, h'w', m), m = d·l²
+        return F.normalize(volumes, dim=-1, eps=1e-6), (features.shape[2], features.shape[3])
+
+    @torch.no_grad()
+    def adapt(self, support: torch.Tensor) -> torch.Tensor:
+        """support (K, C, H, W) -> memory bank (K·h'·w', m), one unit-norm row per support position."""
+        volumes, _ = self._signals(support, "support")  # (K, h'w', m)
+        return volumes.reshape(-1, volumes.shape[-1])  # (K·h'w', m)
+
+    @torch.no_grad()
+    def score(self, images: torch.Tensor, bank: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """images (B, C, H, W), bank (N, m) -> scores (B,) = max position distance, maps (B, H, W)."""
+        volumes, (h, w) = self._signals(images, "query")  # (B, h'w', m)
+        B, P, m = volumes.shape
+        if bank.dim() != 2 or bank.shape[1] != m:
+            raise InputError(f"memory bank of shape {tuple(bank.shape)}: expected (N, {m}) for these features")
+        flat = volumes.reshape(B * P, m)  # (B·h'w', m)
+        dist = nearest_distances(flat, bank, self.max_chunk_bytes).reshape(B, h, w)  # (B, h', w')
+        scores = dist.flatten(1).amax(1)  # (B,)
+        maps = F.interpolate(
+            dist.unsqueeze(1), size=images.shape[-2:], mode="bilinear", align_corners=False
+        ).squeeze(1)  # (B, 1, H, W) -> (B, H, W)
+        if self.smooth_sigma > 0:
+            maps = gaussian_blur(maps, self.smooth_sigma)
+        return scores, maps

@@ -1,0 +1,221 @@
+"""Tests for the baselines: kNN memory bank (model/knn.py) and MAML-AE (model/maml_ae.py)."""
+
+import copy
+
+import numpy as np
+import pytest
+import torch
+
+from model.backbone import BackboneSpec, build_backbone
+from model.errors import InputError
+from model.knn import KnnScorer, nearest_distances
+from model.maml_ae import (
+    AESpec,
+    ConvAutoencoder,
+    MamlAEScorer,
+    adapt,
+    meta_train_step,
+    reconstruction_loss,
+    score,
+)
+
+SIZE = 32
+
+
+def _images(n, seed, size=SIZE):
+    """Smooth random images in [0, 1]: low-res noise upsampled, so they look like textures."""
+    g = torch.Generator().manual_seed(seed)
+    low = torch.rand(n, 3, size // 4, size // 4, generator=g)  # (n, 3, s/4, s/4)
+    return torch.nn.functional.interpolate(low, size=(size, size), mode="bilinear", align_corners=False)
+
+
+# --------------------------------------------------------------------------------------------------
+# kNN
+# --------------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def backbone():
+    torch.manual_seed(0)
+    net = build_backbone(BackboneSpec(width=8, depth=2, stride=4, out_dim=16, max_width=32))
+    return net.eval()
+
+
+def test_knn_bank_shape(backbone):
+    support = _images(3, seed=1)
+    for l in (1, 3):
+        bank = KnnScorer(backbone, receptive_field=l).adapt(support)
+        h = SIZE // 4
+        assert bank.shape == (3 * h * h, 16 * l * l)
+        torch.testing.assert_close(bank.norm(dim=1), torch.ones(bank.shape[0]))
+        assert not bank.requires_grad
+
+
+def test_knn_identical_query_scores_zero(backbone):
+    support = _images(3, seed=2)
+    scorer = KnnScorer(backbone, receptive_field=3, smooth_sigma=1.0)
+    bank = scorer.adapt(support)
+    scores, maps = scorer.score(support[1:2], bank)
+    assert scores.shape == (1,) and maps.shape == (1, SIZE, SIZE)
+    assert scores.item() < 1e-5
+    assert maps.abs().max().item() < 1e-5
+
+
+def test_knn_pasted_patch_is_localised(backbone):
+    support = _images(4, seed=3)
+    scorer = KnnScorer(backbone, receptive_field=1)
+    bank = scorer.adapt(support)
+    defect = support[0:1].clone()
+    defect[:, :, 8:16, 16:24] = 1.0  # bright 8x8 patch
+    mask = torch.zeros(SIZE, SIZE, dtype=torch.bool)
+    mask[8:16, 16:24] = True
+    scores, maps = scorer.score(torch.cat([support[0:1], defect]), bank)
+    assert scores[1] > scores[0] + 0.05
+    assert maps[1][mask].mean() > 2 * maps[1][~mask].mean()
+
+
+def test_nearest_distances_chunked_matches_numpy():
+    rng = np.random.default_rng(0)
+    q = rng.normal(size=(53, 7)).astype(np.float32)
+    b = rng.normal(size=(41, 7)).astype(np.float32)
+    ref = np.sqrt(((q[:, None, :] - b[None, :, :]) ** 2).sum(-1)).min(1)  # (53,)
+    qt, bt = torch.from_numpy(q), torch.from_numpy(b)
+    # 4 bytes per float: budgets of 1 element, a few bank rows, whole bank × few queries, unlimited
+    for budget in (1, 4 * 5, 4 * 41 * 3, 2**30):
+        got = nearest_distances(qt, bt, max_chunk_bytes=budget).numpy()
+        np.testing.assert_allclose(got, ref, rtol=1e-5, atol=1e-6)
+    # a query equal to a bank row gets exactly 0 (exact recomputation, no cdist cancellation)
+    assert nearest_distances(bt[5:6], bt).item() == 0.0
+
+
+def test_knn_rejects_bad_input(backbone):
+    with pytest.raises(InputError):
+        KnnScorer(backbone, receptive_field=2)
+    with pytest.raises(InputError):
+        KnnScorer(backbone, smooth_sigma=-1.0)
+    scorer = KnnScorer(backbone)
+    with pytest.raises(InputError):
+        scorer.score(_images(1, seed=0), torch.zeros(5, 3))
+    with pytest.raises(InputError):
+        scorer.adapt(torch.zeros(3, SIZE, SIZE))
+
+
+# --------------------------------------------------------------------------------------------------
+# MAML-AE
+# --------------------------------------------------------------------------------------------------
+
+SPEC = AESpec(width=8, latent=16, depth=2)
+
+
+@pytest.fixture
+def ae():
+    torch.manual_seed(0)
+    return ConvAutoencoder(SPEC)
+
+
+def _state(module):
+    return {k: v.detach().clone() for k, v in module.named_parameters()}
+
+
+def test_autoencoder_shapes_and_range(ae):
+    x = _images(2, seed=0)
+    y = ae(x)
+    assert y.shape == x.shape
+    assert (y > 0).all() and (y < 1).all()
+    with pytest.raises(InputError):
+        ae(torch.rand(1, 3, 30, 32))  # 30 not divisible by 2**2
+    with pytest.raises(InputError):
+        ae(torch.rand(1, 2, 32, 32))
+
+
+def test_adapt_zero_steps_returns_original(ae):
+    params = adapt(ae, _images(2, seed=1), steps=0, lr=0.1)
+    for name, p in ae.named_parameters():
+        torch.testing.assert_close(params[name], p.detach(), rtol=0, atol=0)
+        assert params[name].data_ptr() != p.data_ptr()  # a copy: later optimiser steps can't alias it
+
+
+def test_adapt_lowers_support_loss_and_leaves_ae_alone(ae):
+    support = _images(3, seed=2)
+    before = _state(ae)
+    params = adapt(ae, support, steps=5, lr=0.5)
+    original = {k: v.detach() for k, v in ae.named_parameters()}
+    with torch.no_grad():
+        assert reconstruction_loss(ae, params, support) < reconstruction_loss(ae, original, support)
+    for name, p in ae.named_parameters():
+        torch.testing.assert_close(p.detach(), before[name], rtol=0, atol=0)
+        assert p.grad is None
+
+
+def test_adapt_works_under_no_grad(ae):
+    with torch.no_grad():
+        params = adapt(ae, _images(2, seed=3), steps=1, lr=0.1)
+    assert any(not torch.equal(params[n], p) for n, p in ae.named_parameters())
+
+
+def test_fomaml_gradient_matches_manual(ae):
+    support, queries = _images(3, seed=4), _images(2, seed=5)
+    steps, inner_lr, outer_lr = 2, 0.3, 0.01
+
+    # manual: plain SGD on a copy, then the query-loss gradient at the adapted weights
+    manual = copy.deepcopy(ae)
+    inner = torch.optim.SGD(manual.parameters(), lr=inner_lr)
+    for _ in range(steps):
+        inner.zero_grad()
+        torch.nn.functional.mse_loss(manual(support), support).backward()
+        inner.step()
+    manual.zero_grad()
+    query_loss = torch.nn.functional.mse_loss(manual(queries), queries)
+    query_loss.backward()
+    expected = {n: ae_p.detach() - outer_lr * p.grad for (n, ae_p), p in zip(ae.named_parameters(), manual.parameters())}
+
+    out = meta_train_step(ae, torch.optim.SGD(ae.parameters(), lr=outer_lr), support, queries, steps, inner_lr)
+    assert out["loss"] == pytest.approx(query_loss.item(), rel=1e-5)
+    for name, p in ae.named_parameters():
+        torch.testing.assert_close(p.detach(), expected[name], rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(p.grad, next(q.grad for n, q in manual.named_parameters() if n == name))
+
+
+def test_meta_train_step_reduces_query_loss(ae):
+    support, queries = _images(4, seed=6), _images(4, seed=7)
+    before = _state(ae)
+    optimizer = torch.optim.Adam(ae.parameters(), lr=1e-2)
+    losses = [meta_train_step(ae, optimizer, support, queries, 1, 0.1)["loss"] for _ in range(30)]
+    assert any(not torch.equal(p.detach(), before[n]) for n, p in ae.named_parameters())
+    assert np.mean(losses[-5:]) < 0.7 * np.mean(losses[:3])
+    out = meta_train_step(ae, optimizer, support, queries, 0, 0.1)
+    assert set(out) == {"loss", "support_loss"} and all(np.isfinite(list(out.values())))
+
+
+def test_score_map_is_per_pixel_squared_error(ae):
+    images = _images(2, seed=8)
+    params = adapt(ae, _images(2, seed=9), steps=2, lr=0.2)
+    scores, maps = score(ae, params, images)
+    adapted = copy.deepcopy(ae)
+    adapted.load_state_dict(params)
+    recon = adapted(images).detach().numpy()
+    x = images.numpy()
+    ref = ((recon - x) ** 2).mean(axis=1)  # (B, H, W)
+    np.testing.assert_allclose(maps.numpy(), ref, rtol=1e-5, atol=1e-7)
+    np.testing.assert_allclose(scores.numpy(), ref.reshape(2, -1).mean(1), rtol=1e-5)
+    blurred_scores, blurred = score(ae, params, images, smooth_sigma=1.5)
+    assert blurred.shape == maps.shape
+    torch.testing.assert_close(blurred_scores, scores)
+
+
+def test_scorer_wrapper_and_validation(ae):
+    scorer = MamlAEScorer(ae, inner_steps=1, inner_lr=0.1, smooth_sigma=1.0)
+    params = scorer.adapt(_images(2, seed=10))
+    scores, maps = scorer.score(_images(3, seed=11), params)
+    assert scores.shape == (3,) and maps.shape == (3, SIZE, SIZE)
+    for kwargs in ({"inner_steps": -1, "inner_lr": 0.1}, {"inner_steps": 1, "inner_lr": 0.0},
+                   {"inner_steps": 1.5, "inner_lr": 0.1}):
+        with pytest.raises(InputError):
+            MamlAEScorer(ae, **kwargs)
+    with pytest.raises(InputError):
+        adapt(ae, _images(2, seed=0), steps=1, lr=-1.0)
+    with pytest.raises(InputError):
+        adapt(ae, torch.rand(2, 3, 18, 18), steps=1, lr=0.1)
+    with pytest.raises(InputError):
+        meta_train_step(ae, torch.optim.SGD(ae.parameters(), lr=0.1), _images(2, seed=0),
+                        torch.rand(2, 3, 30, 30), 1, 0.1)
