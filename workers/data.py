@@ -655,3 +655,35 @@ def load_scene(root, scene: str, image_size: int, split: str = "train", every: i
                          path=str(path))
 
     return _parallel(item, jobs)
+
+
+# --------------------------------------------------------------------------------------------------
+# Loose image files (`fsad predict`: a folder of support shots, images to score)
+# --------------------------------------------------------------------------------------------------
+
+
+def image_files(paths: Sequence) -> list[Path]:
+    """Expand files and folders (their image files, sorted) into a list of image paths."""
+    out: list[Path] = []
+    for raw in paths:
+        path = Path(raw)
+        if path.is_dir():
+            found = _image_files(path)
+            if not found:
+                raise InputError(f"folder {path} has no images; expected files ending in {', '.join(IMAGE_EXTENSIONS)}")
+            out.extend(found)
+        elif path.is_file():
+            if path.suffix.lower() not in IMAGE_EXTENSIONS:
+                raise InputError(f"{path} is not an image file; expected one of {', '.join(IMAGE_EXTENSIONS)}")
+            out.append(path)
+        else:
+            raise InputError(f"image path {path} does not exist")
+    return out
+
+
+def load_images(paths: Sequence, image_size: int) -> tuple[torch.Tensor, list[Path]]:
+    """Decode image files/folders to (N, 3, S, S) in [0, 1]; bad files raise InputError naming them."""
+    _check_size(image_size)
+    files = image_files(paths)
+    images = _parallel(lambda p: _load_image(p, image_size)[0], files)
+    return torch.stack(images), files

@@ -1,0 +1,51 @@
+"""`fsad` command line: a registry of verbs, one thin module each under orchestrator/commands/.
+
+Exit codes: 0 ok; 2 bad input (one line on stderr: `fsad: error: ...`); 3 training diverged; 130 interrupted.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+from model.errors import InputError
+
+VERBS = {
+    "train": "orchestrator.commands.train",
+    "evaluate": "orchestrator.commands.evaluate",
+    "predict": "orchestrator.commands.predict",
+    "loo": "orchestrator.commands.loo",
+    "demo": "orchestrator.commands.demo",
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="fsad", description="Few-shot fast-adaptive anomaly detection")
+    sub = parser.add_subparsers(dest="verb", required=True, metavar="VERB")
+    for verb, module_name in VERBS.items():
+        module = importlib.import_module(module_name)
+        p = sub.add_parser(verb, help=module.HELP, description=module.HELP)
+        module.add_arguments(p)
+        p.set_defaults(run=module.run)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    from orchestrator.train import TrainingDiverged
+
+    try:
+        return int(args.run(args) or 0)
+    except InputError as exc:
+        print(f"fsad: error: {exc}", file=sys.stderr)
+        return 2
+    except TrainingDiverged as exc:
+        print(f"fsad: training diverged: {exc}", file=sys.stderr)
+        return 3
+    except KeyboardInterrupt:
+        print("fsad: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

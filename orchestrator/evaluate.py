@@ -1,0 +1,196 @@
+"""Evaluation (Alg. 2 and the Section 4.1 protocol): adapt to the target category with K random normal
+training images, score the whole test set, repeat for S support draws, report mean ± std.
+
+Every method is a scorer with `adapt(support) -> state` and `score(images, state) -> (scores (B,),
+maps (B, H, W))`; `make_scorer` builds ours / knn / maml_ae from a model directory.
+"""
+from __future__ import annotations
+
+import json
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from model import metrics
+from model.energy import AdaptiveEBM
+from model.errors import InputError
+from orchestrator.artifacts import load_model_dir, resolve_device
+from orchestrator.config import Config, atomic_write_text
+from workers.data import load_category, stack_items
+from workers.episodes import dihedral
+
+METRIC_NAMES = ("image_auroc", "pixel_auroc", "pro", "miou")
+
+
+class Scorer(Protocol):
+    def adapt(self, support: torch.Tensor) -> Any: ...
+
+    def score(self, images: torch.Tensor, state: Any) -> tuple[torch.Tensor, torch.Tensor]: ...
+
+
+class OursScorer:
+    """The adaptive EBM: state = the task dictionary built from the shots."""
+
+    def __init__(self, model: AdaptiveEBM, smooth_sigma: float = 0.0, augment_support: bool = False):
+        self.model, self.smooth_sigma, self.augment_support = model, smooth_sigma, augment_support
+
+    def adapt(self, support: torch.Tensor):
+        if self.augment_support:
+            support = torch.cat([dihedral(support, t) for t in range(8)])  # (8K, C, H, W)
+        with torch.no_grad():
+            return self.model.build_dictionary(support)
+
+    def score(self, images: torch.Tensor, dictionary) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.model.score_and_map(images, dictionary, self.smooth_sigma)
+
+
+def make_scorer(method: str, model: torch.nn.Module, cfg: Config, augment_support: bool | None = None) -> Scorer:
+    trained = cfg.train.method
+    sigma = cfg.model.map_smooth_sigma
+    augment = cfg.eval.augment_support if augment_support is None else augment_support
+    if method == "ours":
+        if trained != "ours":
+            raise InputError(f"--method ours needs a model trained with method ours; this one is {trained}")
+        return OursScorer(model, sigma, augment)
+    if method == "knn":
+        if trained != "ours":
+            raise InputError(f"--method knn uses the backbone of an `ours` model; this one is {trained}")
+        from model.knn import KnnScorer
+
+        return KnnScorer(model.backbone, receptive_field=1, smooth_sigma=sigma)
+    if method == "maml_ae":
+        if trained != "maml_ae":
+            raise InputError(f"--method maml_ae needs a model trained with --method maml_ae; this one is {trained}")
+        from model.maml_ae import MamlAEScorer
+
+        return MamlAEScorer(model, cfg.maml.inner_steps, cfg.maml.inner_lr, smooth_sigma=sigma)
+    raise InputError(f"--method {method!r}: expected ours, knn or maml_ae")
+
+
+def score_batches(scorer: Scorer, state: Any, images: torch.Tensor, batch_size: int, device: torch.device,
+                  progress: bool = False, desc: str = "score") -> tuple[torch.Tensor, torch.Tensor]:
+    scores, maps = [], []
+    starts = range(0, images.shape[0], batch_size)
+    for start in tqdm(starts, desc=desc, disable=not progress, leave=False, dynamic_ncols=True):
+        s, m = scorer.score(images[start : start + batch_size].to(device), state)
+        scores.append(s.detach().cpu())
+        maps.append(m.detach().cpu())
+    return torch.cat(scores), torch.cat(maps)
+
+
+@dataclass
+class TestSet:
+    category: str
+    support_pool: torch.Tensor  # (N_train, 3, S, S) normal training images
+    images: torch.Tensor  # (N_test, 3, S, S)
+    masks: torch.Tensor | None  # (N_test, S, S)
+    labels: torch.Tensor  # (N_test,)
+    paths: list[str]
+
+
+def load_test_set(root: str | Path, category: str, image_size: int) -> TestSet:
+    train_items = load_category(root, category, image_size, split="train")
+    test_items = load_category(root, category, image_size, split="test")
+    images, masks, labels = stack_items(test_items)
+    if labels.min() == labels.max():
+        raise InputError(f"category {category!r} test set has only {'anomalous' if labels[0] else 'normal'} images; "
+                         "expected both normal and anomalous test images")
+    return TestSet(category, torch.stack([it.image for it in train_items]), images, masks, labels,
+                   [it.path for it in test_items])
+
+
+def support_draws(pool_size: int, shots: int, draws: int, seed: int, category: str) -> list[list[int]]:
+    """The S support draws: K distinct indices into train/good each, reproducible from the seed."""
+    if shots < 1:
+        raise InputError(f"--shots {shots}: expected K >= 1")
+    if draws < 1:
+        raise InputError(f"--seeds {draws}: expected at least one support draw")
+    if shots > pool_size:
+        raise InputError(f"--shots {shots} is larger than the {pool_size} normal training images of {category!r}")
+    out = []
+    for draw in range(draws):
+        g = torch.Generator().manual_seed(seed * 1000 + draw)
+        out.append(sorted(torch.randperm(pool_size, generator=g)[:shots].tolist()))
+    return out
+
+
+def draw_metrics(scores: torch.Tensor, maps: torch.Tensor, test: TestSet) -> dict[str, float | None]:
+    anomalous = test.labels.bool()
+    result: dict[str, float | None] = {
+        "image_auroc": metrics.image_auroc(scores, test.labels),
+        # Table 4's third column: mean anomalous minus mean normal image energy
+        "score_gap": float(scores[anomalous].mean() - scores[~anomalous].mean()),
+    }
+    has_pixels = test.masks is not None and bool(test.masks.any())
+    if has_pixels:
+        result["pixel_auroc"] = metrics.pixel_auroc(maps, test.masks)
+        result["pro"] = metrics.pro_score(maps, test.masks)
+        best = metrics.miou(maps, test.masks)
+        result["miou"] = best[0] if best else None
+    else:
+        result.update(pixel_auroc=None, pro=None, miou=None)
+    return result
+
+
+def evaluate_scorer(scorer: Scorer, test: TestSet, shots: int, draws: int, seed: int, batch_size: int,
+                    device: torch.device, progress: bool = True) -> dict[str, Any]:
+    """Run the protocol; returns summaries, per-draw metrics, timings and the first draw's outputs."""
+    per_draw, first = [], None
+    adapt_seconds = []
+    for draw, index in enumerate(support_draws(test.support_pool.shape[0], shots, draws, seed, test.category)):
+        t0 = time.perf_counter()
+        state = scorer.adapt(test.support_pool[index].to(device))
+        adapt_seconds.append(time.perf_counter() - t0)
+        scores, maps = score_batches(scorer, state, test.images, batch_size, device, progress,
+                                     desc=f"{test.category} K={shots} draw {draw + 1}/{draws}")
+        if not (torch.isfinite(scores).all() and torch.isfinite(maps).all()):
+            raise RuntimeError(f"non-finite anomaly scores on {test.category} draw {draw}")
+        per_draw.append({"draw": draw, "support": index, **draw_metrics(scores, maps, test)})
+        if first is None:
+            first = {"scores": scores, "maps": maps, "support": index}
+    summary = {name: metrics.summarize([d[name] for d in per_draw]) for name in METRIC_NAMES + ("score_gap",)}
+    return {**summary, "draws": per_draw, "adapt_seconds": float(np.mean(adapt_seconds)), "first": first}
+
+
+def evaluate(model_dir: str | Path, data_root: str | Path, category: str, shots: int, draws: int, out: str | Path,
+             method: str = "ours", seed: int | None = None, progress: bool = True,
+             overlays: int | None = None) -> dict[str, Any]:
+    """`fsad evaluate`: writes out/metrics.json and overlay PNGs; returns the metrics dict."""
+    from orchestrator.plots import write_overlays
+
+    model, cfg, meta = load_model_dir(model_dir)
+    device = resolve_device(cfg.train.device)
+    model.to(device)
+    if category in meta.get("train_categories", []):
+        raise InputError(f"category {category!r} was seen in training by {model_dir}; "
+                         "leave-one-out evaluation needs a held-out category")
+    test = load_test_set(data_root, category, cfg.data.image_size)
+    scorer = make_scorer(method, model, cfg)
+    seed = cfg.eval.seed if seed is None else seed
+    result = evaluate_scorer(scorer, test, shots, draws, seed, cfg.eval.batch_size, device, progress)
+    first = result.pop("first")
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    record = {
+        **{name: result[name] for name in METRIC_NAMES}, "score_gap": result["score_gap"],
+        "method": method, "category": category, "shots": shots, "draws": draws, "seed": seed,
+        "per_draw": result["draws"], "adapt_seconds": result["adapt_seconds"],
+        "model": str(model_dir), "n_test": int(test.labels.numel()),
+        "n_anomalous": int(test.labels.sum()),
+    }
+    n_overlays = cfg.eval.overlays if overlays is None else overlays
+    record["overlays"] = write_overlays(out / "overlays", test, first["maps"], first["scores"], n_overlays)
+    atomic_write_text(out / "metrics.json", json.dumps(record, indent=2))
+    return record
+
+
+def format_metric(summary: dict | None) -> str:
+    if not summary or summary.get("mean") is None or (isinstance(summary["mean"], float) and math.isnan(summary["mean"])):
+        return "n/a"
+    return f"{summary['mean']:.3f} ± {summary['std']:.3f}"
