@@ -165,6 +165,12 @@ def _coerce(value: Any, hint: Any, key: str) -> Any:
         if isinstance(value, bool):
             return value
         raise InputError(f"config {key}={value!r}: expected true or false")
+    if isinstance(value, str) and hint in (int, float):
+        # YAML 1.1 reads "1e-3" and "nan" as strings; accept any number Python can parse
+        try:
+            value = float(value) if hint is float else int(value)
+        except ValueError:
+            raise InputError(f"config {key}={value!r}: expected {'a number' if hint is float else 'an integer'}") from None
     if hint is int:
         if isinstance(value, bool) or not isinstance(value, int):
             if isinstance(value, float) and value.is_integer():
