@@ -108,7 +108,8 @@ def _prepare_out(out: Path, resume: bool) -> None:
         raise InputError(f"--out {out} already holds a trained model; pass --resume to continue or choose another directory")
     if resume and not (out / STATE).exists():
         raise InputError(f"--resume: {out} has no {STATE} checkpoint to continue from")
-    out.mkdir(parents=True, exist_ok=True)
+    # The directory itself is created by the first checkpoint (save_model_dir), so bad data found
+    # later leaves no empty --out behind.
 
 
 def train(

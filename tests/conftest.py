@@ -1,0 +1,131 @@
+"""Shared fixtures: the real data in ../shared (read-only), small copies of it, tiny CLI budgets.
+
+The real benchmark lives beside the clone at ../shared/data/fsad-real (CI checks ../shared out next to
+the repository). It is never modified and never copied into the repository: tests that plant bad
+files do so in a copy under tmp_path.
+"""
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+REAL_ROOT = REPO.parent / "shared" / "data" / "fsad-real"
+IMAGE_EXTENSIONS = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff"}
+
+# The categories of the small copy (grey and RGB); HELD_OUT is the target category of CLI tests.
+SMALL_CATEGORIES = ("juice_bottle", "kolektor", "tire")
+HELD_OUT = "tire"
+N_TRAIN, N_TEST_GOOD, N_ANOMALOUS = 12, 4, 4
+
+# Tiny budgets: every CLI run finishes in seconds on 2 CPU cores.
+TINY = {
+    "data.image_size": 32,
+    "train.episodes": 3,
+    "train.shots": 2,
+    "train.queries": 2,
+    "train.checkpoint_every": 2,
+    "model.backbone.width": 8,
+    "model.backbone.out_dim": 8,
+    "langevin.steps": 2,
+    "eval.overlays": 2,
+    "maml.width": 8,
+    "maml.latent": 8,
+    "maml.inner_steps": 2,
+}
+
+
+def tiny_sets(**changes) -> list[str]:
+    """`--set KEY=VALUE ...` arguments for the tiny budget; keyword changes use "__" for ".".
+
+    tiny_sets(train__episodes=4) -> [..., "--set", "train.episodes=4", ...]
+    """
+    values = dict(TINY)
+    values.update({k.replace("__", "."): v for k, v in changes.items()})
+    args: list[str] = []
+    for key, value in values.items():
+        args += ["--set", f"{key}={value}"]
+    return args
+
+
+def image_files(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)
+
+
+def copy_small(src_root: Path, dst_root: Path, categories=SMALL_CATEGORIES, n_train: int = N_TRAIN,
+               n_test_good: int = N_TEST_GOOD, n_anomalous: int = N_ANOMALOUS) -> Path:
+    """Copy a few images of each category (MVTec layout, masks included) from src_root to dst_root.
+
+    Anomalous images are taken in defect-type order (first type first) until n_anomalous are copied;
+    every copied anomalous image brings its ground-truth mask.
+    """
+    for category in categories:
+        src, dst = src_root / category, dst_root / category
+        for rel, n in (("train/good", n_train), ("test/good", n_test_good)):
+            (dst / rel).mkdir(parents=True, exist_ok=True)
+            for f in image_files(src / rel)[:n]:
+                shutil.copy2(f, dst / rel / f.name)
+        left = n_anomalous
+        for defect in sorted(p.name for p in (src / "test").iterdir() if p.is_dir() and p.name != "good"):
+            if left <= 0:
+                break
+            chosen = image_files(src / "test" / defect)[:left]
+            if not chosen:
+                continue
+            (dst / "test" / defect).mkdir(parents=True, exist_ok=True)
+            (dst / "ground_truth" / defect).mkdir(parents=True, exist_ok=True)
+            for f in chosen:
+                shutil.copy2(f, dst / "test" / defect / f.name)
+                mask = src / "ground_truth" / defect / f"{f.stem}_mask.png"
+                shutil.copy2(mask, dst / "ground_truth" / defect / mask.name)
+            left -= len(chosen)
+    return dst_root
+
+
+@pytest.fixture(scope="session")
+def real_root() -> Path:
+    """../shared/data/fsad-real (read-only). Tests that need it are skipped when it is absent."""
+    if not REAL_ROOT.is_dir():
+        pytest.skip(f"real data {REAL_ROOT} is absent (CI checks ../shared out beside the clone)")
+    return REAL_ROOT
+
+
+@pytest.fixture(scope="session")
+def small_real_root(real_root: Path, tmp_path_factory) -> Path:
+    """One small copy for the whole session. Treat as read-only: plant bad files in small_real_copy."""
+    return copy_small(real_root, tmp_path_factory.mktemp("small_real") / "root")
+
+
+@pytest.fixture
+def small_real_copy(small_real_root: Path, tmp_path: Path) -> Path:
+    """A private small copy under tmp_path (12 train/good, 4 test/good, 4 anomalous + masks per
+    category of SMALL_CATEGORIES): free to modify, e.g. to plant corrupt files."""
+    dst = tmp_path / "data"
+    shutil.copytree(small_real_root, dst)
+    return dst
+
+
+@pytest.fixture(scope="session")
+def trained_model(small_real_root: Path, tmp_path_factory) -> Path:
+    """An `ours` model directory trained (tiny budget) on the small copy with HELD_OUT excluded."""
+    from orchestrator.cli import main
+
+    out = tmp_path_factory.mktemp("trained") / "model"
+    code = main(["train", "--data", str(small_real_root), "--exclude", HELD_OUT, "--out", str(out), "--quiet",
+                 *tiny_sets()])
+    assert code == 0
+    return out
+
+
+@pytest.fixture(scope="session")
+def trained_maml(small_real_root: Path, tmp_path_factory) -> Path:
+    """A `maml_ae` model directory trained (tiny budget) on the small copy with HELD_OUT excluded."""
+    from orchestrator.cli import main
+
+    out = tmp_path_factory.mktemp("trained_maml") / "model"
+    code = main(["train", "--method", "maml_ae", "--data", str(small_real_root), "--exclude", HELD_OUT,
+                 "--out", str(out), "--quiet", *tiny_sets()])
+    assert code == 0
+    return out

@@ -1,0 +1,502 @@
+"""The `fsad` command line end to end on real images (a small copy of ../shared/data/fsad-real).
+
+Most runs call `orchestrator.cli.main([...])` in-process (it returns the exit code); a few run the
+console script / `python -m orchestrator.cli` as a subprocess to check the real exit status.
+Bad input must give exit 2, one line on stderr naming the offending file or value, and no partial
+output (no model.safetensors / metrics.json / scores.jsonl, no stray *.tmp files).
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from PIL import Image
+from safetensors.torch import load_file
+
+from orchestrator.cli import VERBS, main
+from tests.conftest import HELD_OUT, REPO, SMALL_CATEGORIES, image_files, tiny_sets
+
+pytestmark = pytest.mark.slow
+
+METRICS = ("image_auroc", "pixel_auroc", "pro", "miou")
+TRAINED_ON = sorted(c for c in SMALL_CATEGORIES if c != HELD_OUT)
+
+
+# --------------------------------------------------------------------------------------------------
+# Helpers
+# --------------------------------------------------------------------------------------------------
+
+
+def cli(capsys, *args) -> tuple[int, str, str]:
+    """Run `fsad ARGS` in-process; -> (exit code, stdout, stderr) of this run only."""
+    capsys.readouterr()
+    code = main([str(a) for a in args])
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+def assert_bad_input(code: int, err: str, *needles) -> str:
+    """Exit 2 and exactly one stderr line `fsad: error: ...` that contains every needle."""
+    assert code == 2, f"expected exit 2, got {code}; stderr: {err!r}"
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert len(lines) == 1, f"expected a single stderr line, got {lines!r}"
+    line = lines[0]
+    assert line.startswith("fsad: error: "), line
+    for needle in needles:
+        assert str(needle) in line, f"{needle!r} not in {line!r}"
+    return line
+
+
+def stray_tmp(*folders: Path) -> list[Path]:
+    found = []
+    for folder in folders:
+        if folder.is_dir():
+            for dirpath, _, filenames in os.walk(folder):
+                found += [Path(dirpath) / f for f in filenames if f.endswith(".tmp") or ".tmp-" in f]
+    return found
+
+
+def assert_no_output(out: Path, *also_clean: Path) -> None:
+    """Nothing was written: --out is absent or empty, and no temporary files were left anywhere."""
+    if out.exists():
+        assert not any(out.iterdir()), f"partial output left in {out}: {sorted(p.name for p in out.iterdir())}"
+    assert not stray_tmp(out, *also_clean), stray_tmp(out, *also_clean)
+
+
+def train_args(data: Path, out: Path, *extra, exclude: str = HELD_OUT, **budget) -> list:
+    return ["train", "--data", data, "--exclude", exclude, "--out", out, "--quiet", *tiny_sets(**budget), *extra]
+
+
+def eval_args(model: Path, data: Path, out: Path, category: str = HELD_OUT, *extra) -> list:
+    return ["evaluate", "--model", model, "--data", data, "--category", category, "--shots", 2, "--seeds", 2,
+            "--out", out, "--quiet", *extra]
+
+
+def check_metrics(out: Path, method: str, n_overlays: int = 2) -> dict:
+    record = json.loads((out / "metrics.json").read_text())
+    assert record["method"] == method and record["category"] == HELD_OUT
+    assert record["shots"] == 2 and record["draws"] == 2 and len(record["per_draw"]) == 2
+    for name in METRICS:
+        summary = record[name]
+        assert isinstance(summary, dict) and {"mean", "std"} <= set(summary), (name, summary)
+        assert 0.0 <= summary["mean"] <= 1.0, (name, summary)
+        assert summary["std"] >= 0.0 and math.isfinite(summary["std"]), (name, summary)
+        for draw in record["per_draw"]:
+            assert 0.0 <= draw[name] <= 1.0, (name, draw)
+    pngs = sorted((out / "overlays").glob("*.png"))
+    assert len(pngs) == n_overlays
+    assert sorted(record["overlays"]) == sorted(str(p) for p in pngs)
+    for png in pngs:
+        with Image.open(png) as im:
+            im.load()
+            assert im.size[0] > 0 and im.size[1] > 0
+    assert not stray_tmp(out)
+    return record
+
+
+def tensors_equal(a: Path, b: Path) -> bool:
+    ta, tb = load_file(str(a)), load_file(str(b))
+    return ta.keys() == tb.keys() and all(torch.equal(ta[k], tb[k]) for k in ta)
+
+
+# --------------------------------------------------------------------------------------------------
+# Help
+# --------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("verb", [None, *VERBS])
+def test_help_exits_zero(verb, capsys):
+    argv = ["--help"] if verb is None else [verb, "--help"]
+    with pytest.raises(SystemExit) as exc:
+        main(argv)
+    assert exc.value.code == 0
+    out = capsys.readouterr().out
+    assert "usage: fsad" in out
+    if verb is None:
+        for name in VERBS:
+            assert name in out
+
+
+def test_help_subprocess():
+    proc = subprocess.run([sys.executable, "-m", "orchestrator.cli", "--help"], cwd=REPO, capture_output=True,
+                          text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert "usage: fsad" in proc.stdout
+
+
+# --------------------------------------------------------------------------------------------------
+# Integration on real images
+# --------------------------------------------------------------------------------------------------
+
+
+def test_train_writes_model_dir(trained_model):
+    for name in ("model.safetensors", "config.yaml", "meta.json", "state.pt"):
+        assert (trained_model / name).is_file(), name
+    meta = json.loads((trained_model / "meta.json").read_text())
+    assert meta["method"] == "ours"
+    assert HELD_OUT not in meta["train_categories"]
+    assert sorted(meta["train_categories"]) == TRAINED_ON
+    assert meta["held_out"] == [HELD_OUT]
+    assert meta["episodes_done"] == 3 and len(meta["history"]) == 3
+    assert all(h["category"] in TRAINED_ON for h in meta["history"])
+    assert all(math.isfinite(h["loss"]) for h in meta["history"])
+    assert not stray_tmp(trained_model)
+
+
+@pytest.mark.parametrize("method", ["ours", "knn"])
+def test_evaluate_held_out(method, trained_model, small_real_root, tmp_path, capsys):
+    out = tmp_path / "eval"
+    code, stdout, err = cli(capsys, *eval_args(trained_model, small_real_root, out, HELD_OUT, "--method", method))
+    assert code == 0, err
+    record = check_metrics(out, method)
+    assert record["n_test"] == 8 and record["n_anomalous"] == 4
+    assert "image_auroc" in stdout
+
+
+def test_evaluate_is_reproducible(trained_model, small_real_root, tmp_path, capsys):
+    runs = []
+    for name in ("a", "b"):
+        code, _, err = cli(capsys, *eval_args(trained_model, small_real_root, tmp_path / name))
+        assert code == 0, err
+        runs.append(json.loads((tmp_path / name / "metrics.json").read_text()))
+    for name in METRICS:
+        assert runs[0][name] == runs[1][name]
+    assert [d["support"] for d in runs[0]["per_draw"]] == [d["support"] for d in runs[1]["per_draw"]]
+
+
+def test_evaluate_subprocess_exit_code(trained_model, small_real_root, tmp_path):
+    """The real process exit status, through the installed console script when there is one."""
+    script = Path(sys.executable).parent / "fsad"
+    cmd = [str(script)] if script.is_file() else [sys.executable, "-m", "orchestrator.cli"]
+    out = tmp_path / "eval"
+    args = [str(a) for a in eval_args(trained_model, small_real_root, out)]
+    proc = subprocess.run(cmd + args, cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    check_metrics(out, "ours")
+    # and a bad input exits 2 with one line on stderr
+    bad = [str(a) for a in eval_args(trained_model, tmp_path / "no_such_root", tmp_path / "bad")]
+    proc = subprocess.run(cmd + bad, cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert_bad_input(proc.returncode, proc.stderr, "no_such_root")
+    assert_no_output(tmp_path / "bad")
+
+
+def test_predict(trained_model, small_real_root, tmp_path, capsys):
+    support = small_real_root / HELD_OUT / "train" / "good"
+    test_root = small_real_root / HELD_OUT / "test"
+    defect = sorted(p for p in test_root.iterdir() if p.name != "good")[0]
+    images = image_files(test_root / "good")[:2] + image_files(defect)[:2]
+    out = tmp_path / "pred"
+    code, stdout, err = cli(capsys, "predict", "--model", trained_model, "--support", support,
+                            "--images", *images, "--out", out)
+    assert code == 0, err
+    rows = [json.loads(line) for line in (out / "scores.jsonl").read_text().splitlines()]
+    assert [Path(r["path"]) for r in rows] == images
+    for row in rows:
+        assert isinstance(row["score"], float) and math.isfinite(row["score"])
+        overlay = Path(row["overlay"])
+        assert overlay.is_file() and overlay.suffix == ".png" and overlay.parent == out / "overlays"
+        with Image.open(overlay) as im:
+            im.load()
+    assert len(list((out / "overlays").glob("*.png"))) == len(images)
+    assert not stray_tmp(out)
+
+
+def test_predict_folder_of_images(trained_model, small_real_root, tmp_path, capsys):
+    """--images accepts a folder: one row per image file in it."""
+    folder = small_real_root / HELD_OUT / "test" / "good"
+    out = tmp_path / "pred"
+    code, _, err = cli(capsys, "predict", "--model", trained_model, "--support",
+                       small_real_root / HELD_OUT / "train" / "good", "--images", folder, "--out", out)
+    assert code == 0, err
+    rows = (out / "scores.jsonl").read_text().splitlines()
+    assert len(rows) == len(image_files(folder))
+
+
+def test_maml_ae_train_and_evaluate(trained_maml, small_real_root, tmp_path, capsys):
+    meta = json.loads((trained_maml / "meta.json").read_text())
+    assert meta["method"] == "maml_ae" and sorted(meta["train_categories"]) == TRAINED_ON
+    assert meta["episodes_done"] == 3
+    out = tmp_path / "eval"
+    code, _, err = cli(capsys, *eval_args(trained_maml, small_real_root, out, HELD_OUT, "--method", "maml_ae"))
+    assert code == 0, err
+    check_metrics(out, "maml_ae")
+
+
+def test_method_mismatch_is_bad_input(trained_model, trained_maml, small_real_root, tmp_path, capsys):
+    out = tmp_path / "eval"
+    code, _, err = cli(capsys, *eval_args(trained_maml, small_real_root, out, HELD_OUT, "--method", "ours"))
+    assert_bad_input(code, err, "maml_ae")
+    assert_no_output(out)
+    code, _, err = cli(capsys, *eval_args(trained_model, small_real_root, out, HELD_OUT, "--method", "maml_ae"))
+    assert_bad_input(code, err, "maml_ae")
+    assert_no_output(out)
+
+
+def test_loo(small_real_root, tmp_path, capsys):
+    out = tmp_path / "loo"
+    code, stdout, err = cli(capsys, "loo", "--data", small_real_root, "--shots", 2, "--seeds", 2,
+                            "--categories", HELD_OUT, "--out", out, "--quiet", *tiny_sets())
+    assert code == 0, err
+    results = json.loads((out / "results.json").read_text())
+    rows = {(r["category"], r["method"]): r for r in results["rows"]}
+    assert set(rows) == {(HELD_OUT, m) for m in ("ours", "knn", "maml_ae")}
+    for row in rows.values():
+        for name in METRICS:
+            assert 0.0 <= row[name]["mean"] <= 1.0
+    markdown = (out / "results.md").read_text()
+    for method in ("ours", "knn", "maml_ae"):
+        assert f"| {HELD_OUT} | {method} |" in markdown
+    for variant in ("ours", "maml_ae"):
+        meta = json.loads((out / "models" / HELD_OUT / variant / "meta.json").read_text())
+        assert HELD_OUT not in meta["train_categories"]
+    assert not stray_tmp(out)
+
+
+# --------------------------------------------------------------------------------------------------
+# Resume
+# --------------------------------------------------------------------------------------------------
+
+
+def test_resume_is_exact(small_real_root, tmp_path, capsys):
+    resumed, scratch = tmp_path / "resumed", tmp_path / "scratch"
+    code, _, err = cli(capsys, *train_args(small_real_root, resumed, train__episodes=4))
+    assert code == 0, err
+    assert json.loads((resumed / "meta.json").read_text())["episodes_done"] == 4
+    code, _, err = cli(capsys, *train_args(small_real_root, resumed, "--resume", train__episodes=6))
+    assert code == 0, err
+    meta = json.loads((resumed / "meta.json").read_text())
+    assert meta["episodes_done"] == 6
+    assert len(meta["history"]) == 6 and [h["episode"] for h in meta["history"]] == list(range(6))
+
+    code, _, err = cli(capsys, *train_args(small_real_root, scratch, train__episodes=6))
+    assert code == 0, err
+    assert tensors_equal(resumed / "model.safetensors", scratch / "model.safetensors")
+    assert meta["history"] == json.loads((scratch / "meta.json").read_text())["history"]
+    assert not stray_tmp(resumed, scratch)
+
+
+def test_resume_without_checkpoint_is_bad_input(small_real_root, tmp_path, capsys):
+    out = tmp_path / "fresh"
+    code, _, err = cli(capsys, *train_args(small_real_root, out, "--resume"))
+    assert_bad_input(code, err, str(out), "state.pt")
+    assert_no_output(out)
+
+
+def test_train_refuses_to_overwrite(trained_model, small_real_root, tmp_path, capsys):
+    out = tmp_path / "model"
+    shutil.copytree(trained_model, out)
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    code, _, err = cli(capsys, *train_args(small_real_root, out, train__episodes=5))
+    assert_bad_input(code, err, str(out), "--resume")
+    after = {p.name: p.read_bytes() for p in out.iterdir()}
+    assert after.keys() == before.keys()
+    assert after["model.safetensors"] == before["model.safetensors"]
+    assert after == before
+    assert not stray_tmp(out)
+
+
+# --------------------------------------------------------------------------------------------------
+# Bad input: exit 2, one line naming the culprit, no partial output
+# --------------------------------------------------------------------------------------------------
+
+
+def test_train_nonexistent_data_root(tmp_path, capsys):
+    out = tmp_path / "model"
+    code, _, err = cli(capsys, *train_args(tmp_path / "no_such_root", out))
+    assert_bad_input(code, err, "no_such_root")
+    assert_no_output(out)
+
+
+def test_evaluate_nonexistent_data_root(trained_model, tmp_path, capsys):
+    out = tmp_path / "eval"
+    code, _, err = cli(capsys, *eval_args(trained_model, tmp_path / "no_such_root", out))
+    assert_bad_input(code, err, "no_such_root")
+    assert_no_output(out)
+
+
+def test_evaluate_nonexistent_model_dir(small_real_root, tmp_path, capsys):
+    out = tmp_path / "eval"
+    code, _, err = cli(capsys, *eval_args(tmp_path / "no_such_model", small_real_root, out))
+    assert_bad_input(code, err, "no_such_model")
+    assert_no_output(out)
+
+
+def test_evaluate_category_not_found(trained_model, small_real_root, tmp_path, capsys):
+    out = tmp_path / "eval"
+    code, _, err = cli(capsys, *eval_args(trained_model, small_real_root, out, "nope"))
+    assert_bad_input(code, err, "'nope'")
+    assert_no_output(out)
+
+
+def test_train_excluded_category_not_found(small_real_root, tmp_path, capsys):
+    out = tmp_path / "model"
+    code, _, err = cli(capsys, *train_args(small_real_root, out, exclude="nope"))
+    assert_bad_input(code, err, "'nope'")
+    assert_no_output(out)
+
+
+def test_evaluate_trained_category(trained_model, small_real_root, tmp_path, capsys):
+    out = tmp_path / "eval"
+    code, _, err = cli(capsys, *eval_args(trained_model, small_real_root, out, TRAINED_ON[0]))
+    assert_bad_input(code, err, repr(TRAINED_ON[0]))
+    assert_no_output(out)
+
+
+def test_empty_train_good(small_real_copy, tmp_path, capsys):
+    good = small_real_copy / "kolektor" / "train" / "good"
+    for f in good.iterdir():
+        f.unlink()
+    out = tmp_path / "model"
+    code, _, err = cli(capsys, *train_args(small_real_copy, out))
+    assert_bad_input(code, err, str(good))
+    assert_no_output(out, small_real_copy)
+
+
+def test_shots_larger_than_pool(trained_model, small_real_root, tmp_path, capsys):
+    out = tmp_path / "eval"
+    code, _, err = cli(capsys, "evaluate", "--model", trained_model, "--data", small_real_root, "--category",
+                       HELD_OUT, "--shots", 9999, "--seeds", 2, "--out", out, "--quiet")
+    assert_bad_input(code, err, "9999")
+    assert_no_output(out)
+
+
+def test_train_episode_larger_than_pool(small_real_root, tmp_path, capsys):
+    """K + M above the normal images of a training category."""
+    out = tmp_path / "model"
+    code, _, err = cli(capsys, *train_args(small_real_root, out, train__shots=20))
+    assert_bad_input(code, err, "K + M")
+    assert_no_output(out)
+
+
+def _plant_corrupt(folder: Path) -> Path:
+    bad = folder / "zz_corrupt.png"
+    bad.write_bytes(b"this is not an image\n" * 20)
+    return bad
+
+
+def _plant_truncated(folder: Path) -> Path:
+    src = image_files(folder)[0]
+    data = src.read_bytes()
+    bad = folder / "zz_truncated.jpg"
+    bad.write_bytes(data[: len(data) // 3])
+    return bad
+
+
+def _plant_rgba(folder: Path) -> Path:
+    src = image_files(folder)[0]
+    bad = folder / "zz_rgba.png"
+    with Image.open(src) as im:
+        im.convert("RGBA").save(bad)
+    return bad
+
+
+@pytest.mark.parametrize("plant,needle", [(_plant_corrupt, None), (_plant_truncated, None),
+                                          (_plant_rgba, "4 channels")])
+def test_bad_training_image(plant, needle, small_real_copy, tmp_path, capsys):
+    bad = plant(small_real_copy / "kolektor" / "train" / "good")
+    out = tmp_path / "model"
+    code, _, err = cli(capsys, *train_args(small_real_copy, out))
+    assert_bad_input(code, err, str(bad), *([needle] if needle else []))
+    assert_no_output(out, small_real_copy)
+
+
+@pytest.mark.parametrize("plant", [_plant_corrupt, _plant_truncated, _plant_rgba])
+def test_bad_support_image_in_evaluate(plant, trained_model, small_real_copy, tmp_path, capsys):
+    bad = plant(small_real_copy / HELD_OUT / "train" / "good")
+    out = tmp_path / "eval"
+    code, _, err = cli(capsys, *eval_args(trained_model, small_real_copy, out))
+    assert_bad_input(code, err, str(bad))
+    assert_no_output(out, small_real_copy)
+
+
+@pytest.mark.parametrize("plant", [_plant_corrupt, _plant_truncated, _plant_rgba])
+def test_bad_image_in_predict(plant, trained_model, small_real_copy, tmp_path, capsys):
+    folder = small_real_copy / HELD_OUT / "test" / "good"
+    bad = plant(folder)
+    out = tmp_path / "pred"
+    code, _, err = cli(capsys, "predict", "--model", trained_model, "--support",
+                       small_real_copy / HELD_OUT / "train" / "good", "--images", folder, "--out", out)
+    assert_bad_input(code, err, str(bad))
+    assert_no_output(out, small_real_copy)
+
+
+def _first_mask(root: Path) -> tuple[Path, Path]:
+    """(an anomalous test image of HELD_OUT, its mask)."""
+    gt = root / HELD_OUT / "ground_truth"
+    defect = sorted(p for p in gt.iterdir() if p.is_dir())[0]
+    mask = image_files(defect)[0]
+    image = next(p for p in image_files(root / HELD_OUT / "test" / defect.name)
+                 if f"{p.stem}_mask" == mask.stem)
+    return image, mask
+
+
+def test_missing_mask(trained_model, small_real_copy, tmp_path, capsys):
+    image, mask = _first_mask(small_real_copy)
+    mask.unlink()
+    out = tmp_path / "eval"
+    code, _, err = cli(capsys, *eval_args(trained_model, small_real_copy, out))
+    assert_bad_input(code, err, str(image), mask.name)
+    assert_no_output(out, small_real_copy)
+
+
+def test_mask_of_another_size(trained_model, small_real_copy, tmp_path, capsys):
+    _, mask = _first_mask(small_real_copy)
+    with Image.open(mask) as im:
+        w, h = im.size
+        small = im.resize((w // 2, h // 2), Image.Resampling.NEAREST)
+    small.save(mask)
+    out = tmp_path / "eval"
+    code, _, err = cli(capsys, *eval_args(trained_model, small_real_copy, out))
+    assert_bad_input(code, err, str(mask), f"{w // 2}x{h // 2}")
+    assert_no_output(out, small_real_copy)
+
+
+@pytest.mark.parametrize("override,needle", [
+    ("model.lam_max=0", "model.lam_max"),
+    ("model.lam_max=-1", "model.lam_max"),
+    ("model.lam_star=2", "model.lam_star"),
+    ("model.tau=0", "model.tau"),
+    ("langevin.step_size=0", "langevin.step_size"),
+    ("train.shots=0", "train.shots"),
+    ("langevin.steps=-1", "langevin.steps"),
+    ("model.lam_max=nan", "model.lam_max"),
+    ("model.lam_max=.nan", "model.lam_max"),
+    ("model.tau=inf", "model.tau"),
+    ("model.tau=.inf", "model.tau"),
+    ("train.nope=1", "nope"),
+    ("train.episodes=abc", "train.episodes"),
+    ("train.episodes=2.5", "train.episodes"),
+    ("model.normalize=maybe", "model.normalize"),
+    ("train.method=knn", "train.method"),
+    ("data.image_size=30", "data.image_size"),
+    ("train.lr=0", "train.lr"),
+])
+def test_bad_hyper_parameter(override, needle, small_real_root, tmp_path, capsys):
+    out = tmp_path / "model"
+    code, _, err = cli(capsys, *train_args(small_real_root, out, "--set", override))
+    assert_bad_input(code, err, needle)
+    assert_no_output(out)
+
+
+@pytest.mark.parametrize("override", ["model.lam_max=0", "train.nope=1"])
+def test_loo_bad_hyper_parameter(override, small_real_root, tmp_path, capsys):
+    out = tmp_path / "loo"
+    code, _, err = cli(capsys, "loo", "--data", small_real_root, "--shots", 2, "--seeds", 2, "--categories",
+                       HELD_OUT, "--out", out, "--quiet", *tiny_sets(), "--set", override)
+    assert_bad_input(code, err, override.split("=")[0].split(".")[-1])
+    assert_no_output(out)
+
+
+def test_loo_category_not_found(small_real_root, tmp_path, capsys):
+    out = tmp_path / "loo"
+    code, _, err = cli(capsys, "loo", "--data", small_real_root, "--categories", "nope", "--out", out, "--quiet",
+                       *tiny_sets())
+    assert_bad_input(code, err, "'nope'")
+    assert_no_output(out)

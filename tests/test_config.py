@@ -1,0 +1,273 @@
+"""orchestrator/config.py: params.yaml = the embedded defaults, override parsing, flatten, save/load, errors."""
+from __future__ import annotations
+
+import dataclasses
+import math
+from pathlib import Path
+
+import pytest
+import yaml
+
+from model.errors import InputError
+from orchestrator.config import Config, config_from_dict, flatten, load_config, parse_override, save_config
+from tests.conftest import REPO
+
+PARAMS = REPO / "params.yaml"
+
+
+def leaves(obj, prefix: str = "") -> dict:
+    """Every leaf of a (nested) config dataclass instance as {dotted key: value}."""
+    out = {}
+    for f in dataclasses.fields(obj):
+        value = getattr(obj, f.name)
+        if dataclasses.is_dataclass(value):
+            out.update(leaves(value, f"{prefix}{f.name}."))
+        else:
+            out[f"{prefix}{f.name}"] = value
+    return out
+
+
+def expect_input_error(fn, *needles) -> str:
+    with pytest.raises(InputError) as exc:
+        fn()
+    message = str(exc.value)
+    assert "\n" not in message
+    for needle in needles:
+        assert str(needle) in message, f"{needle!r} not in {message!r}"
+    return message
+
+
+# --------------------------------------------------------------------------------------------------
+# params.yaml and defaults
+# --------------------------------------------------------------------------------------------------
+
+
+def test_params_yaml_is_the_embedded_defaults():
+    assert load_config(PARAMS) == Config()
+    # key for key and value for value, not merely "loads to the same thing": no extra, no missing keys
+    tree = yaml.safe_load(PARAMS.read_text())
+    assert tree == Config().to_dict()
+    assert flatten(tree) == Config().flatten()
+
+
+def test_defaults_validate():
+    assert Config().validate() == Config()
+    assert load_config() == Config()
+    assert config_from_dict({}) == Config()
+
+
+# --------------------------------------------------------------------------------------------------
+# Overrides
+# --------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("text,key,value", [
+    ("train.episodes=7", "train.episodes", 7),
+    ("train.lr=0.01", "train.lr", 0.01),
+    ("train.lr=1e-3", "train.lr", 1e-3),
+    ("train.lr=2", "train.lr", 2.0),
+    ("train.episodes=5.0", "train.episodes", 5),
+    ("model.normalize=false", "model.normalize", False),
+    ("eval.augment_support=true", "eval.augment_support", True),
+    ("train.detach_rec=True", "train.detach_rec", True),
+    ("train.augment=image", "train.augment", "image"),
+    ("model.shrink=hard", "model.shrink", "hard"),
+    ("model.backbone.weights=", "model.backbone.weights", ""),
+    ("data.exclude=[tire,kolektor]", "data.exclude", ["tire", "kolektor"]),
+    ("data.exclude=tire,kolektor", "data.exclude", ["tire", "kolektor"]),
+    ("data.categories=[a, b]", "data.categories", ["a", "b"]),
+    ("data.exclude=tire", "data.exclude", ["tire"]),
+    ("data.exclude=[]", "data.exclude", []),
+])
+def test_override_types(text, key, value):
+    flat = load_config(None, [text]).flatten()
+    assert flat[key] == value
+    assert type(flat[key]) is type(value)
+    # nothing else changed
+    defaults = Config().flatten()
+    assert {k: v for k, v in flat.items() if k != key} == {k: v for k, v in defaults.items() if k != key}
+
+
+def test_override_float_values_are_floats():
+    cfg = load_config(None, ["model.tau=3", "langevin.step_size=50"])
+    assert isinstance(cfg.model.tau, float) and cfg.model.tau == 3.0
+    assert isinstance(cfg.langevin.step_size, float) and cfg.langevin.step_size == 50.0
+
+
+def test_overrides_apply_in_order_on_top_of_a_file(tmp_path):
+    path = tmp_path / "p.yaml"
+    path.write_text("train:\n  episodes: 11\n  shots: 3\n")
+    cfg = load_config(path, ["train.episodes=12", "train.episodes=13"])
+    assert cfg.train.episodes == 13 and cfg.train.shots == 3
+    assert cfg.train.queries == Config().train.queries  # missing keys keep their defaults
+
+
+def test_parse_override():
+    assert parse_override("a.b=1") == ("a.b", 1)
+    assert parse_override(" a.b =x=y") == ("a.b", "x=y")
+    expect_input_error(lambda: parse_override("train.episodes"), "train.episodes", "KEY=VALUE")
+    expect_input_error(lambda: parse_override("=3"), "=3")
+
+
+# --------------------------------------------------------------------------------------------------
+# flatten
+# --------------------------------------------------------------------------------------------------
+
+
+def test_flatten_covers_every_leaf_with_dotted_keys():
+    cfg = Config()
+    flat = cfg.flatten()
+    expected = leaves(cfg)
+    assert flat == expected
+    assert all("." in key for key in flat)
+    assert "model.backbone.width" in flat and "train.episodes" in flat
+    assert not any(isinstance(v, dict) for v in flat.values())
+
+
+def test_flatten_nested_dict():
+    assert flatten({"a": {"b": {"c": 1}, "d": [1, 2]}, "e": 3}) == {"a.b.c": 1, "a.d": [1, 2], "e": 3}
+
+
+# --------------------------------------------------------------------------------------------------
+# save / load
+# --------------------------------------------------------------------------------------------------
+
+
+def test_save_then_load_round_trips(tmp_path):
+    cfg = load_config(None, [
+        "train.episodes=17", "train.lr=0.0005", "model.normalize=false", "data.exclude=[tire,kolektor]",
+        "model.backbone.width=8", "model.backbone.out_dim=8", "train.augment=image", "eval.augment_support=true",
+        "model.shrink=hard", "model.lam_max=0.5", "model.lam_star=0.25",
+    ])
+    path = tmp_path / "sub" / "config.yaml"
+    save_config(cfg, path)
+    assert load_config(path) == cfg
+    assert config_from_dict(yaml.safe_load(path.read_text())) == cfg
+    assert sorted(p.name for p in path.parent.iterdir()) == ["config.yaml"]  # no temporary left behind
+
+
+def test_save_defaults_reproduces_params_yaml_content(tmp_path):
+    path = tmp_path / "config.yaml"
+    save_config(Config(), path)
+    assert yaml.safe_load(path.read_text()) == yaml.safe_load(PARAMS.read_text())
+
+
+# --------------------------------------------------------------------------------------------------
+# Errors
+# --------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("override,needle", [
+    ("train.nope=1", "nope"),
+    ("nope.x=1", "nope"),
+    ("model.backbone.nope=1", "nope"),
+    ("train.episodes=abc", "train.episodes"),
+    ("train.episodes=2.5", "train.episodes"),
+    ("train.episodes=true", "train.episodes"),
+    ("train.lr=abc", "train.lr"),
+    ("train.lr=[1,2]", "train.lr"),
+    ("model.normalize=1", "model.normalize"),
+    ("model.normalize=maybe", "model.normalize"),
+    ("train.method=[a]", "train.method"),
+    ("train=3", "train"),
+    ("data.exclude={a: 1}", "data.exclude"),
+])
+def test_unknown_keys_and_wrong_types(override, needle):
+    expect_input_error(lambda: load_config(None, [override]), needle)
+
+
+@pytest.mark.parametrize("override,needle", [
+    ("model.lam_max=0", "model.lam_max"),
+    ("model.lam_max=-1", "model.lam_max"),
+    ("model.lam_max=nan", "model.lam_max"),
+    ("model.lam_max=.nan", "model.lam_max"),
+    ("model.lam_star=2", "model.lam_star"),
+    ("model.tau=0", "model.tau"),
+    ("model.tau=inf", "model.tau"),
+    ("model.tau=.inf", "model.tau"),
+    ("model.tau=-.inf", "model.tau"),
+    ("model.istc_steps=-1", "model.istc_steps"),
+    ("model.receptive_field=2", "model.receptive_field"),
+    ("model.shrink=soft_ish", "model.shrink"),
+    ("model.map_smooth_sigma=-1", "model.map_smooth_sigma"),
+    ("langevin.step_size=0", "langevin.step_size"),
+    ("langevin.step_size=.nan", "langevin.step_size"),
+    ("langevin.steps=-1", "langevin.steps"),
+    ("langevin.noise_scale=-0.1", "langevin.noise_scale"),
+    ("inpaint.min_frac=0", "inpaint.min_frac"),
+    ("inpaint.max_frac=2", "max_frac"),
+    ("train.shots=0", "train.shots"),
+    ("train.queries=0", "train.queries"),
+    ("train.episodes=0", "train.episodes"),
+    ("train.checkpoint_every=0", "train.checkpoint_every"),
+    ("train.lr=0", "train.lr"),
+    ("train.lr=.inf", "train.lr"),
+    ("train.eta_rec=-1", "train.eta_rec"),
+    ("train.grad_clip=.nan", "train.grad_clip"),
+    ("train.augment=sideways", "train.augment"),
+    ("train.method=knn", "train.method"),
+    ("train.device=tpu", "train.device"),
+    ("data.image_size=4", "data.image_size"),
+    ("data.image_size=30", "data.image_size"),
+    ("eval.shots=0", "eval.shots"),
+    ("eval.draws=0", "eval.draws"),
+    ("eval.overlays=-1", "eval.overlays"),
+    ("maml.inner_lr=0", "maml.inner_lr"),
+    ("maml.inner_steps=-1", "maml.inner_steps"),
+])
+def test_out_of_range_values(override, needle):
+    expect_input_error(lambda: load_config(None, [override]), needle)
+
+
+def test_nan_never_survives_validation():
+    """Every float leaf rejects nan and ±inf, naming the key (a nan that slipped through would poison
+    training silently)."""
+    floats = [k for k, v in Config().flatten().items() if isinstance(v, float)]
+    assert floats
+    for key in floats:
+        for bad in (".nan", ".inf", "-.inf"):
+            expect_input_error(lambda: load_config(None, [f"{key}={bad}"]), key.rsplit(".", 1)[-1])
+
+
+def test_missing_config_file(tmp_path):
+    path = tmp_path / "nope.yaml"
+    expect_input_error(lambda: load_config(path), str(path))
+
+
+def test_invalid_yaml_file(tmp_path):
+    path = tmp_path / "broken.yaml"
+    path.write_text("train:\n  episodes: [1, 2\n  shots: : :\n")
+    expect_input_error(lambda: load_config(path), str(path))
+
+
+def test_yaml_file_not_a_mapping(tmp_path):
+    path = tmp_path / "list.yaml"
+    path.write_text("- a\n- b\n")
+    expect_input_error(lambda: load_config(path), str(path))
+
+
+def test_yaml_file_wrong_section_and_key(tmp_path):
+    path = tmp_path / "p.yaml"
+    path.write_text("train: 5\n")
+    expect_input_error(lambda: load_config(path), "train")
+    path.write_text("train:\n  episodez: 5\n")
+    expect_input_error(lambda: load_config(path), "episodez")
+    path.write_text("model:\n  tau: .nan\n")
+    expect_input_error(lambda: load_config(path), "model.tau")
+
+
+def test_empty_yaml_file_is_the_defaults(tmp_path):
+    path = tmp_path / "empty.yaml"
+    path.write_text("")
+    assert load_config(path) == Config()
+
+
+def test_values_are_finite_after_load():
+    for key, value in load_config(PARAMS).flatten().items():
+        if isinstance(value, float):
+            assert math.isfinite(value), key
+
+
+def test_params_yaml_path_is_at_repo_root():
+    assert PARAMS.is_file()
+    assert Path(PARAMS).parent == REPO

@@ -1,0 +1,233 @@
+"""workers/episodes.py on real images: held-out categories never sampled, support and queries disjoint,
+seeded reproducibility, state round trip, augmentation modes, and too-few-images errors."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from model.errors import InputError
+from workers.data import load_category
+from workers.episodes import AUGMENT_MODES, EpisodeSampler, dihedral
+
+SIZE = 16
+CATEGORIES = ("juice_bottle", "kolektor", "tire")
+EXCLUDED = "tire"
+K, M = 3, 2
+
+
+@pytest.fixture(scope="module")
+def normals(small_real_root) -> dict[str, torch.Tensor]:
+    """{category: train/good images (12, 3, 16, 16)} of three real categories."""
+    out = {}
+    for category in CATEGORIES:
+        items = load_category(small_real_root, category, SIZE, split="train")
+        out[category] = torch.stack([item.image for item in items])
+    assert all(x.shape[1:] == (3, SIZE, SIZE) for x in out.values())
+    # distinct images, so that "which image is this" is well defined in the checks below
+    for x in out.values():
+        flat = x.flatten(1)
+        assert torch.cdist(flat, flat).fill_diagonal_(1.0).min() > 0
+    return out
+
+
+def sampler(normals, augment="none", seed=0, exclude=(EXCLUDED,), shots=K, queries=M):
+    return EpisodeSampler(normals, shots, queries, (0.1, 0.3), augment, seed, exclude=exclude)
+
+
+def episodes_equal(a, b) -> bool:
+    return (
+        a.category == b.category
+        and a.support_index == b.support_index
+        and a.query_index == b.query_index
+        and torch.equal(a.support, b.support)
+        and torch.equal(a.queries, b.queries)
+        and torch.equal(a.corrupted, b.corrupted)
+        and torch.equal(a.patch_mask, b.patch_mask)
+    )
+
+
+def matching_transforms(images: torch.Tensor, base: torch.Tensor) -> set[int]:
+    """The dihedral indices t with dihedral(base, t) == images (every image at once)."""
+    return {t for t in range(8) if torch.equal(dihedral(base, t), images)}
+
+
+# --------------------------------------------------------------------------------------------------
+# Sampling
+# --------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("augment", AUGMENT_MODES)
+def test_excluded_category_never_appears(normals, augment):
+    s = sampler(normals, augment)
+    assert EXCLUDED not in s.categories
+    seen = [s.sample().category for _ in range(200)]
+    assert EXCLUDED not in seen
+    assert set(seen) == set(CATEGORIES) - {EXCLUDED}  # and every training category does appear
+
+
+def test_support_and_queries_are_disjoint(normals):
+    s = sampler(normals)
+    for _ in range(200):
+        ep = s.sample()
+        assert len(ep.support_index) == K and len(ep.query_index) == M
+        assert len(set(ep.support_index)) == K and len(set(ep.query_index)) == M
+        assert not set(ep.support_index) & set(ep.query_index)
+        n = normals[ep.category].shape[0]
+        assert all(0 <= i < n for i in ep.support_index + ep.query_index)
+        # no query image is (pixel for pixel) in the support set
+        for q in ep.queries:
+            assert not any(torch.equal(q, x) for x in ep.support)
+
+
+def test_augment_none_returns_the_indexed_images(normals):
+    s = sampler(normals, "none")
+    for _ in range(50):
+        ep = s.sample()
+        images = normals[ep.category]
+        assert torch.equal(ep.support, images[ep.support_index])
+        assert torch.equal(ep.queries, images[ep.query_index])
+
+
+def test_corruption_is_confined_to_the_patch(normals):
+    s = sampler(normals, "episode")
+    for _ in range(50):
+        ep = s.sample()
+        assert ep.corrupted.shape == ep.queries.shape and ep.patch_mask.shape == (M, SIZE, SIZE)
+        assert ep.patch_mask.dtype == torch.bool and ep.patch_mask.flatten(1).any(1).all()
+        outside = ~ep.patch_mask.unsqueeze(1).expand_as(ep.queries)
+        assert torch.equal(ep.corrupted[outside], ep.queries[outside])
+        assert not torch.equal(ep.corrupted, ep.queries)
+        assert ep.corrupted.min() >= 0 and ep.corrupted.max() <= 1
+
+
+@pytest.mark.parametrize("augment", AUGMENT_MODES)
+def test_same_seed_same_episodes(normals, augment):
+    a, b = sampler(normals, augment, seed=7), sampler(normals, augment, seed=7)
+    for _ in range(30):
+        assert episodes_equal(a.sample(), b.sample())
+
+
+def test_different_seed_different_episodes(normals):
+    a, b = sampler(normals, seed=1), sampler(normals, seed=2)
+    assert not all(episodes_equal(a.sample(), b.sample()) for _ in range(10))
+
+
+@pytest.mark.parametrize("augment", AUGMENT_MODES)
+def test_state_round_trip_reproduces_next_episode(normals, augment):
+    s = sampler(normals, augment, seed=3)
+    for _ in range(5):
+        s.sample()
+    state = s.get_state().clone()
+    expected = [s.sample() for _ in range(3)]
+    other = sampler(normals, augment, seed=99)  # a fresh sampler, another seed: the state decides
+    other.set_state(state)
+    for e in expected:
+        assert episodes_equal(other.sample(), e)
+    s.set_state(state)
+    assert episodes_equal(s.sample(), expected[0])
+
+
+def test_excluded_category_absent_from_normals_is_fine(normals):
+    only_two = {c: x for c, x in normals.items() if c != EXCLUDED}
+    s = sampler(only_two, exclude=(EXCLUDED,))
+    assert s.categories == sorted(only_two)
+
+
+# --------------------------------------------------------------------------------------------------
+# Augmentation
+# --------------------------------------------------------------------------------------------------
+
+
+def test_dihedral_matches_numpy_for_all_8():
+    x = torch.arange(2 * 3 * 4 * 5, dtype=torch.float32).reshape(2, 3, 4, 5)  # non-square: catches axis mix-ups
+    a = x.numpy()
+    outputs = []
+    for t in range(8):
+        expected = np.rot90(np.flip(a, -1) if t >= 4 else a, t % 4, axes=(-2, -1))
+        got = dihedral(x, t)
+        np.testing.assert_array_equal(got.numpy(), expected)
+        outputs.append(got)
+    # the 8 transforms of a generic square image are all different
+    sq = torch.arange(36, dtype=torch.float32).reshape(1, 6, 6)
+    assert len({tuple(dihedral(sq, t).flatten().tolist()) for t in range(8)}) == 8
+    assert torch.equal(dihedral(x, 0), x)
+    assert [tuple(o.shape[-2:]) for o in outputs] == [(4, 5), (5, 4)] * 4
+
+
+def test_dihedral_matches_numpy_2d():
+    a = np.arange(12, dtype=np.float32).reshape(3, 4)
+    for t in range(8):
+        expected = np.rot90(np.fliplr(a) if t >= 4 else a, t % 4)
+        np.testing.assert_array_equal(dihedral(torch.from_numpy(a.copy()), t).numpy(), expected)
+
+
+def test_augment_episode_shares_one_transform(normals):
+    s = sampler(normals, "episode", seed=5)
+    used = set()
+    for _ in range(100):
+        ep = s.sample()
+        images = normals[ep.category]
+        both = torch.cat([ep.support, ep.queries])
+        base = images[ep.support_index + ep.query_index]
+        common = matching_transforms(both, base)
+        assert common, "support and queries do not share one dihedral transform"
+        used |= common if len(common) == 1 else set()
+    assert len(used) >= 6  # the transform varies between episodes
+
+
+def test_augment_episode_draws_the_same_images_as_none(normals):
+    """Augmentation changes pixels, not which images are drawn: the first episode of a seed picks the
+    same category and indices with augment none and episode."""
+    for seed in range(10):
+        a = sampler(normals, "none", seed=seed).sample()
+        b = sampler(normals, "episode", seed=seed).sample()
+        assert (a.category, a.support_index, a.query_index) == (b.category, b.support_index, b.query_index)
+        assert matching_transforms(torch.cat([b.support, b.queries]), torch.cat([a.support, a.queries]))
+
+
+def test_augment_image_transforms_each_image(normals):
+    s = sampler(normals, "image", seed=11)
+    mixed = 0
+    for _ in range(100):
+        ep = s.sample()
+        images = normals[ep.category]
+        per_image = []
+        for x, i in zip(torch.cat([ep.support, ep.queries]), ep.support_index + ep.query_index):
+            ts = matching_transforms(x, images[i])
+            assert ts, "an augmented image is not a dihedral transform of its source"
+            per_image.append(ts)
+        if not set.intersection(*per_image):
+            mixed += 1  # no single transform explains the whole episode
+    assert mixed > 50
+
+
+# --------------------------------------------------------------------------------------------------
+# Errors
+# --------------------------------------------------------------------------------------------------
+
+
+def test_not_enough_images_for_k_plus_m(normals):
+    few = {c: x[:4] for c, x in normals.items()}
+    with pytest.raises(InputError) as exc:
+        EpisodeSampler(few, 3, 2, seed=0)
+    assert "K + M = 5" in str(exc.value) and "4" in str(exc.value)
+    EpisodeSampler(few, 2, 2, seed=0).sample()  # exactly enough is fine
+
+
+def test_not_enough_images_only_counts_training_categories(normals):
+    few_held_out = {**normals, EXCLUDED: normals[EXCLUDED][:2]}
+    sampler(few_held_out, exclude=(EXCLUDED,)).sample()  # the held-out category's size is irrelevant
+    with pytest.raises(InputError, match=EXCLUDED):
+        sampler(few_held_out, exclude=())
+
+
+@pytest.mark.parametrize("kwargs,needle", [
+    ({"shots": 0}, "train.shots"),
+    ({"queries": 0}, "train.queries"),
+    ({"augment": "sideways"}, "train.augment"),
+    ({"exclude": CATEGORIES}, "no training categories"),
+])
+def test_bad_arguments(normals, kwargs, needle):
+    with pytest.raises(InputError, match=needle):
+        sampler(normals, **kwargs)
