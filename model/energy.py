@@ -10,6 +10,7 @@ Du & Mordatch energy-magnitude regulariser is available on top (losses.energy_re
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -108,6 +109,8 @@ class AdaptiveEBM(nn.Module):
             energies = self.energy(x, dictionary.detach())
             (grad,) = torch.autograd.grad(energies.sum(), x)
         maps = grad.abs().mean(1)  # (B, H, W)
+        if not math.isfinite(smooth_sigma) or smooth_sigma < 0:
+            raise InputError(f"map smoothing sigma {smooth_sigma}: expected a finite value >= 0")
         if smooth_sigma > 0:
             maps = gaussian_blur(maps, smooth_sigma)
         return energies.detach(), maps.detach()
@@ -123,7 +126,10 @@ def gaussian_blur(maps: torch.Tensor, sigma: float) -> torch.Tensor:
     pad_h = min(radius, x.shape[2] - 1)
     pad_w = min(radius, x.shape[3] - 1)
     x = F.pad(x, (pad_w, pad_w, 0, 0), mode="reflect")
-    x = F.conv2d(x, kernel[radius - pad_w : radius + pad_w + 1].view(1, 1, 1, -1))  # (B, 1, H, W)
+    # A map smaller than the kernel gets a cut kernel, renormalised so constants stay constant.
+    kernel_w = kernel[radius - pad_w : radius + pad_w + 1]
+    kernel_h = kernel[radius - pad_h : radius + pad_h + 1]
+    x = F.conv2d(x, (kernel_w / kernel_w.sum()).view(1, 1, 1, -1))  # (B, 1, H, W)
     x = F.pad(x, (0, 0, pad_h, pad_h), mode="reflect")
-    x = F.conv2d(x, kernel[radius - pad_h : radius + pad_h + 1].view(1, 1, -1, 1))  # (B, 1, H, W)
+    x = F.conv2d(x, (kernel_h / kernel_h.sum()).view(1, 1, -1, 1))  # (B, 1, H, W)
     return x.squeeze(1)

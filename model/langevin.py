@@ -16,7 +16,7 @@ from model.errors import InputError
 
 
 def validate_langevin(steps: int, step_size: float, noise_scale: float) -> None:
-    if int(steps) != steps or steps < 0:
+    if not isinstance(steps, (int, float)) or not math.isfinite(steps) or int(steps) != steps or steps < 0:
         raise InputError(f"langevin.steps={steps}: expected an integer J >= 0")
     if not math.isfinite(step_size) or step_size <= 0:
         raise InputError(f"langevin.step_size={step_size}: expected a finite β > 0")

@@ -73,7 +73,7 @@ def validate_sparsity(lam_max: float, lam_star: float, n_steps: int, tau: float 
             raise InputError(f"model.{name}={value}: expected a finite value > 0")
     if lam_star > lam_max:
         raise InputError(f"model.lam_star={lam_star} > model.lam_max={lam_max}: expected lam_star <= lam_max")
-    if int(n_steps) != n_steps or n_steps < 1:
+    if not isinstance(n_steps, (int, float)) or not math.isfinite(n_steps) or int(n_steps) != n_steps or n_steps < 1:
         raise InputError(f"model.istc_steps={n_steps}: expected an integer >= 1")
 
 

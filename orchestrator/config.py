@@ -194,7 +194,7 @@ def from_dict(cls: type, tree: dict[str, Any] | None, prefix: str = "") -> Any:
     kwargs = {}
     names = {f.name for f in fields(cls)}
     for unknown in sorted(set(tree) - names):
-        raise InputError(f"unknown config key {prefix}{unknown!r}; expected one of {sorted(names)}")
+        raise InputError(f"unknown config key {prefix + unknown!r}; expected one of {sorted(names)}")
     for f in fields(cls):
         if f.name not in tree:
             continue

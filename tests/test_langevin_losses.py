@@ -114,7 +114,6 @@ def test_langevin_bad_values_raise(steps, beta, noise):
         langevin(quadratic_energy(torch.zeros(1, 1, 2, 2)), torch.rand(1, 1, 2, 2), steps, beta, noise)
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: validate_langevin calls int(steps) first; int(nan) raises a plain ValueError")
 def test_langevin_nan_steps_raise_input_error():
     with pytest.raises(InputError):
         langevin(quadratic_energy(torch.zeros(1, 1, 2, 2)), torch.rand(1, 1, 2, 2), float("nan"), 0.1, 1.0)

@@ -128,7 +128,6 @@ def test_continuation_schedule_rejects_bad_values(lam_max, lam_star, n):
         continuation_schedule(lam_max, lam_star, n)
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: validate_sparsity calls int(n_steps) first; int(nan) raises a plain ValueError")
 @pytest.mark.parametrize("n", [float("nan"), float("inf")])
 def test_continuation_schedule_rejects_non_finite_steps(n):
     with pytest.raises(InputError):
