@@ -139,8 +139,11 @@ def draw_metrics(scores: torch.Tensor, maps: torch.Tensor, test: TestSet) -> dic
 
 
 def evaluate_scorer(scorer: Scorer, test: TestSet, shots: int, draws: int, seed: int, batch_size: int,
-                    device: torch.device, progress: bool = True) -> dict[str, Any]:
-    """Run the protocol; returns summaries, per-draw metrics, timings and the first draw's outputs."""
+                    device: torch.device, progress: bool = True, on_draw=None) -> dict[str, Any]:
+    """Run the protocol; returns summaries, per-draw metrics, timings and the first draw's outputs.
+
+    on_draw(record, scores (N,), maps (N, H, W), test), if given, sees every draw as it finishes.
+    """
     per_draw, first = [], None
     adapt_seconds = []
     for draw, index in enumerate(support_draws(test.support_pool.shape[0], shots, draws, seed, test.category)):
@@ -152,6 +155,8 @@ def evaluate_scorer(scorer: Scorer, test: TestSet, shots: int, draws: int, seed:
         if not (torch.isfinite(scores).all() and torch.isfinite(maps).all()):
             raise RuntimeError(f"non-finite anomaly scores on {test.category} draw {draw}")
         per_draw.append({"draw": draw, "support": index, **draw_metrics(scores, maps, test)})
+        if on_draw:
+            on_draw(per_draw[-1], scores, maps, test)
         if first is None:
             first = {"scores": scores, "maps": maps, "support": index}
     summary = {name: metrics.summarize([d[name] for d in per_draw]) for name in METRIC_NAMES + ("score_gap",)}
@@ -160,7 +165,7 @@ def evaluate_scorer(scorer: Scorer, test: TestSet, shots: int, draws: int, seed:
 
 def evaluate(model_dir: str | Path, data_root: str | Path, category: str, shots: int, draws: int, out: str | Path,
              method: str = "ours", seed: int | None = None, progress: bool = True,
-             overlays: int | None = None) -> dict[str, Any]:
+             overlays: int | None = None, on_draw=None) -> dict[str, Any]:
     """`fsad evaluate`: writes out/metrics.json and overlay PNGs; returns the metrics dict."""
     from orchestrator.plots import write_overlays
 
@@ -173,7 +178,7 @@ def evaluate(model_dir: str | Path, data_root: str | Path, category: str, shots:
     test = load_test_set(data_root, category, cfg.data.image_size)
     scorer = make_scorer(method, model, cfg)
     seed = cfg.eval.seed if seed is None else seed
-    result = evaluate_scorer(scorer, test, shots, draws, seed, cfg.eval.batch_size, device, progress)
+    result = evaluate_scorer(scorer, test, shots, draws, seed, cfg.eval.batch_size, device, progress, on_draw)
     first = result.pop("first")
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)

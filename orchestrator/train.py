@@ -119,6 +119,7 @@ def train(
     resume: bool = False,
     progress: bool = True,
     on_log: Callable[[dict[str, Any]], None] | None = None,
+    on_checkpoint: Callable[[int, Path], None] | None = None,
 ) -> dict[str, Any]:
     """Meta-train on every category of `data_root` except cfg.data.exclude; returns a summary."""
     out = Path(out)
@@ -171,6 +172,8 @@ def train(
             },
             out / STATE,
         )
+        if on_checkpoint:  # e.g. tracking uploads the files just written
+            on_checkpoint(episode, out)
 
     model.train()
     began = time.perf_counter()
