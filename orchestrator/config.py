@@ -117,6 +117,12 @@ class EvalConfig:
 
 
 @dataclass
+class TrackingConfig:
+    experiment: str = "fsad"  # MLflow experiment of training and evaluation runs
+    champion_metric: str = "image_auroc"  # a new registered version becomes @champion only if it beats it here
+
+
+@dataclass
 class Config:
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -125,6 +131,7 @@ class Config:
     train: TrainConfig = field(default_factory=TrainConfig)
     maml: MamlConfig = field(default_factory=MamlConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+    tracking: TrackingConfig = field(default_factory=TrackingConfig)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -303,6 +310,10 @@ def validate(cfg: Config) -> None:
         raise InputError(f"maml.inner_steps={cfg.maml.inner_steps}: expected >= 0")
     if cfg.eval.overlays < 0:
         raise InputError(f"eval.overlays={cfg.eval.overlays}: expected >= 0")
+    if cfg.tracking.champion_metric not in ("image_auroc", "pixel_auroc", "pro", "miou"):
+        raise InputError(f"tracking.champion_metric={cfg.tracking.champion_metric!r}: expected image_auroc, pixel_auroc, pro or miou")
+    if not cfg.tracking.experiment.strip():
+        raise InputError("tracking.experiment is empty: expected an MLflow experiment name")
 
 
 # ---------------------------------------------------------------------------------------------
