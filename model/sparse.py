@@ -158,9 +158,12 @@ class TaskDictionary:
     atoms: torch.Tensor  # (m, K·h'·w'), m = d·l²
     scale: torch.Tensor  # () ‖atoms‖₂
     shots: int
+    center: torch.Tensor | None = None  # (m,) mean support volume subtracted from signals, or None
 
     def to(self, device) -> "TaskDictionary":
-        return TaskDictionary(self.atoms.to(device), self.scale.to(device), self.shots)
+        center = None if self.center is None else self.center.to(device)
+        return TaskDictionary(self.atoms.to(device), self.scale.to(device), self.shots, center)
 
     def detach(self) -> "TaskDictionary":
-        return TaskDictionary(self.atoms.detach(), self.scale.detach(), self.shots)
+        center = None if self.center is None else self.center.detach()
+        return TaskDictionary(self.atoms.detach(), self.scale.detach(), self.shots, center)

@@ -18,7 +18,7 @@ from typing import Any, get_args, get_origin, get_type_hints
 import yaml
 
 from model.backbone import BackboneSpec
-from model.energy import SparseSpec
+from model.energy import MAP_MODES, SparseSpec
 from model.errors import InputError
 from model.langevin import validate_langevin
 from workers.episodes import AUGMENT_MODES
@@ -57,12 +57,14 @@ class ModelConfig:
     tau: float = 20.0
     receptive_field: int = 3
     normalize: bool = True
+    center: bool = True  # subtract the support set's mean volume (see model/energy.py)
+    anomaly_map: str = "gradient"  # gradient (|∇ₓE|, the paper) | energy (upsampled position energies)
     map_smooth_sigma: float = 2.0  # Gaussian σ (pixels) applied to |∇ₓE| maps; 0 = off
 
     def sparse_spec(self) -> SparseSpec:
         return SparseSpec(
             self.lam_max, self.lam_star, self.istc_steps, self.shrink, self.tau, self.receptive_field,
-            self.normalize,
+            self.normalize, self.center,
         )
 
 
@@ -285,6 +287,8 @@ def validate(cfg: Config) -> None:
     m = cfg.model
     m.sparse_spec().validate()
     _finite("model.map_smooth_sigma", m.map_smooth_sigma, 0.0, strict=False)
+    if m.anomaly_map not in MAP_MODES:
+        raise InputError(f"model.anomaly_map={m.anomaly_map!r}: expected one of {MAP_MODES}")
     validate_langevin(cfg.langevin.steps, cfg.langevin.step_size, cfg.langevin.noise_scale)
     p = cfg.inpaint
     if not (0 < p.min_frac <= p.max_frac <= 1):

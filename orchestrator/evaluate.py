@@ -37,8 +37,10 @@ class Scorer(Protocol):
 class OursScorer:
     """The adaptive EBM: state = the task dictionary built from the shots."""
 
-    def __init__(self, model: AdaptiveEBM, smooth_sigma: float = 0.0, augment_support: bool = False):
+    def __init__(self, model: AdaptiveEBM, smooth_sigma: float = 0.0, augment_support: bool = False,
+                 map_mode: str = "gradient"):
         self.model, self.smooth_sigma, self.augment_support = model, smooth_sigma, augment_support
+        self.map_mode = map_mode
 
     def adapt(self, support: torch.Tensor):
         if self.augment_support:
@@ -47,7 +49,7 @@ class OursScorer:
             return self.model.build_dictionary(support)
 
     def score(self, images: torch.Tensor, dictionary) -> tuple[torch.Tensor, torch.Tensor]:
-        return self.model.score_and_map(images, dictionary, self.smooth_sigma)
+        return self.model.score_and_map(images, dictionary, self.smooth_sigma, self.map_mode)
 
 
 def make_scorer(method: str, model: torch.nn.Module, cfg: Config, augment_support: bool | None = None) -> Scorer:
@@ -57,7 +59,7 @@ def make_scorer(method: str, model: torch.nn.Module, cfg: Config, augment_suppor
     if method == "ours":
         if trained != "ours":
             raise InputError(f"--method ours needs a model trained with method ours; this one is {trained}")
-        return OursScorer(model, sigma, augment)
+        return OursScorer(model, sigma, augment, cfg.model.anomaly_map)
     if method == "knn":
         if trained != "ours":
             raise InputError(f"--method knn uses the backbone of an `ours` model; this one is {trained}")

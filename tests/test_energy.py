@@ -55,8 +55,12 @@ def np_unit(v):
 def np_position_energy(q_feats, s_feats, spec: SparseSpec):
     """Eq. 8 per position, (B, h·w)."""
     l = spec.receptive_field
-    Z = np_unit(np_im2col(q_feats, l))  # (B, P, m)
-    atoms = np_unit(np_im2col(s_feats, l)).reshape(-1, Z.shape[-1]).T  # (m, K·P)
+    Q, S = np_im2col(q_feats, l), np_im2col(s_feats, l)  # (B, P, m), (K, P, m)
+    if spec.center:  # subtract the mean support volume from signals and atoms
+        mu = S.reshape(-1, S.shape[-1]).mean(0)
+        Q, S = Q - mu, S - mu
+    Z = np_unit(Q)  # (B, P, m)
+    atoms = np_unit(S).reshape(-1, Z.shape[-1]).T  # (m, K·P)
     L = np.linalg.norm(atoms, 2) ** 2
     n = np.arange(1, spec.istc_steps + 1)
     lambdas = spec.lam_max * (spec.lam_max / spec.lam_star) ** (-n / spec.istc_steps)
