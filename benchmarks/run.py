@@ -1,0 +1,209 @@
+"""`make bench`: speed and memory figures, then the leave-one-out quality table, into docs/benchmarks.md.
+
+    python -m benchmarks.run [--data ROOT] [--out bench_out] [--skip-quality] [--device cpu|cuda]
+        [--quality-set KEY=VALUE ...]
+
+Speed figures use the default config (params.yaml) on real images from fsad-real. The quality table is
+`fsad loo` (K=10, 5 draws; ours, kNN, MAML-AE and the l1 / hard / nosparsity ablations) with the
+training budget given by --quality-set (default: the budget below); finished work under --out is reused.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import resource
+import shlex
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from model.sparse import continuation_schedule, istc, spectral_norm
+from orchestrator.artifacts import build_model
+from orchestrator.config import load_config
+from orchestrator.evaluate import make_scorer, score_batches
+from orchestrator.loo import ABLATIONS, results_table, run_loo
+from orchestrator.train import episode_step, load_normals
+from workers.episodes import EpisodeSampler
+
+REPO = Path(__file__).resolve().parents[1]
+DEFAULT_DATA = REPO.parent / "shared" / "data" / "fsad-real"
+QUALITY_BUDGET = ["train.episodes=300"]
+
+
+def timed(fn, repeats: int = 5, warmup: int = 1) -> float:
+    """Median seconds of fn() over `repeats` runs after `warmup` runs."""
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return sorted(times)[len(times) // 2]
+
+
+def machine() -> str:
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return f"{cpu}; {torch.get_num_threads()} torch threads; torch {torch.__version__}; Python {platform.python_version()}"
+
+
+def speed(data_root: Path, device: torch.device) -> dict:
+    cfg = load_config(None, [f"train.device={device.type}"])
+    torch.manual_seed(0)
+    model = build_model(cfg).to(device).eval()
+    normals = load_normals(data_root, ["kolektor", "tire"], cfg.data.image_size)
+    support = normals["tire"][:10].to(device)  # K = 10 at the default size
+    queries = normals["kolektor"][:64].to(device)
+    out: dict = {"image_size": cfg.data.image_size, "shots": 10}
+
+    def sync():
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+
+    def adapt():
+        with torch.no_grad():
+            model.build_dictionary(support)
+        sync()
+
+    out["adapt_ms"] = 1000 * timed(adapt, repeats=20, warmup=3)
+    for method in ("ours", "knn"):
+        scorer = make_scorer(method, model, cfg)
+        state = scorer.adapt(support)
+
+        def run():
+            score_batches(scorer, state, queries, cfg.eval.batch_size, device)
+            sync()
+
+        out[f"{method}_images_per_s"] = queries.shape[0] / timed(run, repeats=3)
+
+    # ISTC against the matmul bound on the same shapes (one evaluation batch).
+    with torch.no_grad():
+        dictionary = model.build_dictionary(support)
+        signals, _ = model.signals(queries[: cfg.eval.batch_size], dictionary.center)
+    flat = signals.reshape(-1, signals.shape[-1])  # (n, m)
+    atoms = dictionary.atoms / spectral_norm(dictionary.atoms)  # (m, A)
+    lambdas = continuation_schedule(cfg.model.lam_max, cfg.model.lam_star, cfg.model.istc_steps)
+    n, m, a = flat.shape[0], atoms.shape[0], atoms.shape[1]
+    flops = 4.0 * cfg.model.istc_steps * n * m * a  # two (n×m×A) matmuls per step
+    codes = torch.randn(n, a, device=device)
+
+    def run_istc():
+        with torch.no_grad():
+            istc(flat, atoms, lambdas, cfg.model.shrink, cfg.model.tau)
+        sync()
+
+    def run_matmul():
+        with torch.no_grad():
+            for _ in range(cfg.model.istc_steps):
+                codes @ atoms.T
+                flat @ atoms
+        sync()
+
+    t_istc, t_mm = timed(run_istc, 10, 2), timed(run_matmul, 10, 2)
+    out.update(istc_shape=f"n={n}, m={m}, A={a}, N={cfg.model.istc_steps}", istc_gflops=flops / t_istc / 1e9,
+               matmul_gflops=flops / t_mm / 1e9, istc_fraction_of_matmul=t_mm / t_istc)
+
+    # Training episodes/s (default config, all Alg. 1 work: dictionary, J Langevin steps, backward).
+    model.train()
+    optimizer = torch.optim.Adam(model.parameters(), lr=cfg.train.lr)
+    sampler = EpisodeSampler(normals, cfg.train.shots, cfg.train.queries, seed=0)
+    generator = torch.Generator(device=device).manual_seed(0)
+
+    def step():
+        result = episode_step(model, sampler.sample(), cfg, generator, device)
+        optimizer.zero_grad()
+        result.loss.backward()
+        optimizer.step()
+        sync()
+
+    out["train_episodes_per_s"] = 1.0 / timed(step, repeats=10, warmup=2)
+    out["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    if device.type == "cuda":
+        out["peak_cuda_mb"] = torch.cuda.max_memory_allocated() / 2**20
+    return out
+
+
+def speed_markdown(s: dict, command: str) -> str:
+    rows = [
+        ("adaptation latency (build D from K=10)", f"{s['adapt_ms']:.1f} ms"),
+        ("scoring throughput, ours (energy + |∇ₓE| map)", f"{s['ours_images_per_s']:.1f} images/s"),
+        ("scoring throughput, kNN (same backbone)", f"{s['knn_images_per_s']:.1f} images/s"),
+        (f"ISTC ({s['istc_shape']})", f"{s['istc_gflops']:.1f} GFLOP/s"),
+        ("torch.matmul, same shapes", f"{s['matmul_gflops']:.1f} GFLOP/s"),
+        ("ISTC / matmul bound", f"{100 * s['istc_fraction_of_matmul']:.0f} %"),
+        ("training", f"{s['train_episodes_per_s']:.2f} episodes/s"),
+        ("peak memory (RSS)", f"{s['peak_rss_mb']:.0f} MB"),
+    ]
+    if "peak_cuda_mb" in s:
+        rows.append(("peak CUDA memory", f"{s['peak_cuda_mb']:.0f} MB"))
+    table = "| figure | value |\n|---|---|\n" + "\n".join(f"| {a} | {b} |" for a, b in rows)
+    return (f"## Speed and memory\n\nCommand: `{command}`  \nMachine: {machine()}  \n"
+            f"Images {s['image_size']}×{s['image_size']}, default config (params.yaml).\n\n{table}\n")
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--data", default=str(DEFAULT_DATA))
+    parser.add_argument("--out", default=str(REPO / "bench_out"))
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--skip-quality", action="store_true")
+    parser.add_argument("--quality-set", action="append", default=None, metavar="KEY=VALUE")
+    parser.add_argument("--doc", default=str(REPO / "docs" / "benchmarks.md"))
+    args = parser.parse_args(argv)
+    command = "python -m benchmarks.run " + " ".join(shlex.quote(a) for a in (argv or sys.argv[1:]))
+    data = Path(args.data)
+    if not data.is_dir():
+        print(f"bench: data root {data} does not exist (fsad-real is needed for the figures)", file=sys.stderr)
+        return 2
+    sections = ["# Benchmarks\n\nWritten by `make bench` (benchmarks/run.py). Figures are medians of repeated runs.\n"]
+    s = speed(data, torch.device(args.device))
+    print(json.dumps(s, indent=2))
+    sections.append(speed_markdown(s, command))
+    if not args.skip_quality:
+        budget = args.quality_set if args.quality_set is not None else QUALITY_BUDGET
+        t0 = time.perf_counter()
+        results = run_loo(data, Path(args.out) / "loo", 10, 5, ("ours", "knn", "maml_ae"), None,
+                          tuple(ABLATIONS), None, budget, progress=False)
+        minutes = (time.perf_counter() - t0) / 60
+        sections.append(
+            "## Quality: leave-one-category-out on fsad-real (K = 10, 5 support draws)\n\n"
+            f"Command: `{command}` (runs `fsad loo --data {data} --shots 10 --seeds 5 "
+            f"--methods ours,knn,maml_ae --ablations {','.join(ABLATIONS)} "
+            + " ".join(f"--set {b}" for b in budget) + "`)  \n"
+            f"Training budget: {' '.join(budget) or 'params.yaml defaults'} per model; "
+            f"this run took {minutes:.0f} min (finished models under {args.out}/loo are reused).  \n"
+            "Ablations retrain ours with one change: l1 = receptive field 1 (Table 3), hard = Eq. 7 shrink "
+            "(Fig. 5), nosparsity = no shrink (Table 4). mIoU: best threshold over a quantile grid.\n\n"
+            + results_table(results)
+        )
+        gaps = [r for r in results["rows"] if r.get("score_gap")]
+        if gaps:
+            sections.append("\nMean anomalous − mean normal image energy (Table 4's third column):\n\n"
+                            "| category | method | energy gap |\n|---|---|---|\n"
+                            + "\n".join(f"| {r['category']} | {r['method']} | {r['score_gap']['mean']:.2e} |"
+                                        for r in gaps) + "\n")
+    doc = Path(args.doc)
+    extra = doc.parent / "benchmarks_ray.md"
+    if extra.is_file():
+        sections.append(extra.read_text())
+    doc.parent.mkdir(parents=True, exist_ok=True)
+    tmp = doc.with_suffix(".md.tmp")
+    tmp.write_text("\n".join(sections))
+    tmp.replace(doc)
+    print(f"wrote {doc}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
