@@ -125,6 +125,26 @@ class TrackingConfig:
 
 
 @dataclass
+class DistributedConfig:
+    """Ray meta-training (`fsad train --workers N`); see orchestrator/distributed.py and docs/cluster.md."""
+
+    workers: int = 2  # Langevin workers (Ray actors)
+    episode_workers: int = 1  # episode workers, each loading a shard of the categories
+    mode: str = "async"  # sync: one episode per update at staleness 0 (reproducible) | async: throughput
+    max_staleness: int = 2  # async: results made more than this many versions ago are dropped
+    max_in_flight: int = 2  # async: requests queued per Langevin worker
+    broadcast_interval: int = 1  # async: ray.put new weights every this many updates
+    num_cpus_per_worker: float = 1.0
+    num_gpus_per_worker: float = 0.0  # > 0: workers run on the GPU Ray assigns them
+    num_cpus_per_episode_worker: float = 0.0
+    max_restarts: int = 5  # Ray restarts a crashed actor this many times (-1: forever)
+    max_task_retries: int = 0  # Ray-level retries; 0: the learner re-issues failed episodes itself (counted)
+    start_timeout_s: float = 60.0  # workers not placed and ready within this: error (e.g. too many GPUs)
+    connect_timeout_s: float = 10.0  # --address not reachable within this: error
+    object_store_mb: int = 0  # object store of an in-process Ray (no --address); 0: Ray's default
+
+
+@dataclass
 class Config:
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -133,6 +153,7 @@ class Config:
     train: TrainConfig = field(default_factory=TrainConfig)
     maml: MamlConfig = field(default_factory=MamlConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+    distributed: DistributedConfig = field(default_factory=DistributedConfig)
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
 
     def to_dict(self) -> dict[str, Any]:
@@ -314,10 +335,31 @@ def validate(cfg: Config) -> None:
         raise InputError(f"maml.inner_steps={cfg.maml.inner_steps}: expected >= 0")
     if cfg.eval.overlays < 0:
         raise InputError(f"eval.overlays={cfg.eval.overlays}: expected >= 0")
-    if cfg.tracking.champion_metric not in ("image_auroc", "pixel_auroc", "pro", "miou"):
-        raise InputError(f"tracking.champion_metric={cfg.tracking.champion_metric!r}: expected image_auroc, pixel_auroc, pro or miou")
-    if not cfg.tracking.experiment.strip():
+    validate_distributed(cfg.distributed)
+    validate_tracking(cfg.tracking)
+
+
+def validate_tracking(tr: TrackingConfig) -> None:
+    if tr.champion_metric not in ("image_auroc", "pixel_auroc", "pro", "miou"):
+        raise InputError(f"tracking.champion_metric={tr.champion_metric!r}: expected image_auroc, pixel_auroc, pro or miou")
+    if not tr.experiment.strip():
         raise InputError("tracking.experiment is empty: expected an MLflow experiment name")
+
+
+def validate_distributed(d: DistributedConfig) -> None:
+    if d.mode not in ("sync", "async"):
+        raise InputError(f"distributed.mode={d.mode!r}: expected sync or async")
+    for key, value, low in (("workers", d.workers, 1), ("episode_workers", d.episode_workers, 1),
+                            ("max_staleness", d.max_staleness, 0), ("max_in_flight", d.max_in_flight, 1),
+                            ("broadcast_interval", d.broadcast_interval, 1), ("max_restarts", d.max_restarts, -1),
+                            ("max_task_retries", d.max_task_retries, -1), ("object_store_mb", d.object_store_mb, 0)):
+        if value < low:
+            raise InputError(f"distributed.{key}={value}: expected an integer >= {low}")
+    for key, value in (("num_cpus_per_worker", d.num_cpus_per_worker), ("num_gpus_per_worker", d.num_gpus_per_worker),
+                       ("num_cpus_per_episode_worker", d.num_cpus_per_episode_worker)):
+        _finite(f"distributed.{key}", value, 0.0, strict=False)
+    for key, value in (("start_timeout_s", d.start_timeout_s), ("connect_timeout_s", d.connect_timeout_s)):
+        _finite(f"distributed.{key}", value, 0.0)
 
 
 # ---------------------------------------------------------------------------------------------
