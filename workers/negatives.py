@@ -78,6 +78,7 @@ class WorkResult:
     stats: dict[str, float] = field(default_factory=dict)
     compute_s: float = 0.0
     pid: int = 0
+    input_bytes: int = 0  # the episode this worker received (support, queries, corrupted, mask)
 
     def nbytes(self) -> int:
         tensors = [g for g in (self.grads or []) if g is not None]
@@ -199,4 +200,6 @@ class LangevinWorker:
             stats=stats,
             compute_s=time.perf_counter() - began,
             pid=os.getpid(),
+            input_bytes=sum(t.numel() * t.element_size() for t in
+                            (episode.support, episode.queries, episode.corrupted, episode.patch_mask)),
         )

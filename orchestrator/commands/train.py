@@ -4,6 +4,12 @@ from __future__ import annotations
 import json
 
 from orchestrator.commands.common import add_config_arguments, config_from_args
+from orchestrator.commands.distributed_args import (
+    add_distributed_arguments,
+    distributed_overrides,
+    run_distributed,
+    wants_distributed,
+)
 
 HELP = "meta-train a model (Alg. 1), leaving --exclude categories out"
 
@@ -16,6 +22,7 @@ def add_arguments(p):
     p.add_argument("--resume", action="store_true", help="continue from the last checkpoint in --out")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     add_config_arguments(p)
+    add_distributed_arguments(p)
 
 
 def run(args) -> int:
@@ -26,9 +33,12 @@ def run(args) -> int:
         extra.append("data.exclude=[" + ",".join(args.exclude) + "]")
     if args.method:
         extra.append(f"train.method={args.method}")
+    extra += distributed_overrides(args)
     cfg = config_from_args(args, extra)
     if args.resume:
         cfg = _resume_config(args, cfg, extra)
+    if wants_distributed(args):
+        return run_distributed(args, cfg)
     summary = train(cfg, args.data, args.out, resume=args.resume, progress=not args.quiet)
     print(json.dumps({k: summary[k] for k in ("out", "episodes", "seconds", "categories")}))
     return 0
