@@ -16,6 +16,8 @@ VERBS = {
     "predict": "orchestrator.commands.predict",
     "loo": "orchestrator.commands.loo",
     "demo": "orchestrator.commands.demo",
+    "ingest": "orchestrator.commands.ingest",
+    "split": "orchestrator.commands.split",
 }
 
 

@@ -1,0 +1,210 @@
+"""`fsad ingest` and `fsad split`: a dataset tree -> manifest.parquet + rejects.parquet + ingest.json;
+a manifest -> splits.parquet (leave-one-category-out folds and the support draws of every K).
+
+Sources: a local MVTec-layout folder (read in place: the manifest records its location relative to
+the output folder, images are not copied), ``s3://BUCKET/PREFIX`` (every object is downloaded once,
+into ``OUT/files/``, which the manifest then points to) or ``elpv`` (the elpv-dataset package written
+as an MVTec-layout tree into ``OUT/files/``). Outputs are staged as temporary files and renamed only
+when everything has been read, so a failed run leaves the previous outputs untouched.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+from model.errors import InputError
+from orchestrator.config import atomic_write_text
+from workers.manifest import (
+    build_rows,
+    commit,
+    discard,
+    manifest_table,
+    read_manifest,
+    rejects_table,
+    scan_layout,
+    split_rows,
+    splits_table,
+    staged_parquet,
+)
+
+MANIFEST = "manifest.parquet"
+REJECTS = "rejects.parquet"
+SUMMARY = "ingest.json"
+FILES = "files"
+
+
+def _source_kind(source: str) -> str:
+    if source == "elpv":
+        return "elpv"
+    if source.startswith("s3://"):
+        return "s3"
+    if "://" in source:
+        scheme = source.split("://", 1)[0]
+        raise InputError(f"--source {source!r}: unknown scheme {scheme}://; expected a folder, s3://BUCKET/PREFIX or elpv")
+    return "local"
+
+
+def _local_reader(root: Path) -> Callable[[str], bytes]:
+    def read(key: str) -> bytes:
+        try:
+            return (root / key).read_bytes()
+        except OSError as e:
+            raise ValueError(f"cannot read: {e.strerror or e}") from None
+
+    return read
+
+
+def _local_keys(root: Path) -> list[str]:
+    if not root.is_dir():
+        raise InputError(f"--source {root} does not exist or is not a folder; expected an MVTec-layout tree")
+    return [p.relative_to(root).as_posix() for p in root.rglob("*") if p.is_file()]
+
+
+def ingest(source: str, name: str, out: str | Path, endpoint_url: str | None = None,
+           threads: int = 4, log: Callable[[str], None] = print) -> dict[str, Any]:
+    """Read, decode, check and hash every image of `source`; write the manifest, rejects and summary."""
+    source = str(source)
+    if not name or "/" in name or name.startswith("."):
+        raise InputError(f"--name {name!r}: expected a plain dataset name such as fsad-real")
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise InputError(f"--out {out} exists and is not a directory")
+    kind = _source_kind(source)
+    staging: Path | None = None  # downloaded / generated image files, renamed to out/files at the end
+    try:
+        if kind == "local":
+            root = Path(source)
+            keys = _local_keys(root)
+            read = _local_reader(root)
+            recorded_root = os.path.relpath(root.resolve(), out.resolve())
+        else:
+            out.mkdir(parents=True, exist_ok=True)
+            staging = Path(tempfile.mkdtemp(prefix=f".{FILES}.tmp-", dir=out))
+            recorded_root = FILES
+            if kind == "s3":
+                from workers.s3 import S3Tree
+
+                tree = S3Tree(source, endpoint_url)
+                keys = tree.keys()
+                read = _mirroring_reader(tree.read, staging)
+            else:
+                from workers.data import materialize_elpv
+
+                materialize_elpv(staging)
+                keys = _local_keys(staging)
+                read = _local_reader(staging)
+        layout = scan_layout(keys)
+        if not layout.candidates:
+            raise InputError(f"--source {source} has no images in the MVTec layout; expected "
+                             "<category>/train/good/*.png and <category>/test/<type>/*.png")
+        log(f"ingest {source}: {len(layout.candidates)} images to decode")
+        result = build_rows(layout, read, threads)
+        if not result.rows:
+            raise InputError(f"--source {source}: every image was rejected ({result.rejects[0]['reason']} ...)")
+        summary = _summary(source, name, result)
+        staged = [(staged_parquet(manifest_table(result.rows, name, source, recorded_root), out / MANIFEST), out / MANIFEST),
+                  (staged_parquet(rejects_table(result.rejects), out / REJECTS), out / REJECTS)]
+        try:
+            atomic_write_text(out / SUMMARY, json.dumps(summary, indent=2))
+            if staging is not None:
+                _replace_dir(staging, out / FILES)
+                staging = None
+            commit(staged)
+        except BaseException:
+            discard(staged)
+            raise
+    finally:
+        if staging is not None:
+            shutil.rmtree(staging, ignore_errors=True)
+            _remove_if_empty(out)
+    summary["manifest_sha256"] = read_manifest(out / MANIFEST).content_sha256
+    for line in summary_lines(summary, result):
+        log(line)
+    return summary
+
+
+def _mirroring_reader(read: Callable[[str], bytes], folder: Path) -> Callable[[str], bytes]:
+    def mirrored(key: str) -> bytes:
+        data = read(key)
+        path = folder / key
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(data)
+        return data
+
+    return mirrored
+
+
+def _replace_dir(staged: Path, final: Path) -> None:
+    old = None
+    if final.exists():
+        old = final.with_name(f".{final.name}.old-{os.getpid()}")
+        os.replace(final, old)
+    os.replace(staged, final)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def _remove_if_empty(folder: Path) -> None:
+    try:
+        folder.rmdir()
+    except OSError:
+        pass
+
+
+def _summary(source: str, name: str, result) -> dict[str, Any]:
+    counts: dict[str, dict[str, int]] = {}
+    for r in result.rows:
+        key = f"{r['split']}/{r['defect_type'] if r['split'] == 'test' else 'good'}"
+        counts.setdefault(r["category"], {}).setdefault(key, 0)
+        counts[r["category"]][key] += 1
+    reasons: dict[str, int] = {}
+    for j in result.rejects:
+        short = j["reason"].split(";")[0].split(":")[0]
+        reasons[short] = reasons.get(short, 0) + 1
+    return {"name": name, "source": source, "images": len(result.rows), "rejected": len(result.rejects),
+            "counts": {c: dict(sorted(v.items())) for c, v in sorted(counts.items())},
+            "reject_reasons": reasons, "leaks": result.leaks, "empty_masks": result.empty_masks,
+            "ignored": result.ignored}
+
+
+def summary_lines(summary: dict[str, Any], result=None) -> list[str]:
+    lines = [f"{summary['images']} images accepted, {summary['rejected']} rejected "
+             f"(see {REJECTS}); manifest sha256 {summary.get('manifest_sha256', '')[:16]}"]
+    for cat, counts in summary["counts"].items():
+        lines.append(f"  {cat}: " + ", ".join(f"{k} {v}" for k, v in counts.items()))
+    for reason, n in summary["reject_reasons"].items():
+        lines.append(f"  rejected {n}: {reason}")
+    if result is not None:
+        for j in result.rejects[:10]:
+            lines.append(f"    {j['path']}: {j['reason']}")
+        if len(result.rejects) > 10:
+            lines.append(f"    ... {len(result.rejects) - 10} more in {REJECTS}")
+    for leak in summary["leaks"]:
+        lines.append(f"  LEAK: the same image is in train and test: {', '.join(leak['train'] + leak['test'])}")
+    if summary["empty_masks"]:
+        lines.append(f"  note: {len(summary['empty_masks'])} anomalous images have an all-zero mask")
+    if summary["ignored"]:
+        lines.append(f"  ignored {len(summary['ignored'])} non-image files: {', '.join(summary['ignored'][:5])}")
+    return lines
+
+
+def make_splits(manifest: str | Path, shots: Sequence[int], draws: int, seed: int, out: str | Path,
+                log: Callable[[str], None] = print) -> dict[str, Any]:
+    """Write the leave-one-category-out folds and support draws of `manifest` to `out`."""
+    m = read_manifest(manifest)
+    shots = sorted(set(int(k) for k in shots))
+    if not shots:
+        raise InputError("--shots is empty; expected a comma list such as 1,2,4,8,10")
+    rows = split_rows(m, shots, draws, seed)
+    out = Path(out)
+    table = splits_table(rows, m, shots, draws, seed)
+    staged = staged_parquet(table, out)
+    commit([(staged, out)])
+    targets = m.categories()
+    log(f"wrote {out}: {len(targets)} folds ({', '.join(targets)}), K in {shots}, {draws} draws, seed {seed}")
+    return {"out": str(out), "targets": targets, "shots": shots, "draws": draws, "seed": seed,
+            "manifest_sha256": m.content_sha256}
