@@ -119,6 +119,20 @@ class EvalConfig:
 
 
 @dataclass
+class PipelineConfig:
+    """The DVC pipeline (dvc.yaml, docs/data.md): which dataset, folds, K values and methods `dvc repro` runs.
+
+    The training budget is train.*, the draws and their seed eval.draws / eval.seed.
+    """
+
+    name: str = "fsad-real"  # data/<name>/: manifest.parquet, rejects.parquet, splits.parquet
+    source: str = "../shared/data/fsad-real"  # a folder, s3://BUCKET/PREFIX or elpv
+    targets: list[str] = field(default_factory=lambda: ["juice_bottle", "kolektor", "magnetic_tile", "tire"])
+    shots: list[int] = field(default_factory=lambda: [1, 5, 10])  # K values drawn and evaluated
+    methods: list[str] = field(default_factory=lambda: ["ours", "knn"])  # ours | knn | maml_ae
+
+
+@dataclass
 class TrackingConfig:
     experiment: str = "fsad"  # MLflow experiment of training and evaluation runs
     champion_metric: str = "image_auroc"  # a new registered version becomes @champion only if it beats it here
@@ -155,6 +169,7 @@ class Config:
     eval: EvalConfig = field(default_factory=EvalConfig)
     distributed: DistributedConfig = field(default_factory=DistributedConfig)
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
+    pipeline: PipelineConfig = field(default_factory=PipelineConfig)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -337,6 +352,21 @@ def validate(cfg: Config) -> None:
         raise InputError(f"eval.overlays={cfg.eval.overlays}: expected >= 0")
     validate_distributed(cfg.distributed)
     validate_tracking(cfg.tracking)
+    validate_pipeline(cfg.pipeline)
+
+
+def validate_pipeline(p: PipelineConfig) -> None:
+    if not p.name or "/" in p.name or p.name.startswith("."):
+        raise InputError(f"pipeline.name={p.name!r}: expected a plain dataset name such as fsad-real")
+    if not p.source.strip():
+        raise InputError("pipeline.source is empty: expected a folder, s3://BUCKET/PREFIX or elpv")
+    if not p.targets or len(set(p.targets)) != len(p.targets):
+        raise InputError(f"pipeline.targets={p.targets}: expected a non-empty list of distinct categories")
+    if not p.shots or min(p.shots) < 1:
+        raise InputError(f"pipeline.shots={p.shots}: expected a non-empty list of integers >= 1")
+    bad = [m for m in p.methods if m not in METHODS]
+    if not p.methods or bad:
+        raise InputError(f"pipeline.methods={p.methods}: expected a non-empty list of {', '.join(METHODS)}")
 
 
 def validate_tracking(tr: TrackingConfig) -> None:
