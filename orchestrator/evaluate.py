@@ -22,7 +22,8 @@ from model.energy import AdaptiveEBM
 from model.errors import InputError
 from orchestrator.artifacts import load_model_dir, resolve_device
 from orchestrator.config import Config, atomic_write_text
-from workers.data import load_category, stack_items
+from workers.data import stack_items
+from workers.manifest import as_source, open_source
 from workers.episodes import dihedral
 
 METRIC_NAMES = ("image_auroc", "pixel_auroc", "pro", "miou")
@@ -96,9 +97,11 @@ class TestSet:
     paths: list[str]
 
 
-def load_test_set(root: str | Path, category: str, image_size: int) -> TestSet:
-    train_items = load_category(root, category, image_size, split="train")
-    test_items = load_category(root, category, image_size, split="test")
+def load_test_set(root, category: str, image_size: int) -> TestSet:
+    """root: a folder or a workers.manifest source (support pool = train/good sorted by path)."""
+    source = as_source(root)
+    train_items = source.load(category, image_size, split="train")
+    test_items = source.load(category, image_size, split="test")
     images, masks, labels = stack_items(test_items)
     if labels.min() == labels.max():
         raise InputError(f"category {category!r} test set has only {'anomalous' if labels[0] else 'normal'} images; "
@@ -141,14 +144,18 @@ def draw_metrics(scores: torch.Tensor, maps: torch.Tensor, test: TestSet) -> dic
 
 
 def evaluate_scorer(scorer: Scorer, test: TestSet, shots: int, draws: int, seed: int, batch_size: int,
-                    device: torch.device, progress: bool = True, on_draw=None) -> dict[str, Any]:
+                    device: torch.device, progress: bool = True, on_draw=None,
+                    draw_index: list[list[int]] | None = None) -> dict[str, Any]:
     """Run the protocol; returns summaries, per-draw metrics, timings and the first draw's outputs.
 
     on_draw(record, scores (N,), maps (N, H, W), test), if given, sees every draw as it finishes.
+    draw_index, if given (a splits file's draws), replaces the seeded support draws.
     """
     per_draw, first = [], None
     adapt_seconds = []
-    for draw, index in enumerate(support_draws(test.support_pool.shape[0], shots, draws, seed, test.category)):
+    if draw_index is None:
+        draw_index = support_draws(test.support_pool.shape[0], shots, draws, seed, test.category)
+    for draw, index in enumerate(draw_index):
         t0 = time.perf_counter()
         state = scorer.adapt(test.support_pool[index].to(device))
         adapt_seconds.append(time.perf_counter() - t0)
@@ -167,8 +174,12 @@ def evaluate_scorer(scorer: Scorer, test: TestSet, shots: int, draws: int, seed:
 
 def evaluate(model_dir: str | Path, data_root: str | Path, category: str, shots: int, draws: int, out: str | Path,
              method: str = "ours", seed: int | None = None, progress: bool = True,
-             overlays: int | None = None, on_draw=None) -> dict[str, Any]:
-    """`fsad evaluate`: writes out/metrics.json and overlay PNGs; returns the metrics dict."""
+             overlays: int | None = None, on_draw=None, manifest: str | Path | None = None,
+             splits: str | Path | None = None) -> dict[str, Any]:
+    """`fsad evaluate`: writes out/metrics.json and overlay PNGs; returns the metrics dict.
+
+    With `manifest` the test set and support pool are the manifest's; with `splits` too, the
+    support draws are the splits file's (the same images for every method)."""
     from orchestrator.plots import write_overlays
 
     model, cfg, meta = load_model_dir(model_dir)
@@ -177,10 +188,13 @@ def evaluate(model_dir: str | Path, data_root: str | Path, category: str, shots:
     if category in meta.get("train_categories", []):
         raise InputError(f"category {category!r} was seen in training by {model_dir}; "
                          "leave-one-out evaluation needs a held-out category")
-    test = load_test_set(data_root, category, cfg.data.image_size)
+    source = open_source(data_root, manifest, splits)
+    draw_index = source.support_index(category, shots, draws) if splits is not None else None
+    test = load_test_set(source, category, cfg.data.image_size)
     scorer = make_scorer(method, model, cfg)
     seed = cfg.eval.seed if seed is None else seed
-    result = evaluate_scorer(scorer, test, shots, draws, seed, cfg.eval.batch_size, device, progress, on_draw)
+    result = evaluate_scorer(scorer, test, shots, draws, seed, cfg.eval.batch_size, device, progress, on_draw,
+                             draw_index)
     first = result.pop("first")
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -190,6 +204,10 @@ def evaluate(model_dir: str | Path, data_root: str | Path, category: str, shots:
         "per_draw": result["draws"], "adapt_seconds": result["adapt_seconds"],
         "model": str(model_dir), "n_test": int(test.labels.numel()),
         "n_anomalous": int(test.labels.sum()),
+        # traceability: the data evaluated on, the draws used, the data the model was trained on
+        "manifest_sha256": source.content_sha256,
+        "splits_sha256": source.splits.content_sha256 if splits is not None else None,
+        "train_manifest_sha256": meta.get("manifest_sha256"),
     }
     n_overlays = cfg.eval.overlays if overlays is None else overlays
     record["overlays"] = write_overlays(out / "overlays", test, first["maps"], first["scores"], n_overlays)

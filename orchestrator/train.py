@@ -29,7 +29,7 @@ from orchestrator.artifacts import (
     save_model_dir,
 )
 from orchestrator.config import Config
-from workers.data import list_categories, load_category
+from workers.manifest import as_source, open_source
 from workers.episodes import Episode, EpisodeSampler
 
 
@@ -80,17 +80,19 @@ def episode_step(
     return EpisodeResult(loss, stats)
 
 
-def load_normals(root: str | Path, categories: list[str], image_size: int) -> dict[str, torch.Tensor]:
-    """{category: train/good images (N, 3, S, S)}."""
+def load_normals(root, categories: list[str], image_size: int) -> dict[str, torch.Tensor]:
+    """{category: train/good images (N, 3, S, S)}; root: a folder or a workers.manifest source."""
+    source = as_source(root)
     normals = {}
     for category in categories:
-        items = load_category(root, category, image_size, split="train")
+        items = source.load(category, image_size, split="train")
         normals[category] = torch.stack([item.image for item in items])
     return normals
 
 
-def training_categories(root: str | Path, cfg: Config) -> list[str]:
-    available = list_categories(root)
+def training_categories(root, cfg: Config) -> list[str]:
+    root = as_source(root)
+    available = root.categories()
     chosen = cfg.data.categories or available
     for name in list(chosen) + list(cfg.data.exclude):
         if name not in available:
@@ -99,6 +101,15 @@ def training_categories(root: str | Path, cfg: Config) -> list[str]:
     if not categories:
         raise InputError(f"no training categories under {root} once {cfg.data.exclude} are held out")
     return categories
+
+
+def _fold(cfg: Config, splits) -> str | None:
+    """The held-out category whose fold a splits file restricts training to."""
+    if splits is None:
+        return None
+    if len(cfg.data.exclude) != 1:
+        raise InputError(f"--splits needs exactly one held-out category (--exclude CAT); got {cfg.data.exclude}")
+    return cfg.data.exclude[0]
 
 
 def _prepare_out(out: Path, resume: bool) -> None:
@@ -120,16 +131,20 @@ def train(
     progress: bool = True,
     on_log: Callable[[dict[str, Any]], None] | None = None,
     on_checkpoint: Callable[[int, Path], None] | None = None,
+    manifest: str | Path | None = None,
+    splits: str | Path | None = None,
 ) -> dict[str, Any]:
-    """Meta-train on every category of `data_root` except cfg.data.exclude; returns a summary."""
+    """Meta-train on every category of `data_root` except cfg.data.exclude; returns a summary.
+
+    With `manifest` the images are the manifest's (data_root, if given, overrides its image root);
+    with `splits` too, exactly the training rows of the fold of the one held-out category.
+    """
     out = Path(out)
-    data_root = Path(data_root)
-    if not data_root.is_dir():
-        raise InputError(f"data root {data_root} does not exist")
+    source = open_source(data_root, manifest, splits, fold=_fold(cfg, splits))
     _prepare_out(out, resume)
     device = resolve_device(cfg.train.device)
-    categories = training_categories(data_root, cfg)
-    normals = load_normals(data_root, categories, cfg.data.image_size)
+    categories = training_categories(source, cfg)
+    normals = load_normals(source, categories, cfg.data.image_size)
     sampler = EpisodeSampler(
         normals, cfg.train.shots, cfg.train.queries, (cfg.inpaint.min_frac, cfg.inpaint.max_frac),
         cfg.train.augment, cfg.train.seed, exclude=tuple(cfg.data.exclude),
@@ -156,8 +171,11 @@ def train(
         "method": cfg.train.method,
         "train_categories": categories,
         "held_out": list(cfg.data.exclude),
-        "data_root": str(data_root),
+        "data_root": str(source),
         "image_size": cfg.data.image_size,
+        "manifest": str(manifest) if manifest is not None else None,
+        "manifest_sha256": source.content_sha256,  # traces the model to its exact data
+        "splits_sha256": source.splits.content_sha256 if getattr(source, "splits", None) else None,
     }
 
     def checkpoint(episode: int) -> None:

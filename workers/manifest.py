@@ -451,6 +451,8 @@ class Splits:
         if shots not in self.shots:
             raise InputError(f"splits {self.path} have no support draws for K={shots}; available: "
                              f"{', '.join(map(str, self.shots))} (re-run fsad split with --shots)")
+        if draws < 1:
+            raise InputError(f"--seeds {draws}: expected at least one support draw")
         if draws > self.draws:
             raise InputError(f"splits {self.path} hold {self.draws} support draws; {draws} were asked for")
         picked: dict[int, list[tuple[int, str]]] = {}
@@ -589,8 +591,7 @@ class ManifestSource:
         return self.manifest.content_sha256
 
     def categories(self) -> list[str]:
-        if self._allowed is not None:
-            return sorted({r["category"] for r in self.manifest.rows if r["image_path"] in self._allowed})
+        """Every category of the manifest (a fold's target included: it is held out, not absent)."""
         return self.manifest.categories()
 
     def rows(self, category: str, split: str) -> list[dict]:

@@ -14,3 +14,20 @@ def add_config_arguments(parser: argparse.ArgumentParser) -> None:
 
 def config_from_args(args: argparse.Namespace, extra: list[str] = ()) -> Config:
     return load_config(args.config, list(args.overrides) + list(extra))
+
+
+def add_data_arguments(parser: argparse.ArgumentParser, splits_help: str) -> None:
+    """--data (a folder), or --manifest (and --splits) written by fsad ingest / fsad split."""
+    parser.add_argument("--data", default=None,
+                        help="data root in the MVTec layout (with --manifest: where its images are, if moved)")
+    parser.add_argument("--manifest", default=None, help="manifest.parquet written by fsad ingest")
+    parser.add_argument("--splits", default=None, help=splits_help)
+
+
+def data_root(args: argparse.Namespace):
+    """--data, else the image root recorded in --manifest (None when neither is given)."""
+    if args.data is None and args.manifest is not None:
+        from workers.manifest import read_manifest
+
+        return str(read_manifest(args.manifest).root)
+    return args.data

@@ -3,12 +3,14 @@ from __future__ import annotations
 
 import json
 
+from orchestrator.commands.common import add_data_arguments, data_root
+
 HELP = "evaluate a model on a held-out category (Alg. 2, K shots × S support draws)"
 
 
 def add_arguments(p):
     p.add_argument("--model", required=True, help="model directory written by fsad train")
-    p.add_argument("--data", required=True, help="data root in the MVTec layout")
+    add_data_arguments(p, "splits.parquet from fsad split: use its support draws (same images for every method)")
     p.add_argument("--category", required=True, help="target category (must be held out of training)")
     p.add_argument("--shots", type=int, default=10, help="K normal support images (default 10)")
     p.add_argument("--seeds", type=int, default=5, help="number of support draws S (default 5)")
@@ -21,8 +23,9 @@ def add_arguments(p):
 def run(args) -> int:
     from orchestrator.evaluate import METRIC_NAMES, evaluate, format_metric
 
-    record = evaluate(args.model, args.data, args.category, args.shots, args.seeds, args.out,
-                      method=args.method, seed=args.seed, progress=not args.quiet)
+    record = evaluate(args.model, data_root(args), args.category, args.shots, args.seeds, args.out,
+                      method=args.method, seed=args.seed, progress=not args.quiet, manifest=args.manifest,
+                      splits=args.splits)
     print(json.dumps({name: format_metric(record[name]) for name in METRIC_NAMES}))
     print(f"wrote {args.out}/metrics.json and {len(record['overlays'])} overlays in {args.out}/overlays")
     return 0

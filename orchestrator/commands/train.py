@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import json
 
-from orchestrator.commands.common import add_config_arguments, config_from_args
+from orchestrator.commands.common import add_config_arguments, add_data_arguments, config_from_args, data_root
 from orchestrator.commands.distributed_args import (
     add_distributed_arguments,
     distributed_overrides,
@@ -15,7 +15,7 @@ HELP = "meta-train a model (Alg. 1), leaving --exclude categories out"
 
 
 def add_arguments(p):
-    p.add_argument("--data", required=True, help="data root in the MVTec layout")
+    add_data_arguments(p, "splits.parquet from fsad split: train on the fold of the one --exclude category")
     p.add_argument("--exclude", action="append", default=[], metavar="CAT", help="held-out category (repeatable)")
     p.add_argument("--method", choices=["ours", "maml_ae"], help="what to train (default: train.method)")
     p.add_argument("--out", required=True, help="model directory to write")
@@ -39,7 +39,8 @@ def run(args) -> int:
         cfg = _resume_config(args, cfg, extra)
     if wants_distributed(args):
         return run_distributed(args, cfg)
-    summary = train(cfg, args.data, args.out, resume=args.resume, progress=not args.quiet)
+    summary = train(cfg, data_root(args), args.out, resume=args.resume, progress=not args.quiet,
+                    manifest=args.manifest, splits=args.splits)
     print(json.dumps({k: summary[k] for k in ("out", "episodes", "seconds", "categories")}))
     return 0
 
