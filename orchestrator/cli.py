@@ -18,6 +18,9 @@ VERBS = {
     "demo": "orchestrator.commands.demo",
     "ingest": "orchestrator.commands.ingest",
     "split": "orchestrator.commands.split",
+    "register": "orchestrator.commands.register",
+    "adapt": "orchestrator.commands.adapt",
+    "sync-runs": "orchestrator.commands.sync_runs",
 }
 
 

@@ -15,8 +15,8 @@ from typing import Any
 from model.errors import InputError
 from orchestrator.artifacts import META, STATE, WEIGHTS
 from orchestrator.config import Config, atomic_write_text, load_config
-from orchestrator.evaluate import METRIC_NAMES, evaluate, format_metric
-from orchestrator.train import train
+from orchestrator.evaluate import METRIC_NAMES, format_metric
+from orchestrator.tracked import tracked_evaluate, tracked_train
 from workers.data import list_categories
 
 METHODS = ("ours", "knn", "maml_ae")
@@ -35,12 +35,13 @@ def _trained(model_dir: Path, cfg: Config) -> bool:
     return meta.get("episodes_done") == cfg.train.episodes
 
 
-def _train_variant(data_root, model_dir: Path, config_path, overrides: list[str], progress: bool) -> None:
+def _train_variant(data_root, model_dir: Path, config_path, overrides: list[str], progress: bool,
+                   uri: str | None = None) -> None:
     cfg = load_config(config_path, overrides)
     if _trained(model_dir, cfg):
         return
     resume = (model_dir / STATE).is_file()
-    train(cfg, data_root, model_dir, resume=resume, progress=progress)
+    tracked_train(cfg, data_root, model_dir, resume=resume, progress=progress, uri=uri)
 
 
 def run_loo(
@@ -55,6 +56,7 @@ def run_loo(
     overrides: list[str] = (),
     progress: bool = True,
     log=print,
+    tracking_uri: str | None = None,
 ) -> dict[str, Any]:
     data_root, out = Path(data_root), Path(out)
     for method in methods:
@@ -76,7 +78,7 @@ def run_loo(
         plan: list[tuple[str, str, str]] = []  # (row name, evaluation method, model variant)
         if "ours" in methods or "knn" in methods or ablations:
             log(f"[{category}] meta-training ours (held out: {category})")
-            _train_variant(data_root, out / "models" / category / "ours", config_path, base, progress)
+            _train_variant(data_root, out / "models" / category / "ours", config_path, base, progress, tracking_uri)
         if "ours" in methods:
             plan.append(("ours", "ours", "ours"))
         if "knn" in methods:
@@ -84,11 +86,12 @@ def run_loo(
         if "maml_ae" in methods:
             log(f"[{category}] meta-training maml_ae")
             _train_variant(data_root, out / "models" / category / "maml_ae", config_path,
-                           base + ["train.method=maml_ae"], progress)
+                           base + ["train.method=maml_ae"], progress, tracking_uri)
             plan.append(("maml_ae", "maml_ae", "maml_ae"))
         for name in ablations:
             log(f"[{category}] meta-training ablation {name}: {' '.join(ABLATIONS[name])}")
-            _train_variant(data_root, out / "models" / category / name, config_path, base + ABLATIONS[name], progress)
+            _train_variant(data_root, out / "models" / category / name, config_path, base + ABLATIONS[name], progress,
+                           tracking_uri)
             plan.append((f"ours[{name}]", "ours", name))
         for row, method, variant in plan:
             eval_dir = out / "eval" / category / row.replace("[", "_").replace("]", "")
@@ -96,8 +99,8 @@ def run_loo(
             record = json.loads(metrics_file.read_text()) if metrics_file.is_file() else None
             if not record or record.get("shots") != shots or record.get("draws") != draws:
                 log(f"[{category}] evaluating {row}: K={shots}, {draws} draws")
-                record = evaluate(out / "models" / category / variant, data_root, category, shots, draws, eval_dir,
-                                  method=method, progress=progress)
+                record = tracked_evaluate(out / "models" / category / variant, data_root, category, shots, draws,
+                                          eval_dir, method=method, progress=progress, uri=tracking_uri)
             rows.append({"category": category, "method": row, **{m: record[m] for m in METRIC_NAMES},
                          "score_gap": record.get("score_gap"), "metrics": str(metrics_file)})
     results = {"data_root": str(data_root), "shots": shots, "draws": draws, "rows": rows,

@@ -58,3 +58,31 @@ def write_overlays(folder: Path, test, maps: torch.Tensor, scores: torch.Tensor,
                     f"{name.parent.name}/{name.name}  score={float(scores[i]):.4g}", vmax)
         written.append(str(path))
     return written
+
+
+def curves_png(path: Path, curves: list[tuple[str, np.ndarray, np.ndarray]], xlabel: str, ylabel: str,
+               title: str, xlim: float = 1.0, diagonal: bool = False) -> None:
+    """One line per (label, x, y) curve, e.g. the ROC or PRO curve of every support draw."""
+    fig, ax = plt.subplots(figsize=(4, 4))
+    for label, x, y in curves:
+        ax.plot(np.asarray(x), np.asarray(y), linewidth=1.2, label=label)
+    if diagonal:
+        ax.plot([0, xlim], [0, xlim], color="grey", linewidth=0.8, linestyle="--")
+    ax.set_xlim(0, xlim)
+    ax.set_ylim(0, 1.01)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title, fontsize=8)
+    if 1 < len(curves) <= 10:
+        ax.legend(fontsize=6, loc="lower right")
+    _save(fig, path)
+
+
+def roc_png(path: Path, curves: list[tuple[str, np.ndarray, np.ndarray]], title: str) -> None:
+    """Image-level ROC curves: (label, fpr, tpr) each."""
+    curves_png(path, curves, "false positive rate", "true positive rate", title, diagonal=True)
+
+
+def pro_png(path: Path, curves: list[tuple[str, np.ndarray, np.ndarray]], title: str, fpr_limit: float = 0.3) -> None:
+    """Per-region-overlap curves up to fpr_limit: (label, fpr, pro) each."""
+    curves_png(path, curves, "pixel false positive rate", "per-region overlap", title, xlim=fpr_limit)

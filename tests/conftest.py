@@ -6,10 +6,14 @@ files do so in a copy under tmp_path.
 """
 from __future__ import annotations
 
+import os
 import shutil
 from pathlib import Path
 
 import pytest
+
+# The CLI tests run untracked (no ./mlflow.db); tests/test_tracking*.py pass --tracking-uri explicitly.
+os.environ.setdefault("FSAD_TRACKING", "0")
 
 REPO = Path(__file__).resolve().parents[1]
 REAL_ROOT = REPO.parent / "shared" / "data" / "fsad-real"

@@ -9,6 +9,7 @@ import time
 from pathlib import Path
 
 from orchestrator.commands.common import add_config_arguments
+from orchestrator.commands.tracking_args import add_tracking_arguments, tracking_uri
 
 HELP = "meta-train on real data with a small budget, hold one category out, print ours vs kNN vs MAML-AE"
 REPO = Path(__file__).resolve().parents[2]
@@ -24,6 +25,7 @@ def add_arguments(p):
     p.add_argument("--seeds", type=int, default=5)
     p.add_argument("--shots", type=int, default=10)
     add_config_arguments(p)
+    add_tracking_arguments(p)
 
 
 def run(args) -> int:
@@ -44,7 +46,7 @@ def run(args) -> int:
         holdout = list_categories(root)[-1]
     print(f"data: {root}; held-out category: {holdout}; K={args.shots} shots × {args.seeds} support draws")
     results = run_loo(root, args.out, args.shots, args.seeds, ("ours", "knn", "maml_ae"), [holdout], (),
-                      args.config, DEMO_OVERRIDES + list(args.overrides))
+                      args.config, DEMO_OVERRIDES + list(args.overrides), tracking_uri=tracking_uri(args))
     print()
     print(results_table(results))
     print(f"anomaly-map overlays: {args.out}/eval/{holdout}/<method>/overlays/*.png")

@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 
 from orchestrator.commands.common import add_data_arguments, data_root
+from orchestrator.commands.tracking_args import add_tracking_arguments, tracking_uri
 
 HELP = "evaluate a model on a held-out category (Alg. 2, K shots × S support draws)"
 
@@ -18,14 +19,16 @@ def add_arguments(p):
     p.add_argument("--method", choices=["ours", "knn", "maml_ae"], default="ours")
     p.add_argument("--out", required=True, help="output directory (metrics.json, overlays/)")
     p.add_argument("--quiet", action="store_true")
+    add_tracking_arguments(p)
 
 
 def run(args) -> int:
-    from orchestrator.evaluate import METRIC_NAMES, evaluate, format_metric
+    from orchestrator.evaluate import METRIC_NAMES, format_metric
+    from orchestrator.tracked import tracked_evaluate
 
-    record = evaluate(args.model, data_root(args), args.category, args.shots, args.seeds, args.out,
-                      method=args.method, seed=args.seed, progress=not args.quiet, manifest=args.manifest,
-                      splits=args.splits)
+    record = tracked_evaluate(args.model, data_root(args), args.category, args.shots, args.seeds, args.out,
+                              method=args.method, seed=args.seed, progress=not args.quiet, uri=tracking_uri(args),
+                              manifest=args.manifest, splits=args.splits)
     print(json.dumps({name: format_metric(record[name]) for name in METRIC_NAMES}))
     print(f"wrote {args.out}/metrics.json and {len(record['overlays'])} overlays in {args.out}/overlays")
     return 0

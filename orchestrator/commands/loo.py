@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from orchestrator.commands.common import add_config_arguments
+from orchestrator.commands.tracking_args import add_tracking_arguments, tracking_uri
 
 HELP = "leave-one-category-out table: ours vs kNN vs MAML-AE (and ablations)"
 
@@ -16,6 +17,7 @@ def add_arguments(p):
     p.add_argument("--out", required=True, help="output directory (models/, eval/, results.md, results.json)")
     p.add_argument("--quiet", action="store_true")
     add_config_arguments(p)
+    add_tracking_arguments(p)
 
 
 def _split(text: str) -> list[str]:
@@ -27,7 +29,7 @@ def run(args) -> int:
 
     results = run_loo(args.data, args.out, args.shots, args.seeds, tuple(_split(args.methods)),
                       _split(args.categories) or None, tuple(_split(args.ablations)), args.config,
-                      args.overrides, progress=not args.quiet)
+                      args.overrides, progress=not args.quiet, tracking_uri=tracking_uri(args))
     print(results_table(results))
     print(f"wrote {args.out}/results.md and {args.out}/results.json")
     return 0

@@ -10,6 +10,7 @@ from orchestrator.commands.distributed_args import (
     run_distributed,
     wants_distributed,
 )
+from orchestrator.commands.tracking_args import add_tracking_arguments, tracking_uri
 
 HELP = "meta-train a model (Alg. 1), leaving --exclude categories out"
 
@@ -23,11 +24,13 @@ def add_arguments(p):
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     add_config_arguments(p)
     add_distributed_arguments(p)
+    add_tracking_arguments(p)
 
 
 def run(args) -> int:
-    from orchestrator.train import train
+    from orchestrator.tracked import tracked_train
 
+    uri = tracking_uri(args)
     extra = []
     if args.exclude:
         extra.append("data.exclude=[" + ",".join(args.exclude) + "]")
@@ -39,9 +42,9 @@ def run(args) -> int:
         cfg = _resume_config(args, cfg, extra)
     if wants_distributed(args):
         return run_distributed(args, cfg)
-    summary = train(cfg, data_root(args), args.out, resume=args.resume, progress=not args.quiet,
-                    manifest=args.manifest, splits=args.splits)
-    print(json.dumps({k: summary[k] for k in ("out", "episodes", "seconds", "categories")}))
+    summary = tracked_train(cfg, data_root(args), args.out, resume=args.resume, progress=not args.quiet, uri=uri,
+                            manifest=args.manifest, splits=args.splits)
+    print(json.dumps({k: summary[k] for k in ("out", "episodes", "seconds", "categories", "run_id") if k in summary}))
     return 0
 
 

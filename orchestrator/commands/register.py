@@ -1,0 +1,26 @@
+"""fsad register: adapt a training run's weights to a category and register fsad-<category>."""
+from __future__ import annotations
+
+from orchestrator.commands.tracking_args import add_tracking_arguments, tracking_uri
+
+HELP = "register fsad-CATEGORY: a training run's weights + the category's K-shot dictionary"
+
+
+def add_arguments(p):
+    p.add_argument("--run", dest="run_id", required=True, metavar="RUN_ID", help="training run id (logged by fsad train)")
+    p.add_argument("--category", required=True, help="category the registered model scores")
+    source = p.add_mutually_exclusive_group(required=True)
+    source.add_argument("--support", metavar="DIR", help="folder of K normal support images")
+    source.add_argument("--draw", type=int, metavar="N", help="support draw N of the evaluation protocol")
+    p.add_argument("--shots", type=int, default=None, help="K for --draw (default eval.shots)")
+    p.add_argument("--data", default=None, help="data root (default: the training run's); metrics use its test set")
+    add_tracking_arguments(p, optional=False)
+
+
+def run(args) -> int:
+    from orchestrator.registry import register_from_run
+
+    result = register_from_run(tracking_uri(args, required=True), args.run_id, args.category, args.support,
+                               args.draw, args.shots, args.data)
+    print(result.line())
+    return 0

@@ -1,0 +1,351 @@
+"""Per-category model registry: `fsad-<category>` holds one version per adaptation of meta-trained
+weights to that category with K support images (the task dictionary is stored with the weights).
+
+Every version is tagged with the data hash, K, the support draw (or files), the metrics measured on the
+category's test set when it is available, and the run that made it. Aliases: `champion` moves to a new
+version only when it beats the current champion on the configured metric (tracking.champion_metric,
+strictly greater); otherwise the new version gets `challenger`. A version without metrics becomes
+champion only when there is none yet.
+
+Registration needs the tracking server (no spool): a failure is an InputError naming the cause.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from model.errors import InputError
+from orchestrator.artifacts import CONFIG, META, WEIGHTS, load_model_dir, resolve_device
+from orchestrator.config import Config
+from orchestrator.evaluate import METRIC_NAMES, draw_metrics, load_test_set, make_scorer, score_batches, support_draws
+from orchestrator.tracking import client_for, data_version, error_line, redact
+from workers.data import list_categories, load_images
+
+PREFIX = "fsad-"
+CHAMPION, CHALLENGER = "champion", "challenger"
+NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,100}$")
+
+
+@dataclass
+class Registration:
+    name: str
+    version: str
+    alias: str
+    run_id: str
+    metric: str
+    value: float | None
+    previous_champion: str | None
+    adapt_seconds: float
+
+    def line(self) -> str:
+        shown = "n/a" if self.value is None else f"{self.value:.4f}"
+        return (f"registered {self.name} version {self.version} as @{self.alias} ({self.metric}={shown}; "
+                f"adaptation {self.adapt_seconds * 1000:.0f} ms; run {self.run_id})")
+
+
+def model_name(category: str) -> str:
+    if not NAME_RE.match(category):
+        raise InputError(f"category name {category!r}: expected letters, digits, '_', '.' or '-'")
+    return PREFIX + category
+
+
+def _mlflow_call(what: str, fn, *args, **kwargs):
+    """Run a registry call; server trouble becomes a one-line InputError without secrets."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        return fn(*args, **kwargs)
+    except MlflowException as exc:
+        raise InputError(f"{what} failed: {error_line(exc)}") from None
+    except OSError as exc:
+        raise InputError(f"{what} failed: {error_line(exc)}") from None
+
+
+# ---------------------------------------------------------------------------------------------
+# Resolving the model to adapt
+
+
+def parse_models_uri(uri: str) -> tuple[str, str | None, str | None]:
+    """models:/NAME@ALIAS -> (NAME, ALIAS, None); models:/NAME/VERSION -> (NAME, None, VERSION)."""
+    match = re.match(r"^models:/([^/@]+)(?:@([^/]+)|/([^/]+))$", uri)
+    if not match:
+        raise InputError(f"model URI {uri!r}: expected models:/NAME@ALIAS or models:/NAME/VERSION")
+    return match.group(1), match.group(2), match.group(3)
+
+
+def resolve_model_version(client, uri: str):
+    from mlflow.exceptions import MlflowException
+
+    name, alias, version = parse_models_uri(uri)
+    try:
+        client.get_registered_model(name)
+    except MlflowException as exc:
+        if exc.error_code != "RESOURCE_DOES_NOT_EXIST":
+            raise InputError(f"looking up {uri} failed: {error_line(exc)}") from None
+        known = sorted(m.name for m in client.search_registered_models(max_results=100))
+        raise InputError(f"no registered model named {name!r}; registered: {', '.join(known) or 'none'}") from None
+    try:
+        return client.get_model_version_by_alias(name, alias) if alias else client.get_model_version(name, version)
+    except MlflowException as exc:
+        if exc.error_code not in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE"):
+            raise InputError(f"looking up {uri} failed: {error_line(exc)}") from None
+        model = client.get_registered_model(name)
+        if alias:
+            aliases = sorted(getattr(model, "aliases", {}) or {})
+            raise InputError(f"registered model {name!r} has no alias {alias!r}; aliases: {', '.join(aliases) or 'none'}") from None
+        raise InputError(f"registered model {name!r} has no version {version!r}") from None
+
+
+def _download(uri: str, artifact_uri: str, dst: Path) -> Path:
+    import mlflow.artifacts
+
+    return Path(_mlflow_call(f"downloading {artifact_uri}", mlflow.artifacts.download_artifacts,
+                             artifact_uri=artifact_uri, dst_path=str(dst), tracking_uri=uri))
+
+
+def fetch_weights(uri: str, model: str, workdir: Path) -> tuple[Path, dict[str, str]]:
+    """A model directory (weights + config + meta) from models:/NAME@ALIAS, models:/NAME/N, a pyfunc
+    directory or an `fsad train` directory; plus tags describing where it came from."""
+    if model.startswith("models:/"):
+        client = client_for(uri)
+        version = resolve_model_version(client, model)
+        local = _download(uri, version.source, workdir / "source")
+        weights = local / "artifacts" / "weights"
+        if not (weights / WEIGHTS).is_file():
+            raise InputError(f"{model} is not an fsad model (no artifacts/weights/{WEIGHTS})")
+        source = {"fsad.source_model": f"models:/{version.name}/{version.version}"}
+        if version.tags.get("fsad.train_run_id"):
+            source["fsad.train_run_id"] = version.tags["fsad.train_run_id"]
+        return weights, source
+    path = Path(model)
+    if (path / "artifacts" / "weights" / WEIGHTS).is_file():
+        return path / "artifacts" / "weights", {"fsad.source_model": str(path.resolve())}
+    if (path / WEIGHTS).is_file():
+        return path, {"fsad.source_model": str(path.resolve())}
+    if not path.exists():
+        raise InputError(f"--model {model}: no such directory; expected models:/NAME@ALIAS or a model directory")
+    raise InputError(f"--model {model}: no {WEIGHTS} here; expected the output of `fsad train` or a registered model")
+
+
+def fetch_run_weights(uri: str, run_id: str, workdir: Path) -> Path:
+    """The final model/ of a training run."""
+    from mlflow.exceptions import MlflowException
+
+    client = client_for(uri)
+    try:
+        client.get_run(run_id)
+    except MlflowException as exc:
+        if exc.error_code in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE"):
+            raise InputError(f"--run {run_id}: no such run on the tracking server") from None
+        raise InputError(f"--run {run_id}: {error_line(exc)}") from None
+    try:
+        local = _download(uri, f"runs:/{run_id}/model", workdir / "run")
+    except InputError:
+        raise InputError(f"--run {run_id} has no model/ artifact; expected a training run logged by `fsad train`") from None
+    if not (local / WEIGHTS).is_file():
+        raise InputError(f"--run {run_id} has no model/{WEIGHTS}; expected a training run logged by `fsad train`")
+    return local
+
+
+# ---------------------------------------------------------------------------------------------
+# Adapting and registering
+
+
+def support_digest(images: torch.Tensor) -> str:
+    return hashlib.sha256(images.numpy().tobytes()).hexdigest()
+
+
+def adapt(model, cfg: Config, support: torch.Tensor):
+    """The category's task dictionary from K support images (K, 3, S, S); returns (dictionary, seconds)."""
+    scorer = make_scorer("ours", model, cfg)
+    began = time.perf_counter()
+    dictionary = scorer.adapt(support)
+    return dictionary, time.perf_counter() - began
+
+
+def category_metrics(model, cfg: Config, dictionary, data_root: Path, category: str) -> dict[str, float]:
+    """Metrics of one adapted dictionary on the category's test set."""
+    test = load_test_set(data_root, category, cfg.data.image_size)
+    scorer = make_scorer("ours", model, cfg)
+    scores, maps = score_batches(scorer, dictionary, test.images, cfg.eval.batch_size, resolve_device("cpu"))
+    found = draw_metrics(scores, maps, test)
+    return {k: float(v) for k, v in found.items() if v is not None}
+
+
+def register(uri: str, weights_dir: Path, category: str, support: torch.Tensor, support_info: dict[str, Any],
+             data_root: Path | None = None, parent_run_id: str | None = None,
+             extra_tags: dict[str, str] | None = None) -> Registration:
+    """Adapt `weights_dir` to `category` with `support` (K, 3, S, S), package it as a pyfunc, log it in a
+    registration run, create a version of fsad-<category> and move the aliases."""
+    from orchestrator.pyfunc import save_dictionary, save_package
+
+    name = model_name(category)
+    model, cfg, meta = load_model_dir(weights_dir, device="cpu")
+    if cfg.train.method != "ours":
+        raise InputError(f"only `ours` models can be registered; this one is {cfg.train.method}")
+    dictionary, seconds = adapt(model, cfg, support)
+    found: dict[str, float] = {}
+    if data_root is not None and category in list_categories(data_root):
+        found = category_metrics(model, cfg, dictionary, data_root, category)
+    metric = cfg.tracking.champion_metric
+    value = found.get(metric)
+    version_info = data_version(data_root) if data_root is not None else {"hash": support_digest(support), "kind": "support"}
+    tags = {
+        "fsad.category": category, "fsad.shots": str(int(support.shape[0])), "data.hash": version_info["hash"],
+        "data.hash_kind": version_info["kind"], "fsad.support_sha256": support_digest(support),
+        "fsad.champion_metric": metric, "fsad.seen_in_training": str(category in meta.get("train_categories", [])).lower(),
+        **{f"fsad.support_{k}": v if isinstance(v, str) else json.dumps(v) for k, v in support_info.items()},
+        **{f"metric.{k}": f"{v:.6g}" for k, v in found.items()},
+        **(extra_tags or {}),
+    }
+    if parent_run_id:
+        tags["fsad.train_run_id"] = parent_run_id
+    tags = {k: redact(v)[:5000] for k, v in tags.items()}
+
+    client = client_for(uri)
+    with tempfile.TemporaryDirectory(prefix="fsad-register-") as tmp:
+        tmp = Path(tmp)
+        weights = tmp / "weights"
+        weights.mkdir()
+        for file in (WEIGHTS, CONFIG, META):
+            if (Path(weights_dir) / file).is_file():
+                (weights / file).write_bytes((Path(weights_dir) / file).read_bytes())
+        save_dictionary(dictionary, tmp / "dictionary.safetensors", category)
+        save_package(tmp / "model", weights, tmp / "dictionary.safetensors",
+                     {"fsad_category": category, "fsad_shots": int(support.shape[0])})
+        experiment_id = _experiment(client, cfg.tracking.experiment)
+        run_tags = {k: v for k, v in tags.items() if not k.startswith("metric.")}
+        run_tags["fsad.kind"] = "register"
+        if parent_run_id and _run_exists(client, parent_run_id):
+            run_tags["mlflow.parentRunId"] = parent_run_id
+        run = _mlflow_call("creating the registration run", client.create_run, experiment_id,
+                           tags=run_tags, run_name=f"register {name}")
+        run_id = run.info.run_id
+        from mlflow.entities import Metric
+
+        stamp = int(time.time() * 1000)
+        metrics_out = [Metric(k, v, stamp, 0) for k, v in found.items()] + [Metric("adapt_seconds", seconds, stamp, 0)]
+        _mlflow_call("logging metrics", client.log_batch, run_id, metrics=metrics_out)
+        _mlflow_call("uploading the model", client.log_artifacts, run_id, str(tmp / "model"), "model")
+        _mlflow_call("closing the registration run", client.set_terminated, run_id, "FINISHED")
+    _ensure_registered_model(client, name, category)
+    version = _mlflow_call(f"creating a version of {name}", client.create_model_version, name,
+                           f"{run.info.artifact_uri}/model", run_id=run_id, tags=tags)
+    alias, previous = _move_aliases(client, name, version.version, metric, value)
+    return Registration(name, version.version, alias, run_id, metric, value, previous, seconds)
+
+
+def _experiment(client, name: str) -> str:
+    found = _mlflow_call("looking up the experiment", client.get_experiment_by_name, name)
+    if found is not None:
+        return found.experiment_id
+    return _mlflow_call("creating the experiment", client.create_experiment, name)
+
+
+def _run_exists(client, run_id: str) -> bool:
+    try:
+        client.get_run(run_id)
+        return True
+    except Exception:  # noqa: BLE001
+        return False
+
+
+def _ensure_registered_model(client, name: str, category: str) -> None:
+    from mlflow.exceptions import MlflowException
+
+    try:
+        client.create_registered_model(name, tags={"fsad.category": category},
+                                       description=f"fsad anomaly detector for category {category}")
+    except MlflowException as exc:
+        if exc.error_code != "RESOURCE_ALREADY_EXISTS":
+            raise InputError(f"creating registered model {name} failed: {error_line(exc)}") from None
+
+
+def current_alias(client, name: str, alias: str):
+    from mlflow.exceptions import MlflowException
+
+    try:
+        return client.get_model_version_by_alias(name, alias)
+    except MlflowException as exc:
+        if exc.error_code in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE"):
+            return None
+        raise InputError(f"looking up {name}@{alias} failed: {error_line(exc)}") from None
+
+
+def beats(value: float | None, champion_value: float | None, has_champion: bool) -> bool:
+    """Does a new version take @champion? Only on strict improvement of the configured metric."""
+    if not has_champion:
+        return True
+    if value is None:
+        return False
+    return champion_value is None or value > champion_value
+
+
+def _move_aliases(client, name: str, version: str, metric: str, value: float | None) -> tuple[str, str | None]:
+    champion = current_alias(client, name, CHAMPION)
+    champion_value = None
+    if champion is not None and f"metric.{metric}" in champion.tags:
+        champion_value = float(champion.tags[f"metric.{metric}"])
+    alias = CHAMPION if beats(value, champion_value, champion is not None) else CHALLENGER
+    _mlflow_call(f"setting {name}@{alias}", client.set_registered_model_alias, name, alias, version)
+    return alias, champion.version if champion is not None else None
+
+
+# ---------------------------------------------------------------------------------------------
+# The two commands' library calls
+
+
+def register_from_run(uri: str, run_id: str, category: str, support_dir: str | None, draw: int | None,
+                      shots: int | None, data_root: str | None) -> Registration:
+    with tempfile.TemporaryDirectory(prefix="fsad-run-") as tmp:
+        weights = fetch_run_weights(uri, run_id, Path(tmp))
+        _, cfg, meta = load_model_dir(weights)
+        root = Path(data_root or meta.get("data_root", ""))
+        support, info = _support(cfg, category, support_dir, draw, shots, root)
+        has_data = root.is_dir() and category in list_categories(root)
+        return register(uri, weights, category, support, info, root if has_data else None, parent_run_id=run_id)
+
+
+def adapt_and_register(uri: str, model: str, support_dir: str, category: str, data_root: str | None) -> Registration:
+    with tempfile.TemporaryDirectory(prefix="fsad-adapt-") as tmp:
+        weights, source = fetch_weights(uri, model, Path(tmp))
+        _, cfg, _ = load_model_dir(weights)
+        support, info = _support(cfg, category, support_dir, None, None, None)
+        root = Path(data_root) if data_root else None
+        if root is not None and category not in list_categories(root):
+            raise InputError(f"--data {data_root} has no category {category!r} to measure the new model on")
+        parent = source.pop("fsad.train_run_id", None)
+        return register(uri, weights, category, support, info, root, parent_run_id=parent, extra_tags=source)
+
+
+def _support(cfg: Config, category: str, support_dir: str | None, draw: int | None, shots: int | None,
+             root: Path | None) -> tuple[torch.Tensor, dict[str, Any]]:
+    if (support_dir is None) == (draw is None):
+        raise InputError("give exactly one of --support DIR or --draw N")
+    if support_dir is not None:
+        images, files = load_images([support_dir], cfg.data.image_size)
+        if shots is not None and shots != images.shape[0]:
+            raise InputError(f"--shots {shots} but {support_dir} holds {images.shape[0]} images")
+        return images, {"files": [f.name for f in files]}
+    if draw < 0:
+        raise InputError(f"--draw {draw}: expected a draw index >= 0")
+    if root is None or not root.is_dir():
+        raise InputError(f"--draw needs the data root (--data); {root} does not exist")
+    if category not in list_categories(root):
+        raise InputError(f"category {category!r} not found under {root}; available: {', '.join(list_categories(root))}")
+    k = shots or cfg.eval.shots
+    test = load_test_set(root, category, cfg.data.image_size)
+    index = support_draws(test.support_pool.shape[0], k, draw + 1, cfg.eval.seed, category)[draw]
+    return test.support_pool[index], {"draw": draw, "indices": index, "seed": cfg.eval.seed}
+
+
+__all__ = ["Registration", "register", "register_from_run", "adapt_and_register", "beats", "model_name",
+           "METRIC_NAMES"]

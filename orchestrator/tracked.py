@@ -1,0 +1,211 @@
+"""`train` and `evaluate` with MLflow runs around them (the commands and `run_loo` call these).
+
+Training run (one per `fsad train`): params = the resolved config flattened (+ data.root); tags =
+method, held-out categories, data hash; input = the data manifest (digest) when there is one; metrics
+per update (loss terms, energies, inpaint gain, staleness, throughput), step = episode; artifacts =
+checkpoints/episode_NNNNNN/ at every checkpoint and model/ (weights, config, meta) at the end. The
+run's ids are written to <model dir>/tracking.json so that evaluations and registrations nest under it.
+
+Evaluation (one per `fsad evaluate`): a summary run "eval CAT K=k METHOD" under the training run
+(mean/std metrics, overlays, ROC and PRO curves of every draw, metrics.json) and one child run per
+support draw (its metrics, its support indices, its ROC and PRO curves).
+"""
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from model import metrics
+from orchestrator.artifacts import CONFIG, META, STATE, WEIGHTS
+from orchestrator.config import Config, atomic_write_text, config_from_dict
+from orchestrator.evaluate import METRIC_NAMES, evaluate
+from orchestrator.tracking import TrackedRun, data_version, spool_root, uri_key
+from orchestrator.train import train
+
+TRACKING_FILE = "tracking.json"
+
+
+def _param_value(value: Any) -> str:
+    return json.dumps(value) if isinstance(value, (list, dict)) else str(value)
+
+
+class TrainingTracker:
+    """Callbacks for `train(on_log=..., on_checkpoint=...)` that feed one MLflow run."""
+
+    def __init__(self, uri: str, cfg: Config, data_root: str | Path, out: str | Path, resume: bool = False,
+                 manifest: str | Path | None = None):
+        self.out = Path(out)
+        held_out = ",".join(cfg.data.exclude) or "none"
+        previous = read_tracking_file(self.out) if resume else {}
+        version = data_version(data_root, manifest)
+        tags = {"fsad.kind": "train", "fsad.method": cfg.train.method, "fsad.held_out": held_out,
+                "data.hash": version["hash"], "data.hash_kind": version["kind"]}
+        if previous.get("run_id"):
+            tags["fsad.resumed_from"] = previous["run_id"]
+        self.run = TrackedRun(uri, f"train {cfg.train.method} (held out: {held_out})", cfg.tracking.experiment, tags)
+        params = {k: _param_value(v) for k, v in cfg.flatten().items()}
+        params["data.root"] = str(Path(data_root).resolve()) if isinstance(data_root, (str, Path)) else str(data_root)
+        self.run.log_params(params)
+        if "dataset" in version:
+            self.run.log_input(version["dataset"], "training")
+        self.uri, self.experiment = uri, cfg.tracking.experiment
+        self._last: float | None = None
+
+    def on_log(self, record: dict[str, Any]) -> None:
+        now = time.perf_counter()
+        values = {k: v for k, v in record.items() if k != "episode"}
+        # The in-process learner makes its negatives with the current weights: staleness 0 updates.
+        values.setdefault("staleness", 0.0)
+        if self._last is not None and now > self._last:
+            values["throughput_episodes_per_s"] = 1.0 / (now - self._last)
+        self._last = now
+        self.run.log_metrics(values, step=int(record["episode"]))
+
+    def on_checkpoint(self, episode: int, out: Path) -> None:
+        files = [out / WEIGHTS, out / CONFIG, out / META, out / STATE]
+        self.run.log_artifacts(files, f"checkpoints/episode_{episode:06d}")
+
+    def finish(self, summary: dict[str, Any] | None, status: str = "FINISHED") -> bool:
+        if summary is not None:
+            self.run.log_metrics({"train_seconds": summary["seconds"]}, step=int(summary["episodes"]))
+            self.run.log_artifacts([self.out / WEIGHTS, self.out / CONFIG, self.out / META], "model")
+        done = self.run.end(status)
+        if self.out.is_dir():
+            write_tracking_file(self.out, self.run, self.uri, self.experiment)
+        return done
+
+
+def write_tracking_file(out: Path, run: TrackedRun, uri: str, experiment: str) -> None:
+    atomic_write_text(out / TRACKING_FILE, json.dumps(
+        {"run_id": run.run_id, "local_id": run.local_id, "uri_key": uri_key(uri), "experiment": experiment,
+         "spool": str(run.root)}, indent=2))
+
+
+def read_tracking_file(model_dir: str | Path) -> dict[str, Any]:
+    path = Path(model_dir) / TRACKING_FILE
+    try:
+        return json.loads(path.read_text()) if path.is_file() else {}
+    except json.JSONDecodeError:
+        return {}
+
+
+def training_parent(model_dir: str | Path, uri: str) -> str | None:
+    """The training run of a model directory on this tracking server, if it was tracked there."""
+    info = read_tracking_file(model_dir)
+    if not info or info.get("uri_key") != uri_key(uri):
+        return None
+    if info.get("run_id"):
+        return info["run_id"]
+    from orchestrator.tracking import _synced_run_id
+
+    return _synced_run_id(spool_root(info.get("spool")), info.get("local_id", ""))
+
+
+def tracked_train(cfg: Config, data_root, out, resume: bool = False, progress: bool = True,
+                  uri: str | None = None, manifest=None, **kwargs) -> dict[str, Any]:
+    """`train` inside a training run (plain `train` when uri is None); kwargs go to `train`."""
+    if manifest is not None:
+        kwargs["manifest"] = manifest
+    if uri is None or (isinstance(data_root, (str, Path)) and not Path(data_root).exists()):
+        # bad input fails in train() before any run exists
+        return train(cfg, data_root, out, resume=resume, progress=progress, **kwargs)
+    tracker = TrainingTracker(uri, cfg, data_root, out, resume, manifest)
+    try:
+        summary = train(cfg, data_root, out, resume=resume, progress=progress, on_log=tracker.on_log,
+                        on_checkpoint=tracker.on_checkpoint, **kwargs)
+    except KeyboardInterrupt:
+        tracker.finish(None, "KILLED")
+        raise
+    except BaseException:
+        tracker.finish(None, "FAILED")
+        raise
+    tracker.finish(summary)
+    summary["run_id"] = tracker.run.run_id
+    return summary
+
+
+def _model_config(model_dir: str | Path) -> Config | None:
+    try:
+        return config_from_dict(yaml.safe_load((Path(model_dir) / CONFIG).read_text()))
+    except Exception:  # noqa: BLE001 - evaluate() reports a bad model directory itself
+        return None
+
+
+def tracked_evaluate(model_dir, data_root, category: str, shots: int, draws: int, out, method: str = "ours",
+                     seed: int | None = None, progress: bool = True, overlays: int | None = None,
+                     uri: str | None = None, **kwargs) -> dict[str, Any]:
+    """`evaluate` inside an evaluation summary run with one child run per support draw; kwargs (e.g.
+    manifest, splits) go to `evaluate`."""
+    if uri is None:
+        return evaluate(model_dir, data_root, category, shots, draws, out, method=method, seed=seed,
+                        progress=progress, overlays=overlays, **kwargs)
+    from orchestrator.plots import pro_png, roc_png
+
+    cfg = _model_config(model_dir)
+    if cfg is None:  # let evaluate raise its own InputError before any run exists
+        return evaluate(model_dir, data_root, category, shots, draws, out, method=method, seed=seed,
+                        progress=progress, overlays=overlays, **kwargs)
+    experiment = cfg.tracking.experiment
+    out = Path(out)
+    parent = training_parent(model_dir, uri)
+    base_tags = {"fsad.category": category, "fsad.shots": shots, "fsad.method": method,
+                 "fsad.model_dir": str(Path(model_dir).resolve())}
+    if parent:
+        base_tags["fsad.train_run_id"] = parent
+    summary_run = TrackedRun(uri, f"eval {category} K={shots} {method}", experiment,
+                             {**base_tags, "fsad.kind": "eval"}, parent=parent)
+    version = data_version(kwargs.get("manifest") or data_root)
+    summary_run.set_tags({"data.hash": version["hash"], "data.hash_kind": version["kind"]})
+    if "dataset" in version:
+        summary_run.log_input(version["dataset"], "evaluation")
+    summary_run.log_params({"category": category, "shots": shots, "draws": draws, "method": method,
+                            "seed": cfg.eval.seed if seed is None else seed, "data.root": str(data_root)})
+    rocs, pros = [], []
+
+    def on_draw(record: dict[str, Any], scores, maps, test) -> None:
+        draw = record["draw"]
+        child = TrackedRun(uri, f"eval {category} K={shots} {method} draw {draw}", experiment,
+                           {**base_tags, "fsad.kind": "eval_draw", "fsad.draw": draw}, parent=summary_run)
+        child.log_params({"category": category, "shots": shots, "draw": draw, "method": method,
+                          "support": json.dumps(record["support"])})
+        child.log_metrics({k: v for k, v in record.items() if k in METRIC_NAMES + ("score_gap",) and v is not None})
+        pictures = []
+        fpr, tpr = metrics.roc_curve_points(scores, test.labels)
+        rocs.append((f"draw {draw}", fpr, tpr))
+        roc_png(out / "plots" / f"roc_draw{draw}.png", [rocs[-1]], f"{category} K={shots} draw {draw}: image ROC")
+        pictures.append(out / "plots" / f"roc_draw{draw}.png")
+        curve = metrics.pro_curve(maps, test.masks) if test.masks is not None else None
+        if curve is not None:
+            pros.append((f"draw {draw}", *curve))
+            pro_png(out / "plots" / f"pro_draw{draw}.png", [pros[-1]], f"{category} K={shots} draw {draw}: PRO")
+            pictures.append(out / "plots" / f"pro_draw{draw}.png")
+        child.log_artifacts(pictures, "plots")
+        child.end()
+
+    try:
+        record = evaluate(model_dir, data_root, category, shots, draws, out, method=method, seed=seed,
+                          progress=progress, overlays=overlays, on_draw=on_draw, **kwargs)
+    except BaseException:
+        summary_run.end("FAILED")
+        raise
+    values: dict[str, float] = {"adapt_seconds": record["adapt_seconds"]}
+    for name in METRIC_NAMES + ("score_gap",):
+        if record.get(name):
+            values[f"{name}_mean"] = record[name]["mean"]
+            values[f"{name}_std"] = record[name]["std"]
+    summary_run.log_metrics({k: v for k, v in values.items() if v is not None})
+    roc_png(out / "plots" / "roc.png", rocs, f"{category} K={shots} {method}: image ROC, every draw")
+    pictures = [out / "plots" / "roc.png"]
+    if pros:
+        pro_png(out / "plots" / "pro.png", pros, f"{category} K={shots} {method}: PRO, every draw")
+        pictures.append(out / "plots" / "pro.png")
+    summary_run.log_artifacts(pictures, "plots")
+    summary_run.log_artifacts([out / "overlays"], "")
+    summary_run.log_artifacts([out / "metrics.json"], "")
+    summary_run.end()
+    record["run_id"] = summary_run.run_id
+    return record
