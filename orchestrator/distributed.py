@@ -280,6 +280,7 @@ def train_distributed(
             history.append({"episode": c.applied - 1, "category": result.category, **rounded})
             record = {
                 "update": c.applied, "episode": result.episode_index, "category": result.category, "worker": w,
+                "pid": result.pid,
                 "version": result.version, "staleness": staleness, **rounded,
                 "staleness_hist": {str(k): v for k, v in sorted(hist.items())},
                 "episodes_per_s": {str(i): round(done_by[i] / elapsed, 4) for i in range(W)},

@@ -14,7 +14,8 @@ from __future__ import annotations
 import math
 import os
 import socket
-import time
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -72,6 +73,23 @@ def resolve_address(address: str) -> tuple[str, tuple[str, int] | None]:
     return address, _host_port(address, address)
 
 
+def _probe_gcs(target: str, address: str, timeout: float) -> None:
+    """Join the cluster from a child process first: ray.init retries a silent or foreign endpoint (a
+    proxy, Redis on 6379) for minutes, a child can be stopped after `timeout` seconds."""
+    code = ("import ray; ray.init(address=%r, log_to_driver=False, logging_level='ERROR', "
+            "include_dashboard=False) if not %r.startswith('ray://') else ray.init(address=%r); ray.shutdown()"
+            % (target, target, target))
+    try:
+        proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        raise InputError(f"--address {address}: no Ray cluster answered at {target} within {timeout:g}s "
+                         "(distributed.connect_timeout_s)") from None
+    if proc.returncode != 0:
+        lines = [line for line in proc.stderr.strip().splitlines() if line.strip()]
+        raise InputError(f"--address {address}: could not join the Ray cluster at {target} "
+                         f"({lines[-1][:200] if lines else 'exit ' + str(proc.returncode)})")
+
+
 def connect(address: str | None, cfg: Config) -> bool:
     """Join or start Ray; -> True when Ray was started (and must be shut down) here."""
     if ray.is_initialized():  # a caller (tests, notebooks) already did ray.init
@@ -94,6 +112,7 @@ def connect(address: str | None, cfg: Config) -> bool:
             reason = exc.strerror or type(exc).__name__
             raise InputError(f"--address {address}: no Ray cluster reachable at {probe[0]}:{probe[1]} "
                              f"within {d.connect_timeout_s:g}s ({reason})") from None
+    _probe_gcs(target, address, d.connect_timeout_s)
     try:
         ray.init(address=target, log_to_driver=False, logging_level="ERROR")
     except (ConnectionError, RuntimeError, ValueError) as exc:
