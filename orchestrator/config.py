@@ -154,7 +154,7 @@ class DistributedConfig:
     max_restarts: int = 5  # Ray restarts a crashed actor this many times (-1: forever)
     max_task_retries: int = 0  # Ray-level retries; 0: the learner re-issues failed episodes itself (counted)
     start_timeout_s: float = 60.0  # workers not placed and ready within this: error (e.g. too many GPUs)
-    connect_timeout_s: float = 10.0  # --address not reachable within this: error
+    connect_timeout_s: float = 30.0  # --address not joined within this: error
     object_store_mb: int = 0  # object store of an in-process Ray (no --address); 0: Ray's default
 
 
