@@ -197,6 +197,11 @@ def train_distributed(
             while w in live() and load[w] < cap and c.applied + len(in_flight) < total:
                 issue(w)
 
+        def seen_pid(w: int, pid: int) -> None:
+            if pid != pids[w]:  # a new process serves worker w: Ray restarted it
+                c.restarts += 1
+                pids[w] = pid
+
         def fail(w: int) -> None:
             if w not in recovering and w not in dead:
                 recovering.add(w)
@@ -230,9 +235,7 @@ def train_distributed(
                     dead.add(w)  # restarts exhausted
                     continue
                 recovering.discard(w)
-                if info["pid"] != pids.get(w):
-                    c.restarts += 1
-                    pids[w] = info["pid"]
+                seen_pid(w, info["pid"])
                 fill(w)
                 continue
             ticket = in_flight.pop(ref)
@@ -255,7 +258,7 @@ def train_distributed(
                 continue
             c.completed += 1
             done_by[w] += 1
-            pids[w] = result.pid
+            seen_pid(w, result.pid)
             bytes_in += result.input_bytes
             bytes_out += result.nbytes()
             staleness = learner.version - result.version

@@ -1,0 +1,131 @@
+"""Pool and learner on a real Ray instance (in this process, 2 CPUs, 2 fake GPUs, 127.0.0.1):
+synchronous-mode equivalence with the in-process update, a short async run that learns with exact
+accounting, three SIGKILLed workers, GPU placement, and too many GPUs failing within a timeout."""
+from __future__ import annotations
+
+import copy
+import os
+import signal
+import time
+
+import pytest
+import torch
+
+from model.errors import InputError
+from orchestrator.artifacts import build_model
+from orchestrator.distributed import train_distributed
+from orchestrator.learner import Learner, step_spec
+from orchestrator.pool import ActorPool
+from tests.conftest import HELD_OUT, SMALL_CATEGORIES
+from tests.test_ray_workers import in_process_update, tiny_config
+
+ray = pytest.importorskip("ray")
+pytestmark = pytest.mark.slow
+TRAINED_ON = sorted(c for c in SMALL_CATEGORIES if c != HELD_OUT)
+
+
+@pytest.fixture(scope="module")
+def ray_local():
+    ray.init(address="local", num_cpus=2, num_gpus=2, object_store_memory=300 * 1024 * 1024,
+             include_dashboard=False, log_to_driver=False, logging_level="ERROR")
+    yield
+    ray.shutdown()
+
+
+def check_accounting(summary, total):
+    c = summary["counters"]
+    assert c["applied"] == total
+    assert c["issued"] == c["completed"] + c["failed"] + c["abandoned"]
+    assert c["completed"] == c["applied"] + c["dropped_stale"]
+    assert c["failed"] == c["retried"] + summary["retry_pending"]
+    assert sum(summary["staleness_hist"].values()) == total
+    return c
+
+
+def test_sync_update_through_ray_equals_in_process_update(ray_local, small_real_root):
+    """One synchronous update: same episode, same weights, same Langevin seed, via a real actor."""
+    cfg = tiny_config("distributed.workers=1", "distributed.mode=sync", "data.exclude=[tire]")
+    torch.manual_seed(0)
+    reference = build_model(cfg)
+    learner = Learner(copy.deepcopy(reference), cfg.train.lr, cfg.train.grad_clip, step_spec(cfg))
+    pool = ActorPool(cfg, small_real_root, TRAINED_ON)
+    try:
+        pool.start()
+        pool.broadcast(learner.packet())
+        episode_ref = pool.episode(TRAINED_ON[1], 1234)
+        result = ray.get(pool.submit(0, episode_ref, 0, 77))
+        episode = ray.get(episode_ref)
+    finally:
+        pool.shutdown()
+    assert result.version == 0 and result.grads is not None
+    learner.apply(result)
+    in_process_update(reference, episode, cfg, seed=77)
+    for (name, a), b in zip(reference.state_dict().items(), learner.model.state_dict().values()):
+        torch.testing.assert_close(a, b, rtol=0, atol=1e-5, msg=name)
+
+
+def test_async_run_learns_and_accounting_adds_up(ray_local, small_real_root, tmp_path):
+    total = 24
+    cfg = tiny_config("distributed.workers=2", "distributed.max_staleness=1", "distributed.max_in_flight=2",
+                      f"train.episodes={total}", "train.checkpoint_every=8", "data.exclude=[tire]", "train.lr=0.003")
+    records = []
+    summary = train_distributed(cfg, small_real_root, tmp_path / "m", progress=False, on_log=records.append)
+    c = check_accounting(summary, total)
+    assert c["failed"] == 0 and summary["broadcasts"] == total + 1
+    assert max(int(k) for k in summary["staleness_hist"]) <= 1
+    assert {r["worker"] for r in records} == {0, 1}  # both workers contributed
+    assert [r["update"] for r in records] == list(range(1, total + 1))
+    for key in ("l_rec", "l_cd", "pos_energy", "neg_energy", "staleness_hist", "episodes_per_s", "learner_idle_s"):
+        assert key in records[-1]
+    third = total // 3
+    first = sum(r["loss"] for r in records[:third]) / third
+    last = sum(r["loss"] for r in records[-third:]) / third
+    assert last < first, (first, last)
+    lines = (tmp_path / "m" / "metrics.jsonl").read_text().splitlines()
+    assert len(lines) == total
+    assert (tmp_path / "m" / "model.safetensors").is_file()
+
+
+def test_three_sigkilled_workers_do_not_stop_training(ray_local, small_real_root, tmp_path):
+    total = 24
+    cfg = tiny_config("distributed.workers=2", "distributed.max_staleness=2", "distributed.max_restarts=5",
+                      f"train.episodes={total}", "data.exclude=[tire]", "train.checkpoint_every=100")
+    killed: list[int] = []
+
+    def killer(record):
+        if record["update"] in (3, 10, 17):
+            os.kill(record["pid"], signal.SIGKILL)  # the worker that produced this update
+            killed.append(record["pid"])
+
+    summary = train_distributed(cfg, small_real_root, tmp_path / "m", progress=False, on_log=killer)
+    c = check_accounting(summary, total)
+    assert len(set(killed)) == 3
+    assert c["restarts"] == 3, c
+    assert c["failed"] >= 1 and c["retried"] >= 1, c
+
+
+def test_fake_gpus_give_workers_distinct_device_ids(ray_local, small_real_root):
+    cfg = tiny_config("distributed.workers=2", "distributed.num_gpus_per_worker=1", "distributed.num_cpus_per_worker=0.5",
+                      "data.exclude=[tire]")
+    pool = ActorPool(cfg, small_real_root, TRAINED_ON)
+    try:
+        infos = pool.start()
+    finally:
+        pool.shutdown()
+    ids = [tuple(i["gpu_ids"]) for i in infos]
+    assert all(len(i) == 1 for i in ids) and len(set(ids)) == 2, ids
+    # CPU-only torch here: a worker with a GPU id but no CUDA falls back to the CPU
+    assert all(i["device"] == ("cuda:0" if torch.cuda.is_available() else "cpu") for i in infos)
+
+
+def test_more_gpus_than_the_cluster_has_fails_within_the_timeout(ray_local, small_real_root):
+    cfg = tiny_config("distributed.workers=3", "distributed.num_gpus_per_worker=1", "distributed.num_cpus_per_worker=0",
+                      "distributed.start_timeout_s=3", "data.exclude=[tire]")
+    pool = ActorPool(cfg, small_real_root, TRAINED_ON)
+    began = time.perf_counter()
+    try:
+        with pytest.raises(InputError, match=r"not placed within 3s.*1 GPU\) requested, the cluster has .* 2 GPU"):
+            pool.start()
+    finally:
+        pool.shutdown()
+    assert time.perf_counter() - began < 20
