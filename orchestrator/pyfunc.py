@@ -16,6 +16,7 @@ MlflowException with INVALID_PARAMETER_VALUE, which `mlflow models serve` answer
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import warnings
@@ -127,31 +128,43 @@ def images_from_input(model_input: Any, image_size: int) -> torch.Tensor:
     return images.contiguous()
 
 
-class FsadModel(mlflow.pyfunc.PythonModel):
-    """Scores images against the stored dictionary of one category (Alg. 2 steps 5-6)."""
+@contextlib.contextmanager
+def _muted_warnings():
+    """mlflow checks `predict`'s type hints when the class is created and warns under its own filter
+    (simplefilter "once"), so filters cannot silence it; inputs are checked in images_from_input."""
+    shown = warnings.showwarning
+    warnings.showwarning = lambda *args, **kwargs: None
+    try:
+        yield
+    finally:
+        warnings.showwarning = shown
 
-    def load_context(self, context) -> None:
-        from orchestrator.artifacts import load_model_dir
 
-        from orchestrator.evaluate import make_scorer
+with _muted_warnings():
+    class FsadModel(mlflow.pyfunc.PythonModel):
+        """Scores images against the stored dictionary of one category (Alg. 2 steps 5-6)."""
 
-        self.model, self.cfg, self.meta = load_model_dir(context.artifacts[WEIGHTS_KEY], device="cpu")
-        self.dictionary = load_dictionary(context.artifacts[DICTIONARY_KEY])
-        self.scorer = make_scorer("ours", self.model, self.cfg)  # scores exactly as `fsad evaluate` does
+        def load_context(self, context) -> None:
+            from orchestrator.artifacts import load_model_dir
+            from orchestrator.evaluate import make_scorer
 
-    def score(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """images (B, 3, S, S) -> scores (B,), maps (B, S, S)."""
-        scores, maps = [], []
-        for start in range(0, images.shape[0], self.cfg.eval.batch_size):
-            s, m = self.scorer.score(images[start : start + self.cfg.eval.batch_size], self.dictionary)
-            scores.append(s)
-            maps.append(m)
-        return torch.cat(scores), torch.cat(maps)
+            self.model, self.cfg, self.meta = load_model_dir(context.artifacts[WEIGHTS_KEY], device="cpu")
+            self.dictionary = load_dictionary(context.artifacts[DICTIONARY_KEY])
+            self.scorer = make_scorer("ours", self.model, self.cfg)  # scores exactly as `fsad evaluate` does
 
-    def predict(self, context, model_input, params=None) -> dict[str, np.ndarray]:
-        images = images_from_input(model_input, self.cfg.data.image_size)
-        scores, maps = self.score(images)
-        return {"score": scores.numpy(), "anomaly_map": maps.numpy()}
+        def score(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+            """images (B, 3, S, S) -> scores (B,), maps (B, S, S)."""
+            scores, maps = [], []
+            for start in range(0, images.shape[0], self.cfg.eval.batch_size):
+                s, m = self.scorer.score(images[start : start + self.cfg.eval.batch_size], self.dictionary)
+                scores.append(s)
+                maps.append(m)
+            return torch.cat(scores), torch.cat(maps)
+
+        def predict(self, context, model_input, params=None) -> dict[str, np.ndarray]:
+            images = images_from_input(model_input, self.cfg.data.image_size)
+            scores, maps = self.score(images)
+            return {"score": scores.numpy(), "anomaly_map": maps.numpy()}
 
 
 def save_package(path: Path, weights_dir: Path, dictionary_file: Path, metadata: dict[str, Any]) -> None:

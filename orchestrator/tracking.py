@@ -483,11 +483,12 @@ def data_version(data_root: Any, manifest: str | Path | None = None) -> dict[str
     listing hash of the relative paths and sizes of every file under the root (kind=listing).
 
     data_root: a folder, a manifest .parquet file, or a workers.manifest source (folder or manifest)."""
-    source_manifest = getattr(data_root, "manifest", None)  # a ManifestSource
-    if source_manifest is not None:
-        data_root, manifest = source_manifest.root, source_manifest.path
-    elif hasattr(data_root, "root"):  # a FolderSource
-        data_root = data_root.root
+    if not isinstance(data_root, (str, Path)):
+        source_manifest = getattr(data_root, "manifest", None)
+        if source_manifest is not None:  # a workers.manifest.ManifestSource
+            data_root, manifest = source_manifest.root, source_manifest.path
+        else:  # a workers.manifest.FolderSource
+            data_root = data_root.root
     root = Path(data_root)
     if root.suffix == ".parquet" and root.is_file():
         root, manifest = root.parent, root

@@ -1,0 +1,365 @@
+"""MLflow tracking and the per-category registry against the embedded default (a sqlite file, local
+artifacts): training/evaluation runs, nesting, pictures, data version, registry aliases, the pyfunc
+round trip, loading without unpickling, `fsad adapt` in under a second, bad input.
+
+One sqlite database per module (creating its tables takes seconds); tiny budgets throughout.
+"""
+from __future__ import annotations
+
+import json
+import os
+import pickle
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from tests.conftest import HELD_OUT, image_files, tiny_sets
+
+pytestmark = pytest.mark.slow
+SHOTS = 2
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory):
+    """A fresh sqlite tracking store + spool in a temporary folder, used as the working directory."""
+    root = tmp_path_factory.mktemp("tracking")
+    saved = {k: os.environ.get(k) for k in ("FSAD_SPOOL_DIR", "MLFLOW_TRACKING_URI")}
+    os.environ["FSAD_SPOOL_DIR"] = str(root / "spool")
+    os.environ.pop("MLFLOW_TRACKING_URI", None)
+    yield {"root": root, "uri": f"sqlite:///{root}/mlflow.db"}
+    for key, value in saved.items():
+        if value is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = value
+
+
+@pytest.fixture(scope="module")
+def client(store):
+    from orchestrator.tracking import client_for
+
+    return client_for(store["uri"])
+
+
+@pytest.fixture(scope="module")
+def data_with_manifest(small_real_root, tmp_path_factory):
+    """The small copy plus a manifest.parquet at its root (the data version the training run logs)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    root = tmp_path_factory.mktemp("manifest_data") / "root"
+    shutil.copytree(small_real_root, root)
+    files = sorted(str(p.relative_to(root)) for p in root.rglob("*") if p.is_file())
+    pq.write_table(pa.table({"image_path": files}), root / "manifest.parquet")
+    return root
+
+
+@pytest.fixture(scope="module")
+def trained(store, data_with_manifest, tmp_path_factory):
+    """A tracked tiny training run: (model dir, run id)."""
+    from orchestrator.cli import main
+
+    out = tmp_path_factory.mktemp("tracked_model") / "model"
+    code = main(["train", "--data", str(data_with_manifest), "--exclude", HELD_OUT, "--out", str(out), "--quiet",
+                 "--tracking-uri", store["uri"], *tiny_sets(train__episodes=4)])
+    assert code == 0
+    info = json.loads((out / "tracking.json").read_text())
+    assert info["run_id"]
+    return out, info["run_id"]
+
+
+@pytest.fixture(scope="module")
+def evaluated(store, trained, data_with_manifest, tmp_path_factory):
+    from orchestrator.cli import main
+
+    out = tmp_path_factory.mktemp("tracked_eval") / "eval"
+    code = main(["evaluate", "--model", str(trained[0]), "--data", str(data_with_manifest), "--category", HELD_OUT,
+                 "--shots", str(SHOTS), "--seeds", "2", "--out", str(out), "--quiet", "--tracking-uri", store["uri"]])
+    assert code == 0
+    return out
+
+
+@pytest.fixture(scope="module")
+def registered(store, trained, data_with_manifest):
+    """fsad register --run RUN --category tire --draw 0: the first version, so @champion."""
+    from orchestrator.cli import main
+
+    code = main(["register", "--run", trained[1], "--category", HELD_OUT, "--draw", "0", "--shots", str(SHOTS),
+                 "--data", str(data_with_manifest), "--tracking-uri", store["uri"]])
+    assert code == 0
+    return f"models:/fsad-{HELD_OUT}@champion"
+
+
+def artifact_paths(client, run_id: str, path: str | None = None) -> set[str]:
+    out = set()
+    for item in client.list_artifacts(run_id, path):
+        out |= artifact_paths(client, run_id, item.path) if item.is_dir else {item.path}
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# URIs and secrets (no server needed)
+
+
+def test_tracking_uri_precedence(monkeypatch, tmp_path):
+    from orchestrator.tracking import resolve_tracking_uri
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.setenv("FSAD_TRACKING", "1")
+    assert resolve_tracking_uri() == f"sqlite:///{tmp_path.resolve()}/mlflow.db"  # the embedded default
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:5000")
+    assert resolve_tracking_uri() == "http://127.0.0.1:5000"
+    assert resolve_tracking_uri("http://10.0.0.1:80") == "http://10.0.0.1:80"  # the flag wins
+    assert resolve_tracking_uri("http://10.0.0.1:80", no_track=True) is None
+    monkeypatch.setenv("FSAD_TRACKING", "0")
+    assert resolve_tracking_uri() is None
+    assert resolve_tracking_uri("http://10.0.0.1:80") == "http://10.0.0.1:80"  # explicit beats the switch
+
+
+def test_redact_masks_uri_passwords_and_secret_environment(monkeypatch):
+    from orchestrator.tracking import redact
+
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "wJalrXUtnFEMIK7MDENGbPxRfiCYSECRETKEY")
+    text = redact("postgresql://postgres:hunter2pw@db:5432/x and wJalrXUtnFEMIK7MDENGbPxRfiCYSECRETKEY")
+    assert "hunter2pw" not in text and "SECRETKEY" not in text
+    assert "postgresql://postgres:***@db:5432/x" in text
+
+
+def test_untracked_by_default_in_tests_leaves_no_database(small_real_root, tmp_path, monkeypatch):
+    """FSAD_TRACKING=0 (set by conftest) keeps `fsad train` away from ./mlflow.db."""
+    from orchestrator.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    assert os.environ.get("FSAD_TRACKING") == "0"
+    code = main(["train", "--data", str(small_real_root), "--exclude", HELD_OUT, "--out", "m", "--quiet",
+                 *tiny_sets(train__episodes=1)])
+    assert code == 0
+    assert not (tmp_path / "mlflow.db").exists() and not (tmp_path / "mlflow-spool").exists()
+    assert not (tmp_path / "m" / "tracking.json").exists()
+
+
+# ---------------------------------------------------------------------------------------------
+# Training and evaluation runs
+
+
+def test_training_run_logs_config_data_metrics_checkpoints(client, trained, data_with_manifest):
+    from orchestrator.config import load_config
+    from orchestrator.tracking import sha256_file
+
+    out, run_id = trained
+    run = client.get_run(run_id)
+    assert run.info.status == "FINISHED"
+    cfg = load_config(out / "config.yaml")
+    for key, value in cfg.flatten().items():
+        expected = json.dumps(value) if isinstance(value, list) else str(value)
+        assert run.data.params[key] == expected, key
+    manifest_sha = sha256_file(data_with_manifest / "manifest.parquet")
+    assert run.data.tags["data.hash"] == manifest_sha and run.data.tags["data.hash_kind"] == "manifest"
+    (dataset_input,) = run.inputs.dataset_inputs
+    assert dataset_input.dataset.digest == manifest_sha[:16]
+    for name in ("loss", "l_rec", "l_cd", "pos_energy", "neg_energy", "staleness"):
+        history = client.get_metric_history(run_id, name)
+        assert sorted(m.step for m in history) == [0, 1, 2, 3], name  # one value per update
+    assert len(client.get_metric_history(run_id, "throughput_episodes_per_s")) == 3
+    files = artifact_paths(client, run_id)
+    for episode in (2, 4):  # checkpoint_every=2
+        for name in ("model.safetensors", "config.yaml", "meta.json", "state.pt"):
+            assert f"checkpoints/episode_{episode:06d}/{name}" in files
+    assert {"model/model.safetensors", "model/config.yaml", "model/meta.json"} <= files
+
+
+def test_evaluation_runs_nest_under_training_with_pictures(client, store, trained, evaluated):
+    _, train_id = trained
+    experiment = client.get_experiment_by_name("fsad")
+    children = client.search_runs([experiment.experiment_id], f"tags.`mlflow.parentRunId` = '{train_id}'")
+    (summary,) = [r for r in children if r.data.tags.get("fsad.kind") == "eval"]
+    assert summary.info.status == "FINISHED"
+    for name in ("image_auroc", "pixel_auroc", "pro", "miou"):
+        assert f"{name}_mean" in summary.data.metrics and f"{name}_std" in summary.data.metrics
+    files = artifact_paths(client, summary.info.run_id)
+    assert {"plots/roc.png", "plots/pro.png", "metrics.json"} <= files
+    assert any(f.startswith("overlays/") and f.endswith(".png") for f in files)
+    draws = client.search_runs([experiment.experiment_id], f"tags.`mlflow.parentRunId` = '{summary.info.run_id}'")
+    assert sorted(int(r.data.tags["fsad.draw"]) for r in draws) == [0, 1]  # one run per category × K × draw
+    for run in draws:
+        assert {"image_auroc", "pixel_auroc", "pro", "miou"} <= set(run.data.metrics)
+        assert len(json.loads(run.data.params["support"])) == SHOTS
+        draw = run.data.tags["fsad.draw"]
+        assert {f"plots/roc_draw{draw}.png", f"plots/pro_draw{draw}.png"} <= artifact_paths(client, run.info.run_id)
+    recorded = json.loads((evaluated / "metrics.json").read_text())
+    assert summary.data.metrics["image_auroc_mean"] == pytest.approx(recorded["image_auroc"]["mean"])
+    assert not list(Path(os.environ["FSAD_SPOOL_DIR"]).glob("*/events.jsonl"))  # everything reached the store
+
+
+# ---------------------------------------------------------------------------------------------
+# Registry
+
+
+def test_register_creates_champion_version_with_tags(client, trained, registered):
+    version = client.get_model_version_by_alias(f"fsad-{HELD_OUT}", "champion")
+    tags = version.tags
+    assert tags["fsad.shots"] == str(SHOTS) and tags["fsad.support_draw"] == "0"
+    assert len(json.loads(tags["fsad.support_indices"])) == SHOTS
+    assert tags["data.hash_kind"] == "manifest" and len(tags["data.hash"]) == 64
+    assert tags["fsad.train_run_id"] == trained[1]
+    for name in ("image_auroc", "pixel_auroc", "pro", "miou"):
+        assert f"metric.{name}" in tags
+    reg_run = client.get_run(version.run_id)
+    assert reg_run.data.tags["mlflow.parentRunId"] == trained[1]
+    files = artifact_paths(client, version.run_id)
+    assert "model/artifacts/dictionary.safetensors" in files and "model/artifacts/weights/model.safetensors" in files
+    assert not [f for f in files if f.endswith((".pkl", ".pickle", ".pt", ".pth"))]  # no pickled model or weights
+
+
+def test_beats_rule():
+    from orchestrator.registry import beats
+
+    assert beats(None, None, has_champion=False)  # the first version is champion
+    assert beats(0.7, 0.6, True) and not beats(0.6, 0.6, True) and not beats(0.5, 0.6, True)
+    assert not beats(None, 0.6, True)  # no metric: cannot prove an improvement
+    assert beats(0.1, None, True)  # the champion has no metric on record
+
+
+def test_alias_moves_only_on_improvement(client, store, trained, registered, monkeypatch):
+    import orchestrator.registry as registry
+
+    uri = store["uri"]
+    champion = client.get_model_version_by_alias(f"fsad-{HELD_OUT}", "champion")
+    best = float(champion.tags["metric.image_auroc"])
+    support = torch.rand(SHOTS, 3, 32, 32)
+    data = Path(json.loads((trained[0] / "meta.json").read_text())["data_root"])
+
+    def register_with(value):
+        monkeypatch.setattr(registry, "category_metrics", lambda *a, **k: {"image_auroc": value})
+        return registry.register(uri, trained[0], HELD_OUT, support, {"files": ["x.png"]}, data)
+
+    worse = register_with(best - 0.1)
+    assert worse.alias == "challenger"
+    assert client.get_model_version_by_alias(f"fsad-{HELD_OUT}", "champion").version == champion.version
+    tie = register_with(best)
+    assert tie.alias == "challenger"
+    better = register_with(best + 0.1)
+    assert better.alias == "champion" and better.previous_champion == champion.version
+    assert client.get_model_version_by_alias(f"fsad-{HELD_OUT}", "champion").version == better.version
+    assert client.get_model_version_by_alias(f"fsad-{HELD_OUT}", "challenger").version == tie.version
+
+
+def test_pyfunc_round_trip_equals_direct_scoring(store, trained, data_with_manifest):
+    """models:/fsad-tire@<version> scores exactly like the evaluation scorer built from the same shots."""
+    import mlflow.pyfunc
+
+    from orchestrator.artifacts import load_model_dir
+    from orchestrator.evaluate import load_test_set, make_scorer, support_draws
+    from orchestrator.registry import register
+
+    model, cfg, _ = load_model_dir(trained[0])
+    test = load_test_set(data_with_manifest, HELD_OUT, cfg.data.image_size)
+    index = support_draws(test.support_pool.shape[0], SHOTS, 1, cfg.eval.seed, HELD_OUT)[0]
+    support = test.support_pool[index]
+    result = register(store["uri"], trained[0], HELD_OUT, support, {"draw": 0}, None)
+    mlflow.set_tracking_uri(store["uri"])
+    loaded = mlflow.pyfunc.load_model(f"models:/fsad-{HELD_OUT}/{result.version}")
+    images = test.images[:4]
+    out = loaded.predict(images.numpy())
+    scorer = make_scorer("ours", model, cfg)
+    scores, maps = scorer.score(images, scorer.adapt(support))
+    assert out["score"].shape == (4,) and out["anomaly_map"].shape == (4, cfg.data.image_size, cfg.data.image_size)
+    np.testing.assert_allclose(out["score"], scores.numpy(), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(out["anomaly_map"], maps.numpy(), rtol=1e-4, atol=1e-6)
+    # file paths score like the decoded images; uint8 arrays like floats
+    import pandas as pd
+
+    by_path = loaded.predict(pd.DataFrame({"path": test.paths[:2]}))
+    np.testing.assert_allclose(by_path["score"], scores[:2].numpy(), rtol=1e-5, atol=1e-6)
+    as_bytes = loaded.predict((images[:1].numpy() * 255).round().astype(np.uint8))
+    assert np.isfinite(as_bytes["score"]).all()
+
+
+def test_loading_a_registered_model_never_unpickles(store, registered, monkeypatch):
+    import cloudpickle
+    import mlflow.pyfunc
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("unpickling during model load")
+
+    for module in (pickle, cloudpickle):
+        monkeypatch.setattr(module, "load", refuse)
+        monkeypatch.setattr(module, "loads", refuse)
+    real_load = torch.load
+
+    def guarded(*args, **kwargs):
+        assert kwargs.get("weights_only", True) is not False, "torch.load without weights_only"
+        return real_load(*args, **kwargs)
+
+    monkeypatch.setattr(torch, "load", guarded)
+    mlflow.set_tracking_uri(store["uri"])
+    loaded = mlflow.pyfunc.load_model(registered)
+    out = loaded.predict(np.random.default_rng(0).random((1, 1, 40, 40)))  # grey, another size
+    assert out["score"].shape == (1,) and np.isfinite(out["score"]).all()
+
+
+def test_adapt_registers_a_new_category_in_under_a_second(client, store, registered, small_real_root, tmp_path, capsys):
+    """A category the model never saw (tire was held out) from K images, registered in one call."""
+    from orchestrator.cli import main
+
+    support = tmp_path / "support"
+    support.mkdir()
+    for f in image_files(small_real_root / HELD_OUT / "train" / "good")[:5]:
+        shutil.copy2(f, support / f.name)
+    code = main(["adapt", "--model", registered, "--support", str(support), "--name", "tire_line2",
+                 "--tracking-uri", store["uri"]])
+    assert code == 0
+    assert "registered fsad-tire_line2 version 1 as @champion" in capsys.readouterr().out
+    version = client.get_model_version_by_alias("fsad-tire_line2", "champion")
+    assert version.tags["fsad.shots"] == "5" and version.tags["fsad.source_model"].startswith(f"models:/fsad-{HELD_OUT}/")
+    run = client.get_run(version.run_id)
+    assert run.data.metrics["adapt_seconds"] < 1.0  # the dictionary is one forward pass
+
+
+# ---------------------------------------------------------------------------------------------
+# Bad input
+
+
+@pytest.mark.parametrize("model_uri, needle", [
+    ("models:/fsad-nope@champion", "no registered model named 'fsad-nope'"),
+    (f"models:/fsad-{HELD_OUT}@nope", "has no alias 'nope'"),
+    (f"models:/fsad-{HELD_OUT}/999", "has no version '999'"),
+    ("models:/bad uri", "expected models:/NAME@ALIAS"),
+])
+def test_adapt_unknown_model_or_alias_is_one_line_error(store, registered, tmp_path, capsys, model_uri, needle):
+    from orchestrator.cli import main
+
+    (tmp_path / "s").mkdir()
+    code = main(["adapt", "--model", model_uri, "--support", str(tmp_path / "s"), "--name", "x",
+                 "--tracking-uri", store["uri"]])
+    err = capsys.readouterr().err
+    assert code == 2 and needle in err and len(err.strip().splitlines()) == 1, err
+
+
+def test_register_unknown_run_is_one_line_error(store, capsys):
+    from orchestrator.cli import main
+
+    code = main(["register", "--run", "0" * 32, "--category", HELD_OUT, "--draw", "0", "--tracking-uri", store["uri"]])
+    err = capsys.readouterr().err
+    assert code == 2 and "no such run" in err and len(err.strip().splitlines()) == 1, err
+
+
+def test_pyfunc_wrong_channels_and_unknown_alias_are_clear_errors(store, registered):
+    import mlflow.pyfunc
+    from mlflow.exceptions import MlflowException
+
+    mlflow.set_tracking_uri(store["uri"])
+    loaded = mlflow.pyfunc.load_model(registered)
+    with pytest.raises(MlflowException, match="4 channels"):
+        loaded.predict(np.zeros((1, 4, 32, 32), dtype=np.float32))
+    with pytest.raises(MlflowException, match=r"\[0, 1\]"):
+        loaded.predict(np.full((1, 3, 32, 32), 7.5))
+    with pytest.raises(MlflowException, match="fsad-nope"):
+        mlflow.pyfunc.load_model("models:/fsad-nope@champion")
+    with pytest.raises(MlflowException, match="nope"):
+        mlflow.pyfunc.load_model(f"models:/fsad-{HELD_OUT}@nope")
