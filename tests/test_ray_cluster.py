@@ -1,0 +1,152 @@
+"""A real local Ray cluster (`ray start --head` on free ports, 127.0.0.1 dashboard): `ray job submit` of a
+short `fsad train`, a driver SIGKILLed mid-run then `--resume`d (synchronous mode: identical final
+weights to an uninterrupted run, which uses the embedded default), and too many GPUs via the CLI.
+
+The head runs as `ray start --block` in its own session, so teardown stops exactly the processes this
+test started (SIGTERM to that process, then its process group); no machine-wide `ray stop`.
+"""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from tests.conftest import HELD_OUT, REPO, tiny_sets
+from tests.test_ray_workers import one_error_line
+
+pytestmark = pytest.mark.slow
+BIN = Path(sys.executable).parent
+
+
+def free_port(low: int = 20000) -> int:
+    """A free port above Ray's default worker port range (10002-19999)."""
+    for _ in range(200):
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        if port >= low:
+            return port
+    raise RuntimeError("no free port above 20000")
+
+
+def ray_env() -> dict[str, str]:
+    env = dict(os.environ, RAY_AUTH_MODE="token", PATH=f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}")
+    env.pop("RAY_ADDRESS", None)
+    return env
+
+
+@pytest.fixture(scope="module")
+def head(tmp_path_factory):
+    port, dash = free_port(), free_port()
+    temp = Path(f"/tmp/rayt_{os.getpid()}")
+    log = open(tmp_path_factory.mktemp("head") / "head.log", "w")
+    proc = subprocess.Popen(
+        [BIN / "ray", "start", "--head", "--block", "--port", str(port), "--num-cpus", "2",
+         "--dashboard-host", "127.0.0.1", "--dashboard-port", str(dash), "--object-store-memory", str(300 * 1024**2),
+         "--temp-dir", str(temp), "--disable-usage-stats"],
+        env=ray_env(), stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+    )
+    try:
+        deadline = time.time() + 120
+        while True:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{dash}/api/version", timeout=2) as r:
+                    if "ray_version" in r.read().decode():
+                        break
+            except urllib.error.HTTPError as exc:
+                if exc.code in (401, 403):  # token authentication: the dashboard is up and guarded
+                    break
+            except OSError:
+                pass
+            assert proc.poll() is None, Path(log.name).read_text()[-3000:]
+            assert time.time() < deadline, "head did not come up"
+            time.sleep(1)
+        yield {"address": f"127.0.0.1:{port}", "dashboard": f"http://127.0.0.1:{dash}"}
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(30)
+        except subprocess.TimeoutExpired:
+            pass
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)  # the group this fixture created
+        except ProcessLookupError:
+            pass
+        log.close()
+
+
+def fsad_args(data, out, *extra):
+    return ["train", "--data", str(data), "--exclude", HELD_OUT, "--out", str(out), "--quiet", "--no-track", *extra]
+
+
+def test_ray_job_submit_runs_fsad_train(head, small_real_root, tmp_path):
+    out = tmp_path / "job_model"
+    cmd = [str(BIN / "ray"), "job", "submit", "--address", head["dashboard"], "--working-dir", str(REPO), "--",
+           "fsad", *fsad_args(small_real_root, out, "--workers", "1", "--address", "auto",
+                              *tiny_sets(train__episodes=4))]
+    proc = subprocess.run(cmd, env=ray_env(), capture_output=True, text=True, timeout=240)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    summaries = [json.loads(line) for line in proc.stdout.splitlines() if line.startswith('{"out"')]
+    assert summaries and summaries[-1]["counters"]["applied"] == 4, proc.stdout[-3000:]
+    assert (out / "model.safetensors").is_file()
+
+
+def test_killed_driver_resumes_to_identical_weights(head, small_real_root, tmp_path):
+    total = 24
+    sets = tiny_sets(train__episodes=total, train__checkpoint_every=4) + ["--set", "distributed.mode=sync"]
+    python = [sys.executable, "-m", "orchestrator.cli"]
+    # uninterrupted reference: the embedded default (Ray started in-process)
+    ref = subprocess.run(python + fsad_args(small_real_root, tmp_path / "ref", "--workers", "1", *sets),
+                         cwd=REPO, env=ray_env(), capture_output=True, text=True, timeout=240)
+    assert ref.returncode == 0, ref.stderr[-3000:]
+    # the same run on the cluster, driver SIGKILLed after a checkpoint, then resumed
+    out = tmp_path / "killed"
+    args = fsad_args(small_real_root, out, "--workers", "1", "--address", head["address"], *sets)
+    driver = subprocess.Popen(python + args, cwd=REPO, env=ray_env(), stdout=subprocess.DEVNULL,
+                              stderr=subprocess.PIPE, start_new_session=True)
+    deadline = time.time() + 180
+    done = 0
+    while time.time() < deadline and driver.poll() is None:
+        if (out / "state.pt").is_file():
+            done = int(torch.load(out / "state.pt", weights_only=True)["episode"])
+            if done >= 8:
+                break
+        time.sleep(0.05)
+    assert driver.poll() is None, driver.stderr.read()[-3000:]
+    os.kill(driver.pid, signal.SIGKILL)
+    driver.wait(30)
+    assert 8 <= done < total
+    resumed = subprocess.run(python + args + ["--resume"], cwd=REPO, env=ray_env(), capture_output=True,
+                             text=True, timeout=240)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    summary = json.loads(resumed.stdout.strip().splitlines()[-1])
+    assert summary["counters"]["applied"] == total
+    a, b = load_file(str(tmp_path / "ref" / "model.safetensors")), load_file(str(out / "model.safetensors"))
+    assert a.keys() == b.keys()
+    for key in a:
+        assert torch.equal(a[key], b[key]), key
+    lines = (out / "metrics.jsonl").read_text().splitlines()
+    assert [json.loads(line)["update"] for line in lines] == list(range(1, total + 1))
+
+
+def test_more_gpus_than_the_cluster_has_is_exit_2(head, small_real_root, tmp_path):
+    began = time.perf_counter()
+    proc = subprocess.run(
+        [sys.executable, "-m", "orchestrator.cli",
+         *fsad_args(small_real_root, tmp_path / "m", "--workers", "2", "--address", head["address"], *tiny_sets(),
+                    "--set", "distributed.num_gpus_per_worker=1", "--set", "distributed.start_timeout_s=5")],
+        cwd=REPO, env=ray_env(), capture_output=True, text=True, timeout=120)
+    one_error_line(proc, "not placed within 5s", "the cluster has 2 CPU and 0 GPU")
+    assert time.perf_counter() - began < 60
+    assert not (tmp_path / "m").exists()
