@@ -84,7 +84,7 @@ class InpaintConfig:
 @dataclass
 class TrainConfig:
     method: str = "ours"  # ours | maml_ae
-    episodes: int = 300
+    episodes: int = 100  # the default budget: `dvc repro` on fsad-real on 2 CPU cores (docs/data.md)
     shots: int = 5  # K during meta-training
     queries: int = 4  # M
     lr: float = 1e-3

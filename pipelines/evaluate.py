@@ -10,10 +10,11 @@ from pipelines._entry import main
 def run(args) -> None:
     from orchestrator.pipeline import load_params, stage_evaluate
 
-    record = stage_evaluate(load_params(args.params), args.target, progress=args.progress)
-    print(f"{args.target}: " + ", ".join(f"{m} {k} image AUROC {v.get('image_auroc', float('nan')):.3f}"
-                                        for m, ks in record.items() if isinstance(ks, dict) and m != "config"
-                                        for k, v in ks.items()))
+    cfg = load_params(args.params)
+    record = stage_evaluate(cfg, args.target, progress=args.progress)
+    for method in cfg.pipeline.methods:
+        for k, values in record[method].items():
+            print(f"{args.target} {method} {k}: image AUROC {values.get('image_auroc', float('nan')):.3f}")
 
 
 if __name__ == "__main__":
