@@ -1,0 +1,246 @@
+"""S3 and DVC end to end against real services: moto_server (a real S3 endpoint on 127.0.0.1), `fsad
+ingest` from s3://, and the DVC pipeline in a temporary git repository on a tiny budget: `dvc repro`,
+`dvc metrics show`, `dvc plots show`, `dvc push`/`dvc pull` through an S3 remote with endpointurl,
+and `dvc exp run -S`.
+
+The temporary repository holds dvc.yaml, a tiny params.yaml and copies of the four packages (the
+stages run `python -m pipelines.<stage>` from it with the project's Python first on PATH).
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from orchestrator.cli import main
+from tests.conftest import REPO
+from tests.s3_server import FAKE_CREDENTIALS, s3_client, start_moto, upload_tree
+from workers.manifest import read_manifest
+
+pytestmark = pytest.mark.slow
+
+BIN = Path(sys.executable).parent
+TARGET = "tire"
+
+
+@pytest.fixture(scope="module")
+def moto(tmp_path_factory):
+    with start_moto(tmp_path_factory.mktemp("moto")) as endpoint:
+        yield endpoint
+
+
+@pytest.fixture
+def creds(monkeypatch):
+    for key, value in FAKE_CREDENTIALS.items():
+        monkeypatch.setenv(key, value)
+    monkeypatch.delenv("AWS_ENDPOINT_URL", raising=False)
+    monkeypatch.delenv("AWS_PROFILE", raising=False)
+
+
+def cli(capsys, *args):
+    capsys.readouterr()
+    code = main([str(a) for a in args])
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+def error_line(code, err) -> str:
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert code == 2 and len(lines) == 1 and lines[0].startswith("fsad: error: "), (code, err)
+    return lines[0]
+
+
+# --------------------------------------------------------------------------------------------------
+# fsad ingest from S3
+# --------------------------------------------------------------------------------------------------
+
+
+def test_ingest_from_s3_equals_local_ingest(moto, creds, small_real_root, tmp_path, capsys):
+    client = s3_client(moto)
+    client.create_bucket(Bucket="fsad-data")
+    n = upload_tree(client, small_real_root, "fsad-data", "benchmarks/small")
+    assert n > 0
+    s3_out, local_out = tmp_path / "s3", tmp_path / "local"
+    code, stdout, err = cli(capsys, "ingest", "--source", "s3://fsad-data/benchmarks/small", "--name", "small",
+                            "--out", s3_out, "--endpoint-url", moto)
+    assert code == 0, err
+    assert cli(capsys, "ingest", "--source", small_real_root, "--name", "small", "--out", local_out)[0] == 0
+    from_s3, local = read_manifest(s3_out / "manifest.parquet"), read_manifest(local_out / "manifest.parquet")
+    assert from_s3.content_sha256 == local.content_sha256  # same bytes, same hash, wherever they lived
+    assert from_s3.rows == local.rows and from_s3.source == "s3://fsad-data/benchmarks/small"
+    assert from_s3.root == s3_out / "files"  # downloaded once, read locally afterwards
+    for row in from_s3.rows:
+        data = (s3_out / "files" / row["image_path"]).read_bytes()
+        assert hashlib.sha256(data).hexdigest() == row["sha256"]
+    assert FAKE_CREDENTIALS["AWS_SECRET_ACCESS_KEY"] not in stdout + err
+
+
+def test_s3_missing_bucket_is_one_line_and_writes_nothing(moto, creds, monkeypatch, tmp_path, capsys):
+    monkeypatch.setenv("AWS_ENDPOINT_URL", moto)  # the endpoint from the environment, as boto3 does
+    out = tmp_path / "out"
+    line = error_line(*cli(capsys, "ingest", "--source", "s3://no-such-bucket/x", "--name", "n", "--out", out)[::2])
+    assert "no-such-bucket" in line and "does not exist" in line
+    assert not out.exists()
+    s3_client(moto).create_bucket(Bucket="empty-bucket")
+    line = error_line(*cli(capsys, "ingest", "--source", "s3://empty-bucket/none", "--name", "n", "--out", out)[::2])
+    assert "has no objects" in line and not out.exists()
+
+
+def test_s3_credentials_refused_is_one_line_without_secrets(creds, monkeypatch, tmp_path, capsys):
+    secret = "wJalrXUtnFEMI-very-secret"
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "AKIAUNKNOWNKEY000000")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", secret)
+    with start_moto(tmp_path, auth=True) as endpoint:
+        out = tmp_path / "out"
+        code, stdout, err = cli(capsys, "ingest", "--source", "s3://fsad-data/x", "--name", "n", "--out", out,
+                                "--endpoint-url", endpoint.replace("http://", "http://user:pw@"))
+        line = error_line(code, err)
+    assert "credentials refused" in line and "fsad-data" in line
+    assert secret not in stdout + err and "AKIAUNKNOWNKEY" not in stdout + err and "user:pw" not in err
+    assert not out.exists()
+
+
+# --------------------------------------------------------------------------------------------------
+# The DVC pipeline in a temporary git repository
+# --------------------------------------------------------------------------------------------------
+
+TINY_PARAMS = {
+    "data": {"image_size": 32},
+    "model": {"backbone": {"width": 8, "out_dim": 8}},
+    "langevin": {"steps": 2},
+    "train": {"episodes": 3, "shots": 2, "queries": 2, "checkpoint_every": 2},
+    "eval": {"draws": 2, "overlays": 1},
+    "pipeline": {"name": "small", "targets": [TARGET], "shots": [1, 2], "methods": ["ours", "knn"]},
+}
+
+
+def merge(base: dict, change: dict) -> dict:
+    for key, value in change.items():
+        if isinstance(value, dict):
+            merge(base[key], value)
+        else:
+            base[key] = value
+    return base
+
+
+def run(cmd: list[str], cwd: Path, env: dict, timeout: int = 300) -> str:
+    proc = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
+    assert proc.returncode == 0, f"{' '.join(cmd)} -> {proc.returncode}\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
+    return proc.stdout
+
+
+def tree_hashes(repo: Path, *folders: str) -> dict[str, str]:
+    out = {}
+    for folder in folders:
+        for path in sorted((repo / folder).rglob("*")):
+            if path.is_file() and path.name != ".gitignore":
+                out[path.relative_to(repo).as_posix()] = hashlib.sha256(path.read_bytes()).hexdigest()
+    return out
+
+
+@pytest.fixture(scope="module")
+def dvc_repo(small_real_root, moto, tmp_path_factory):
+    """A git + DVC repository with the project's pipeline, a tiny budget and an S3 remote; after `dvc repro`."""
+    repo = tmp_path_factory.mktemp("dvc") / "repo"
+    repo.mkdir()
+    for name in ("model", "workers", "orchestrator", "pipelines"):
+        shutil.copytree(REPO / name, repo / name, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+    for name in ("dvc.yaml", ".dvcignore"):
+        shutil.copy2(REPO / name, repo / name)
+    params = merge(yaml.safe_load((REPO / "params.yaml").read_text()), TINY_PARAMS)
+    params["pipeline"]["source"] = str(small_real_root)
+    (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    env = {**os.environ, **FAKE_CREDENTIALS, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}",
+           "DVC_NO_ANALYTICS": "1", "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@example.com",
+           "GIT_COMMITTER_NAME": "t", "GIT_COMMITTER_EMAIL": "t@example.com", "FSAD_TRACKING": "0",
+           "PYTHONPATH": str(repo)}
+    env.pop("AWS_ENDPOINT_URL", None)
+    dvc = str(BIN / "dvc")
+    run(["git", "init", "-q"], repo, env)
+    run([dvc, "init", "-q"], repo, env)
+    run([dvc, "remote", "add", "-d", "local", str(repo.parent / "store")], repo, env)
+    run([dvc, "remote", "add", "s3", "s3://dvc-remote/cache"], repo, env)
+    run([dvc, "remote", "modify", "s3", "endpointurl", moto], repo, env)
+    s3_client(moto).create_bucket(Bucket="dvc-remote")
+    run(["git", "add", "-A"], repo, env)
+    run(["git", "commit", "-qm", "pipeline"], repo, env)
+    log = run([dvc, "repro"], repo, env, timeout=600)
+    run(["git", "add", "-A"], repo, env)
+    run(["git", "commit", "-qm", "repro"], repo, env)
+    return repo, env, log
+
+
+def test_dvc_repro_end_to_end(dvc_repo):
+    repo, env, log = dvc_repo
+    for stage in ("ingest", "split", f"train@{TARGET}", f"evaluate@{TARGET}", "report"):
+        assert f"Running stage '{stage}'" in log, log[-3000:]
+    manifest = read_manifest(repo / "data" / "small" / "manifest.parquet")
+    metrics = json.loads((repo / "results" / "metrics" / f"{TARGET}.json").read_text())
+    assert metrics["manifest_sha256"] == manifest.content_sha256
+    assert len(metrics["splits_sha256"]) == 64
+    for method in ("ours", "knn"):
+        for k in ("K1", "K2"):
+            assert 0.0 <= metrics[method][k]["image_auroc"] <= 1.0
+    meta = json.loads((repo / "results" / "models" / TARGET / "ours" / "meta.json").read_text())
+    assert meta["manifest_sha256"] == manifest.content_sha256 and TARGET in meta["held_out"]
+    assert (repo / "results" / "plots" / "roc" / TARGET / "ours.csv").read_text().startswith("fpr,tpr\n")
+    assert (repo / "results" / "plots" / "pro" / TARGET / "knn.csv").read_text().startswith("fpr,pro\n")
+    assert "| **mean** | ours | 1 |" in (repo / "results" / "report" / "results.md").read_text()
+    lock = yaml.safe_load((repo / "dvc.lock").read_text())
+    assert set(lock["stages"]) == {"ingest", "split", f"train@{TARGET}", f"evaluate@{TARGET}", "report"}
+    shown = json.loads(run([str(BIN / "dvc"), "metrics", "show", "--json"], repo, env))
+    files = next(iter(shown.values()))["data"]
+    assert f"results/metrics/{TARGET}.json" in files and "results/report/summary.json" in files
+    plots = json.loads(run([str(BIN / "dvc"), "plots", "show", "--json"], repo, env))
+    assert not plots.get("errors"), plots.get("errors")
+    assert {f"results/plots/roc/{TARGET}/ours.csv", f"results/plots/pro/{TARGET}/knn.csv",
+            "results/report/bars.csv"} <= set(plots["data"])
+    status = run([str(BIN / "dvc"), "status"], repo, env)
+    assert "train@" not in status and "evaluate@" not in status  # nothing but the always-read source
+
+
+def test_dvc_push_pull_through_s3_restores_identical_outputs(dvc_repo):
+    repo, env, _ = dvc_repo
+    dvc = str(BIN / "dvc")
+    folders = ("data", "results")
+    before = tree_hashes(repo, *folders)
+    assert "data/small/manifest.parquet" in before and f"results/models/{TARGET}/ours/model.safetensors" in before
+    run([dvc, "push", "-r", "s3"], repo, env)
+    listed = s3_client(env_endpoint(repo)).list_objects_v2(Bucket="dvc-remote")
+    assert listed.get("KeyCount", 0) > 0
+    shutil.rmtree(repo / ".dvc" / "cache")
+    for folder in folders:
+        shutil.rmtree(repo / folder)
+    run(["git", "checkout", "--", "."], repo, env)  # metrics and plots (cache: false) live in git
+    run([dvc, "pull", "-r", "s3"], repo, env)
+    after = tree_hashes(repo, *folders)
+    assert after == before
+    assert read_manifest(repo / "data" / "small" / "manifest.parquet").content_sha256 == \
+        json.loads((repo / "results" / "metrics" / f"{TARGET}.json").read_text())["manifest_sha256"]
+
+
+def env_endpoint(repo: Path) -> str:
+    config = (repo / ".dvc" / "config").read_text()
+    return next(line.split("=", 1)[1].strip() for line in config.splitlines() if "endpointurl" in line)
+
+
+def test_dvc_exp_run_set_param_is_recorded_in_the_metrics(dvc_repo):
+    repo, env, _ = dvc_repo
+    log = run([str(BIN / "dvc"), "exp", "run", "-S", "model.lam_max=0.5"], repo, env, timeout=600)
+    assert f"Running stage 'train@{TARGET}'" in log and f"Running stage 'evaluate@{TARGET}'" in log
+    assert "Running stage 'split'" not in log  # the data did not change
+    params = yaml.safe_load((repo / "params.yaml").read_text())
+    assert params["model"]["lam_max"] == 0.5
+    metrics = json.loads((repo / "results" / "metrics" / f"{TARGET}.json").read_text())
+    assert metrics["params"]["model.lam_max"] == 0.5
+    saved = yaml.safe_load((repo / "results" / "models" / TARGET / "ours" / "config.yaml").read_text())
+    assert saved["model"]["lam_max"] == 0.5
+    shown = json.loads(run([str(BIN / "dvc"), "exp", "show", "--json"], repo, env))
+    assert "0.5" in json.dumps(shown)
