@@ -26,7 +26,7 @@ from model.errors import InputError
 from orchestrator.artifacts import CONFIG, META, WEIGHTS, load_model_dir, resolve_device
 from orchestrator.config import Config
 from orchestrator.evaluate import METRIC_NAMES, draw_metrics, load_test_set, make_scorer, score_batches, support_draws
-from orchestrator.tracking import client_for, data_version, error_line, redact
+from orchestrator.tracking import client_for, data_version, error_line, fast_fail, redact
 from workers.data import list_categories, load_images
 
 PREFIX = "fsad-"
@@ -59,13 +59,11 @@ def model_name(category: str) -> str:
 
 def _mlflow_call(what: str, fn, *args, **kwargs):
     """Run a registry call; server trouble becomes a one-line InputError without secrets."""
-    from mlflow.exceptions import MlflowException
-
     try:
         return fn(*args, **kwargs)
-    except MlflowException as exc:
-        raise InputError(f"{what} failed: {error_line(exc)}") from None
-    except OSError as exc:
+    except InputError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - MlflowException, connection and database errors alike
         raise InputError(f"{what} failed: {error_line(exc)}") from None
 
 
@@ -87,8 +85,8 @@ def resolve_model_version(client, uri: str):
     name, alias, version = parse_models_uri(uri)
     try:
         client.get_registered_model(name)
-    except MlflowException as exc:
-        if exc.error_code != "RESOURCE_DOES_NOT_EXIST":
+    except Exception as exc:  # noqa: BLE001
+        if not isinstance(exc, MlflowException) or exc.error_code != "RESOURCE_DOES_NOT_EXIST":
             raise InputError(f"looking up {uri} failed: {error_line(exc)}") from None
         known = sorted(m.name for m in client.search_registered_models(max_results=100))
         raise InputError(f"no registered model named {name!r}; registered: {', '.join(known) or 'none'}") from None
@@ -115,7 +113,8 @@ def fetch_weights(uri: str, model: str, workdir: Path) -> tuple[Path, dict[str, 
     """A model directory (weights + config + meta) from models:/NAME@ALIAS, models:/NAME/N, a pyfunc
     directory or an `fsad train` directory; plus tags describing where it came from."""
     if model.startswith("models:/"):
-        client = client_for(uri)
+        parse_models_uri(model)
+        client = _mlflow_call("connecting to the tracking store", client_for, uri)
         version = resolve_model_version(client, model)
         local = _download(uri, version.source, workdir / "source")
         weights = local / "artifacts" / "weights"
@@ -139,10 +138,12 @@ def fetch_run_weights(uri: str, run_id: str, workdir: Path) -> Path:
     """The final model/ of a training run."""
     from mlflow.exceptions import MlflowException
 
-    client = client_for(uri)
+    client = _mlflow_call("connecting to the tracking store", client_for, uri)
     try:
         client.get_run(run_id)
-    except MlflowException as exc:
+    except Exception as exc:  # noqa: BLE001
+        if not isinstance(exc, MlflowException):
+            raise InputError(f"--run {run_id}: {error_line(exc)}") from None
         if exc.error_code in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE"):
             raise InputError(f"--run {run_id}: no such run on the tracking server") from None
         raise InputError(f"--run {run_id}: {error_line(exc)}") from None
@@ -210,7 +211,7 @@ def register(uri: str, weights_dir: Path, category: str, support: torch.Tensor, 
         tags["fsad.train_run_id"] = parent_run_id
     tags = {k: redact(v)[:5000] for k, v in tags.items()}
 
-    client = client_for(uri)
+    client = _mlflow_call("connecting to the tracking store", client_for, uri)
     with tempfile.TemporaryDirectory(prefix="fsad-register-") as tmp:
         tmp = Path(tmp)
         weights = tmp / "weights"
@@ -305,7 +306,7 @@ def _move_aliases(client, name: str, version: str, metric: str, value: float | N
 
 def register_from_run(uri: str, run_id: str, category: str, support_dir: str | None, draw: int | None,
                       shots: int | None, data_root: str | None) -> Registration:
-    with tempfile.TemporaryDirectory(prefix="fsad-run-") as tmp:
+    with fast_fail(retries=2), tempfile.TemporaryDirectory(prefix="fsad-run-") as tmp:
         weights = fetch_run_weights(uri, run_id, Path(tmp))
         _, cfg, meta = load_model_dir(weights)
         root = Path(data_root or meta.get("data_root", ""))
@@ -315,7 +316,7 @@ def register_from_run(uri: str, run_id: str, category: str, support_dir: str | N
 
 
 def adapt_and_register(uri: str, model: str, support_dir: str, category: str, data_root: str | None) -> Registration:
-    with tempfile.TemporaryDirectory(prefix="fsad-adapt-") as tmp:
+    with fast_fail(retries=2), tempfile.TemporaryDirectory(prefix="fsad-adapt-") as tmp:
         weights, source = fetch_weights(uri, model, Path(tmp))
         _, cfg, _ = load_model_dir(weights)
         support, info = _support(cfg, category, support_dir, None, None, None)

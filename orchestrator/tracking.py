@@ -24,6 +24,7 @@ import json
 import os
 import re
 import shutil
+import socket
 import sys
 import time
 import uuid
@@ -98,9 +99,10 @@ def error_line(exc: BaseException) -> str:
 
 
 @contextlib.contextmanager
-def fast_fail():
-    """Temporarily make mlflow's HTTP client give up at once (unless the user configured it)."""
-    changed = {k: v for k, v in FAST_FAIL_ENV.items() if k not in os.environ}
+def fast_fail(retries: int = 0):
+    """Temporarily make mlflow's HTTP client give up soon (unless the user configured it)."""
+    wanted = {**FAST_FAIL_ENV, "MLFLOW_HTTP_REQUEST_MAX_RETRIES": str(retries), "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1"}
+    changed = {k: v for k, v in wanted.items() if k not in os.environ}
     os.environ.update(changed)
     try:
         yield
@@ -109,8 +111,28 @@ def fast_fail():
             os.environ.pop(key, None)
 
 
+def check_database_reachable(uri: str, timeout: float = 3.0) -> None:
+    """A database URI whose host does not answer fails here at once (mlflow itself retries creating
+    the engine for about 100 s); http and sqlite URIs pass through."""
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(uri)
+    scheme = parts.scheme.split("+")[0]
+    defaults = {"postgresql": 5432, "mysql": 3306, "mssql": 1433}
+    if scheme not in defaults:
+        return
+    try:
+        with socket.create_connection((parts.hostname or "127.0.0.1", parts.port or defaults[scheme]), timeout):
+            pass
+    except OSError as exc:
+        raise ConnectionError(f"database {parts.hostname}:{parts.port or defaults[scheme]} unreachable ({exc.strerror or exc})") from None
+
+
 def client_for(uri: str):
+    check_database_reachable(uri)
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # no bars in our logs
+    # mlflow prints "View run at <tracking URI>" when a run ends: the URI may hold a password
+    os.environ["MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT"] = "true"
     import warnings
 
     warnings.filterwarnings("ignore", message=r".*type hints to the .predict. method", category=UserWarning)
