@@ -57,13 +57,14 @@ class TrainingTracker:
 
     def on_log(self, record: dict[str, Any]) -> None:
         now = time.perf_counter()
-        values = {k: v for k, v in record.items() if k != "episode"}
+        step = int(record.get("update", record["episode"]))  # Ray records: update count; in-process: episode
+        values = {k: v for k, v in record.items() if k not in ("episode", "update")}
         # The in-process learner makes its negatives with the current weights: staleness 0 updates.
         values.setdefault("staleness", 0.0)
         if self._last is not None and now > self._last:
             values["throughput_episodes_per_s"] = 1.0 / (now - self._last)
         self._last = now
-        self.run.log_metrics(values, step=int(record["episode"]))
+        self.run.log_metrics(values, step=step)
 
     def on_checkpoint(self, episode: int, out: Path) -> None:
         files = [out / WEIGHTS, out / CONFIG, out / META, out / STATE]
