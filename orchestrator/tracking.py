@@ -505,6 +505,8 @@ def data_version(data_root: Any, manifest: str | Path | None = None) -> dict[str
     listing hash of the relative paths and sizes of every file under the root (kind=listing).
 
     data_root: a folder, a manifest .parquet file, or a workers.manifest source (folder or manifest)."""
+    if data_root is None and manifest is not None:  # images named by the manifest alone
+        data_root = Path(manifest)
     if not isinstance(data_root, (str, Path)):
         source_manifest = getattr(data_root, "manifest", None)
         if source_manifest is not None:  # a workers.manifest.ManifestSource
