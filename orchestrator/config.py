@@ -71,8 +71,8 @@ class ModelConfig:
 @dataclass
 class LangevinConfig:
     steps: int = 5  # J
-    step_size: float = 100.0  # β
-    noise_scale: float = 0.002  # ω ~ N(0, (noise_scale² β) I); 1.0 is the paper's N(0, βI)
+    step_size: float = 10.0  # β
+    noise_scale: float = 0.005  # ω ~ N(0, (noise_scale² β) I); 1.0 is the paper's N(0, βI)
 
 
 @dataclass
@@ -90,7 +90,7 @@ class TrainConfig:
     lr: float = 1e-3
     eta_rec: float = 1.0  # η₀
     eta_cd: float = 1.0  # η₁
-    reg_weight: float = 0.0  # Du & Mordatch energy-magnitude regulariser
+    reg_weight: float = 1.0  # Du & Mordatch energy-magnitude regulariser (keeps E⁻ from saturating at 1)
     detach_rec: bool = False  # True: L_rec does not backpropagate through the Langevin chain
     grad_clip: float = 1.0  # max gradient norm; 0 = off
     augment: str = "episode"  # none | episode | image
