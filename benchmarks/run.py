@@ -31,7 +31,7 @@ from workers.episodes import EpisodeSampler
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_DATA = REPO.parent / "shared" / "data" / "fsad-real"
-QUALITY_BUDGET = ["train.episodes=300"]
+QUALITY_BUDGET = ["train.episodes=150"]
 
 
 def timed(fn, repeats: int = 5, warmup: int = 1) -> float:
@@ -157,7 +157,9 @@ def main(argv=None) -> int:
     parser.add_argument("--data", default=str(DEFAULT_DATA))
     parser.add_argument("--out", default=str(REPO / "bench_out"))
     parser.add_argument("--device", default="cpu")
-    parser.add_argument("--skip-quality", action="store_true")
+    parser.add_argument("--skip-quality", action="store_true",
+                        help="no training; reuse the last quality table under --out if there is one")
+    parser.add_argument("--skip-speed", action="store_true", help="reuse the last speed figures under --out")
     parser.add_argument("--quality-set", action="append", default=None, metavar="KEY=VALUE")
     parser.add_argument("--doc", default=str(REPO / "docs" / "benchmarks.md"))
     args = parser.parse_args(argv)
@@ -167,10 +169,22 @@ def main(argv=None) -> int:
         print(f"bench: data root {data} does not exist (fsad-real is needed for the figures)", file=sys.stderr)
         return 2
     sections = ["# Benchmarks\n\nWritten by `make bench` (benchmarks/run.py). Figures are medians of repeated runs.\n"]
-    s = speed(data, torch.device(args.device))
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    speed_file = out / "speed.json"
+    if args.skip_speed and speed_file.is_file():
+        s = json.loads(speed_file.read_text())
+    else:
+        s = speed(data, torch.device(args.device))
+        s["command"] = command
+        speed_file.write_text(json.dumps(s, indent=2))
     print(json.dumps(s, indent=2))
-    sections.append(speed_markdown(s, command))
-    if not args.skip_quality:
+    sections.append(speed_markdown(s, s.get("command", command)))
+    quality_file = out / "quality.md"
+    if args.skip_quality:
+        if quality_file.is_file():
+            sections.append(quality_file.read_text())
+    else:
         budget = args.quality_set if args.quality_set is not None else QUALITY_BUDGET
         t0 = time.perf_counter()
         results = run_loo(data, Path(args.out) / "loo", 10, 5, ("ours", "knn", "maml_ae"), None,
@@ -189,10 +203,11 @@ def main(argv=None) -> int:
         )
         gaps = [r for r in results["rows"] if r.get("score_gap")]
         if gaps:
-            sections.append("\nMean anomalous − mean normal image energy (Table 4's third column):\n\n"
+            sections[-1] += ("\nMean anomalous − mean normal image energy (Table 4's third column):\n\n"
                             "| category | method | energy gap |\n|---|---|---|\n"
                             + "\n".join(f"| {r['category']} | {r['method']} | {r['score_gap']['mean']:.2e} |"
                                         for r in gaps) + "\n")
+        quality_file.write_text(sections[-1])
     doc = Path(args.doc)
     extra = doc.parent / "benchmarks_ray.md"
     if extra.is_file():
