@@ -15,7 +15,7 @@ HELP = "meta-train on real data with a small budget, hold one category out, prin
 REPO = Path(__file__).resolve().parents[2]
 SHARED_REAL = REPO.parent / "shared" / "data" / "fsad-real"
 # The demo budget: about 10 minutes on 2 CPU cores in all (see docs/benchmarks.md for timings).
-DEMO_OVERRIDES = ["train.episodes=250", "train.checkpoint_every=50"]
+DEMO_OVERRIDES = ["train.episodes=200", "train.checkpoint_every=50"]
 
 
 def add_arguments(p):
