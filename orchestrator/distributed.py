@@ -304,6 +304,18 @@ def train_distributed(
             fill(w)
         bar.close()
         elapsed = time.perf_counter() - began
+        deadline = time.perf_counter() + d.start_timeout_s
+        while pings and time.perf_counter() < deadline:  # workers still restarting: complete `restarts`
+            ready, _ = ray.wait(list(pings), num_returns=1, timeout=max(0.0, deadline - time.perf_counter()))
+            for ref in ready:
+                w = pings.pop(ref)
+                try:
+                    seen_pid(w, ray.get(ref)["pid"])
+                except ActorUnavailableError:
+                    time.sleep(0.2)
+                    pings[pool.ping(w)] = w
+                except Exception:  # noqa: BLE001 - gone for good; not counted as restarted
+                    pass
         c.abandoned += len(in_flight)  # not needed any more: the run has its `total` updates
         for ref in in_flight:
             try:
