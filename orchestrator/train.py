@@ -8,7 +8,6 @@ from __future__ import annotations
 import json
 import math
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
@@ -17,8 +16,6 @@ from tqdm import tqdm
 
 from model.energy import AdaptiveEBM
 from model.errors import InputError
-from model.langevin import langevin
-from model.losses import contrastive_divergence, energy_regularizer, reconstruction_loss, total_loss
 from orchestrator.artifacts import (
     META,
     STATE,
@@ -29,55 +26,26 @@ from orchestrator.artifacts import (
     save_model_dir,
 )
 from orchestrator.config import Config
+from orchestrator.learner import step_spec
 from workers.manifest import as_source, open_source
 from workers.episodes import Episode, EpisodeSampler
+from workers.negatives import EpisodeLoss, episode_loss
 
 
 class TrainingDiverged(RuntimeError):
     """The loss went non-finite; the last good checkpoint is kept."""
 
 
-@dataclass
-class EpisodeResult:
-    loss: torch.Tensor  # () differentiable w.r.t. θ
-    stats: dict[str, float]
+EpisodeResult = EpisodeLoss  # (loss, stats): the one loss composition lives in workers/negatives.py
 
 
 def episode_step(
     model: AdaptiveEBM, episode: Episode, cfg: Config, generator: torch.Generator | None, device: torch.device
-) -> EpisodeResult:
-    """Alg. 1 lines 7-9 for one episode: dictionary, Langevin negatives, L = η₀L_rec + η₁L_cd."""
-    support = episode.support.to(device)
-    queries = episode.queries.to(device)
-    corrupted = episode.corrupted.to(device)
-    dictionary = model.build_dictionary(support)  # gradient flows into θ through D too
-    negatives = langevin(
-        lambda x: model.energy(x, dictionary),
-        corrupted,
-        cfg.langevin.steps,
-        cfg.langevin.step_size,
-        cfg.langevin.noise_scale,
-        generator=generator,
-        create_graph=not cfg.train.detach_rec,
-    )  # (M, C, H, W)
-    pos_energy = model.energy(queries, dictionary)  # (M,)
-    # Contrastive divergence treats negatives as samples: no gradient through the chain (Eq. 3).
-    neg_energy = model.energy(negatives.detach(), dictionary)  # (M,)
-    l_cd = contrastive_divergence(pos_energy, neg_energy)
-    l_rec = reconstruction_loss(negatives, queries)
-    reg = energy_regularizer(pos_energy, neg_energy)
-    loss = total_loss(l_rec, l_cd, cfg.train.eta_rec, cfg.train.eta_cd, reg, cfg.train.reg_weight)
-    start_rec = reconstruction_loss(corrupted, queries)
-    stats = {
-        "loss": float(loss.detach()),
-        "l_rec": float(l_rec.detach()),
-        "l_cd": float(l_cd.detach()),
-        "reg": float(reg.detach()),
-        "pos_energy": float(pos_energy.detach().mean()),
-        "neg_energy": float(neg_energy.detach().mean()),
-        "inpaint_gain": float(start_rec - l_rec.detach()),  # > 0: Langevin moved towards the query
-    }
-    return EpisodeResult(loss, stats)
+) -> EpisodeLoss:
+    """Alg. 1 lines 7-9 for one episode: dictionary, Langevin negatives, L = η₀L_rec + η₁L_cd.
+
+    The same function the Ray Langevin workers run, so in-process and distributed updates agree."""
+    return episode_loss(model, episode, step_spec(cfg), generator, device)
 
 
 def load_normals(root, categories: list[str], image_size: int) -> dict[str, torch.Tensor]:
