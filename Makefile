@@ -23,6 +23,7 @@ test: $(STAMP)
 	$(BIN)/python -m pytest -q -ra tests
 
 bench: $(STAMP)
+	$(BIN)/python -m benchmarks.ray_bench
 	$(BIN)/python -m benchmarks.run
 
 lint: $(STAMP)
