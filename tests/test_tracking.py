@@ -363,3 +363,23 @@ def test_pyfunc_wrong_channels_and_unknown_alias_are_clear_errors(store, registe
         mlflow.pyfunc.load_model("models:/fsad-nope@champion")
     with pytest.raises(MlflowException, match="nope"):
         mlflow.pyfunc.load_model(f"models:/fsad-{HELD_OUT}@nope")
+
+
+def test_distributed_training_is_tracked_with_staleness_and_throughput(client, store, data_with_manifest,
+                                                                        tmp_path):
+    """`fsad train --workers 1` (Ray in-process) logs its per-update metrics into one training run."""
+    from orchestrator.cli import main
+
+    out = tmp_path / "ray_model"
+    code = main(["train", "--data", str(data_with_manifest), "--exclude", HELD_OUT, "--out", str(out), "--quiet",
+                 "--workers", "1", "--tracking-uri", store["uri"], *tiny_sets(train__episodes=3)])
+    assert code == 0
+    run_id = json.loads((out / "tracking.json").read_text())["run_id"]
+    run = client.get_run(run_id)
+    assert run.info.status == "FINISHED"
+    assert run.data.params["distributed.workers"] == "1"
+    for key in ("loss", "l_rec", "l_cd", "pos_energy", "neg_energy", "staleness", "learner_idle_frac",
+                "episodes_per_s.0"):
+        assert key in run.data.metrics, key
+    history = client.get_metric_history(run_id, "loss")
+    assert sorted(m.step for m in history) == [1, 2, 3]

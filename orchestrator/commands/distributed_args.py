@@ -32,15 +32,51 @@ def distributed_overrides(args: argparse.Namespace) -> list[str]:
     return [f"distributed.workers={args.workers}"] if args.workers is not None else []
 
 
-def run_distributed(args: argparse.Namespace, cfg) -> int:
-    """Per-update metrics as JSON lines on stdout (unless --quiet), then the summary line."""
+def _flat(record: dict) -> dict:
+    """Nested per-worker dicts (episodes_per_s, staleness_hist) as dotted scalar metrics."""
+    out = {}
+    for key, value in record.items():
+        if isinstance(value, dict):
+            out.update({f"{key}.{k}": v for k, v in value.items()})
+        else:
+            out[key] = value
+    return out
+
+
+def run_distributed(args: argparse.Namespace, cfg, uri: str | None = None, data_root=None) -> int:
+    """Per-update metrics as JSON lines on stdout (unless --quiet) and, with a tracking URI, to MLflow."""
+    from pathlib import Path
+
     from orchestrator.distributed import train_distributed
 
-    def log(record):
-        print(json.dumps(record), flush=True)
+    data_root = args.data if data_root is None else data_root
+    tracker = None
+    if uri is not None and Path(data_root).exists():  # bad input fails in training before any run exists
+        from orchestrator.tracked import TrainingTracker
 
-    summary = train_distributed(cfg, args.data, args.out, address=args.address, resume=args.resume,
-                                progress=not args.quiet and sys.stderr.isatty(), on_log=None if args.quiet else log)
-    keys = ("out", "episodes", "seconds", "categories", "mode", "counters", "learner_idle_frac", "episodes_per_s")
-    print(json.dumps({k: summary[k] for k in keys}))
+        tracker = TrainingTracker(uri, cfg, data_root, args.out, args.resume)
+
+    def log(record):
+        if not args.quiet:
+            print(json.dumps(record), flush=True)
+        if tracker is not None:
+            tracker.on_log(_flat(record))
+
+    try:
+        summary = train_distributed(cfg, data_root, args.out, address=args.address, resume=args.resume,
+                                    progress=not args.quiet and sys.stderr.isatty(), on_log=log)
+    except KeyboardInterrupt:
+        if tracker is not None:
+            tracker.finish(None, "KILLED")
+        raise
+    except BaseException:
+        if tracker is not None:
+            tracker.finish(None, "FAILED")
+        raise
+    if tracker is not None:
+        tracker.finish(summary)
+        summary["run_id"] = tracker.run.run_id
+    keys = ("out", "episodes", "seconds", "categories", "mode", "counters", "learner_idle_frac", "episodes_per_s",
+            "run_id")
+    print(json.dumps({k: summary[k] for k in keys if k in summary}))
     return 0

@@ -41,7 +41,7 @@ def run(args) -> int:
     if args.resume:
         cfg = _resume_config(args, cfg, extra)
     if wants_distributed(args):
-        return run_distributed(args, cfg)
+        return run_distributed(args, cfg, uri, data_root(args))
     summary = tracked_train(cfg, data_root(args), args.out, resume=args.resume, progress=not args.quiet, uri=uri,
                             manifest=args.manifest, splits=args.splits)
     print(json.dumps({k: summary[k] for k in ("out", "episodes", "seconds", "categories", "run_id") if k in summary}))
