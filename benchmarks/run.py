@@ -161,6 +161,7 @@ def main(argv=None) -> int:
                         help="no training; reuse the last quality table under --out if there is one")
     parser.add_argument("--skip-speed", action="store_true", help="reuse the last speed figures under --out")
     parser.add_argument("--quality-set", action="append", default=None, metavar="KEY=VALUE")
+    parser.add_argument("--categories", default="", help="comma list of target categories (default: all)")
     parser.add_argument("--doc", default=str(REPO / "docs" / "benchmarks.md"))
     args = parser.parse_args(argv)
     command = "python -m benchmarks.run " + " ".join(shlex.quote(a) for a in (argv or sys.argv[1:]))
@@ -187,13 +188,15 @@ def main(argv=None) -> int:
     else:
         budget = args.quality_set if args.quality_set is not None else QUALITY_BUDGET
         t0 = time.perf_counter()
-        results = run_loo(data, Path(args.out) / "loo", 10, 5, ("ours", "knn", "maml_ae"), None,
+        targets = [c for c in args.categories.split(",") if c] or None
+        results = run_loo(data, Path(args.out) / "loo", 10, 5, ("ours", "knn", "maml_ae"), targets,
                           tuple(ABLATIONS), None, budget, progress=False)
         minutes = (time.perf_counter() - t0) / 60
         sections.append(
             "## Quality: leave-one-category-out on fsad-real (K = 10, 5 support draws)\n\n"
             f"Command: `{command}` (runs `fsad loo --data {data} --shots 10 --seeds 5 "
             f"--methods ours,knn,maml_ae --ablations {','.join(ABLATIONS)} "
+            + (f"--categories {args.categories} " if args.categories else "")
             + " ".join(f"--set {b}" for b in budget) + "`)  \n"
             f"Training budget: {' '.join(budget) or 'params.yaml defaults'} per model; "
             f"this run took {minutes:.0f} min (finished models under {args.out}/loo are reused).  \n"
