@@ -21,6 +21,7 @@ VERBS = {
     "register": "orchestrator.commands.register",
     "adapt": "orchestrator.commands.adapt",
     "sync-runs": "orchestrator.commands.sync_runs",
+    "tune": "orchestrator.commands.tune",
 }
 
 

@@ -159,6 +159,61 @@ class DistributedConfig:
 
 
 @dataclass
+class FloatRange:
+    """A float search dimension: uniform on [low, high], log-uniform with log: true (then low > 0)."""
+
+    low: float = 0.0
+    high: float = 1.0
+    log: bool = False
+    search: bool = True  # false: the trial keeps the config's value
+
+
+@dataclass
+class IntChoices:
+    """An integer search dimension: one of `choices`."""
+
+    choices: list[int] = field(default_factory=list)
+    search: bool = True
+
+
+@dataclass
+class TuneSpace:
+    """What `fsad tune` searches; each knob sets the config key in TUNE_KEYS (docs/tuning.md)."""
+
+    lam_max: FloatRange = field(default_factory=lambda: FloatRange(0.5, 2.0))  # model.lam_max (λ_max)
+    lam_star: FloatRange = field(default_factory=lambda: FloatRange(0.01, 0.5, log=True))  # model.lam_star (λ*)
+    tau: FloatRange = field(default_factory=lambda: FloatRange(2.0, 100.0, log=True))  # model.tau (SigShrink τ)
+    step_size: FloatRange = field(default_factory=lambda: FloatRange(1.0, 100.0, log=True))  # langevin.step_size (β)
+    shots: IntChoices = field(default_factory=lambda: IntChoices([1, 2, 5, 10]))  # train.shots (K)
+    receptive_field: IntChoices = field(default_factory=lambda: IntChoices([1, 3, 5], False))  # model.receptive_field (l)
+    langevin_steps: IntChoices = field(default_factory=lambda: IntChoices([3, 5, 10], False))  # langevin.steps (J)
+
+
+TUNE_KEYS = {"lam_max": "model.lam_max", "lam_star": "model.lam_star", "tau": "model.tau",
+             "step_size": "langevin.step_size", "shots": "train.shots", "receptive_field": "model.receptive_field",
+             "langevin_steps": "langevin.steps"}
+
+
+@dataclass
+class TuneConfig:
+    """`fsad tune` (orchestrator/tune.py): search space, validation protocol, pruner, resume."""
+
+    space: TuneSpace = field(default_factory=TuneSpace)
+    validation: list[str] = field(default_factory=list)  # validation categories; empty: the last non-target one
+    eval_every: int = 25  # report the validation AUROC every this many training episodes (pruning points)
+    eval_shots: int = 5  # K of the validation support draws (fixed across trials)
+    eval_draws: int = 1
+    eval_images: int = 16  # per validation category: at most this many test images, half of them normal
+    pruner: str = "median"  # median | hyperband | none
+    startup_trials: int = 2  # median: no pruning until this many trials have finished
+    warmup_steps: int = 0  # median: no pruning before this episode of a trial
+    sampler_seed: int = 0  # TPE sampler seed
+    heartbeat_interval: int = 10  # seconds; a trial silent for grace_period is failed and retried
+    grace_period: int = 30
+    max_retry: int = 2  # a trial failed by heartbeat is retried at most this many times
+
+
+@dataclass
 class Config:
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -170,6 +225,7 @@ class Config:
     distributed: DistributedConfig = field(default_factory=DistributedConfig)
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
     pipeline: PipelineConfig = field(default_factory=PipelineConfig)
+    tune: TuneConfig = field(default_factory=TuneConfig)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -233,7 +289,8 @@ def _coerce(value: Any, hint: Any, key: str) -> Any:
     return value
 
 
-def from_dict(cls: type, tree: dict[str, Any] | None, prefix: str = "") -> Any:
+def from_dict(cls: type, tree: dict[str, Any] | None, prefix: str = "", base: Any = None) -> Any:
+    """`base` (default: cls()) supplies the keys `tree` leaves out, e.g. a field's own default_factory value."""
     tree = dict(tree or {})
     hints = get_type_hints(cls)
     kwargs = {}
@@ -247,10 +304,11 @@ def from_dict(cls: type, tree: dict[str, Any] | None, prefix: str = "") -> Any:
         if dataclasses.is_dataclass(hint):
             if not isinstance(value, dict):
                 raise InputError(f"config {key}: expected a mapping of {hint.__name__} fields")
-            kwargs[f.name] = from_dict(hint, value, key + ".")
+            default = f.default_factory() if f.default_factory is not dataclasses.MISSING else None
+            kwargs[f.name] = from_dict(hint, value, key + ".", default)
         else:
             kwargs[f.name] = _coerce(value, hint, key)
-    return cls(**kwargs)
+    return dataclasses.replace(base, **kwargs) if base is not None else cls(**kwargs)
 
 
 def _set_path(tree: dict[str, Any], dotted: str, value: Any) -> None:
@@ -353,6 +411,69 @@ def validate(cfg: Config) -> None:
     validate_distributed(cfg.distributed)
     validate_tracking(cfg.tracking)
     validate_pipeline(cfg.pipeline)
+    validate_tune(cfg)
+
+
+def validate_tune(cfg: Config) -> None:
+    """The search space: non-empty ranges, log bounds > 0, and every bound/choice valid in the config."""
+    t = cfg.tune
+    for name, key in TUNE_KEYS.items():
+        dim, where = getattr(t.space, name), f"tune.space.{name}"
+        if isinstance(dim, FloatRange):
+            _finite(f"{where}.low", dim.low)
+            _finite(f"{where}.high", dim.high)
+            if dim.low > dim.high:
+                raise InputError(f"{where}: low={dim.low} > high={dim.high} (inverted range)")
+            if dim.low == dim.high:
+                raise InputError(f"{where}: low = high = {dim.low} (empty range); set search: false to fix {key}")
+            if dim.log and dim.low <= 0:
+                raise InputError(f"{where}: log range needs low > 0; got low={dim.low}")
+            values = [dim.low, dim.high]
+        else:
+            if not dim.choices or len(set(dim.choices)) != len(dim.choices):
+                raise InputError(f"{where}.choices={dim.choices}: expected a non-empty list of distinct integers")
+            values = list(dim.choices)
+        if dim.search:
+            for value in values:  # each bound or choice must make a valid config on its own
+                try:
+                    _check_setting(cfg, key, value)
+                except InputError as exc:
+                    raise InputError(f"{where}: {value} is not a valid {key} ({exc})") from None
+    s = t.space
+    if s.lam_star.search or s.lam_max.search:  # λ* <= λ_max for every sample
+        star_high = s.lam_star.high if s.lam_star.search else cfg.model.lam_star
+        max_low = s.lam_max.low if s.lam_max.search else cfg.model.lam_max
+        if star_high > max_low:
+            raise InputError(f"tune.space: lam_star up to {star_high} can exceed lam_max from {max_low}; "
+                             "expected lam_star.high <= lam_max.low")
+    for key, value, low in (("eval_every", t.eval_every, 1), ("eval_shots", t.eval_shots, 1),
+                            ("eval_draws", t.eval_draws, 1), ("eval_images", t.eval_images, 2),
+                            ("startup_trials", t.startup_trials, 0), ("warmup_steps", t.warmup_steps, 0),
+                            ("heartbeat_interval", t.heartbeat_interval, 1), ("grace_period", t.grace_period, 1),
+                            ("max_retry", t.max_retry, 0)):
+        if value < low:
+            raise InputError(f"tune.{key}={value}: expected an integer >= {low}")
+    if t.grace_period <= t.heartbeat_interval:
+        raise InputError(f"tune.grace_period={t.grace_period}: expected more than tune.heartbeat_interval="
+                         f"{t.heartbeat_interval}")
+    if t.pruner not in ("median", "hyperband", "none"):
+        raise InputError(f"tune.pruner={t.pruner!r}: expected median, hyperband or none")
+
+
+def _check_setting(cfg: Config, key: str, value: Any) -> None:
+    """Validate the model/langevin/train section that `key` lives in with `value` set."""
+    section, _, leaf = key.partition(".")
+    changed = dataclasses.replace(getattr(cfg, section), **{leaf: value})
+    if leaf == "lam_max":  # the pair λ* <= λ_max is validate_tune's own check
+        changed.lam_star = min(changed.lam_star, value)
+    elif leaf == "lam_star":
+        changed.lam_max = max(changed.lam_max, value)
+    if section == "model":
+        changed.sparse_spec().validate()
+    elif section == "langevin":
+        validate_langevin(changed.steps, changed.step_size, changed.noise_scale)
+    elif value < 1:
+        raise InputError(f"{key}={value}: expected an integer >= 1")
 
 
 def validate_pipeline(p: PipelineConfig) -> None:

@@ -1,0 +1,291 @@
+"""fsad tune: tiny studies on a journal file and on PostgreSQL, MLflow parent/nested runs, pruning, kill and
+resume, two parallel Ray workers, best params into `fsad train`, optuna-dashboard, bad input."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+import uuid
+from pathlib import Path
+
+import optuna
+import pytest
+import yaml
+
+from orchestrator.cli import main
+from orchestrator.config import load_config
+from tests.conftest import HELD_OUT, REPO, tiny_sets
+
+FSAD = str(Path(sys.executable).with_name("fsad"))
+PG_ADMIN = "postgresql+psycopg2://postgres@127.0.0.1:5432/test"
+
+
+def tune_sets(**changes) -> list[str]:
+    """The tiny budget: 4 episodes, a validation report every 2, K in {1, 2}, 6 validation images."""
+    values = dict(train__episodes=4, tune__eval_every=2, tune__eval_images=6, tune__eval_shots=2,
+                  tune__space__shots__choices="[1,2]", tune__startup_trials=1, tune__heartbeat_interval=1,
+                  tune__grace_period=2)
+    values.update(changes)
+    return tiny_sets(**values)
+
+
+def tune_args(root, storage, out, study="s", trials=2, *extra) -> list[str]:
+    return ["tune", "--study", study, "--storage", str(storage), "--trials", str(trials), "--data", str(root),
+            "--target", HELD_OUT, "--out", str(out), *extra]
+
+
+def journal(path) -> optuna.storages.BaseStorage:
+    return optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(str(path)))
+
+
+def numbers(study) -> list[int]:
+    return [t.number for t in study.get_trials(deepcopy=False)]
+
+
+@pytest.fixture(scope="module")
+def journal_study(small_real_root, tmp_path_factory):
+    """A 3-trial study on a journal file, tracked to a private sqlite MLflow."""
+    base = tmp_path_factory.mktemp("tune")
+    uri = f"sqlite:///{base / 'mlflow.db'}"
+    os.environ["FSAD_SPOOL_DIR"] = str(base / "spool")
+    try:
+        code = main(tune_args(small_real_root, base / "journal.log", base / "out", "s", 3, *tune_sets(),
+                              "--tracking-uri", uri))
+    finally:
+        os.environ.pop("FSAD_SPOOL_DIR", None)
+    assert code == 0
+    return base, uri
+
+
+def test_tiny_study_on_journal_writes_best_params_and_plots(journal_study):
+    base, _ = journal_study
+    study = optuna.load_study(study_name="s", storage=journal(base / "journal.log"))
+    finished = [t for t in study.trials if t.state in (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)]
+    assert len(finished) == 3 and sorted(numbers(study)) == [0, 1, 2]
+    assert study.user_attrs["target"] == HELD_OUT and HELD_OUT not in study.user_attrs["validation"]
+    assert HELD_OUT not in study.user_attrs["train"]
+    assert not set(study.user_attrs["train"]) & set(study.user_attrs["validation"])  # no leakage
+    assert all(t.intermediate_values for t in finished)  # reported while training
+    best = json.loads((base / "out" / "best.json").read_text())
+    assert best["trial"] == study.best_trial.number and set(best["params"]) <= {
+        "model.lam_max", "model.lam_star", "model.tau", "langevin.step_size", "train.shots"}
+    for name in ("history", "parallel_coordinate"):
+        assert (base / "out" / "plots" / f"{name}.png").stat().st_size > 1000
+    # trials never trained on the target or the validation category
+    meta = json.loads((base / "out" / "trials" / "trial_0000" / "meta.json").read_text())
+    assert meta["train_categories"] == study.user_attrs["train"]
+
+
+def test_mlflow_parent_run_and_nested_trial_runs(journal_study):
+    from mlflow import MlflowClient
+
+    base, uri = journal_study
+    client = MlflowClient(uri)
+    runs = client.search_runs([e.experiment_id for e in client.search_experiments()])
+    parents = [r for r in runs if r.data.tags.get("fsad.kind") == "tune"]
+    trials = [r for r in runs if r.data.tags.get("fsad.kind") == "tune_trial"]
+    assert len(parents) == 1 and len(trials) == 3
+    parent = parents[0]
+    assert parent.info.status == "FINISHED" and "best_objective" in parent.data.metrics
+    artifacts = {a.path for a in client.list_artifacts(parent.info.run_id, "plots")}
+    assert "plots/history.png" in artifacts
+    assert {a.path for a in client.list_artifacts(parent.info.run_id)} >= {"best_params.yaml", "best.json"}
+    for run in trials:
+        assert run.data.tags["mlflow.parentRunId"] == parent.info.run_id
+        assert "model.tau" in run.data.params
+        assert client.get_metric_history(run.info.run_id, "val_objective")  # intermediate values
+        assert run.data.tags["optuna.state"] in ("COMPLETE", "PRUNED")
+
+
+def test_best_params_round_trip_into_fsad_train(journal_study, small_real_root, tmp_path, capsys):
+    base, _ = journal_study
+    best = json.loads((base / "out" / "best.json").read_text())
+    cfg = load_config(base / "out" / "best_params.yaml")
+    for key, value in best["params"].items():
+        section, _, leaf = key.rpartition(".")
+        node = cfg
+        for part in section.split("."):
+            node = getattr(node, part)
+        assert getattr(node, leaf) == pytest.approx(value)
+    assert set(yaml.safe_load((base / "out" / "best_params.yaml").read_text())) == set(yaml.safe_load(
+        (REPO / "params.yaml").read_text()))  # params.yaml-shaped: `dvc exp run` takes it as params.yaml
+    assert main(["train", "--config", str(base / "out" / "best_params.yaml"), "--data", str(small_real_root),
+                 "--exclude", HELD_OUT, "--out", str(tmp_path / "m"), "--quiet"]) == 0
+    trained = yaml.safe_load((tmp_path / "m" / "config.yaml").read_text())
+    assert trained["model"]["tau"] == pytest.approx(best["params"].get("model.tau", cfg.model.tau))
+    sets = [a for s in best["set"] for a in ("--set", s)]  # the same values as --set arguments
+    assert main(["train", *tiny_sets(), *sets, "--data", str(small_real_root), "--exclude", HELD_OUT,
+                 "--out", str(tmp_path / "m2"), "--quiet"]) == 0
+
+
+def test_pruning_stops_a_planted_bad_trial(small_real_root, tmp_path, capsys):
+    """Two finished trials planted at 0.99 on every step, then an enqueued terrible setting (β = 1000,
+    λ tiny): MedianPruner stops it at its first report, before the last episode."""
+    storage = tmp_path / "j.log"
+    study = optuna.create_study(study_name="p", storage=journal(storage), direction="maximize")
+    dist = optuna.distributions.FloatDistribution(0.5, 2.0)
+    for _ in range(2):
+        study.add_trial(optuna.trial.create_trial(params={"model.lam_max": 1.0}, distributions={"model.lam_max": dist},
+                                                  value=0.99, intermediate_values={2: 0.99, 4: 0.99}))
+    study.enqueue_trial({"langevin.step_size": 1000.0, "model.lam_max": 0.5, "model.lam_star": 0.01})
+    assert main(tune_args(small_real_root, storage, tmp_path / "out", "p", 3, *tune_sets())) == 0
+    trial = optuna.load_study(study_name="p", storage=journal(storage)).trials[2]
+    assert trial.params["langevin.step_size"] == 1000.0
+    assert trial.state == optuna.trial.TrialState.PRUNED
+    assert list(trial.intermediate_values) == [2]  # stopped at episode 2 of 4
+
+
+def test_kill_and_resume_continues_the_same_study(small_real_root, tmp_path):
+    storage, out = tmp_path / "j.log", tmp_path / "out"
+    cmd = [FSAD, *tune_args(small_real_root, storage, out, "k", 4, *tune_sets(train__episodes=6,
+                                                                                tune__pruner="none"))]
+    env = {**os.environ, "FSAD_TRACKING": "0"}
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    killed = None
+    try:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and proc.poll() is None:
+            time.sleep(0.2)
+            try:
+                trials = optuna.load_study(study_name="k", storage=journal(storage)).get_trials()
+            except (KeyError, FileNotFoundError):
+                continue
+            running = [t for t in trials if t.state == optuna.trial.TrialState.RUNNING]
+            if any(t.state == optuna.trial.TrialState.COMPLETE for t in trials) and running:
+                proc.send_signal(signal.SIGKILL)
+                killed = running[0]
+                break
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait()
+    assert killed is not None, "the study finished before it could be killed mid-trial"
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=150)
+    assert done.returncode == 0, done.stderr[-2000:]
+    study = optuna.load_study(study_name="k", storage=journal(storage))
+    states = [t.state for t in study.trials]
+    assert states.count(optuna.trial.TrialState.COMPLETE) == 4  # none lost
+    assert len(numbers(study)) == len(set(numbers(study)))  # none duplicated
+    assert optuna.trial.TrialState.RUNNING not in states
+    failed = [t for t in study.trials if t.state == optuna.trial.TrialState.FAIL]
+    assert [t.number for t in failed] == [killed.number]  # failed by heartbeat ...
+    retry = optuna.storages.RetryHeartbeatStaleTrialCallback.retried_trial_number
+    retried = [t for t in study.trials if retry(t) == killed.number]
+    assert len(retried) == 1 and retried[0].params == failed[0].params  # ... and retried as is
+
+
+def test_two_parallel_ray_workers_share_one_study(small_real_root, tmp_path, capsys):
+    storage = tmp_path / "j.log"
+    assert main(tune_args(small_real_root, storage, tmp_path / "out", "r", 2, "--parallel", "2",
+                          *tune_sets(tune__pruner="none"))) == 0
+    study = optuna.load_study(study_name="r", storage=journal(storage))
+    assert sorted(numbers(study)) == [0, 1]
+    assert all(t.state == optuna.trial.TrialState.COMPLETE for t in study.trials)
+    assert len({t.user_attrs["worker"] for t in study.trials}) == 2  # two Ray worker processes
+    assert str(os.getpid()) not in {t.user_attrs["worker"].rsplit(":", 1)[1] for t in study.trials}
+
+
+@pytest.fixture
+def pg_url():
+    """A fresh PostgreSQL database per test, dropped afterwards (skipped without the server)."""
+    sqlalchemy = pytest.importorskip("sqlalchemy")
+    try:
+        socket.create_connection(("127.0.0.1", 5432), timeout=2).close()
+    except OSError:
+        pytest.skip("no PostgreSQL on 127.0.0.1:5432")
+    name = f"fsad_optuna_{uuid.uuid4().hex[:10]}"
+    admin = sqlalchemy.create_engine(PG_ADMIN, isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(sqlalchemy.text(f'CREATE DATABASE "{name}"'))
+    try:
+        yield f"postgresql+psycopg2://postgres@127.0.0.1:5432/{name}"
+    finally:
+        with admin.connect() as conn:
+            conn.execute(sqlalchemy.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        admin.dispose()
+
+
+def test_tiny_study_on_postgresql(pg_url, small_real_root, tmp_path, capsys):
+    assert main(tune_args(small_real_root, pg_url, tmp_path / "out", "pg", 2, *tune_sets())) == 0
+    storage = optuna.storages.RDBStorage(pg_url)
+    study = optuna.load_study(study_name="pg", storage=storage)
+    assert sorted(numbers(study)) == [0, 1] and (tmp_path / "out" / "best_params.yaml").is_file()
+    # bad input against an existing study: exit 2, one line, the study untouched
+    before = [(t.number, t.state, t.params) for t in study.get_trials()]
+    capsys.readouterr()
+    assert main(tune_args(small_real_root, pg_url, tmp_path / "out", "pg", 4, *tune_sets(),
+                          "--set", "tune.space.tau.low=500")) == 2
+    assert capsys.readouterr().err.count("\n") == 1
+    assert [(t.number, t.state, t.params) for t in optuna.load_study(study_name="pg", storage=storage).get_trials()] == before
+    storage.engine.dispose()
+
+
+@pytest.mark.parametrize("sets,needle", [
+    (["--set", "tune.space.tau.low=500"], "inverted range"),
+    (["--set", "tune.space.step_size.low=5", "--set", "tune.space.step_size.high=5"], "empty range"),
+    (["--set", "tune.space.lam_max.log=true", "--set", "tune.space.lam_max.low=0"], "log range needs low > 0"),
+    (["--set", "tune.space.shots.choices=[]"], "non-empty list"),
+    (["--set", "tune.space.shots.choices=[1,50]"], "normal images"),
+    (["--set", "tune.eval_shots=50"], "normal training images of validation category"),
+    (["--set", f"tune.validation=[{HELD_OUT}]"], "never be seen"),
+])
+def test_bad_search_space_is_one_line_exit_2_and_study_untouched(sets, needle, small_real_root, tmp_path, capsys):
+    storage = tmp_path / "j.log"
+    code = main(tune_args(small_real_root, storage, tmp_path / "out", "b", 2, *tune_sets(), *sets))
+    err = capsys.readouterr().err
+    assert code == 2 and needle in err and err.count("\n") == 1, err
+    assert not storage.exists() and not (tmp_path / "out").exists()  # nothing created
+
+
+@pytest.mark.parametrize("storage,needle", [
+    ("postgresql+psycopg2://postgres@127.0.0.1:1/nope", "unreachable"),
+    ("redis://127.0.0.1:6379", "expected sqlite"),
+    ("/nonexistent-folder/j.log", "does not exist"),
+])
+def test_unreachable_storage_is_one_line_exit_2(storage, needle, small_real_root, tmp_path, capsys):
+    t0 = time.monotonic()
+    code = main(tune_args(small_real_root, storage, tmp_path / "out", "u", 2, *tune_sets()))
+    err = capsys.readouterr().err
+    assert code == 2 and needle in err and err.count("\n") == 1, err
+    assert time.monotonic() - t0 < 20 and not (tmp_path / "out").exists()
+
+
+def test_sqlite_refuses_parallel_writers(small_real_root, tmp_path, capsys):
+    code = main(tune_args(small_real_root, f"sqlite:///{tmp_path / 'o.db'}", tmp_path / "out", "q", 2,
+                          "--parallel", "2", *tune_sets()))
+    assert code == 2 and "parallel writers" in capsys.readouterr().err
+    assert not (tmp_path / "o.db").exists()
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_optuna_dashboard_opens_the_study(journal_study):
+    base, _ = journal_study
+    port = _free_port()
+    dashboard = str(Path(sys.executable).with_name("optuna-dashboard"))
+    proc = subprocess.Popen([dashboard, str(base / "journal.log"), "--host", "127.0.0.1", "--port", str(port)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        body, deadline = None, time.monotonic() + 60
+        while time.monotonic() < deadline and body is None:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/studies", timeout=5) as response:
+                    body = json.loads(response.read())
+            except OSError:
+                time.sleep(0.5)
+        assert body is not None, "optuna-dashboard did not answer"
+        assert [s["study_name"] for s in body["study_summaries"]] == ["s"]
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/dashboard", timeout=5) as response:
+            assert response.status == 200
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
