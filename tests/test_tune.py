@@ -142,7 +142,7 @@ def test_pruning_stops_a_planted_bad_trial(small_real_root, tmp_path, capsys):
 
 def test_kill_and_resume_continues_the_same_study(small_real_root, tmp_path):
     storage, out = tmp_path / "j.log", tmp_path / "out"
-    cmd = [FSAD, *tune_args(small_real_root, storage, out, "k", 4, *tune_sets(train__episodes=6,
+    cmd = [FSAD, *tune_args(small_real_root, storage, out, "k", 3, *tune_sets(train__episodes=6,
                                                                                 tune__pruner="none"))]
     env = {**os.environ, "FSAD_TRACKING": "0"}
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -169,7 +169,7 @@ def test_kill_and_resume_continues_the_same_study(small_real_root, tmp_path):
     assert done.returncode == 0, done.stderr[-2000:]
     study = optuna.load_study(study_name="k", storage=journal(storage))
     states = [t.state for t in study.trials]
-    assert states.count(optuna.trial.TrialState.COMPLETE) == 4  # none lost
+    assert states.count(optuna.trial.TrialState.COMPLETE) == 3  # none lost
     assert len(numbers(study)) == len(set(numbers(study)))  # none duplicated
     assert optuna.trial.TrialState.RUNNING not in states
     failed = [t for t in study.trials if t.state == optuna.trial.TrialState.FAIL]
@@ -289,3 +289,16 @@ def test_optuna_dashboard_opens_the_study(journal_study):
     finally:
         proc.terminate()
         proc.wait(timeout=10)
+
+
+def test_partial_override_of_a_range_keeps_its_other_bounds():
+    cfg = load_config(None, ["tune.space.tau.low=5"])
+    assert (cfg.tune.space.tau.low, cfg.tune.space.tau.high, cfg.tune.space.tau.log) == (5.0, 100.0, True)
+
+
+@pytest.mark.parametrize("name,kind", [("median", "MedianPruner"), ("hyperband", "HyperbandPruner"),
+                                       ("none", "NopPruner")])
+def test_pruner_choice(name, kind):
+    from orchestrator.tune import make_pruner
+
+    assert type(make_pruner(load_config(None, [f"tune.pruner={name}"]))).__name__ == kind
