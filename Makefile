@@ -24,7 +24,7 @@ test: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python -m benchmarks.ray_bench
-	$(BIN)/python -m benchmarks.run --ablation-categories juice_bottle
+	$(BIN)/python -m benchmarks.run --ablation-categories juice_bottle,tire
 
 lint: $(STAMP)
 	$(BIN)/lint-imports

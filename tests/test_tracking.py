@@ -372,7 +372,8 @@ def test_distributed_training_is_tracked_with_staleness_and_throughput(client, s
 
     out = tmp_path / "ray_model"
     code = main(["train", "--data", str(data_with_manifest), "--exclude", HELD_OUT, "--out", str(out), "--quiet",
-                 "--workers", "1", "--tracking-uri", store["uri"], *tiny_sets(train__episodes=3)])
+                 "--workers", "1", "--tracking-uri", store["uri"], *tiny_sets(train__episodes=3),
+                 "--set", "distributed.start_timeout_s=600"])  # actor start-up is slow on a busy 2-core machine
     assert code == 0
     run_id = json.loads((out / "tracking.json").read_text())["run_id"]
     run = client.get_run(run_id)
