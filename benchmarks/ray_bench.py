@@ -170,8 +170,8 @@ def write_report(path: Path, args, cfg, costs, rows) -> None:
         "",
         f"Command: `.venv/bin/python -m benchmarks.ray_bench --episodes {args.episodes}`  ",
         f"Machine: {os.cpu_count()} CPU cores ({model_name}), {round(os.sysconf('SC_PAGE_SIZE') * os.sysconf('SC_PHYS_PAGES') / 2**30)} GiB RAM, "
-        f"no GPU; load average {os.getloadavg()[1]:.1f} over the run (other jobs shared the machine: compare rows "
-        "with care, rerun on a quiet machine before quoting); "
+        f"no GPU; load average {os.getloadavg()[1]:.1f} over the run (compare rows with care when it exceeds the "
+        "core count: other jobs shared the machine); "
         f"torch {torch.__version__} (CPU), ray {__import__('ray').__version__}, Python {platform.python_version()}.  ",
         f"Config: params.yaml defaults (image {cfg.data.image_size}², conv backbone width {cfg.model.backbone.width}, "
         f"K={cfg.train.shots}, M={cfg.train.queries}, J={cfg.langevin.steps} Langevin steps), {args.episodes} episodes "
@@ -211,9 +211,8 @@ def write_report(path: Path, args, cfg, costs, rows) -> None:
         "",
         f"**Overhead.** One Ray worker reaches {1 - overhead:.0%} of the in-process loop's rate at equal compute "
         f"(1 thread), i.e. a pipeline overhead of {max(0.0, overhead):.0%} (target: ≤ 10%; under this machine's "
-        "load the two differ by less than the run-to-run noise). The 2-thread in-process row and the 2-worker row "
-        "are limited by contention with the other jobs (2 cores, load ≈ 9), not by the pipeline: they need a quiet "
-        "machine to show scaling. "
+        "load the two differ by less than the run-to-run noise). With 2 cores, the 2-thread in-process row and the "
+        "2-worker row share the machine with the learner and Ray's own processes, so they cannot show scaling. "
         f"Learner idle with 1 worker: {one['idle']:.0%}, with 2 workers: {rows['Ray async, 2 workers']['idle']:.0%}; "
         "on this 2-core machine the workers are the bottleneck (the learner waits for them), so idle is high by "
         "construction — the ≤ 10% idle target applies when workers suffice (N ≥ the saturation point below).",
