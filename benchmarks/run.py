@@ -214,6 +214,7 @@ def main(argv=None) -> int:
             "Ablations retrain ours with one change: l1 = receptive field 1 (Table 3), hard = Eq. 7 shrink "
             "(Fig. 5), nosparsity = no shrink (Table 4). mIoU: best threshold over a quantile grid.\n\n"
             + results_table(results)
+            + "\nAblation means average only the ablation categories; compare them with ours on the same rows.\n"
         )
         gaps = [r for r in results["rows"] if r.get("score_gap")]
         if gaps:
