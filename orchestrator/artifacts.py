@@ -9,8 +9,6 @@ and, while training, `state.pt` (optimizer + RNG states, read back with weights_
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +19,7 @@ from safetensors.torch import load_file, save_file
 from model.backbone import build_backbone
 from model.energy import AdaptiveEBM
 from model.errors import InputError
-from orchestrator.config import Config, atomic_write_text, config_from_dict, save_config
+from orchestrator.config import Config, atomic_path, atomic_write_text, config_from_dict, save_config
 
 WEIGHTS = "model.safetensors"
 CONFIG = "config.yaml"
@@ -47,25 +45,13 @@ def build_model(cfg: Config) -> torch.nn.Module:
 
 
 def atomic_save_tensors(tensors: dict[str, torch.Tensor], path: Path) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        save_file({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_path(path) as tmp:
+        save_file({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, str(tmp))
 
 
 def atomic_torch_save(obj: Any, path: Path) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
+    with atomic_path(path) as tmp:
         torch.save(obj, tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def save_model_dir(out: Path, model: torch.nn.Module, cfg: Config, meta: dict[str, Any]) -> None:

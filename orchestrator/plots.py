@@ -1,8 +1,6 @@
 """Pictures a person would rather see: anomaly-map overlays with ground-truth contours."""
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
 
 import matplotlib
@@ -12,18 +10,16 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
+from orchestrator.config import atomic_path  # noqa: E402
+
 
 def _save(fig, path: Path) -> None:
     """Atomic PNG write."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=".png")
-    os.close(fd)
     try:
-        fig.savefig(tmp, dpi=100, bbox_inches="tight")
-        os.replace(tmp, path)
+        with atomic_path(path, suffix=".png") as tmp:  # savefig picks the format from the suffix
+            fig.savefig(tmp, dpi=100, bbox_inches="tight")
     finally:
         plt.close(fig)
-        Path(tmp).unlink(missing_ok=True)
 
 
 def overlay_png(path: Path, image: torch.Tensor, amap: torch.Tensor, mask: torch.Tensor | None,
@@ -42,13 +38,18 @@ def overlay_png(path: Path, image: torch.Tensor, amap: torch.Tensor, mask: torch
     _save(fig, path)
 
 
+def color_limit(maps: torch.Tensor) -> float:
+    """One colour scale for a set of maps: their 99.9th percentile (on at most ~1M sampled values)."""
+    return float(torch.quantile(maps.flatten()[:: max(1, maps.numel() // 1_000_000)], 0.999))
+
+
 def write_overlays(folder: Path, test, maps: torch.Tensor, scores: torch.Tensor, count: int) -> list[str]:
     """Overlays for up to `count` test images: anomalous first, then normal, one colour scale for all."""
     if count <= 0:
         return []
     labels = test.labels.numpy()
     order = list(np.flatnonzero(labels == 1)[: (count + 1) // 2]) + list(np.flatnonzero(labels == 0)[: count // 2])
-    vmax = float(torch.quantile(maps.flatten()[:: max(1, maps.numel() // 1_000_000)], 0.999))
+    vmax = color_limit(maps)
     written = []
     for i in order[:count]:
         name = Path(test.paths[i])

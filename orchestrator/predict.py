@@ -4,12 +4,10 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import torch
-
 from orchestrator.artifacts import load_model_dir, resolve_device
 from orchestrator.config import atomic_write_text
 from orchestrator.evaluate import make_scorer, score_batches
-from orchestrator.plots import overlay_png
+from orchestrator.plots import color_limit, overlay_png
 from workers.data import load_images
 
 
@@ -23,7 +21,7 @@ def predict(model_dir, support, images, out, method: str | None = None) -> list[
     state = scorer.adapt(shots.to(device))
     scores, maps = score_batches(scorer, state, queries, cfg.eval.batch_size, device)
     out = Path(out)
-    vmax = float(torch.quantile(maps.flatten()[:: max(1, maps.numel() // 1_000_000)], 0.999))
+    vmax = color_limit(maps)
     rows = []
     for i, path in enumerate(files):
         overlay = out / "overlays" / f"{i:04d}_{path.stem}.png"
