@@ -303,6 +303,10 @@ def _train_with_outage(monkeypatch, srv, data, out, restart_at: int | None, epis
     from orchestrator.cli import main
     from orchestrator.tracked import TrainingTracker
 
+    # Try the server on every event: with the production pacing (a flush every 2 s, a retry 5 s after
+    # a failure) a fast run can cross the whole outage without trying once, and then nothing is warned.
+    monkeypatch.setattr("orchestrator.tracking.FLUSH_EVERY_S", 0.0)
+    monkeypatch.setattr("orchestrator.tracking.RETRY_AFTER_S", 0.0)
     original = TrainingTracker.on_log
 
     def on_log(self, record):
