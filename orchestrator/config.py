@@ -130,7 +130,40 @@ class PipelineConfig:
     source: str = "../shared/data/fsad-real"  # a folder, s3://BUCKET/PREFIX or elpv
     targets: list[str] = field(default_factory=lambda: ["juice_bottle", "kolektor", "magnetic_tile", "tire"])
     shots: list[int] = field(default_factory=lambda: [1, 5, 10])  # K values drawn and evaluated
-    methods: list[str] = field(default_factory=lambda: ["ours", "knn"])  # ours | knn | maml_ae
+    methods: list[str] = field(default_factory=lambda: ["ours", "knn", "maml_ae"])  # ours | knn | maml_ae
+
+
+@dataclass
+class ExperimentsConfig:
+    """The paper's experiments beyond the leave-one-out table (experiments/dvc.yaml, docs/results.md):
+    ablations on a few held-out targets and scene-adaptive video. `profile` picks a compute budget:
+    quick (these defaults: the whole protocol in < 45 min on 2 CPU cores) or full (PROFILES["full"])."""
+
+    profile: str = "quick"  # quick | full; full replaces the keys listed in PROFILES["full"]
+    ablation_targets: list[str] = field(default_factory=lambda: ["juice_bottle"])  # folds the ablations run on
+    ablations: list[str] = field(default_factory=lambda: ["l1", "hard", "nosparsity", "j1", "noise_init"])
+    video_root: str = "../shared/data/fsad-video"
+    video_targets: list[str] = field(default_factory=lambda: ["ucsd_ped2", "avenue"])  # target scenes
+    video_shots: list[int] = field(default_factory=lambda: [1, 5, 10])  # K normal frames of the target scene
+    video_draws: int = 5
+    video_test_every: int = 2  # score every n-th test frame (1: all, as the paper)
+    video_train_every: int = 1  # use every n-th training frame of a scene
+    video_temporal: bool = False  # App. B.4: add a frame-difference cue (see orchestrator/video.py)
+
+
+# Named budgets for `experiments.profile`: overrides applied on top of the file, under command-line --set.
+# quick is the defaults themselves; full is for a GPU or a cluster (docs/results.md gives its cost).
+PROFILES: dict[str, dict[str, Any]] = {
+    "quick": {},
+    "full": {
+        "train.episodes": 1000,
+        "pipeline.shots": [1, 2, 4, 8, 10],
+        "eval.draws": 5,
+        "experiments.ablation_targets": ["juice_bottle", "kolektor", "magnetic_tile", "tire"],
+        "experiments.ablations": ["l1", "hard", "nosparsity", "j1", "j10", "noise_init"],
+        "experiments.video_test_every": 1,
+    },
+}
 
 
 @dataclass
@@ -226,6 +259,7 @@ class Config:
     distributed: DistributedConfig = field(default_factory=DistributedConfig)
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
     pipeline: PipelineConfig = field(default_factory=PipelineConfig)
+    experiments: ExperimentsConfig = field(default_factory=ExperimentsConfig)
     tune: TuneConfig = field(default_factory=TuneConfig)
 
     def to_dict(self) -> dict[str, Any]:
@@ -350,8 +384,13 @@ def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str
         if not isinstance(tree, dict):
             raise InputError(f"config file {path}: expected a mapping at the top level")
         tree = {k: v for k, v in tree.items() if k in {f.name for f in fields(Config)}}
-    for text in overrides:
-        key, value = parse_override(text)
+    parsed = [parse_override(text) for text in overrides]
+    profile = dict(parsed).get("experiments.profile", (tree.get("experiments") or {}).get("profile", "quick"))
+    if profile not in PROFILES:
+        raise InputError(f"experiments.profile={profile!r}: expected one of {', '.join(PROFILES)}")
+    for key, value in PROFILES[profile].items():  # the profile beats the file; --set beats both
+        _set_path(tree, key, value)
+    for key, value in parsed:
         _set_path(tree, key, value)
     return from_dict(Config, tree).validate()
 
@@ -412,6 +451,7 @@ def validate(cfg: Config) -> None:
     validate_distributed(cfg.distributed)
     validate_tracking(cfg.tracking)
     validate_pipeline(cfg.pipeline)
+    validate_experiments(cfg.experiments)
     validate_tune(cfg)
 
 
@@ -489,6 +529,33 @@ def validate_pipeline(p: PipelineConfig) -> None:
     bad = [m for m in p.methods if m not in METHODS]
     if not p.methods or bad:
         raise InputError(f"pipeline.methods={p.methods}: expected a non-empty list of {', '.join(METHODS)}")
+
+
+# Ablations (Tables 3-4, Fig. 5, Section 3.3): `ours` retrained with one change, evaluated on the same draws.
+ABLATIONS: dict[str, list[str]] = {
+    "l1": ["model.receptive_field=1"],  # Table 3: receptive field 1 instead of 3
+    "hard": ["model.shrink=hard"],  # Fig. 5: Eq. 7 hard shrink instead of SigShrink
+    "nosparsity": ["model.shrink=none"],  # Table 4: plain least squares, no shrinkage
+    "j1": ["langevin.steps=1"],  # Langevin steps J
+    "j10": ["langevin.steps=10"],
+    "noise_init": ["inpaint.min_frac=1.0", "inpaint.max_frac=1.0"],  # negatives start from pure noise
+}
+
+
+def validate_experiments(e: ExperimentsConfig) -> None:
+    if e.profile not in PROFILES:
+        raise InputError(f"experiments.profile={e.profile!r}: expected one of {', '.join(PROFILES)}")
+    bad = [a for a in e.ablations if a not in ABLATIONS]
+    if bad:
+        raise InputError(f"experiments.ablations={e.ablations}: unknown {bad}; expected names from {', '.join(ABLATIONS)}")
+    if len(set(e.ablation_targets)) != len(e.ablation_targets):
+        raise InputError(f"experiments.ablation_targets={e.ablation_targets}: expected distinct categories")
+    if not e.video_shots or min(e.video_shots) < 1:
+        raise InputError(f"experiments.video_shots={e.video_shots}: expected a non-empty list of integers >= 1")
+    for key, value in (("experiments.video_draws", e.video_draws), ("experiments.video_test_every", e.video_test_every),
+                       ("experiments.video_train_every", e.video_train_every)):
+        if value < 1:
+            raise InputError(f"{key}={value}: expected an integer >= 1")
 
 
 def validate_tracking(tr: TrackingConfig) -> None:
