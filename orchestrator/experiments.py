@@ -1,0 +1,77 @@
+"""The paper's ablations as a DVC stage (experiments/dvc.yaml `ablations`; report in docs/results.md).
+
+For every target of experiments.ablation_targets and every name of experiments.ablations (ABLATIONS in
+orchestrator/config.py), `ours` is meta-trained on the target's fold with that one change and evaluated
+at the largest K of pipeline.shots on the splits' support draws: the same images the default model of
+the `evaluate@<target>` stage was scored with, so each row compares with the default on equal terms.
+
+    results/ablations/<target>/<name>/model/          the variant's model directory (meta.json: loss history)
+    results/ablations/<target>/<name>/metrics.json    evaluate()'s record (+ ablation name and overrides)
+    results/ablations/summary.json                    one row per (target, name)
+"""
+from __future__ import annotations
+
+import copy
+import json
+import shutil
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from model.errors import InputError
+from orchestrator.config import ABLATIONS, Config, _set_path, atomic_write_text, config_from_dict, parse_override
+from orchestrator.evaluate import METRIC_NAMES, evaluate
+from orchestrator.ingest import MANIFEST
+from orchestrator.pipeline import RESULTS, SPLITS, data_dir
+from orchestrator.train import train
+
+ABLATION_DIR = RESULTS / "ablations"
+
+
+def variant_config(cfg: Config, name: str, target: str) -> Config:
+    """cfg with the ablation's overrides, `ours`, and the target held out."""
+    if name not in ABLATIONS:
+        raise InputError(f"ablation {name!r}: expected one of {', '.join(ABLATIONS)}")
+    tree = copy.deepcopy(cfg.to_dict())
+    for text in ABLATIONS[name]:
+        key, value = parse_override(text)
+        _set_path(tree, key, value)
+    tree["data"]["exclude"], tree["train"]["method"] = [target], "ours"
+    return config_from_dict(tree)
+
+
+def stage_ablations(cfg: Config, progress: bool = False, log=print) -> list[dict[str, Any]]:
+    e = cfg.experiments
+    for target in e.ablation_targets:
+        if target not in cfg.pipeline.targets:
+            raise InputError(f"experiments.ablation_targets: {target!r} is not in pipeline.targets {cfg.pipeline.targets}")
+    manifest, splits = data_dir(cfg) / MANIFEST, data_dir(cfg) / SPLITS
+    for path, stage in ((manifest, "ingest"), (splits, "split")):
+        if not path.is_file():
+            raise InputError(f"{path} is missing; expected the {stage} stage's output (dvc repro)")
+    shots = max(cfg.pipeline.shots)
+    rows = []
+    for target in e.ablation_targets:
+        for name in e.ablations:
+            variant = variant_config(cfg, name, target)
+            folder = ABLATION_DIR / target / name
+            if folder.exists():
+                shutil.rmtree(folder)  # dvc removes outputs before a stage runs; a manual run starts afresh too
+            log(f"[{target}] ablation {name} ({' '.join(ABLATIONS[name])}): meta-training")
+            summary = train(variant, None, folder / "model", progress=progress, manifest=manifest, splits=splits)
+            log(f"[{target}] ablation {name}: evaluating K={shots}, {cfg.eval.draws} draws")
+            record = evaluate(folder / "model", None, target, shots, cfg.eval.draws, folder, method="ours",
+                              progress=progress, overlays=0, manifest=manifest, splits=splits)
+            record.update(ablation=name, overrides=ABLATIONS[name], train_seconds=summary["seconds"])
+            atomic_write_text(folder / "metrics.json", json.dumps(record, indent=2))
+            rows.append({"target": target, "ablation": name, "overrides": ABLATIONS[name],
+                         **{m: record[m] for m in METRIC_NAMES + ("score_gap",)},
+                         "manifest_sha256": record["manifest_sha256"], "splits_sha256": record["splits_sha256"]})
+    atomic_write_text(ABLATION_DIR / "summary.json", json.dumps({"shots": shots, "draws": cfg.eval.draws,
+                                                                  "rows": rows}, indent=2))
+    return rows
+
+
+def dump_overrides(name: str) -> str:
+    return yaml.safe_dump(ABLATIONS[name], default_flow_style=True).strip()
