@@ -1,0 +1,135 @@
+"""orchestrator/report.py: docs/results.md and figures from a results/ tree, and the claim rules.
+
+The results/ trees here are written by hand (numbers chosen so each claim rule must flip); the real
+pipeline producing them is exercised in tests/test_dvc.py (`dvc repro experiments/dvc.yaml`)."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from model.errors import InputError
+from orchestrator.cli import main
+from orchestrator.config import Config, load_config
+from orchestrator.report import build_report, claims, load_results
+
+TARGETS = ["a", "b"]
+
+
+def summary(mean: float, std: float = 0.01) -> dict:
+    return {"mean": mean, "std": std, "n": 2}
+
+
+def record(image: float, pixel: float, gap: float = 1e-3) -> dict:
+    return {"image_auroc": summary(image), "pixel_auroc": summary(pixel), "pro": summary(pixel - 0.2),
+            "miou": summary(pixel / 4), "score_gap": summary(gap)}
+
+
+def history(start: float, end: float, n: int = 20) -> dict:
+    return {"history": [{"episode": i, "loss": start + (end - start) * i / (n - 1)} for i in range(n)]}
+
+
+def write(path: Path, value: dict) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(value))
+
+
+def make_results(root: Path, ours_better: bool, video: bool = True) -> Config:
+    cfg = load_config(None, [f"pipeline.targets=[{','.join(TARGETS)}]", "pipeline.shots=[1,10]",
+                             "pipeline.methods=[ours,knn,maml_ae]", "experiments.ablation_targets=[a]",
+                             "experiments.ablations=[l1,hard,nosparsity,noise_init]"])
+    hi, lo = (0.9, 0.6) if ours_better else (0.6, 0.9)
+    for target in TARGETS:
+        write(root / "metrics" / f"{target}.json", {"manifest_sha256": "m" * 64, "splits_sha256": "s" * 64})
+        for k, bump in ((1, -0.05 if ours_better else 0.05), (10, 0.0)):
+            write(root / "eval" / target / "ours" / f"K{k}" / "metrics.json", record(hi + bump, hi + bump, 2e-3))
+            write(root / "eval" / target / "knn" / f"K{k}" / "metrics.json", record(0.7, 0.7))
+            write(root / "eval" / target / "maml_ae" / f"K{k}" / "metrics.json", record(lo, lo))
+        write(root / "models" / target / "ours" / "meta.json", history(1.0, 0.2 if ours_better else 0.9))
+    for name in ("l1", "hard", "nosparsity", "noise_init"):
+        write(root / "ablations" / "a" / name / "metrics.json", record(0.75, 0.75, 1e-3 if ours_better else 5e-3))
+        write(root / "ablations" / "a" / name / "model" / "meta.json", history(1.0, 0.5))
+    if video:
+        folder = root / "video" / "ucsd_ped2"
+        auroc = (0.93, 0.94) if ours_better else (0.7, 0.6)
+        write(folder / "metrics.json", {"scene": "ucsd_ped2", "test_every": 2, "data_sha256": "v" * 64,
+                                        "shots": {"K1": {"frame_auroc": auroc[0], "frame_auroc_std": 0.01},
+                                                  "K10": {"frame_auroc": auroc[1], "frame_auroc_std": 0.02}}})
+        rows = ["clip,frame,label,score"] + [f"Test{c:03d},{f},{int(5 <= f < 9)},{0.1 + 0.1 * (5 <= f < 9)}"
+                                             for c in (1, 2) for f in range(12)]
+        (folder / "scores.csv").write_text("\n".join(rows) + "\n")
+    return cfg
+
+
+def statuses(cfg: Config, root: Path) -> dict[str, str]:
+    return {claim.split(":")[0] + ":" + claim.split(":")[1][:25]: status
+            for claim, status, _ in claims(load_results(cfg, root), cfg)}
+
+
+def test_claims_follow_the_numbers(tmp_path):
+    good = make_results(tmp_path / "good", ours_better=True)
+    bad = make_results(tmp_path / "bad", ours_better=False)
+    good_status = [s for _, s, _ in claims(load_results(good, tmp_path / "good"), good)]
+    bad_status = [s for _, s, _ in claims(load_results(bad, tmp_path / "bad"), bad)]
+    assert len(good_status) == len(bad_status) >= 8
+    # every rule that can be decided flips with the numbers
+    decided = [(g, b) for g, b in zip(good_status, bad_status) if g != "not testable here"]
+    assert all(g == "reproduced" for g, _ in decided), good_status
+    assert all(b == "not reproduced" for _, b in decided if b != "not testable here"), bad_status
+    # Avenue has no results: not testable, with the reason
+    rows = claims(load_results(good, tmp_path / "good"), good)
+    avenue = [r for r in rows if "avenue" in r[0]]
+    assert avenue and avenue[0][1] == "not testable here" and "has not run" in avenue[0][2]
+
+
+def test_report_writes_markdown_and_figures(tmp_path):
+    cfg = make_results(tmp_path / "results", ours_better=True)
+    out = tmp_path / "docs" / "results.md"
+    written = build_report(cfg, tmp_path / "results", out)
+    text = out.read_text()
+    names = sorted(p.name for p in (tmp_path / "docs" / "figures").iterdir())
+    assert names == ["bars.png", "loss_curves.png", "shot_sweep.png", "video_ucsd_ped2.png"]
+    for png in names:
+        assert (tmp_path / "docs" / "figures" / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+        assert f"(figures/{png})" in text
+    assert len(written["figures"]) == 4
+    assert "**Profile: `quick`**" in text and "m" * 64 in text and "v" * 64 in text
+    assert "| a | ours | 10 | 0.900 ± 0.010 |" in text
+    assert "| ucsd_ped2 | ours (here) | 93.00 ± 1.00 | 94.00 ± 2.00 |" in text
+    assert "| ucsd_ped2 | ours (paper) | 91.22 | 92.45 |" in text
+    assert "| a | hard | `model.shrink=hard` |" in text
+    assert text.count("**reproduced**") >= 8
+    assert not list(tmp_path.rglob("*.tmp"))
+
+
+def test_fsad_report_cli_and_missing_results(tmp_path, capsys):
+    cfg_args = ["--set", "pipeline.targets=[a,b]", "--set", "pipeline.shots=[1,10]",
+                "--set", "experiments.ablation_targets=[a]", "--set", "experiments.ablations=[l1,hard,nosparsity,noise_init]"]
+    make_results(tmp_path / "results", ours_better=True, video=False)
+    out = tmp_path / "r.md"
+    assert main(["report", "--params", str(Path(__file__).parents[1] / "params.yaml"), "--results",
+                 str(tmp_path / "results"), "--out", str(out), *cfg_args]) == 0
+    assert "not testable here" in out.read_text()  # no video results
+    assert "wrote" in capsys.readouterr().out
+    assert main(["report", "--results", str(tmp_path / "nope"), "--out", str(out), *cfg_args]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "nope" in err[0] and "dvc repro experiments/dvc.yaml" in err[0]
+    (tmp_path / "results" / "eval" / "b" / "knn" / "K10" / "metrics.json").unlink()
+    before = out.read_text()
+    assert main(["report", "--results", str(tmp_path / "results"), "--out", str(out), *cfg_args]) == 2
+    assert "knn/K10/metrics.json is missing" in capsys.readouterr().err
+    assert out.read_text() == before  # the old report is untouched
+
+
+def test_profiles_apply_between_file_and_command_line(tmp_path):
+    full = load_config(None, ["experiments.profile=full"])
+    assert full.train.episodes == 1000 and full.pipeline.shots == [1, 2, 4, 8, 10]
+    assert load_config(None, ["experiments.profile=full", "train.episodes=7"]).train.episodes == 7
+    path = tmp_path / "p.yaml"
+    path.write_text("experiments:\n  profile: full\ntrain:\n  episodes: 3\n")
+    assert load_config(path).train.episodes == 1000  # the profile beats the file
+    with pytest.raises(InputError, match="experiments.profile='huge'"):
+        load_config(None, ["experiments.profile=huge"])
+    with pytest.raises(InputError, match="unknown \\['l2'\\]"):
+        load_config(None, ["experiments.ablations=[l2]"])
