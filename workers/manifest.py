@@ -668,14 +668,15 @@ def open_source(data_root: str | Path | None = None, manifest: str | Path | None
             raise InputError("--splits needs --manifest (the manifest the splits were made from)")
         if data_root is None:
             raise InputError("no data given; expected --data ROOT (a folder) or --manifest FILE")
-        return FolderSource(data_root)
+        return as_source(data_root)
     m = read_manifest(manifest, data_root)
     s = read_splits(splits, m) if splits is not None else None
     return ManifestSource(m, s, fold if s is not None else None)
 
 
 def as_source(data) -> FolderSource | ManifestSource:
-    """Pass sources through; a path is a folder."""
-    if isinstance(data, (FolderSource, ManifestSource)):
+    """Pass sources through (anything with categories() and load(), e.g. workers.video's
+    SceneTaskSource); a path is a folder."""
+    if isinstance(data, (FolderSource, ManifestSource)) or (hasattr(data, "categories") and hasattr(data, "load")):
         return data
     return FolderSource(data)
