@@ -118,7 +118,10 @@ TINY_PARAMS = {
     "train": {"episodes": 3, "shots": 2, "queries": 2, "checkpoint_every": 2},
     "eval": {"draws": 2, "overlays": 1},
     "pipeline": {"name": "small", "targets": [TARGET], "shots": [1, 2], "methods": ["ours", "knn"]},
+    "experiments": {"ablation_targets": [TARGET], "ablations": ["hard", "noise_init"], "video_targets": ["ucsd_ped2"],
+                    "video_shots": [1, 2], "video_draws": 2, "video_test_every": 40, "video_train_every": 20},
 }
+VIDEO_ROOT = REPO.parent / "shared" / "data" / "fsad-video"
 
 
 def merge(base: dict, change: dict) -> dict:
@@ -150,12 +153,13 @@ def dvc_repo(small_real_root, moto, tmp_path_factory):
     """A git + DVC repository with the project's pipeline, a tiny budget and an S3 remote; after `dvc repro`."""
     repo = tmp_path_factory.mktemp("dvc") / "repo"
     repo.mkdir()
-    for name in ("model", "workers", "orchestrator", "pipelines"):
+    for name in ("model", "workers", "orchestrator", "pipelines", "experiments"):
         shutil.copytree(REPO / name, repo / name, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
     for name in ("dvc.yaml", ".dvcignore"):
         shutil.copy2(REPO / name, repo / name)
     params = merge(yaml.safe_load((REPO / "params.yaml").read_text()), TINY_PARAMS)
     params["pipeline"]["source"] = str(small_real_root)
+    params["experiments"]["video_root"] = str(VIDEO_ROOT)
     (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     env = {**os.environ, **FAKE_CREDENTIALS, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}",
            "DVC_NO_ANALYTICS": "1", "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@example.com",
@@ -244,3 +248,31 @@ def test_dvc_exp_run_set_param_is_recorded_in_the_metrics(dvc_repo):
     assert saved["model"]["lam_max"] == 0.5
     shown = json.loads(run([str(BIN / "dvc"), "exp", "show", "--json"], repo, env))
     assert "0.5" in json.dumps(shown)
+
+
+def test_dvc_repro_experiments_runs_ablations_video_and_the_report(dvc_repo):
+    """The paper's protocol on a tiny budget: `dvc repro experiments/dvc.yaml` reuses the root pipeline's
+    outputs, runs the ablations and the video protocol, and writes docs/results.md with its figures."""
+    repo, env, _ = dvc_repo
+    log = run([str(BIN / "dvc"), "repro", "experiments/dvc.yaml"], repo, env, timeout=900)
+    for stage in ("ablations", "video", "report"):
+        assert f"Running stage 'experiments/dvc.yaml:{stage}'" in log, log[-3000:]
+    assert f"Running stage 'train@{TARGET}'" not in log  # the root pipeline's outputs are reused
+    lock = yaml.safe_load((repo / "experiments" / "dvc.lock").read_text())
+    assert set(lock["stages"]) == {"ablations", "video", "report"}
+    manifest = read_manifest(repo / "data" / "small" / "manifest.parquet").content_sha256
+    for name in ("hard", "noise_init"):
+        record = json.loads((repo / "results" / "ablations" / TARGET / name / "metrics.json").read_text())
+        assert record["manifest_sha256"] == manifest and record["ablation"] == name
+        assert 0.0 <= record["image_auroc"]["mean"] <= 1.0 and record["score_gap"]["std"] > 0  # draws differ
+    video = json.loads((repo / "results" / "video" / "ucsd_ped2" / "metrics.json").read_text())
+    for k in ("K1", "K2"):
+        assert 0.0 <= video["shots"][k]["frame_auroc"] <= 1.0
+    report = (repo / "docs" / "results.md").read_text()
+    assert manifest in report and "| ucsd_ped2 | ours (paper) |" in report
+    assert "| tire | hard | `model.shrink=hard` |" in report and "**Profile: `quick`**" in report
+    figures = sorted(p.name for p in (repo / "docs" / "figures").glob("*.png"))
+    assert figures == ["bars.png", "loss_curves.png", "overlays.png", "shot_sweep.png", "video_ucsd_ped2.png"]
+    assert all(f"(figures/{name})" in report for name in figures)
+    status = run([str(BIN / "dvc"), "status", "experiments/dvc.yaml"], repo, env)
+    assert "ablations" not in status and "report" not in status  # everything up to date
