@@ -12,7 +12,7 @@ def add_arguments(p):
     p.add_argument("--shots", type=int, default=10)
     p.add_argument("--seeds", type=int, default=5, help="support draws per category")
     p.add_argument("--methods", default="ours,knn,maml_ae", help="comma list of ours,knn,maml_ae")
-    p.add_argument("--ablations", default="", help="comma list of l1,hard,nosparsity (ours retrained with one change)")
+    p.add_argument("--ablations", default="", help="comma list of l1,hard,nosparsity,j1,j10,noise_init (ours retrained with one change)")
     p.add_argument("--categories", default="", help="comma list of target categories (default: all)")
     p.add_argument("--out", required=True, help="output directory (models/, eval/, results.md, results.json)")
     p.add_argument("--quiet", action="store_true")
