@@ -22,6 +22,7 @@ VERBS = {
     "adapt": "orchestrator.commands.adapt",
     "sync-runs": "orchestrator.commands.sync_runs",
     "tune": "orchestrator.commands.tune",
+    "video": "orchestrator.commands.video",
     "report": "orchestrator.commands.report",
 }
 

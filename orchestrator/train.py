@@ -104,6 +104,9 @@ def train(
 ) -> dict[str, Any]:
     """Meta-train on every category of `data_root` except cfg.data.exclude; returns a summary.
 
+    data_root: a folder, or a ready source object (categories(), load(), content_sha256; e.g.
+    workers.video.SceneTaskSource).
+
     With `manifest` the images are the manifest's (data_root, if given, overrides its image root);
     with `splits` too, exactly the training rows of the fold of the one held-out category.
     """
