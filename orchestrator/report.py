@@ -210,8 +210,11 @@ def fig_overlay_grid(results: Path, cfg: Config, top: int, path: Path, per_targe
     rows = []
     for target in cfg.pipeline.targets:
         files = sorted((results / "eval" / target / "ours" / f"K{top}" / "overlays").glob("*.png"))
-        if files:
-            rows.append((target, files[:per_target]))
+        normal = [f for f in files if f.name.startswith("good_")]  # overlays are named <defect type>_<stem>.png
+        anomalous = [f for f in files if f not in normal]
+        chosen = anomalous[: per_target - 1] + normal[:1] if normal else anomalous[:per_target]
+        if chosen:
+            rows.append((target, chosen))
     if not rows:
         return 0
     cols = max(len(f) for _, f in rows)
