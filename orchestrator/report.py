@@ -382,7 +382,7 @@ def _video_claims(data: dict) -> list[tuple[str, str, str]]:
                     "ours here: " + " / ".join(f"{100 * ours[k]:.2f}" for k in compared)
                     + " (reproduced = within 2 points). Set-up differs: meta-trained on the other scene and four "
                     "industrial categories, not ShanghaiTech's 13 scenes; features learnt from scratch at "
-                    f"{record['metrics'].get('params', {}).get('data.image_size', '?')} px on a small CPU budget."))
+                    f"{record['metrics'].get('params', {}).get('data.image_size', '?')} px on a small budget."))
         if len(ks) > 1:
             out.append((f"Video, {scene}: more shots help (K={ks[0]} → {ks[-1]})",
                         "reproduced" if ours[ks[-1]] > ours[ks[0]] else "not reproduced",
@@ -520,7 +520,7 @@ def _video_section(data: dict, cfg: Config, figures: dict[str, str]) -> list[str
                          + " | ".join(f"{paper[k]:.2f}" if k in paper else "–" for k in shots) + " |")
     lines += ["", "Frame AUROC in %. What differs from the paper: it meta-trains on ShanghaiTech's 13 scenes (not "
               "available here) and uses a larger backbone and budget; here the features are learnt from scratch "
-              "on one other scene plus four industrial categories, at 64 px, on CPU. Two Avenue test clips are "
+              f"on one other scene plus four industrial categories, at {cfg.data.image_size} px, on CPU. Two Avenue test clips are "
               "anomalous in every frame, so pooled AUROC mostly ranks frames across clips."]
     for scene in data["video"]:
         if f"video_{scene}" in figures:
