@@ -322,6 +322,13 @@ class Replayer:
 
     def _create(self, event: dict[str, Any], local_id: str) -> str:
         experiment_id = self._experiment_id(event["experiment"])
+        if event.get("reopen"):  # the oldest live run with this tag, RUNNING again (a resumed study's parent)
+            key, value = event["reopen"]
+            found = self.client.search_runs([experiment_id], f"tags.`{key}` = '{value}'", max_results=1,
+                                            order_by=["attributes.start_time ASC"])
+            if found:
+                self.client.update_run(found[0].info.run_id, status="RUNNING")
+                return found[0].info.run_id
         # Idempotent: a crash between create_run and saving the cursor must not make a second run.
         existing = self.client.search_runs([experiment_id], f"tags.`fsad.local_id` = '{local_id}'", max_results=1)
         if existing:
@@ -351,10 +358,14 @@ class Replayer:
 
 
 class TrackedRun:
-    """One MLflow run, journaled. All methods return quickly and never raise for server trouble."""
+    """One MLflow run, journaled. All methods return quickly and never raise for server trouble.
+
+    reopen=(tag, value): continue the oldest run of the experiment tagged tag=value (status RUNNING again)
+    instead of creating one; decided when the journal reaches the server, so it holds offline too."""
 
     def __init__(self, uri: str, name: str, experiment: str, tags: dict[str, Any] | None = None,
-                 parent: "TrackedRun | str | None" = None, root: str | Path | None = None):
+                 parent: "TrackedRun | str | None" = None, root: str | Path | None = None,
+                 reopen: tuple[str, str] | None = None):
         self.uri = uri
         self.root = spool_root(root)
         self.root.mkdir(parents=True, exist_ok=True)
@@ -369,6 +380,11 @@ class TrackedRun:
         self._run_id: str | None = None
         event: dict[str, Any] = {"type": "create", "name": name, "experiment": experiment, "ts": _now_ms(),
                                  "tags": {k: redact(v) for k, v in (tags or {}).items()}}
+        if reopen is not None:
+            if not re.fullmatch(r"[\w.-]+", f"{reopen[0]}{reopen[1]}"):
+                raise ValueError(f"reopen tag {reopen!r}: letters, digits, '_', '.', '-' only")
+            event["reopen"] = list(reopen)
+            event["tags"][reopen[0]] = reopen[1]
         if isinstance(parent, TrackedRun):
             if parent.run_id:
                 event["parent_run_id"] = parent.run_id

@@ -27,6 +27,7 @@ import re
 import shutil
 import socket
 import time
+import uuid
 import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -48,6 +49,7 @@ FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
 BEST_PARAMS = "best_params.yaml"
 BEST_JSON = "best.json"
 RDB_SCHEMES = ("sqlite", "postgresql", "mysql")
+TRACKING_KEY = "tracking_key"  # study user attribute: a random id, the MLflow tag fsad.tune_key of its parent run
 
 
 # ---------------------------------------------------------------------------------------------
@@ -402,17 +404,21 @@ def tune(cfg: Config, data_root, target: str, storage: str, study_name: str, n_t
     store = open_storage(storage, cfg)
     study = _study(store, study_name, cfg, plan)
     out.mkdir(parents=True, exist_ok=True)
+    key = study.user_attrs[TRACKING_KEY]
     parent = None
-    if uri is not None:
+    if uri is not None:  # one parent run per study: a resumed study reopens the one tagged with its key
         parent = TrackedRun(uri, f"tune {study_name}", cfg.tracking.experiment,
                             {"fsad.kind": "tune", "optuna.study": study_name, "fsad.target": target,
-                             "fsad.validation": ",".join(plan.validation)}, root=spool)
-        parent.log_params({"n_trials": n_trials, "parallel": parallel, "storage": redact(storage),
-                           "train_categories": ",".join(plan.train), "validation": ",".join(plan.validation),
+                             "fsad.validation": ",".join(plan.validation)}, root=spool,
+                            reopen=("fsad.tune_key", key))
+        # per invocation (tags, overwritten on resume) and per study (params, the same on resume)
+        parent.set_tags({"fsad.trials": n_trials, "fsad.parallel": parallel, "fsad.address": address or ""})
+        parent.log_params({"storage": redact(storage), "train_categories": ",".join(plan.train),
+                           "validation": ",".join(plan.validation),
                            **{k: str(v) for k, v in cfg.flatten().items() if k.startswith(("tune.", "train."))}})
     spec = TrialSpec(cfg.to_dict(), storage, study_name, asdict(plan), str(out.resolve()), uri,
                      parent.run_id if parent else None, str(spool) if spool else None,
-                     {"optuna.study": study_name})
+                     {"optuna.study": study_name, "fsad.tune_key": key})
     status = "FAILED"
     try:
         _optimize(study, spec, n_trials, parallel, address, cfg, log)
@@ -438,11 +444,14 @@ def _study(store: BaseStorage, name: str, cfg: Config, plan: Plan) -> optuna.Stu
         if attrs.get("target") not in (None, plan.target) or attrs.get("validation") not in (None, plan.validation):
             raise InputError(f"study {name!r} tunes target {attrs.get('target')!r} with validation "
                              f"{attrs.get('validation')}; this run asks for {plan.target!r} with {plan.validation}")
+        if TRACKING_KEY not in attrs:  # a study made before the key existed
+            existing.set_user_attr(TRACKING_KEY, uuid.uuid4().hex)
         return existing
     study = optuna.create_study(study_name=name, storage=store, direction="maximize", load_if_exists=True)
     study.set_user_attr("target", plan.target)
     study.set_user_attr("validation", plan.validation)
     study.set_user_attr("train", plan.train)
+    study.set_user_attr(TRACKING_KEY, uuid.uuid4().hex)
     return study
 
 
@@ -450,7 +459,7 @@ def _optimize(study: optuna.Study, spec: TrialSpec, n_trials: int, parallel: int
               cfg: Config, log) -> None:
     """Rounds of trials until n_trials have finished; trials RUNNING elsewhere are waited for (they
     finish, or their heartbeat goes stale and they are failed and re-enqueued)."""
-    ray_started = False
+    ray_owned: bool | None = None  # True: this call started or joined Ray, so it disconnects at the end
     stalled = 0
     try:
         while True:
@@ -464,8 +473,11 @@ def _optimize(study: optuna.Study, spec: TrialSpec, n_trials: int, parallel: int
                 time.sleep(min(cfg.tune.heartbeat_interval, 2))
                 continue
             if parallel > 1 or address is not None:
-                if not ray_started:
-                    ray_started = _connect(address, parallel, cfg)
+                if ray_owned is None:
+                    import ray
+
+                    ray_owned = not ray.is_initialized()  # else a caller's ray.init: theirs to end
+                    _connect(address, parallel, cfg)
                 _run_round(spec, need, parallel)
             else:
                 run_trials(spec, need)
@@ -475,7 +487,7 @@ def _optimize(study: optuna.Study, spec: TrialSpec, n_trials: int, parallel: int
                 raise RuntimeError(f"study {spec.study}: three rounds without a finished trial (every trial fails?)")
             log(f"fsad tune: {after}/{n_trials} trials finished")
     finally:
-        if ray_started:
+        if ray_owned:  # also a joined cluster (--address): leave no driver connection behind
             import ray
 
             ray.shutdown()
@@ -534,9 +546,10 @@ def finish(study: optuna.Study, cfg: Config, plan: Plan, out: Path, parent: Trac
     plots = write_plots(study, out / "plots")
     summary["plots"] = [str(p) for p in plots]
     if parent is not None:
+        step = len(trials)  # a resumed study's parent gets one point per invocation
         if complete:
-            parent.log_metrics({"best_objective": study.best_value})
-        parent.log_metrics({f"trials_{k}": v for k, v in states.items()})
+            parent.log_metrics({"best_objective": study.best_value}, step=step)
+        parent.log_metrics({f"trials_{k}": v for k, v in states.items()}, step=step)
         parent.log_artifacts(files, "")
         parent.log_artifacts(plots, "plots")
         summary["run_id"] = parent.run_id
