@@ -72,7 +72,7 @@ def head(tmp_path_factory):
             assert proc.poll() is None, Path(log.name).read_text()[-3000:]
             assert time.time() < deadline, "head did not come up"
             time.sleep(1)
-        yield {"address": f"127.0.0.1:{port}", "dashboard": f"http://127.0.0.1:{dash}"}
+        yield {"address": f"127.0.0.1:{port}", "dashboard": f"http://127.0.0.1:{dash}", "temp_dir": str(temp)}
     finally:
         proc.send_signal(signal.SIGTERM)
         try:

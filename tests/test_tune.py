@@ -1,5 +1,7 @@
-"""fsad tune: tiny studies on a journal file and on PostgreSQL, MLflow parent/nested runs, pruning, kill and
-resume, two parallel Ray workers, best params into `fsad train`, optuna-dashboard, bad input."""
+"""fsad tune: tiny studies on a journal file and on PostgreSQL, MLflow parent/nested runs (one parent per
+study, reopened on resume), median and Hyperband pruning, kill and resume (journal and PostgreSQL), two
+parallel Ray workers (local, and on a `ray start --head` cluster via --address), best params into
+`fsad train`, optuna-dashboard, bad input."""
 from __future__ import annotations
 
 import json
@@ -20,6 +22,7 @@ import yaml
 from orchestrator.cli import main
 from orchestrator.config import load_config
 from tests.conftest import HELD_OUT, REPO, tiny_sets
+from tests.test_ray_cluster import head, ray_env  # noqa: F401 - head: the real `ray start --head` fixture
 
 FSAD = str(Path(sys.executable).with_name("fsad"))
 PG_ADMIN = "postgresql+psycopg2://postgres@127.0.0.1:5432/test"
@@ -140,54 +143,61 @@ def test_pruning_stops_a_planted_bad_trial(small_real_root, tmp_path, capsys):
     assert list(trial.intermediate_values) == [2]  # stopped at episode 2 of 4
 
 
-def test_kill_and_resume_continues_the_same_study(small_real_root, tmp_path):
-    storage, out = tmp_path / "j.log", tmp_path / "out"
-    cmd = [FSAD, *tune_args(small_real_root, storage, out, "k", 3, *tune_sets(train__episodes=6,
-                                                                                tune__pruner="none"))]
-    env = {**os.environ, "FSAD_TRACKING": "0"}
-    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    killed = None
-    try:
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline and proc.poll() is None:
-            time.sleep(0.2)
-            try:
-                trials = optuna.load_study(study_name="k", storage=journal(storage)).get_trials()
-            except (KeyError, FileNotFoundError):
-                continue
-            running = [t for t in trials if t.state == optuna.trial.TrialState.RUNNING]
-            if any(t.state == optuna.trial.TrialState.COMPLETE for t in trials) and running:
-                proc.send_signal(signal.SIGKILL)
-                killed = running[0]
-                break
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-        proc.wait()
-    assert killed is not None, "the study finished before it could be killed mid-trial"
-    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=150)
-    assert done.returncode == 0, done.stderr[-2000:]
-    study = optuna.load_study(study_name="k", storage=journal(storage))
-    states = [t.state for t in study.trials]
-    assert states.count(optuna.trial.TrialState.COMPLETE) == 3  # none lost
-    assert len(numbers(study)) == len(set(numbers(study)))  # none duplicated
-    assert optuna.trial.TrialState.RUNNING not in states
-    failed = [t for t in study.trials if t.state == optuna.trial.TrialState.FAIL]
-    assert [t.number for t in failed] == [killed.number]  # failed by heartbeat ...
-    retry = optuna.storages.RetryHeartbeatStaleTrialCallback.retried_trial_number
-    retried = [t for t in study.trials if retry(t) == killed.number]
-    assert len(retried) == 1 and retried[0].params == failed[0].params  # ... and retried as is
+def test_hyperband_pruner_completes_a_study_and_prunes(small_real_root, tmp_path, capsys):
+    """Hyperband with min resource tune.eval_every=2 and max train.episodes=4: one bracket whose only rung
+    is episode 2. A fresh study's first trial is promoted (it competes with itself) and completes; a trial
+    planted at 1.0 on that rung then makes the next one stop at episode 2, and the study still finishes."""
+    storage, sets = tmp_path / "j.log", tune_sets(tune__pruner="hyperband")
+    assert main(tune_args(small_real_root, storage, tmp_path / "out", "h", 1, *sets)) == 0
+    study = optuna.load_study(study_name="h", storage=journal(storage))
+    first = study.trials[0]
+    assert first.state == optuna.trial.TrialState.COMPLETE and list(first.intermediate_values) == [2, 4]
+    assert "completed_rung_0" in first.system_attrs  # Hyperband's successive halving judged it at episode 2
+    dist = optuna.distributions.FloatDistribution(0.5, 2.0)
+    study.add_trial(optuna.trial.create_trial(params={"model.lam_max": 1.0}, distributions={"model.lam_max": dist},
+                                              value=1.0, intermediate_values={2: 1.0, 4: 1.0},
+                                              system_attrs={"completed_rung_0": 1.0}))
+    assert main(tune_args(small_real_root, storage, tmp_path / "out", "h", 3, *sets)) == 0
+    trials = optuna.load_study(study_name="h", storage=journal(storage)).trials
+    assert [t.state.name for t in trials] == ["COMPLETE", "COMPLETE", "PRUNED"]
+    pruned = trials[2]
+    assert list(pruned.intermediate_values) == [2] and "diverged" not in pruned.user_attrs
+    assert pruned.system_attrs["completed_rung_0"] < 1.0  # below the planted rung value: not promoted
+    assert json.loads((tmp_path / "out" / "best.json").read_text())["trial"] in (0, 1)
 
 
-def test_two_parallel_ray_workers_share_one_study(small_real_root, tmp_path, capsys):
-    storage = tmp_path / "j.log"
-    assert main(tune_args(small_real_root, storage, tmp_path / "out", "r", 2, "--parallel", "2",
-                          *tune_sets(tune__pruner="none"))) == 0
-    study = optuna.load_study(study_name="r", storage=journal(storage))
-    assert sorted(numbers(study)) == [0, 1]
-    assert all(t.state == optuna.trial.TrialState.COMPLETE for t in study.trials)
-    assert len({t.user_attrs["worker"] for t in study.trials}) == 2  # two Ray worker processes
-    assert str(os.getpid()) not in {t.user_attrs["worker"].rsplit(":", 1)[1] for t in study.trials}
+def test_parent_run_is_reopened_by_its_key_also_when_logged_offline(tmp_path, monkeypatch):
+    """TrackedRun(reopen=(tag, value)) continues the run tagged so; the choice is made when the journal
+    reaches the server, so an invocation that started while the server was down joins the same run."""
+    from mlflow import MlflowClient
+
+    from orchestrator.tracking import Replayer, TrackedRun, sync_runs
+
+    uri, spool = f"sqlite:///{tmp_path / 'mlflow.db'}", tmp_path / "spool"
+
+    def parent(key):
+        return TrackedRun(uri, "tune s", "tune-test", {"fsad.kind": "tune"}, root=spool, reopen=("fsad.tune_key", key))
+
+    first = parent("k1")
+    first.log_params({"p": 1})
+    first.end("KILLED")
+    replay = Replayer.replay
+    monkeypatch.setattr(Replayer, "replay", lambda self, journal: (_ for _ in ()).throw(ConnectionError("down")))
+    offline = parent("k1")
+    offline.log_params({"p": 1})  # the same value again: accepted
+    offline.log_metrics({"best_objective": 0.5}, step=3)
+    offline.end("FINISHED")
+    assert offline.run_id is None  # nothing reached the server yet
+    monkeypatch.setattr(Replayer, "replay", replay)
+    assert sync_runs(uri, spool)["synced"] == 1
+    other = parent("k2")  # another study: its own run
+    other.end("FINISHED")
+    client = MlflowClient(uri)
+    runs = client.search_runs([client.get_experiment_by_name("tune-test").experiment_id])
+    assert sorted(r.data.tags["fsad.tune_key"] for r in runs) == ["k1", "k2"]
+    reopened = next(r for r in runs if r.data.tags["fsad.tune_key"] == "k1")
+    assert reopened.info.run_id == first.run_id and reopened.info.status == "FINISHED"
+    assert reopened.data.metrics["best_objective"] == 0.5 and reopened.data.params == {"p": "1"}
 
 
 @pytest.fixture
@@ -208,6 +218,110 @@ def pg_url():
         with admin.connect() as conn:
             conn.execute(sqlalchemy.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
         admin.dispose()
+
+
+@pytest.fixture(params=["journal", "postgresql"])
+def kill_storage(request, tmp_path):
+    """(--storage argument, the same storage opened here): a journal file, or a fresh PostgreSQL database
+    (Optuna's own RDB heartbeat rather than JournalHeartbeatStorage)."""
+    if request.param == "journal":
+        yield str(tmp_path / "j.log"), journal(tmp_path / "j.log")
+        return
+    url = request.getfixturevalue("pg_url")
+    storage = optuna.storages.RDBStorage(url)  # creates Optuna's tables before the tune process starts
+    try:
+        yield url, storage
+    finally:
+        storage.engine.dispose()
+
+
+def test_kill_and_resume_continues_the_same_study(kill_storage, small_real_root, tmp_path):
+    """SIGKILL mid-trial, the same command again: the dead trial is failed by heartbeat and retried, no
+    trial lost or duplicated, and every trial of both invocations is a child of the study's one MLflow
+    parent run (reopened, not a second one)."""
+    from mlflow import MlflowClient
+
+    storage, store = kill_storage
+    out, uri = tmp_path / "out", f"sqlite:///{tmp_path / 'mlflow.db'}"
+    cmd = [FSAD, *tune_args(small_real_root, storage, out, "k", 3, *tune_sets(train__episodes=6, tune__pruner="none"),
+                            "--tracking-uri", uri)]
+    env = {**os.environ, "FSAD_SPOOL_DIR": str(tmp_path / "spool")}
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    killed = None
+    try:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and proc.poll() is None:
+            time.sleep(0.2)
+            try:
+                trials = optuna.load_study(study_name="k", storage=store).get_trials()
+            except (KeyError, FileNotFoundError):
+                continue
+            # mid-training (it has reported), not mid-suggest: a retry keeps only the params already stored
+            running = [t for t in trials if t.state == optuna.trial.TrialState.RUNNING and t.intermediate_values]
+            if any(t.state == optuna.trial.TrialState.COMPLETE for t in trials) and running:
+                proc.send_signal(signal.SIGKILL)
+                killed = running[0]
+                break
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait()
+    assert killed is not None, "the study finished before it could be killed mid-trial"
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=150)
+    assert done.returncode == 0, done.stderr[-2000:]
+    study = optuna.load_study(study_name="k", storage=store)
+    states = [t.state for t in study.trials]
+    assert states.count(optuna.trial.TrialState.COMPLETE) == 3  # none lost
+    assert len(numbers(study)) == len(set(numbers(study)))  # none duplicated
+    assert optuna.trial.TrialState.RUNNING not in states
+    failed = [t for t in study.trials if t.state == optuna.trial.TrialState.FAIL]
+    assert [t.number for t in failed] == [killed.number]  # failed by heartbeat ...
+    retry = optuna.storages.RetryHeartbeatStaleTrialCallback.retried_trial_number
+    retried = [t for t in study.trials if retry(t) == killed.number]
+    assert len(retried) == 1 and retried[0].params == failed[0].params  # ... and retried as is
+    # MLflow: one parent for both invocations, finished, with the trials of both under it (the killed
+    # trial's run too, when the kill came after it was created)
+    client = MlflowClient(uri)
+    runs = client.search_runs([e.experiment_id for e in client.search_experiments()])
+    parents = [r for r in runs if r.data.tags.get("fsad.kind") == "tune"]
+    assert len(parents) == 1, [r.info.run_id for r in parents]
+    parent = parents[0]
+    assert parent.info.status == "FINISHED" and "best_objective" in parent.data.metrics
+    assert parent.data.tags["fsad.tune_key"] == study.user_attrs["tracking_key"]
+    children = [r for r in runs if r.data.tags.get("fsad.kind") == "tune_trial"]
+    assert {r.data.tags["mlflow.parentRunId"] for r in children} == {parent.info.run_id}
+    assert set(numbers(study)) - {killed.number} <= {int(r.data.tags["optuna.trial"]) for r in children}
+    assert [r.data.tags.get("optuna.retry_of") for r in children
+            if int(r.data.tags["optuna.trial"]) == retried[0].number] == [str(killed.number)]
+
+
+def test_two_parallel_ray_workers_share_one_study(small_real_root, tmp_path, capsys):
+    storage = tmp_path / "j.log"
+    assert main(tune_args(small_real_root, storage, tmp_path / "out", "r", 2, "--parallel", "2",
+                          *tune_sets(tune__pruner="none"))) == 0
+    study = optuna.load_study(study_name="r", storage=journal(storage))
+    assert sorted(numbers(study)) == [0, 1]
+    assert all(t.state == optuna.trial.TrialState.COMPLETE for t in study.trials)
+    assert len({t.user_attrs["worker"] for t in study.trials}) == 2  # two Ray worker processes
+    assert str(os.getpid()) not in {t.user_attrs["worker"].rsplit(":", 1)[1] for t in study.trials}
+
+
+def test_trials_run_on_a_ray_cluster_joined_with_address(head, small_real_root, tmp_path):
+    """`fsad tune --address HOST:PORT` against a real `ray start --head` (tests/test_ray_cluster.py's
+    fixture, token auth): the two trials run in that cluster's worker processes (their pids name worker
+    logs of the head's session), not in a Ray started by the driver."""
+    storage = tmp_path / "j.log"
+    cmd = [FSAD, *tune_args(small_real_root, storage, tmp_path / "out", "a", 2, "--parallel", "2",
+                            "--address", head["address"], *tune_sets(tune__pruner="none"))]
+    done = subprocess.run(cmd, env=ray_env(), capture_output=True, text=True, timeout=240)
+    assert done.returncode == 0, done.stderr[-3000:]
+    study = optuna.load_study(study_name="a", storage=journal(storage))
+    assert sorted(numbers(study)) == [0, 1]
+    assert all(t.state == optuna.trial.TrialState.COMPLETE for t in study.trials)
+    pids = {int(t.user_attrs["worker"].rsplit(":", 1)[1]) for t in study.trials}
+    logs = Path(head["temp_dir"]) / "session_latest" / "logs"
+    for pid in pids:
+        assert list(logs.glob(f"worker-*-{pid}.out")), f"pid {pid} is no worker of the head at {head['address']}"
 
 
 def test_tiny_study_on_postgresql(pg_url, small_real_root, tmp_path, capsys):
