@@ -146,10 +146,11 @@ def test_pruning_stops_a_planted_bad_trial(small_real_root, tmp_path, capsys):
 def test_hyperband_pruner_completes_a_study_and_prunes(small_real_root, tmp_path, capsys):
     """Hyperband with min resource tune.eval_every=2 and max train.episodes=4: one bracket whose only rung
     is episode 2. A fresh study's first trial is promoted (it competes with itself) and completes; a trial
-    planted at 1.0 on that rung then makes the next one stop at episode 2, and the study still finishes."""
-    storage, sets = tmp_path / "j.log", tune_sets(tune__pruner="hyperband")
+    planted at 1.0 on that rung then makes the next one stop at episode 2, and the study still finishes.
+    On sqlite (one process), the storage no other test runs a study on."""
+    storage, sets = f"sqlite:///{tmp_path / 'h.db'}", tune_sets(tune__pruner="hyperband")
     assert main(tune_args(small_real_root, storage, tmp_path / "out", "h", 1, *sets)) == 0
-    study = optuna.load_study(study_name="h", storage=journal(storage))
+    study = optuna.load_study(study_name="h", storage=storage)
     first = study.trials[0]
     assert first.state == optuna.trial.TrialState.COMPLETE and list(first.intermediate_values) == [2, 4]
     assert "completed_rung_0" in first.system_attrs  # Hyperband's successive halving judged it at episode 2
@@ -158,7 +159,7 @@ def test_hyperband_pruner_completes_a_study_and_prunes(small_real_root, tmp_path
                                               value=1.0, intermediate_values={2: 1.0, 4: 1.0},
                                               system_attrs={"completed_rung_0": 1.0}))
     assert main(tune_args(small_real_root, storage, tmp_path / "out", "h", 3, *sets)) == 0
-    trials = optuna.load_study(study_name="h", storage=journal(storage)).trials
+    trials = optuna.load_study(study_name="h", storage=storage).trials
     assert [t.state.name for t in trials] == ["COMPLETE", "COMPLETE", "PRUNED"]
     pruned = trials[2]
     assert list(pruned.intermediate_values) == [2] and "diverged" not in pruned.user_attrs
@@ -306,22 +307,24 @@ def test_two_parallel_ray_workers_share_one_study(small_real_root, tmp_path, cap
     assert str(os.getpid()) not in {t.user_attrs["worker"].rsplit(":", 1)[1] for t in study.trials}
 
 
-def test_trials_run_on_a_ray_cluster_joined_with_address(head, small_real_root, tmp_path):
-    """`fsad tune --address HOST:PORT` against a real `ray start --head` (tests/test_ray_cluster.py's
-    fixture, token auth): the two trials run in that cluster's worker processes (their pids name worker
-    logs of the head's session), not in a Ray started by the driver."""
-    storage = tmp_path / "j.log"
-    cmd = [FSAD, *tune_args(small_real_root, storage, tmp_path / "out", "a", 2, "--parallel", "2",
+def test_trials_run_on_a_ray_cluster_joined_with_address(head, pg_url, small_real_root, tmp_path):
+    """The cluster setup: `fsad tune --address HOST:PORT` against a real `ray start --head`
+    (tests/test_ray_cluster.py's fixture, token auth) with a PostgreSQL study. The two trials run in that
+    cluster's worker processes (their pids name worker logs of the head's session), not in a Ray started
+    by the driver."""
+    cmd = [FSAD, *tune_args(small_real_root, pg_url, tmp_path / "out", "a", 2, "--parallel", "2",
                             "--address", head["address"], *tune_sets(tune__pruner="none"))]
     done = subprocess.run(cmd, env=ray_env(), capture_output=True, text=True, timeout=240)
     assert done.returncode == 0, done.stderr[-3000:]
-    study = optuna.load_study(study_name="a", storage=journal(storage))
+    storage = optuna.storages.RDBStorage(pg_url)
+    study = optuna.load_study(study_name="a", storage=storage)
     assert sorted(numbers(study)) == [0, 1]
     assert all(t.state == optuna.trial.TrialState.COMPLETE for t in study.trials)
     pids = {int(t.user_attrs["worker"].rsplit(":", 1)[1]) for t in study.trials}
     logs = Path(head["temp_dir"]) / "session_latest" / "logs"
     for pid in pids:
         assert list(logs.glob(f"worker-*-{pid}.out")), f"pid {pid} is no worker of the head at {head['address']}"
+    storage.engine.dispose()
 
 
 def test_tiny_study_on_postgresql(pg_url, small_real_root, tmp_path, capsys):
