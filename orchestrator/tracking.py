@@ -477,6 +477,40 @@ def _now_ms() -> int:
     return int(time.time() * 1000)
 
 
+def end_running_runs(uri: str, experiment: str, tags: dict[str, str], status: str = "KILLED",
+                     select=None, set_tags: dict[str, Any] | None = None) -> list[str] | None:
+    """End the RUNNING runs of `experiment` tagged with every item of `tags` and accepted by
+    select(run tags) (all when None): `set_tags` added, then `status` with end time now. For runs whose
+    process died and cannot end them itself (a killed `fsad tune` trial).
+
+    -> the ids of the runs ended, or None when the server could not be asked (warned, never raised: the
+    caller goes on, and calling again later is safe)."""
+    from mlflow.entities import RunTag
+
+    for key, value in tags.items():
+        if not re.fullmatch(r"[\w.-]+", f"{key}{value}"):
+            raise ValueError(f"tag {key}={value!r}: letters, digits, '_', '.', '-' only")
+    query = " AND ".join([f"tags.`{k}` = '{v}'" for k, v in tags.items()] + ["attributes.status = 'RUNNING'"])
+    try:
+        with fast_fail():
+            client = client_for(uri)
+            found = client.get_experiment_by_name(experiment)
+            if found is None:
+                return []
+            ended = []
+            for run in client.search_runs([found.experiment_id], query, max_results=1000):
+                if select is not None and not select(run.data.tags):
+                    continue
+                if set_tags:
+                    client.log_batch(run.info.run_id, tags=[RunTag(k, redact(v)) for k, v in set_tags.items()])
+                client.set_terminated(run.info.run_id, status, _now_ms())
+                ended.append(run.info.run_id)
+            return ended
+    except Exception as exc:  # noqa: BLE001 - the server's trouble is not the caller's
+        warn(f"could not end the RUNNING runs tagged {tags} ({error_line(exc)})")
+        return None
+
+
 def sync_runs(uri: str, root: str | Path | None = None) -> dict[str, int]:
     """`fsad sync-runs`: replay every journal recorded for this tracking URI (oldest first)."""
     root = spool_root(root)

@@ -42,7 +42,7 @@ from optuna.trial import TrialState
 
 from model.errors import InputError
 from orchestrator.config import TUNE_KEYS, Config, FloatRange, atomic_write_text, config_from_dict, save_config
-from orchestrator.tracking import TrackedRun, check_database_reachable, redact
+from orchestrator.tracking import TrackedRun, check_database_reachable, end_running_runs, redact
 
 HEARTBEAT_ATTR = "fsad:heartbeat"
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
@@ -461,9 +461,11 @@ def _optimize(study: optuna.Study, spec: TrialSpec, n_trials: int, parallel: int
     finish, or their heartbeat goes stale and they are failed and re-enqueued)."""
     ray_owned: bool | None = None  # True: this call started or joined Ray, so it disconnects at the end
     stalled = 0
+    close_killed = KilledTrialRuns(spec, cfg.tracking.experiment, log)
     try:
         while True:
             optuna.storages.fail_stale_trials(study)
+            close_killed(study)
             done = count(study, FINISHED)
             running = count(study, (TrialState.RUNNING,))
             need = n_trials - done - running
@@ -491,6 +493,31 @@ def _optimize(study: optuna.Study, spec: TrialSpec, n_trials: int, parallel: int
             import ray
 
             ray.shutdown()
+
+
+class KilledTrialRuns:
+    """Ends the MLflow runs a dead process left RUNNING: the nested run of every trial Optuna reports
+    FAIL (failed by heartbeat, then retried) and is still RUNNING there becomes KILLED, tagged
+    optuna.state=FAIL. A trial that failed in a live process ended its own run (FAILED) first.
+    Asked again whenever more trials have failed; an unreachable server is warned about, and the next
+    `fsad tune` on the study asks again."""
+
+    def __init__(self, spec: TrialSpec, experiment: str, log=print):
+        self.spec, self.experiment, self.log = spec, experiment, log
+        self.asked: set[int] = set()
+
+    def __call__(self, study: optuna.Study) -> None:
+        if self.spec.uri is None:
+            return
+        failed = {t.number for t in study.get_trials(deepcopy=False, states=(TrialState.FAIL,))}
+        if failed <= self.asked:
+            return
+        self.asked |= failed
+        tags = {"fsad.kind": "tune_trial", "fsad.tune_key": self.spec.tags["fsad.tune_key"]}
+        ended = end_running_runs(self.spec.uri, self.experiment, tags, "KILLED", set_tags={"optuna.state": "FAIL"},
+                                 select=lambda t: t.get("optuna.trial", "").isdigit() and int(t["optuna.trial"]) in failed)
+        if ended:
+            self.log(f"fsad tune: {len(ended)} run(s) of failed trials left RUNNING by a dead process marked KILLED")
 
 
 def _connect(address: str | None, parallel: int, cfg: Config) -> bool:
@@ -536,9 +563,7 @@ def finish(study: optuna.Study, cfg: Config, plan: Plan, out: Path, parent: Trac
         best = study.best_trial
         best_cfg = apply_params(cfg, best.params)
         save_config(best_cfg, out / BEST_PARAMS)
-        sets = [f"{k}={v}" for k, v in best.params.items()]
-        record = {"value": best.value, "trial": best.number, "params": best.params, "set": sets,
-                  "fsad_train": " ".join(f"--set {s}" for s in sets), "dvc_exp_run": " ".join(f"-S {s}" for s in sets)}
+        record = {"value": best.value, "trial": best.number, "params": best.params, **set_arguments(best.params)}
         atomic_write_text(out / BEST_JSON, json.dumps(record, indent=2))
         summary.update(best_value=best.value, best_trial=best.number, best_params=best.params,
                        best_params_file=str(out / BEST_PARAMS))
@@ -554,6 +579,14 @@ def finish(study: optuna.Study, cfg: Config, plan: Plan, out: Path, parent: Trac
         parent.log_artifacts(plots, "plots")
         summary["run_id"] = parent.run_id
     return summary
+
+
+def set_arguments(params: dict[str, Any]) -> dict[str, Any]:
+    """best.json's command-line forms of {config key: value}: `set` (k=v), `fsad_train` (--set k=v ...),
+    `dvc_exp_run` (-S k=v ...)."""
+    sets = [f"{k}={v}" for k, v in params.items()]
+    return {"set": sets, "fsad_train": " ".join(f"--set {s}" for s in sets),
+            "dvc_exp_run": " ".join(f"-S {s}" for s in sets)}
 
 
 def write_plots(study: optuna.Study, folder: Path) -> list[Path]:

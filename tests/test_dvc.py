@@ -1,7 +1,8 @@
 """S3 and DVC end to end against real services: moto_server (a real S3 endpoint on 127.0.0.1), `fsad
 ingest` from s3://, and the DVC pipeline in a temporary git repository on a tiny budget: `dvc repro`,
 `dvc metrics show`, `dvc plots show`, `dvc push`/`dvc pull` through an S3 remote with endpointurl,
-and `dvc exp run -S`.
+`dvc exp run -S`, and `fsad tune`'s best params (best_params.yaml as params.yaml, best.json's -S
+arguments) driving `dvc exp run`.
 
 The temporary repository holds dvc.yaml, a tiny params.yaml and copies of the four packages (the
 stages run `python -m pipelines.<stage>` from it with the project's Python first on PATH).
@@ -11,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shlex
 import shutil
 import subprocess
 import sys
@@ -276,3 +278,44 @@ def test_dvc_repro_experiments_runs_ablations_video_and_the_report(dvc_repo):
     assert all(f"(figures/{name})" in report for name in figures)
     status = run([str(BIN / "dvc"), "status", "experiments/dvc.yaml"], repo, env)
     assert "ablations" not in status and "report" not in status  # everything up to date
+
+
+def test_fsad_tune_best_params_drive_dvc_exp_run(dvc_repo, tmp_path):
+    """What `fsad tune` writes runs the pipeline: best_params.yaml (built as orchestrator/tune.py builds it,
+    the repository's params with tuned values) copied over params.yaml, then `dvc exp run`; and best.json's
+    `dvc_exp_run` arguments (-S k=v ...) given to `dvc exp run` as they stand. Each run's stage metrics and
+    saved config record the tuned values. Afterwards the workspace is back at the committed `dvc repro`."""
+    from orchestrator.config import load_config, save_config
+    from orchestrator.tune import apply_params, set_arguments
+
+    repo, env, _ = dvc_repo
+    dvc = str(BIN / "dvc")
+    runs = [("best_params.yaml", {"model.tau": 12.837465019283746, "model.lam_max": 0.7519283746501928,
+                                  "langevin.step_size": 7.2501938475610293}),
+            ("-S", {"model.tau": 31.40592653589793, "model.lam_max": 1.2718281828459045,
+                    "langevin.step_size": 3.5012345678901234, "train.shots": 1})]
+    try:
+        for how, tuned in runs:
+            run(["git", "checkout", "--", "params.yaml"], repo, env)  # the committed params (not an earlier experiment's)
+            if how == "best_params.yaml":
+                save_config(apply_params(load_config(repo / "params.yaml"), tuned), tmp_path / "best_params.yaml")
+                shutil.copy(tmp_path / "best_params.yaml", repo / "params.yaml")
+                extra = []
+            else:
+                extra = shlex.split(set_arguments(tuned)["dvc_exp_run"])
+                assert extra[:2] == ["-S", f"model.tau={tuned['model.tau']}"]
+            log = run([dvc, "exp", "run", *extra], repo, env, timeout=600)
+            assert f"Running stage 'train@{TARGET}'" in log and f"Running stage 'evaluate@{TARGET}'" in log, how
+            assert "Running stage 'split'" not in log, how  # every other value is the committed one
+            metrics = json.loads((repo / "results" / "metrics" / f"{TARGET}.json").read_text())
+            saved = load_config(repo / "results" / "models" / TARGET / "ours" / "config.yaml").flatten()
+            for key, value in tuned.items():
+                if key in metrics["params"]:
+                    assert metrics["params"][key] == pytest.approx(value, rel=1e-12), (how, key)
+                assert saved[key] == pytest.approx(value, rel=1e-12), (how, key)
+            assert {"model.lam_max", "langevin.step_size"} <= set(metrics["params"])
+    finally:  # the committed state for anything after this test: params, lock and git-kept outputs, cached outputs
+        subprocess.run(["git", "checkout", "--", "."], cwd=repo, env=env, capture_output=True)
+        subprocess.run([dvc, "checkout", "--force"], cwd=repo, env=env, capture_output=True)
+    status = run([dvc, "status"], repo, env)
+    assert "train@" not in status and "evaluate@" not in status

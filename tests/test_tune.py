@@ -201,6 +201,35 @@ def test_parent_run_is_reopened_by_its_key_also_when_logged_offline(tmp_path, mo
     assert reopened.data.metrics["best_objective"] == 0.5 and reopened.data.params == {"p": "1"}
 
 
+def test_runs_left_running_by_failed_trials_are_killed_and_an_unreachable_server_is_no_crash(tmp_path, capsys):
+    """KilledTrialRuns ends only the RUNNING runs of this study's FAIL trials (not another study's, not a
+    running trial's); against a dead server it warns and returns."""
+    from mlflow import MlflowClient
+
+    from orchestrator.tracking import TrackedRun
+    from orchestrator.tune import KilledTrialRuns, TrialSpec
+
+    uri, spool = f"sqlite:///{tmp_path / 'mlflow.db'}", tmp_path / "spool"
+    study = optuna.create_study(study_name="f", storage=journal(tmp_path / "j.log"))
+    for state in (optuna.trial.TrialState.FAIL, optuna.trial.TrialState.RUNNING):
+        study.add_trial(optuna.trial.create_trial(state=state))
+    runs = {}
+    for key, number in (("k1", 0), ("k1", 1), ("k2", 0)):  # k2: another study's trial 0
+        runs[key, number] = TrackedRun(uri, f"trial {number}", "tune-test", {"fsad.kind": "tune_trial",
+                                       "fsad.tune_key": key, "optuna.trial": number}, root=spool).run_id
+    spec = TrialSpec({}, "", "f", {}, "", uri, tags={"fsad.tune_key": "k1"})
+    KilledTrialRuns(spec, "tune-test", log=lambda _: None)(study)
+    client = MlflowClient(uri)
+    status = {k: client.get_run(run_id).info.status for k, run_id in runs.items()}
+    assert status == {("k1", 0): "KILLED", ("k1", 1): "RUNNING", ("k2", 0): "RUNNING"}
+    assert client.get_run(runs["k1", 0]).data.tags["optuna.state"] == "FAIL"
+    capsys.readouterr()
+    dead = TrialSpec({}, "", "f", {}, "", "http://127.0.0.1:1", tags={"fsad.tune_key": "k1"})
+    t0 = time.monotonic()
+    KilledTrialRuns(dead, "tune-test", log=lambda _: None)(study)  # no exception
+    assert time.monotonic() - t0 < 20 and "could not end the RUNNING runs" in capsys.readouterr().err
+
+
 @pytest.fixture
 def pg_url():
     """A fresh PostgreSQL database per test, dropped afterwards (skipped without the server)."""
@@ -238,8 +267,8 @@ def kill_storage(request, tmp_path):
 
 def test_kill_and_resume_continues_the_same_study(kill_storage, small_real_root, tmp_path):
     """SIGKILL mid-trial, the same command again: the dead trial is failed by heartbeat and retried, no
-    trial lost or duplicated, and every trial of both invocations is a child of the study's one MLflow
-    parent run (reopened, not a second one)."""
+    trial lost or duplicated, every trial of both invocations is a child of the study's one MLflow
+    parent run (reopened, not a second one), and the dead trial's run, left RUNNING, is ended KILLED."""
     from mlflow import MlflowClient
 
     storage, store = kill_storage
@@ -294,6 +323,10 @@ def test_kill_and_resume_continues_the_same_study(kill_storage, small_real_root,
     assert set(numbers(study)) - {killed.number} <= {int(r.data.tags["optuna.trial"]) for r in children}
     assert [r.data.tags.get("optuna.retry_of") for r in children
             if int(r.data.tags["optuna.trial"]) == retried[0].number] == [str(killed.number)]
+    # the killed trial's run (created before it reported) is KILLED on resume; nothing is left RUNNING
+    assert [(r.info.status, r.data.tags["optuna.state"]) for r in children
+            if int(r.data.tags["optuna.trial"]) == killed.number] == [("KILLED", "FAIL")]
+    assert not [r.info.run_name for r in runs if r.info.status == "RUNNING"]
 
 
 def test_two_parallel_ray_workers_share_one_study(small_real_root, tmp_path, capsys):
