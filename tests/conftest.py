@@ -12,6 +12,8 @@ from pathlib import Path
 
 import pytest
 
+from model.errors import InputError
+
 # The CLI tests run untracked (no ./mlflow.db); tests/test_tracking*.py pass --tracking-uri explicitly.
 os.environ.setdefault("FSAD_TRACKING", "0")
 
@@ -133,3 +135,14 @@ def trained_maml(small_real_root: Path, tmp_path_factory) -> Path:
                  "--out", str(out), "--quiet", *tiny_sets()])
     assert code == 0
     return out
+
+
+def expect_error(fn, *needles) -> str:
+    """fn() raises one InputError whose one-line message contains every needle; returns the message."""
+    with pytest.raises(InputError) as exc:
+        fn()
+    message = str(exc.value)
+    assert "\n" not in message
+    for needle in needles:
+        assert str(needle) in message, f"{needle!r} not in {message!r}"
+    return message

@@ -8,9 +8,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from model.errors import InputError
 from orchestrator.config import Config, config_from_dict, flatten, load_config, parse_override, save_config
-from tests.conftest import REPO
+from tests.conftest import REPO, expect_error
 
 PARAMS = REPO / "params.yaml"
 
@@ -25,16 +24,6 @@ def leaves(obj, prefix: str = "") -> dict:
         else:
             out[f"{prefix}{f.name}"] = value
     return out
-
-
-def expect_input_error(fn, *needles) -> str:
-    with pytest.raises(InputError) as exc:
-        fn()
-    message = str(exc.value)
-    assert "\n" not in message
-    for needle in needles:
-        assert str(needle) in message, f"{needle!r} not in {message!r}"
-    return message
 
 
 # --------------------------------------------------------------------------------------------------
@@ -105,8 +94,8 @@ def test_overrides_apply_in_order_on_top_of_a_file(tmp_path):
 def test_parse_override():
     assert parse_override("a.b=1") == ("a.b", 1)
     assert parse_override(" a.b =x=y") == ("a.b", "x=y")
-    expect_input_error(lambda: parse_override("train.episodes"), "train.episodes", "KEY=VALUE")
-    expect_input_error(lambda: parse_override("=3"), "=3")
+    expect_error(lambda: parse_override("train.episodes"), "train.episodes", "KEY=VALUE")
+    expect_error(lambda: parse_override("=3"), "=3")
 
 
 # --------------------------------------------------------------------------------------------------
@@ -173,7 +162,7 @@ def test_save_defaults_reproduces_params_yaml_content(tmp_path):
     ("data.exclude={a: 1}", "data.exclude"),
 ])
 def test_unknown_keys_and_wrong_types(override, needle):
-    expect_input_error(lambda: load_config(None, [override]), needle)
+    expect_error(lambda: load_config(None, [override]), needle)
 
 
 @pytest.mark.parametrize("override,needle", [
@@ -216,7 +205,7 @@ def test_unknown_keys_and_wrong_types(override, needle):
     ("maml.inner_steps=-1", "maml.inner_steps"),
 ])
 def test_out_of_range_values(override, needle):
-    expect_input_error(lambda: load_config(None, [override]), needle)
+    expect_error(lambda: load_config(None, [override]), needle)
 
 
 def test_nan_never_survives_validation():
@@ -226,34 +215,34 @@ def test_nan_never_survives_validation():
     assert floats
     for key in floats:
         for bad in (".nan", ".inf", "-.inf"):
-            expect_input_error(lambda: load_config(None, [f"{key}={bad}"]), key.rsplit(".", 1)[-1])
+            expect_error(lambda: load_config(None, [f"{key}={bad}"]), key.rsplit(".", 1)[-1])
 
 
 def test_missing_config_file(tmp_path):
     path = tmp_path / "nope.yaml"
-    expect_input_error(lambda: load_config(path), str(path))
+    expect_error(lambda: load_config(path), str(path))
 
 
 def test_invalid_yaml_file(tmp_path):
     path = tmp_path / "broken.yaml"
     path.write_text("train:\n  episodes: [1, 2\n  shots: : :\n")
-    expect_input_error(lambda: load_config(path), str(path))
+    expect_error(lambda: load_config(path), str(path))
 
 
 def test_yaml_file_not_a_mapping(tmp_path):
     path = tmp_path / "list.yaml"
     path.write_text("- a\n- b\n")
-    expect_input_error(lambda: load_config(path), str(path))
+    expect_error(lambda: load_config(path), str(path))
 
 
 def test_yaml_file_wrong_section_and_key(tmp_path):
     path = tmp_path / "p.yaml"
     path.write_text("train: 5\n")
-    expect_input_error(lambda: load_config(path), "train")
+    expect_error(lambda: load_config(path), "train")
     path.write_text("train:\n  episodez: 5\n")
-    expect_input_error(lambda: load_config(path), "episodez")
+    expect_error(lambda: load_config(path), "episodez")
     path.write_text("model:\n  tau: .nan\n")
-    expect_input_error(lambda: load_config(path), "model.tau")
+    expect_error(lambda: load_config(path), "model.tau")
 
 
 def test_empty_yaml_file_is_the_defaults(tmp_path):

@@ -11,7 +11,7 @@ import pytest
 import torch
 from PIL import Image, ImageFile
 
-from model.errors import InputError
+from tests.conftest import expect_error
 from workers import data as D
 
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
@@ -29,16 +29,6 @@ EXT = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff"}
 
 def files(folder: Path) -> list[Path]:
     return sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in EXT)
-
-
-def expect_error(fn, *needles) -> str:
-    with pytest.raises(InputError) as ei:
-        fn()
-    msg = str(ei.value)
-    assert "\n" not in msg
-    for n in needles:
-        assert str(n) in msg, f"{n!r} not in {msg!r}"
-    return msg
 
 
 def mini_category(tmp_path: Path, cat: str = "kolektor", n: int = 3) -> Path:

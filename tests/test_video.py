@@ -17,8 +17,7 @@ import torch
 import yaml
 from PIL import Image
 
-from model.errors import InputError
-from tests.conftest import TINY, tiny_sets
+from tests.conftest import TINY, expect_error, tiny_sets
 from workers import video as V
 from workers.data import load_scene
 from workers.manifest import FolderSource, as_source, open_source
@@ -31,16 +30,6 @@ EVERY = 20  # scored test frames: every 20th
 
 if not VIDEO.is_dir():
     pytest.skip(f"video data {VIDEO} is absent", allow_module_level=True)
-
-
-def expect_error(fn, *needles) -> str:
-    with pytest.raises(InputError) as ei:
-        fn()
-    msg = str(ei.value)
-    assert "\n" not in msg
-    for n in needles:
-        assert str(n) in msg, f"{n!r} not in {msg!r}"
-    return msg
 
 
 def label_lines(scene: str, clip: str) -> list[int]:
