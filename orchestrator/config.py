@@ -140,7 +140,7 @@ class ExperimentsConfig:
     quick (these defaults: the whole protocol in < 45 min on 2 CPU cores) or full (PROFILES["full"])."""
 
     profile: str = "quick"  # quick | full; full replaces the keys listed in PROFILES["full"]
-    ablation_targets: list[str] = field(default_factory=lambda: ["juice_bottle"])  # folds the ablations run on
+    ablation_targets: list[str] = field(default_factory=lambda: ["juice_bottle", "tire"])  # folds the ablations run on
     ablations: list[str] = field(default_factory=lambda: ["l1", "hard", "nosparsity", "j1", "noise_init"])
     video_root: str = "../shared/data/fsad-video"
     video_targets: list[str] = field(default_factory=lambda: ["ucsd_ped2", "avenue"])  # target scenes

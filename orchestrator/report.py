@@ -183,7 +183,7 @@ def fig_loss_curves(data: dict, cfg: Config, path: Path) -> list[str]:
                 panels.append((target, name, title, default, variants[name]["history"]))
     if not panels:
         return []
-    fig, axes = plt.subplots(1, len(panels), figsize=(3.8 * len(panels), 3.0), squeeze=False)
+    fig, axes = plt.subplots(1, len(panels), figsize=(4.4 * len(panels), 3.6), squeeze=False)
     for ax, (target, name, title, default, other) in zip(axes[0], panels):
         window = max(1, len(default) // 20)
         for label, history in ((f"default ({_variant_label(cfg, None)})", default),
@@ -193,8 +193,9 @@ def fig_loss_curves(data: dict, cfg: Config, path: Path) -> list[str]:
         ax.set_title(f"{target}: {title}", fontsize=8)
         ax.set_xlabel("episode")
         ax.set_ylabel(f"training loss (moving mean of {window})", fontsize=8)
-        ax.legend(fontsize=7)
+        ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.2))  # below the axes: curves stay visible
         ax.grid(alpha=0.3)
+    fig.tight_layout()
     _save(fig, path)
     return [f"{t}/{n}" for t, n, *_ in panels]
 
