@@ -156,7 +156,7 @@ def dvc_repo(small_real_root, moto, tmp_path_factory):
     repo = tmp_path_factory.mktemp("dvc") / "repo"
     repo.mkdir()
     for name in ("model", "workers", "orchestrator", "pipelines", "experiments"):
-        shutil.copytree(REPO / name, repo / name, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+        shutil.copytree(REPO / name, repo / name, ignore=shutil.ignore_patterns("__pycache__", "*.pyc", "dvc.lock"))
     for name in ("dvc.yaml", ".dvcignore"):
         shutil.copy2(REPO / name, repo / name)
     params = merge(yaml.safe_load((REPO / "params.yaml").read_text()), TINY_PARAMS)
