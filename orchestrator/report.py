@@ -425,7 +425,8 @@ def render(data: dict, cfg: Config, figures: dict[str, str], command: str) -> st
         + ".", "",
         "All numbers are on real images. With the quick profile's small budget they say how the method behaves at "
         "that budget, not what it can reach; the full profile (same commands, `-S experiments.profile=full`) is the "
-        "one to compare with the paper.", "",
+        "one to compare with the paper. The full profile's 1000 episodes were measured on a GPU for two folds "
+        "(docs/benchmarks.md, \"On a GPU\"): there more training raised image AUROC and lowered localisation.", "",
         *_summary(data, cfg), "",
         "## The paper's claims", "",
         "A claim tested on several targets counts as reproduced when it holds on more than half of them.", "",
