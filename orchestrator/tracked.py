@@ -210,3 +210,49 @@ def tracked_evaluate(model_dir, data_root, category: str, shots: int, draws: int
     summary_run.end()
     record["run_id"] = summary_run.run_id
     return record
+
+
+def tracked_video(cfg: Config, target: str, out, image_source=None, progress: bool = True,
+                  uri: str | None = None) -> dict[str, Any]:
+    """`run_video` inside one MLflow run "video <scene>": the resolved config as params, the training loss
+    per episode, frame AUROC mean/std per K, the frames' data hash as a tag, and metrics.json, scores.csv,
+    the score-over-time picture and the model directory as artifacts."""
+    from orchestrator.report import fig_video
+    from orchestrator.video import load_target, run_video
+
+    if uri is None:
+        return run_video(cfg, target, out, image_source=image_source, progress=progress)
+    load_target(cfg, target)  # bad scene, K or video root: one-line error before any run exists
+    out = Path(out)
+    run = TrackedRun(uri, f"video {target}", cfg.tracking.experiment,
+                     {"fsad.kind": "video", "fsad.scene": target, "fsad.temporal": cfg.experiments.video_temporal})
+    run.log_params({k: _param_value(v) for k, v in cfg.flatten().items()})
+    try:
+        record = run_video(cfg, target, out, image_source=image_source, progress=progress)
+    except KeyboardInterrupt:
+        run.end("KILLED")
+        raise
+    except BaseException:
+        run.end("FAILED")
+        raise
+    run.set_tags({"data.hash": record["data_sha256"], "data.hash_kind": "video frames sha256",
+                  "data.image_hash": record["image_data_sha256"]})
+    history = json.loads((out / "model" / META).read_text()).get("history", [])
+    for row in history:
+        run.log_metrics({k: v for k, v in row.items() if k not in ("episode", "category")}, step=int(row["episode"]))
+    for k, values in record["shots"].items():
+        run.log_metrics({f"frame_auroc_{k}": values["frame_auroc"], f"frame_auroc_std_{k}": values["frame_auroc_std"]})
+    scores = []
+    with open(out / "scores.csv") as handle:
+        header = handle.readline().strip().split(",")
+        for line in handle:
+            row = dict(zip(header, line.strip().split(",")))
+            scores.append({"clip": row["clip"], "frame": int(row["frame"]), "label": int(row["label"]),
+                           "score": float(row["score"])})
+    fig_video(target, {"metrics": record, "scores": scores}, out / "plots" / "scores_over_time.png")
+    run.log_artifacts([out / "metrics.json", out / "scores.csv"], "")
+    run.log_artifacts([out / "plots" / "scores_over_time.png"], "plots")
+    run.log_artifacts([out / "model"], "")
+    run.end()
+    record["run_id"] = run.run_id
+    return record

@@ -384,3 +384,33 @@ def test_distributed_training_is_tracked_with_staleness_and_throughput(client, s
         assert key in run.data.metrics, key
     history = client.get_metric_history(run_id, "loss")
     assert sorted(m.step for m in history) == [1, 2, 3]
+
+
+def test_fsad_video_is_one_tracked_run_with_frame_auroc_and_pictures(client, store, small_real_root, tmp_path, capsys):
+    from orchestrator.cli import main
+    from tests.test_video import VIDEO, video_sets
+
+    out = tmp_path / "ped2"
+    code = main(["video", "--target", "ucsd_ped2", "--out", str(out), "--video-root", str(VIDEO), "--data",
+                 str(small_real_root), "--quiet", "--tracking-uri", store["uri"], *video_sets()])
+    assert code == 0, capsys.readouterr().err
+    record = json.loads((out / "metrics.json").read_text())
+    experiment = client.get_experiment_by_name("fsad")
+    runs = client.search_runs([experiment.experiment_id], "tags.`fsad.kind` = 'video'")
+    assert len(runs) == 1
+    run = runs[0]
+    assert run.info.status == "FINISHED" and run.data.tags["fsad.scene"] == "ucsd_ped2"
+    assert run.data.tags["data.hash"] == record["data_sha256"]
+    assert run.data.params["train.episodes"] == str(record["params"]["train.episodes"])
+    for k, values in record["shots"].items():
+        assert run.data.metrics[f"frame_auroc_{k}"] == pytest.approx(values["frame_auroc"])
+    losses = client.get_metric_history(run.info.run_id, "loss")
+    assert sorted(m.step for m in losses) == list(range(int(run.data.params["train.episodes"])))
+    top = {a.path for a in client.list_artifacts(run.info.run_id)}
+    assert {"metrics.json", "scores.csv", "plots", "model"} <= top
+    assert [a.path for a in client.list_artifacts(run.info.run_id, "plots")] == ["plots/scores_over_time.png"]
+    # bad input: one line, exit 2, and no run left behind
+    assert main(["video", "--target", "nope", "--out", str(tmp_path / "x"), "--video-root", str(VIDEO),
+                 "--tracking-uri", store["uri"], *video_sets()]) == 2
+    assert "nope" in capsys.readouterr().err
+    assert len(client.search_runs([experiment.experiment_id], "tags.`fsad.kind` = 'video'")) == 1

@@ -1,6 +1,8 @@
 """fsad video: the scene-adaptive video protocol (Section 4.2) for one target scene."""
 from __future__ import annotations
 
+from orchestrator.commands.tracking_args import add_tracking_arguments, tracking_uri
+
 HELP = "meta-train on the other scenes + image categories, adapt to a target scene with K frames, frame AUROC"
 
 
@@ -14,17 +16,19 @@ def add_arguments(p):
     p.add_argument("--set", dest="overrides", action="extend", nargs="+", default=[], metavar="KEY=VALUE",
                    help="override config values, e.g. --set train.episodes=20 experiments.video_draws=2")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
+    add_tracking_arguments(p)
 
 
 def run(args) -> int:
     from orchestrator.config import load_config
-    from orchestrator.video import run_video
+    from orchestrator.tracked import tracked_video
     from workers.manifest import open_source
 
     extra = [f"experiments.video_root={args.video_root}"] if args.video_root else []
     cfg = load_config(args.config, list(args.overrides) + extra)
     images = open_source(args.data, args.manifest) if (args.data or args.manifest) else None
-    record = run_video(cfg, args.target, args.out, image_source=images, progress=not args.quiet)
+    record = tracked_video(cfg, args.target, args.out, image_source=images, progress=not args.quiet,
+                           uri=tracking_uri(args))
     for k, values in record["shots"].items():
         print(f"{args.target} {k}: frame AUROC {values['frame_auroc']:.3f} ± {values['frame_auroc_std']:.3f} "
               f"over {len(values['per_draw'])} draws, {record['test_frames']} frames")
