@@ -356,6 +356,14 @@ def _set_path(tree: dict[str, Any], dotted: str, value: Any) -> None:
     node[parts[-1]] = value
 
 
+def with_values(cfg: Config, values: dict[str, Any]) -> Config:
+    """A validated copy of cfg with {dotted key: value} set (ablations, tuning trials)."""
+    tree = cfg.to_dict()  # dataclasses.asdict: a deep copy
+    for key, value in values.items():
+        _set_path(tree, key, value)
+    return config_from_dict(tree)
+
+
 def parse_override(text: str) -> tuple[str, Any]:
     if "=" not in text:
         raise InputError(f"override {text!r}: expected KEY=VALUE, e.g. train.episodes=100")

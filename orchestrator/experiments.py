@@ -11,16 +11,13 @@ the `evaluate@<target>` stage was scored with, so each row compares with the def
 """
 from __future__ import annotations
 
-import copy
 import json
 import shutil
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from model.errors import InputError
-from orchestrator.config import ABLATIONS, Config, _set_path, atomic_write_text, config_from_dict, parse_override
+from orchestrator.config import ABLATIONS, Config, atomic_write_text, parse_override, with_values
 from orchestrator.evaluate import METRIC_NAMES, evaluate
 from orchestrator.ingest import MANIFEST
 from orchestrator.pipeline import RESULTS, SPLITS, data_dir
@@ -33,12 +30,8 @@ def variant_config(cfg: Config, name: str, target: str) -> Config:
     """cfg with the ablation's overrides, `ours`, and the target held out."""
     if name not in ABLATIONS:
         raise InputError(f"ablation {name!r}: expected one of {', '.join(ABLATIONS)}")
-    tree = copy.deepcopy(cfg.to_dict())
-    for text in ABLATIONS[name]:
-        key, value = parse_override(text)
-        _set_path(tree, key, value)
-    tree["data"]["exclude"], tree["train"]["method"] = [target], "ours"
-    return config_from_dict(tree)
+    values = dict(parse_override(text) for text in ABLATIONS[name])
+    return with_values(cfg, {**values, "data.exclude": [target], "train.method": "ours"})
 
 
 def stage_ablations(cfg: Config, progress: bool = False, log=print) -> list[dict[str, Any]]:
@@ -71,7 +64,3 @@ def stage_ablations(cfg: Config, progress: bool = False, log=print) -> list[dict
     atomic_write_text(ABLATION_DIR / "summary.json", json.dumps({"shots": shots, "draws": cfg.eval.draws,
                                                                   "rows": rows}, indent=2))
     return rows
-
-
-def dump_overrides(name: str) -> str:
-    return yaml.safe_dump(ABLATIONS[name], default_flow_style=True).strip()

@@ -13,11 +13,11 @@ import torch  # noqa: E402
 from orchestrator.config import atomic_path  # noqa: E402
 
 
-def _save(fig, path: Path) -> None:
-    """Atomic PNG write."""
+def save_png(fig, path: Path, dpi: int = 100) -> None:
+    """Atomic PNG write; closes the figure."""
     try:
         with atomic_path(path, suffix=".png") as tmp:  # savefig picks the format from the suffix
-            fig.savefig(tmp, dpi=100, bbox_inches="tight")
+            fig.savefig(tmp, dpi=dpi, bbox_inches="tight")
     finally:
         plt.close(fig)
 
@@ -35,7 +35,7 @@ def overlay_png(path: Path, image: torch.Tensor, amap: torch.Tensor, mask: torch
         for ax in axes:
             ax.contour(mask.cpu().numpy(), levels=[0.5], colors="white", linewidths=1.0)
     fig.suptitle(title, fontsize=8)
-    _save(fig, path)
+    save_png(fig, path)
 
 
 def color_limit(maps: torch.Tensor) -> float:
@@ -76,7 +76,7 @@ def curves_png(path: Path, curves: list[tuple[str, np.ndarray, np.ndarray]], xla
     ax.set_title(title, fontsize=8)
     if 1 < len(curves) <= 10:
         ax.legend(fontsize=6, loc="lower right")
-    _save(fig, path)
+    save_png(fig, path)
 
 
 def roc_png(path: Path, curves: list[tuple[str, np.ndarray, np.ndarray]], title: str) -> None:

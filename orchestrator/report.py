@@ -28,8 +28,9 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 from model.errors import InputError  # noqa: E402
-from orchestrator.config import ABLATIONS, PROFILES, Config, atomic_path, atomic_write_text  # noqa: E402
+from orchestrator.config import ABLATIONS, PROFILES, Config, atomic_write_text  # noqa: E402
 from orchestrator.evaluate import METRIC_NAMES  # noqa: E402
+from orchestrator.plots import save_png  # noqa: E402
 
 METRIC_LABELS = {"image_auroc": "image AUROC", "pixel_auroc": "pixel AUROC", "pro": "PRO", "miou": "mIoU"}
 METHOD_LABELS = {"ours": "ours", "knn": "kNN", "maml_ae": "MAML-AE"}
@@ -88,13 +89,14 @@ def load_results(cfg: Config, results: Path) -> dict[str, Any]:
     for scene in cfg.experiments.video_targets:
         folder = results / "video" / scene
         if (folder / "metrics.json").is_file():
-            video[scene] = {"metrics": _json(folder / "metrics.json"), "scores": _read_scores(folder / "scores.csv")}
+            video[scene] = {"metrics": _json(folder / "metrics.json"), "scores": read_scores(folder / "scores.csv")}
     metrics_files = {t: _json(results / "metrics" / f"{t}.json") for t in cfg.pipeline.targets}
     return {"shots": shots, "industrial": industrial, "histories": histories, "ablations": ablations,
             "video": video, "metrics_files": metrics_files}
 
 
-def _read_scores(path: Path) -> list[dict[str, Any]]:
+def read_scores(path: Path) -> list[dict[str, Any]]:
+    """A video run's scores.csv as [{"clip", "frame", "label", "score"}]; [] when there is none."""
     if not path.is_file():
         return []
     with open(path, newline="") as handle:
@@ -104,14 +106,6 @@ def _read_scores(path: Path) -> list[dict[str, Any]]:
 
 # ---------------------------------------------------------------------------------------------
 # Figures
-
-
-def _save(fig, path: Path) -> None:
-    try:
-        with atomic_path(path, suffix=".png") as tmp:
-            fig.savefig(tmp, dpi=110, bbox_inches="tight")
-    finally:
-        plt.close(fig)
 
 
 def fig_shot_sweep(data: dict, cfg: Config, path: Path) -> None:
@@ -139,7 +133,7 @@ def fig_shot_sweep(data: dict, cfg: Config, path: Path) -> None:
                 ax.set_xlabel("K (shots)")
     axes[0][0].legend(fontsize=8)
     fig.suptitle("Shot sweep: leave-one-category-out, mean ± std over support draws", fontsize=10)
-    _save(fig, path)
+    save_png(fig, path, dpi=110)
 
 
 def fig_bars(data: dict, cfg: Config, path: Path) -> None:
@@ -159,7 +153,7 @@ def fig_bars(data: dict, cfg: Config, path: Path) -> None:
         ax.axhline(0.5, color="grey", lw=0.8, ls="--")
         ax.set_title(f"{METRIC_LABELS[name]}, K={top}", fontsize=9)
     axes[0][0].legend(fontsize=8)
-    _save(fig, path)
+    save_png(fig, path, dpi=110)
 
 
 def _smooth(values: list[float], window: int) -> np.ndarray:
@@ -172,9 +166,8 @@ def _smooth(values: list[float], window: int) -> np.ndarray:
 
 def fig_loss_curves(data: dict, cfg: Config, path: Path) -> list[str]:
     """Training-loss curves: default vs each loss-relevant ablation, on each ablation target (Fig. 5)."""
-    pairs = [(name, title) for name, title in (("hard", "SigShrink vs hard shrink (Fig. 5)"),
-                                               ("j1", "Langevin steps J"), ("j10", "Langevin steps J"),
-                                               ("noise_init", "inpainting vs noise-initialised negatives"))]
+    pairs = (("hard", "SigShrink vs hard shrink (Fig. 5)"), ("j1", "Langevin steps J"), ("j10", "Langevin steps J"),
+             ("noise_init", "inpainting vs noise-initialised negatives"))
     panels = []
     for target, variants in data["ablations"].items():
         default = data["histories"].get((target, "ours"))
@@ -196,7 +189,7 @@ def fig_loss_curves(data: dict, cfg: Config, path: Path) -> list[str]:
         ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.2))  # below the axes: curves stay visible
         ax.grid(alpha=0.3)
     fig.tight_layout()
-    _save(fig, path)
+    save_png(fig, path, dpi=110)
     return [f"{t}/{n}" for t, n, *_ in panels]
 
 
@@ -228,7 +221,7 @@ def fig_overlay_grid(results: Path, cfg: Config, top: int, path: Path, per_targe
                 ax.imshow(plt.imread(files[c]))
         axes[r][0].set_title(target, fontsize=9, loc="left")
     fig.suptitle(f"ours, K={top}, first support draw: image | |∇ₓE| map (white: ground truth)", fontsize=9)
-    _save(fig, path)
+    save_png(fig, path, dpi=110)
     return sum(len(f) for _, f in rows)
 
 
@@ -254,7 +247,7 @@ def fig_video(scene: str, record: dict, path: Path) -> bool:
     ax.set_title(f"{scene}: frame scores of the first draw at K={top[1:]} (every {metrics.get('test_every', 1)}. "
                  f"test frame), frame AUROC {metrics['shots'][top]['frame_auroc']:.3f}", fontsize=9)
     ax.legend(fontsize=8, loc="upper left")
-    _save(fig, path)
+    save_png(fig, path, dpi=110)
     return True
 
 

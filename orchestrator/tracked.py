@@ -217,7 +217,7 @@ def tracked_video(cfg: Config, target: str, out, image_source=None, progress: bo
     """`run_video` inside one MLflow run "video <scene>": the resolved config as params, the training loss
     per episode, frame AUROC mean/std per K, the frames' data hash as a tag, and metrics.json, scores.csv,
     the score-over-time picture and the model directory as artifacts."""
-    from orchestrator.report import fig_video
+    from orchestrator.report import fig_video, read_scores
     from orchestrator.video import load_target, run_video
 
     if uri is None:
@@ -242,14 +242,8 @@ def tracked_video(cfg: Config, target: str, out, image_source=None, progress: bo
         run.log_metrics({k: v for k, v in row.items() if k not in ("episode", "category")}, step=int(row["episode"]))
     for k, values in record["shots"].items():
         run.log_metrics({f"frame_auroc_{k}": values["frame_auroc"], f"frame_auroc_std_{k}": values["frame_auroc_std"]})
-    scores = []
-    with open(out / "scores.csv") as handle:
-        header = handle.readline().strip().split(",")
-        for line in handle:
-            row = dict(zip(header, line.strip().split(",")))
-            scores.append({"clip": row["clip"], "frame": int(row["frame"]), "label": int(row["label"]),
-                           "score": float(row["score"])})
-    fig_video(target, {"metrics": record, "scores": scores}, out / "plots" / "scores_over_time.png")
+    fig_video(target, {"metrics": record, "scores": read_scores(out / "scores.csv")},
+              out / "plots" / "scores_over_time.png")
     run.log_artifacts([out / "metrics.json", out / "scores.csv"], "")
     run.log_artifacts([out / "plots" / "scores_over_time.png"], "plots")
     run.log_artifacts([out / "model"], "")

@@ -41,7 +41,15 @@ from optuna.storages.journal import JournalFileBackend
 from optuna.trial import TrialState
 
 from model.errors import InputError
-from orchestrator.config import TUNE_KEYS, Config, FloatRange, atomic_write_text, config_from_dict, save_config
+from orchestrator.config import (
+    TUNE_KEYS,
+    Config,
+    FloatRange,
+    atomic_write_text,
+    config_from_dict,
+    save_config,
+    with_values,
+)
 from orchestrator.tracking import TrackedRun, check_database_reachable, end_running_runs, redact
 
 HEARTBEAT_ATTR = "fsad:heartbeat"
@@ -191,14 +199,7 @@ def suggest(trial: optuna.Trial, cfg: Config) -> dict[str, Any]:
 
 def apply_params(cfg: Config, params: dict[str, Any]) -> Config:
     """A copy of cfg with {dotted key: value} set (validated)."""
-    tree = cfg.to_dict()
-    for key, value in params.items():
-        node = tree
-        *parents, leaf = key.split(".")
-        for part in parents:
-            node = node[part]
-        node[leaf] = value
-    return config_from_dict(tree)
+    return with_values(cfg, params)
 
 
 def trial_config(cfg: Config, plan: Plan, params: dict[str, Any]) -> Config:
