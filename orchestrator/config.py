@@ -24,7 +24,14 @@ from model.errors import InputError
 from model.langevin import validate_langevin
 from workers.episodes import AUGMENT_MODES
 
-METHODS = ("ours", "knn", "maml_ae")
+# Evaluation methods. The last three are baselines with no learning or no support set (model/baselines.py):
+# untrained = ours with a freshly initialised Ψ, knn_untrained = kNN on that Ψ, nosupport = the blurred
+# image-gradient map. Every quality table shows them beside the learnt methods.
+METHODS = ("ours", "knn", "maml_ae", "untrained", "knn_untrained", "nosupport")
+BASELINES = ("untrained", "knn_untrained", "nosupport")
+# The trained model directory each method reads (baselines read only its config, never its weights).
+METHOD_MODEL = {"ours": "ours", "knn": "ours", "maml_ae": "maml_ae", "untrained": "ours", "knn_untrained": "ours",
+                "nosupport": "ours"}
 
 
 @dataclass
@@ -59,13 +66,21 @@ class ModelConfig:
     receptive_field: int = 3
     normalize: bool = True
     center: bool = True  # subtract the support set's mean volume (see model/energy.py)
+    solver: str = "istc"  # istc (the paper's Eq. 6 with continuation) | fista (Eq. 5 at λ = lam_star, to tol)
+    max_steps: int = 50  # FISTA's step budget
+    tol: float = 1e-4  # FISTA's tolerance on the largest code change
+    top_k_atoms: int = 0  # FISTA codes each position over its k most similar atoms; 0 = all
+    image_score: str = "mean"  # mean | topk (mean of the top top_frac position energies)
+    top_frac: float = 0.01
     anomaly_map: str = "gradient"  # gradient (|∇ₓE|, the paper) | energy (upsampled position energies)
     map_smooth_sigma: float = 2.0  # Gaussian σ (pixels) applied to |∇ₓE| maps; 0 = off
 
     def sparse_spec(self) -> SparseSpec:
         return SparseSpec(
-            self.lam_max, self.lam_star, self.istc_steps, self.shrink, self.tau, self.receptive_field,
-            self.normalize, self.center,
+            lam_max=self.lam_max, lam_star=self.lam_star, istc_steps=self.istc_steps, shrink=self.shrink,
+            tau=self.tau, receptive_field=self.receptive_field, normalize=self.normalize, center=self.center,
+            solver=self.solver, max_steps=self.max_steps, tol=self.tol, top_k_atoms=self.top_k_atoms,
+            image_score=self.image_score, top_frac=self.top_frac,
         )
 
 
@@ -130,7 +145,7 @@ class PipelineConfig:
     source: str = "../shared/data/fsad-real"  # a folder, s3://BUCKET/PREFIX or elpv
     targets: list[str] = field(default_factory=lambda: ["juice_bottle", "kolektor", "magnetic_tile", "tire"])
     shots: list[int] = field(default_factory=lambda: [1, 5, 10])  # K values drawn and evaluated
-    methods: list[str] = field(default_factory=lambda: ["ours", "knn", "maml_ae"])  # ours | knn | maml_ae
+    methods: list[str] = field(default_factory=lambda: list(METHODS))  # any of METHODS
 
 
 @dataclass
