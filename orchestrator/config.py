@@ -21,6 +21,7 @@ import yaml
 from model.backbone import BackboneSpec
 from model.energy import MAP_MODES, SparseSpec
 from model.errors import InputError
+from model.inpaint import CORRUPTIONS
 from model.langevin import validate_langevin
 from workers.episodes import AUGMENT_MODES
 
@@ -95,6 +96,7 @@ class LangevinConfig:
 class InpaintConfig:
     min_frac: float = 0.1  # patch side as a fraction of the image side
     max_frac: float = 0.3
+    kinds: list[str] = field(default_factory=lambda: ["noise"])  # chain starts: noise | cutpaste | blend
 
 
 @dataclass
@@ -108,6 +110,10 @@ class TrainConfig:
     eta_cd: float = 1.0  # η₁
     reg_weight: float = 1.0  # Du & Mordatch energy-magnitude regulariser (keeps E⁻ from saturating at 1)
     detach_rec: bool = False  # True: L_rec does not backpropagate through the Langevin chain
+    rank_weight: float = 0.0  # −log(participation ratio) of the support features: against feature collapse
+    val_categories: list[str] = field(default_factory=list)  # set aside for checkpoint selection (never the target)
+    val_every: int = 25  # episodes between validation scores
+    val_images: int = 40  # test images per validation category (half normal, half anomalous)
     grad_clip: float = 1.0  # max gradient norm; 0 = off
     augment: str = "episode"  # none | episode | image
     seed: int = 0
@@ -450,18 +456,21 @@ def validate(cfg: Config) -> None:
     p = cfg.inpaint
     if not (0 < p.min_frac <= p.max_frac <= 1):
         raise InputError(f"inpaint.min_frac={p.min_frac}, max_frac={p.max_frac}: expected 0 < min <= max <= 1")
+    if not p.kinds or any(k not in CORRUPTIONS for k in p.kinds):
+        raise InputError(f"inpaint.kinds={p.kinds}: expected a non-empty list of {', '.join(CORRUPTIONS)}")
     t = cfg.train
     if t.method not in ("ours", "maml_ae"):
         raise InputError(f"train.method={t.method!r}: expected ours or maml_ae")
     for key, value in (("train.episodes", t.episodes), ("train.shots", t.shots), ("train.queries", t.queries),
-                       ("train.checkpoint_every", t.checkpoint_every), ("eval.shots", cfg.eval.shots),
+                       ("train.checkpoint_every", t.checkpoint_every), ("train.val_every", t.val_every),
+                       ("train.val_images", t.val_images), ("eval.shots", cfg.eval.shots),
                        ("eval.draws", cfg.eval.draws), ("eval.batch_size", cfg.eval.batch_size)):
         if value < 1:
             raise InputError(f"{key}={value}: expected an integer >= 1")
     for key, value in (("train.lr", t.lr), ("maml.inner_lr", cfg.maml.inner_lr), ("maml.outer_lr", cfg.maml.outer_lr)):
         _finite(key, value, 0.0)
     for key, value in (("train.eta_rec", t.eta_rec), ("train.eta_cd", t.eta_cd), ("train.reg_weight", t.reg_weight),
-                       ("train.grad_clip", t.grad_clip)):
+                       ("train.grad_clip", t.grad_clip), ("train.rank_weight", t.rank_weight)):
         _finite(key, value, 0.0, strict=False)
     if t.augment not in AUGMENT_MODES:
         raise InputError(f"train.augment={t.augment!r}: expected one of {AUGMENT_MODES}")
