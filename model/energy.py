@@ -29,6 +29,7 @@ from model.sparse import (
     SHRINKS,
     SOLVERS,
     fista_code,
+    fista_energy,
     TaskDictionary,
     feature_volumes,
     sparse_code,
@@ -137,7 +138,10 @@ class AdaptiveEBM(nn.Module):
         center = raw.reshape(-1, raw.shape[-1]).mean(0) if self.sparse.center else None  # (m,)
         volumes = self.prepare(raw, center)  # (K, h'w', m)
         atoms = volumes.reshape(-1, volumes.shape[-1]).transpose(0, 1)  # (m, K·h'w')
-        return TaskDictionary(atoms=atoms, scale=spectral_norm(atoms), shots=support.shape[0], center=center)
+        local = self.sparse.solver == "fista" and self.sparse.top_k_atoms > 0
+        gram = atoms.transpose(0, 1) @ atoms if local else None  # (A, A), gathered per position by the solver
+        return TaskDictionary(atoms=atoms, scale=spectral_norm(atoms), shots=support.shape[0], center=center,
+                              gram=gram)
 
     # -- energy -----------------------------------------------------------------------------
     def position_energy(self, images: torch.Tensor, dictionary: TaskDictionary) -> torch.Tensor:
@@ -149,9 +153,13 @@ class AdaptiveEBM(nn.Module):
         signals = self.prepare(volumes, dictionary.center)  # (B, h'w', m)
         flat = signals.reshape(B * P, m)  # (B·h'w', m)
         spec = self.sparse
+        if spec.solver == "fista" and spec.top_k_atoms > 0:
+            energy = fista_energy(flat, dictionary.atoms, spec.lam_star, spec.max_steps, spec.shrink, spec.tau,
+                                  spec.top_k_atoms, spec.tol, dictionary.gram)  # (B·h'w',)
+            return energy.reshape(B, h, w)  # (B, h', w')
         if spec.solver == "fista":
             recon = fista_code(flat, dictionary.atoms, spec.lam_star, spec.max_steps, spec.shrink, spec.tau,
-                               spec.top_k_atoms, spec.tol)  # (B·h'w', m)
+                               0, spec.tol)  # (B·h'w', m)
         else:
             recon = sparse_code(
                 flat, dictionary.atoms, spec.lam_max, spec.lam_star, spec.istc_steps, spec.shrink, spec.tau,

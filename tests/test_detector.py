@@ -17,7 +17,7 @@ from model.backbone import BackboneSpec, build_backbone
 from model.baselines import NoSupportScorer, gradient_magnitude, top_mean
 from model.energy import AdaptiveEBM, SparseSpec, image_score, participation_ratio
 from model.errors import InputError
-from model.sparse import fista, fista_code, lasso_objective, local_atoms
+from model.sparse import fista, fista_code, fista_energy, lasso_objective, local_atoms
 
 FISTA = dict(solver="fista", shrink="hard", lam_star=0.05, max_steps=200, tol=1e-6, top_k_atoms=16,
              image_score="topk", top_frac=0.01)
@@ -156,3 +156,17 @@ def test_energies_depend_on_the_support(two_categories):
         b = model.energy(queries, model.build_dictionary(two_categories["kolektor"].support_pool[:10]))
     rho = spearmanr(a.numpy(), b.numpy()).statistic
     assert rho < 0.9, rho
+
+
+@pytest.mark.parametrize("kind", ["hard", "sigshrink"])
+def test_fista_energy_equals_the_residual_of_the_local_reconstruction(kind):
+    Z, D = random_problem(n=9, m=10, A=30, seed=5)
+    Zt, Dt = torch.from_numpy(Z), torch.from_numpy(D)
+    recon = fista_code(Zt, Dt, 0.05, 200, kind, 20.0, top_k=6, tol=0.0)
+    ref = (Zt - recon).pow(2).sum(1)
+    got = fista_energy(Zt, Dt, 0.05, 200, kind, 20.0, top_k=6, tol=0.0)
+    np.testing.assert_allclose(got.numpy(), ref.numpy(), atol=1e-10)
+    # differentiable in the signals (Langevin, |∇ₓE| maps) and the atoms (meta-training through D)
+    Zg, Dg = Zt.clone().requires_grad_(True), Dt.clone().requires_grad_(True)
+    fista_energy(Zg, Dg, 0.05, 20, kind, 20.0, top_k=6).sum().backward()
+    assert float(Zg.grad.abs().sum()) > 0 and float(Dg.grad.abs().sum()) > 0
