@@ -29,7 +29,7 @@ from orchestrator.loo import _means as loo_means, results_table, run_loo
 from orchestrator.train import episode_step, load_normals
 from workers.episodes import EpisodeSampler
 
-BENCH_ABLATIONS = ("l1", "hard", "nosparsity")  # the rest (J, noise_init) are in docs/results.md
+BENCH_ABLATIONS = ("l3", "sigshrink", "istc")  # the rest (J, noise_init) are in docs/results.md
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_DATA = REPO.parent / "shared" / "data" / "fsad-real"

@@ -37,7 +37,7 @@ METHOD_MODEL = {"ours": "ours", "knn": "ours", "maml_ae": "maml_ae", "untrained"
 
 @dataclass
 class DataConfig:
-    image_size: int = 64  # images are resized to image_size × image_size
+    image_size: int = 128  # images are resized to image_size × image_size (non-square ones are squashed)
     categories: list[str] = field(default_factory=list)  # empty: every category under the root
     exclude: list[str] = field(default_factory=list)  # held out: never seen in training
 
@@ -47,7 +47,7 @@ class BackboneConfig:
     name: str = "conv"
     width: int = 32
     depth: int = 4
-    stride: int = 8
+    stride: int = 4  # 128 px / 4 = 32×32 positions: a cell is 4×4 px, smaller than tire's smallest defects
     out_dim: int = 32
     max_width: int = 128
     weights: str = ""  # optional local state dict (.safetensors or torch file, weights_only)
@@ -60,20 +60,20 @@ class BackboneConfig:
 class ModelConfig:
     backbone: BackboneConfig = field(default_factory=BackboneConfig)
     lam_max: float = 0.9
-    lam_star: float = 0.1
+    lam_star: float = 0.05  # ISTC's last threshold; FISTA's λ (cosine units: an atom enters above 0.05)
     istc_steps: int = 5
-    shrink: str = "sigshrink"
+    shrink: str = "hard"  # Eq. 7 (the soft threshold): FISTA then solves the Lasso exactly
     tau: float = 20.0
-    receptive_field: int = 3
+    receptive_field: int = 1  # measured on the validation categories: l = 1 scores as l = 3 at 1/9 of the cost
     normalize: bool = True
     center: bool = True  # subtract the support set's mean volume (see model/energy.py)
-    solver: str = "istc"  # istc (the paper's Eq. 6 with continuation) | fista (Eq. 5 at λ = lam_star, to tol)
-    max_steps: int = 50  # FISTA's step budget
+    solver: str = "fista"  # istc (the paper's Eq. 6 with continuation) | fista (Eq. 5 at λ = lam_star, to tol)
+    max_steps: int = 20  # FISTA's step budget
     tol: float = 1e-4  # FISTA's tolerance on the largest code change
-    top_k_atoms: int = 0  # FISTA codes each position over its k most similar atoms; 0 = all
-    image_score: str = "mean"  # mean | topk (mean of the top top_frac position energies)
+    top_k_atoms: int = 16  # FISTA codes each position over its k most similar atoms; 0 = all
+    image_score: str = "topk"  # mean | topk (mean of the top top_frac position energies)
     top_frac: float = 0.01
-    anomaly_map: str = "gradient"  # gradient (|∇ₓE|, the paper) | energy (upsampled position energies)
+    anomaly_map: str = "energy"  # gradient (|∇ₓE|, the paper) | energy (upsampled position energies)
     map_smooth_sigma: float = 2.0  # Gaussian σ (pixels) applied to |∇ₓE| maps; 0 = off
 
     def sparse_spec(self) -> SparseSpec:
@@ -87,7 +87,7 @@ class ModelConfig:
 
 @dataclass
 class LangevinConfig:
-    steps: int = 5  # J
+    steps: int = 3  # J
     step_size: float = 10.0  # β
     noise_scale: float = 0.005  # ω ~ N(0, (noise_scale² β) I); 1.0 is the paper's N(0, βI)
 
@@ -96,23 +96,23 @@ class LangevinConfig:
 class InpaintConfig:
     min_frac: float = 0.1  # patch side as a fraction of the image side
     max_frac: float = 0.3
-    kinds: list[str] = field(default_factory=lambda: ["noise"])  # chain starts: noise | cutpaste | blend
+    kinds: list[str] = field(default_factory=lambda: ["noise", "cutpaste", "blend"])  # chain starts: noise | cutpaste | blend
 
 
 @dataclass
 class TrainConfig:
     method: str = "ours"  # ours | maml_ae
-    episodes: int = 100  # the default budget: `dvc repro` on fsad-real on 2 CPU cores (docs/data.md)
+    episodes: int = 40  # the default budget on 2 CPU cores at 128 px (docs/benchmarks.md)
     shots: int = 5  # K during meta-training
-    queries: int = 4  # M
-    lr: float = 1e-3
+    queries: int = 2  # M
+    lr: float = 3e-4
     eta_rec: float = 1.0  # η₀
     eta_cd: float = 1.0  # η₁
     reg_weight: float = 1.0  # Du & Mordatch energy-magnitude regulariser (keeps E⁻ from saturating at 1)
     detach_rec: bool = False  # True: L_rec does not backpropagate through the Langevin chain
-    rank_weight: float = 0.0  # −log(participation ratio) of the support features: against feature collapse
+    rank_weight: float = 0.1  # −log(participation ratio) of the support features: against feature collapse
     val_categories: list[str] = field(default_factory=list)  # set aside for checkpoint selection (never the target)
-    val_every: int = 25  # episodes between validation scores
+    val_every: int = 10  # episodes between validation scores
     val_images: int = 40  # test images per validation category (half normal, half anomalous)
     grad_clip: float = 1.0  # max gradient norm; 0 = off
     augment: str = "episode"  # none | episode | image
@@ -162,7 +162,7 @@ class ExperimentsConfig:
 
     profile: str = "quick"  # quick | full; full replaces the keys listed in PROFILES["full"]
     ablation_targets: list[str] = field(default_factory=lambda: ["juice_bottle", "tire"])  # folds the ablations run on
-    ablations: list[str] = field(default_factory=lambda: ["l1", "hard", "nosparsity", "j1", "noise_init"])
+    ablations: list[str] = field(default_factory=lambda: ["l3", "sigshrink", "nosparsity", "j1", "noise_init"])
     video_root: str = "../shared/data/fsad-video"
     video_targets: list[str] = field(default_factory=lambda: ["ucsd_ped2", "avenue"])  # target scenes
     video_shots: list[int] = field(default_factory=lambda: [1, 5, 10])  # K normal frames of the target scene
@@ -181,7 +181,8 @@ PROFILES: dict[str, dict[str, Any]] = {
         "pipeline.shots": [1, 2, 4, 8, 10],
         "eval.draws": 5,
         "experiments.ablation_targets": ["juice_bottle", "kolektor", "magnetic_tile", "tire"],
-        "experiments.ablations": ["l1", "hard", "nosparsity", "j1", "j10", "noise_init"],
+        "experiments.ablations": ["l3", "sigshrink", "istc", "mean_score", "nosparsity", "j1", "j10", "noise_init",
+                                  "noise_only"],
         "experiments.video_test_every": 1,
     },
 }
@@ -565,8 +566,14 @@ def validate_pipeline(p: PipelineConfig) -> None:
 
 # Ablations (Tables 3-4, Fig. 5, Section 3.3): `ours` retrained with one change, evaluated on the same draws.
 ABLATIONS: dict[str, list[str]] = {
-    "l1": ["model.receptive_field=1"],  # Table 3: receptive field 1 instead of 3
-    "hard": ["model.shrink=hard"],  # Fig. 5: Eq. 7 hard shrink instead of SigShrink
+    # Each row changes one thing from the defaults (solver fista, shrink hard, l = 1, top-k score).
+    "l1": ["model.receptive_field=1"],  # Table 3: receptive field 1 (the default now; kept for old runs)
+    "l3": ["model.receptive_field=3"],  # Table 3: receptive field 3
+    "hard": ["model.shrink=hard"],  # Fig. 5: Eq. 7 (the default now; kept for old runs)
+    "sigshrink": ["model.shrink=sigshrink"],  # Fig. 5: Eq. 9 SigShrink instead of Eq. 7
+    "istc": ["model.solver=istc", "model.lam_star=0.1"],  # the paper's Eq. 6: 5 ISTC steps with continuation
+    "mean_score": ["model.image_score=mean"],  # image energy = mean position energy (the paper's Eq. 8)
+    "noise_only": ["inpaint.kinds=[noise]"],  # chains start from uniform-noise patches only
     "nosparsity": ["model.shrink=none"],  # Table 4: plain least squares, no shrinkage
     "j1": ["langevin.steps=1"],  # Langevin steps J
     "j10": ["langevin.steps=10"],

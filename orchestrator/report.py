@@ -167,7 +167,7 @@ def _smooth(values: list[float], window: int) -> np.ndarray:
 
 def fig_loss_curves(data: dict, cfg: Config, path: Path) -> list[str]:
     """Training-loss curves: default vs each loss-relevant ablation, on each ablation target (Fig. 5)."""
-    pairs = (("hard", "SigShrink vs hard shrink (Fig. 5)"), ("j1", "Langevin steps J"), ("j10", "Langevin steps J"),
+    pairs = (("sigshrink", "SigShrink vs hard shrink (Fig. 5)"), ("j1", "Langevin steps J"), ("j10", "Langevin steps J"),
              ("noise_init", "inpainting vs noise-initialised negatives"))
     panels = []
     for target, variants in data["ablations"].items():
@@ -317,13 +317,17 @@ def _ablation_claims(data: dict, cfg: Config) -> list[tuple[str, str, str]]:
     if not rows:
         return [("Tables 3-4, Fig. 5 (ablations)", "not testable here", "the ablation stage has not run")]
 
-    def compare(name: str, claim: str, metric_names=("pixel_auroc", "miou")):
+    def compare(name: str, claim: str, metric_names=("pixel_auroc", "miou"), variant_wins: bool = False):
+        """The claim holds on a target when the default beats the variant on every metric (or, with
+        variant_wins, the variant beats the default: the paper's choice is the ablation row)."""
         better, evidence = 0, []
         tested = [(t, d, v[name]) for t, d, v, _ in rows if name in v]
         if not tested:
             return
         for target, default, variant in tested:
             diffs = {n: _metric(default, n) - _metric(variant["metrics"], n) for n in metric_names}
+            if variant_wins:
+                diffs = {n: -d for n, d in diffs.items()}
             better += all(d > 0 for d in diffs.values())
             evidence.append(f"{target}: " + ", ".join(f"{METRIC_LABELS[n]} {_metric(default, n):.3f} vs "
                                                       f"{_metric(variant['metrics'], n):.3f}" for n in metric_names))
@@ -331,7 +335,9 @@ def _ablation_claims(data: dict, cfg: Config) -> list[tuple[str, str, str]]:
                     f"holds on {better} of {len(tested)} targets. Default vs {name} ({' '.join(ABLATIONS[name])}), "
                     f"{top}: " + "; ".join(evidence)))
 
-    compare("l1", "Table 3: sparse coding over l×l = 3×3 feature volumes beats l = 1 (mIoU and AUROC)")
+    # The default is l = 1 (measured on validation categories); the paper's l = 3 is the ablation row.
+    compare("l3", "Table 3: sparse coding over l×l = 3×3 feature volumes beats l = 1 (mIoU and AUROC)",
+            variant_wins=True)
     compare("nosparsity", "Table 4: removing the sparsity constraint lowers mIoU and AUROC")
     gap_rows = [(t, d, v["nosparsity"]) for t, d, v, _ in rows if "nosparsity" in v]
     if gap_rows:
@@ -340,7 +346,8 @@ def _ablation_claims(data: dict, cfg: Config) -> list[tuple[str, str, str]]:
                     "reproduced" if wider > len(gap_rows) / 2 else "not reproduced",
                     f"holds on {wider} of {len(gap_rows)} targets (default vs nosparsity): " + "; ".join(f"{t}: {_metric(d, 'score_gap'):.2e} vs {_metric(v['metrics'], 'score_gap'):.2e}"
                               for t, d, v in gap_rows)))
-    hard = [(t, h, v["hard"]["history"]) for t, _, v, h in rows if "hard" in v and h]
+    # The default shrink is Eq. 7 (exact Lasso under FISTA); the sigshrink row trains with Eq. 9.
+    hard = [(t, v["sigshrink"]["history"], h) for t, _, v, h in rows if "sigshrink" in v and h]
     if hard:
         ok = sum(_late_loss(h) < _late_loss(o) and _early_loss(h) <= _early_loss(o) for _, h, o in hard)
         out.append(("Fig. 5: training with SigShrink converges faster early on and reaches a lower loss than hard shrink",

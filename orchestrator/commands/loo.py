@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from orchestrator.commands.common import add_config_arguments
-from orchestrator.config import METHODS
+from orchestrator.config import ABLATIONS, METHODS
 from orchestrator.commands.tracking_args import add_tracking_arguments, tracking_uri
 
 HELP = "leave-one-category-out table: ours vs kNN vs MAML-AE vs the baselines (and ablations)"
@@ -14,7 +14,7 @@ def add_arguments(p):
     p.add_argument("--seeds", type=int, default=5, help="support draws per category")
     p.add_argument("--methods", default=",".join(METHODS),
                    help=f"comma list of {','.join(METHODS)} (the last three are the no-learning/no-support baselines)")
-    p.add_argument("--ablations", default="", help="comma list of l1,hard,nosparsity,j1,j10,noise_init (ours retrained with one change)")
+    p.add_argument("--ablations", default="", help=f"comma list of {','.join(ABLATIONS)} (ours retrained with one change)")
     p.add_argument("--categories", default="", help="comma list of target categories (default: all)")
     p.add_argument("--out", required=True, help="output directory (models/, eval/, results.md, results.json)")
     p.add_argument("--quiet", action="store_true")
