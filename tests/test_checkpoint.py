@@ -54,13 +54,26 @@ def eval_args(model: Path, data: Path, out: Path, *extra) -> list:
             "--out", out, "--quiet", *extra]
 
 
-def killed(args: list, step: str, episode: int) -> subprocess.CompletedProcess:
+def fsad_process(args: list, **env) -> tuple[int, str]:
+    """`fsad ARGS` in its own session; afterwards whatever it started and left (a killed driver's Ray
+    processes) is stopped by process group. -> (exit status, stderr)."""
+    env = dict(os.environ, PYTHONPATH=str(REPO), **env)
+    proc = subprocess.Popen([sys.executable, "-m", "orchestrator.cli", *map(str, args)], cwd=REPO, env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        _, err = proc.communicate(timeout=600)
+    finally:
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    return proc.returncode, err
+
+
+def killed(args: list, step: str, episode: int) -> None:
     """Run `fsad ARGS` in a subprocess that SIGKILLs itself at `step` of the checkpoint of `episode`."""
-    env = dict(os.environ, FSAD_CRASH_AT=f"{step}@{episode}", PYTHONPATH=str(REPO))
-    proc = subprocess.run([sys.executable, "-m", "orchestrator.cli", *map(str, args)], cwd=REPO, env=env,
-                          capture_output=True, text=True, timeout=600)
-    assert proc.returncode == -signal.SIGKILL, f"not killed at {step}@{episode}: {proc.returncode} {proc.stderr[-2000:]}"
-    return proc
+    code, err = fsad_process(args, FSAD_CRASH_AT=f"{step}@{episode}")
+    assert code == -signal.SIGKILL, f"not killed at {step}@{episode}: {code} {err[-2000:]}"
 
 
 def leftovers(folder: Path) -> list[str]:
@@ -154,6 +167,21 @@ def test_kill_during_the_first_write_leaves_nothing_a_new_run_trips_on(small_rea
     code, _, err = cli(capsys, *train_args(small_real_root, out))
     assert code == 0, err
     assert tensors_equal(out / WEIGHTS, uninterrupted / WEIGHTS) and leftovers(out) == []
+
+
+def test_distributed_driver_killed_while_publishing_resumes_bit_identically(small_real_root, tmp_path):
+    """The Ray trainer saves through the same module: killed at the old dangerous point, resumed (sync mode)."""
+    ray_args = ["--workers", 1, "--set", "distributed.mode=sync", "--no-track"]
+    reference, out = tmp_path / "reference", tmp_path / "killed"
+    code, err = fsad_process(train_args(small_real_root, reference, *ray_args))
+    assert code == 0, err[-3000:]
+    killed(train_args(small_real_root, out, *ray_args), "publish", KILL_AT)
+    assert (out / f".checkpoint-{KILL_AT}").is_dir() and state_episode(out / STATE) == EVERY
+    code, err = fsad_process(train_args(small_real_root, out, "--resume", *ray_args))
+    assert code == 0, err[-3000:]
+    assert tensors_equal(out / WEIGHTS, reference / WEIGHTS) and leftovers(out) == []
+    updates = [json.loads(line)["update"] for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert updates == list(range(1, TOTAL + 1))
 
 
 # --------------------------------------------------------------------------------------------------
