@@ -263,6 +263,14 @@ def test_served_champion_answers_http_with_a_score_and_400_for_wrong_channels(se
         status, body = post_json(f"http://127.0.0.1:{port}/invocations",
                                  {"inputs": np.zeros((1, 4, 32, 32)).tolist()})
         assert status == 400 and "4 channels" in json.loads(body)["message"], body
+        # image paths are off unless the operator names a root: the same answer for any file, existing or not
+        answers = set()
+        for path in ("/etc/passwd", "/no/such/file.png"):
+            status, body = post_json(f"http://127.0.0.1:{port}/invocations",
+                                     {"dataframe_split": {"columns": ["path"], "data": [[path]]}})
+            assert status == 400, body
+            answers.add(json.loads(body)["message"])
+        assert len(answers) == 1 and "arrays only" in answers.pop()
     finally:
         stop(proc)
 
