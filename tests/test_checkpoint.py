@@ -169,6 +169,21 @@ def test_kill_during_the_first_write_leaves_nothing_a_new_run_trips_on(small_rea
     assert tensors_equal(out / WEIGHTS, uninterrupted / WEIGHTS) and leftovers(out) == []
 
 
+def test_loo_killed_while_publishing_a_fold_finishes_on_rerun(small_real_root, uninterrupted, tmp_path, capsys):
+    """`fsad loo` run again after a kill: the fold's committed checkpoint is published, then resumed."""
+    out = tmp_path / "loo"
+    args = ["loo", "--data", small_real_root, "--shots", 2, "--seeds", 1, "--categories", HELD_OUT,
+            "--methods", "ours", "--out", out, "--quiet",
+            *tiny_sets(train__episodes=TOTAL, train__checkpoint_every=EVERY)]
+    killed(args, "publish", KILL_AT)
+    fold = out / "models" / HELD_OUT / "ours"
+    assert (fold / f".checkpoint-{KILL_AT}").is_dir() and state_episode(fold / STATE) == EVERY
+    code, _, err = cli(capsys, *args)
+    assert code == 0, err
+    assert tensors_equal(fold / WEIGHTS, uninterrupted / WEIGHTS) and leftovers(fold) == []
+    assert json.loads((out / "results.json").read_text())["rows"]
+
+
 def test_distributed_driver_killed_while_publishing_resumes_bit_identically(small_real_root, tmp_path):
     """The Ray trainer saves through the same module: killed at the old dangerous point, resumed (sync mode)."""
     ray_args = ["--workers", 1, "--set", "distributed.mode=sync", "--no-track"]
