@@ -4,7 +4,9 @@ A model directory holds
     model.safetensors   Ψ's weights (ours) or the autoencoder's (maml_ae)
     config.yaml         the resolved config it was trained with
     meta.json           method, training categories, held-out categories, episodes, data root
-and, while training, `state.pt` (optimizer + RNG states, read back with weights_only=True).
+and, from training, `state.pt` (optimizer + RNG states, read back with weights_only=True) and
+`checkpoint.json` (the episode and the sha256 of every file: orchestrator/checkpoint.py writes them as one
+unit and `load_model_dir` refuses a directory whose files disagree with it).
 """
 from __future__ import annotations
 
@@ -19,12 +21,8 @@ from safetensors.torch import load_file, save_file
 from model.backbone import build_backbone
 from model.energy import AdaptiveEBM
 from model.errors import InputError
-from orchestrator.config import Config, atomic_path, atomic_write_text, config_from_dict, save_config
-
-WEIGHTS = "model.safetensors"
-CONFIG = "config.yaml"
-META = "meta.json"
-STATE = "state.pt"
+from orchestrator.checkpoint import CONFIG, MANIFEST, META, STATE, WEIGHTS, Writer, verify_model_files  # noqa: F401 - re-exported
+from orchestrator.config import Config, config_from_dict, save_config
 
 
 def resolve_device(name: str) -> torch.device:
@@ -44,22 +42,16 @@ def build_model(cfg: Config) -> torch.nn.Module:
     return AdaptiveEBM(backbone, cfg.model.sparse_spec())
 
 
-def atomic_save_tensors(tensors: dict[str, torch.Tensor], path: Path) -> None:
-    with atomic_path(path) as tmp:
-        save_file({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, str(tmp))
-
-
-def atomic_torch_save(obj: Any, path: Path) -> None:
-    with atomic_path(path) as tmp:
-        torch.save(obj, tmp)
-
-
-def save_model_dir(out: Path, model: torch.nn.Module, cfg: Config, meta: dict[str, Any]) -> None:
-    """Config and metadata first, weights last: a directory with weights is always complete."""
-    out.mkdir(parents=True, exist_ok=True)
-    save_config(cfg, out / CONFIG)
-    atomic_write_text(out / META, json.dumps(meta, indent=2, sort_keys=True))
-    atomic_save_tensors(model.state_dict(), out / WEIGHTS)
+def model_writers(model: torch.nn.Module, cfg: Config, meta: dict[str, Any], state: dict[str, Any]) -> dict[str, Writer]:
+    """The files of one checkpoint for orchestrator.checkpoint.save_checkpoint, weights first (the crash
+    hooks name the point after the first file)."""
+    tensors = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    return {
+        WEIGHTS: lambda path: save_file(tensors, str(path)),
+        STATE: lambda path: torch.save(state, path),
+        CONFIG: lambda path: save_config(cfg, path),
+        META: lambda path: path.write_text(json.dumps(meta, indent=2, sort_keys=True)),
+    }
 
 
 def load_model_dir(path: str | Path, device: str | torch.device = "cpu") -> tuple[torch.nn.Module, Config, dict]:
@@ -69,6 +61,7 @@ def load_model_dir(path: str | Path, device: str | torch.device = "cpu") -> tupl
     for name in (WEIGHTS, CONFIG):
         if not (path / name).is_file():
             raise InputError(f"model directory {path} has no {name}; expected the output of `fsad train`")
+    verify_model_files(path, (WEIGHTS, CONFIG, META))
     try:
         tree = yaml.safe_load((path / CONFIG).read_text())
     except yaml.YAMLError as exc:

@@ -31,8 +31,9 @@ import torch
 from tqdm import tqdm
 
 from model.errors import InputError
-from orchestrator.artifacts import META, STATE, WEIGHTS, atomic_torch_save, build_model, resolve_device, save_model_dir
-from orchestrator.config import Config, atomic_write_text
+from orchestrator.artifacts import META, STATE, WEIGHTS, build_model, model_writers, resolve_device
+from orchestrator.checkpoint import METRICS, newest_state, recover, save_checkpoint
+from orchestrator.config import Config
 from orchestrator.learner import Learner, NonFiniteLoss, step_spec
 from orchestrator.pool import (
     ActorDiedError,
@@ -44,9 +45,6 @@ from orchestrator.pool import (
 )
 from orchestrator.train import TrainingDiverged, _prepare_out, training_categories
 
-METRICS = "metrics.jsonl"
-
-
 def episode_plan(seed: int, index: int, categories: list[str]) -> tuple[str, int, int]:
     """Episode `index` of a run seeded `seed` -> (category, episode seed, Langevin seed). Pure."""
     a, b, c = np.random.SeedSequence([int(seed), int(index)]).generate_state(3, dtype=np.uint32)
@@ -55,10 +53,13 @@ def episode_plan(seed: int, index: int, categories: list[str]) -> tuple[str, int
 
 def checkpoint_is_distributed(out: str | Path) -> bool | None:
     """None: no checkpoint in `out`; True/False: written by the distributed / in-process trainer."""
-    path = Path(out) / STATE
-    if not path.is_file():
+    path = newest_state(Path(out))
+    if path is None:
         return None
-    state = torch.load(path, map_location="cpu", weights_only=True)
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception:  # noqa: BLE001 - unreadable: resume's consistency check refuses it with one line
+        return None
     return bool(state.get("distributed", False))
 
 
@@ -99,6 +100,8 @@ def train_distributed(
     if not data_root.is_dir():
         raise InputError(f"data root {data_root} does not exist")
     _prepare_out(out, resume)
+    if resume:
+        recover(out)  # the newest consistent checkpoint, verified (or a one-line refusal)
     if resume and checkpoint_is_distributed(out) is False:
         raise InputError(f"--resume: {out / STATE} was written by the in-process trainer; resume it without --workers")
     categories = training_categories(data_root, cfg)
@@ -135,9 +138,7 @@ def train_distributed(
     in_flight: dict[Any, Ticket] = {}
 
     def checkpoint() -> None:
-        save_model_dir(out, learner.model, cfg, {**meta, "episodes_done": c.applied, "history": history})
-        atomic_write_text(out / METRICS, "".join(json.dumps(m) + "\n" for m in metrics))
-        atomic_torch_save({
+        state = {
             "distributed": True,
             "episode": c.applied,
             "next_index": next_index,
@@ -145,7 +146,11 @@ def train_distributed(
             "counters": asdict(c),
             "in_flight": len(in_flight),
             "staleness_hist": {str(k): v for k, v in hist.items()},
-        }, out / STATE)
+        }
+        writers = model_writers(learner.model, cfg, {**meta, "episodes_done": c.applied, "history": history}, state)
+        lines = "".join(json.dumps(m) + "\n" for m in metrics)
+        writers[METRICS] = lambda path: path.write_text(lines)
+        save_checkpoint(out, c.applied, writers)
 
     started_ray = connect(address, cfg)
     pool = None

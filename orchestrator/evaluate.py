@@ -197,14 +197,21 @@ def evaluate_scorer(scorer: Scorer, test: TestSet, shots: int, draws: int, seed:
 def evaluate(model_dir: str | Path, data_root: str | Path, category: str, shots: int, draws: int, out: str | Path,
              method: str = "ours", seed: int | None = None, progress: bool = True,
              overlays: int | None = None, on_draw=None, manifest: str | Path | None = None,
-             splits: str | Path | None = None) -> dict[str, Any]:
+             splits: str | Path | None = None, allow_partial: bool = False) -> dict[str, Any]:
     """`fsad evaluate`: writes out/metrics.json and overlay PNGs; returns the metrics dict.
 
     With `manifest` the test set and support pool are the manifest's; with `splits` too, the
-    support draws are the splits file's (the same images for every method)."""
+    support draws are the splits file's (the same images for every method). A model whose training
+    stopped early (episodes done < train.episodes) is refused unless `allow_partial`, and then its
+    metrics.json says so ("partial": true, episodes done and planned)."""
     from orchestrator.plots import write_overlays
 
     model, cfg, meta = load_model_dir(model_dir)
+    done, planned = meta.get("episodes_done"), cfg.train.episodes
+    partial = isinstance(done, int) and done < planned
+    if partial and not allow_partial:
+        raise InputError(f"model {model_dir} is unfinished: {done} of {planned} training episodes done; "
+                         f"finish it with `fsad train --resume --out {model_dir}` or pass --allow-partial")
     device = resolve_device(cfg.train.device)
     model.to(device)
     if category in meta.get("train_categories", []):
@@ -231,6 +238,8 @@ def evaluate(model_dir: str | Path, data_root: str | Path, category: str, shots:
         "splits_sha256": source.splits.content_sha256 if splits is not None else None,
         "train_manifest_sha256": meta.get("manifest_sha256"),
     }
+    if partial:  # only then: finished models keep their metrics.json as before
+        record.update({"partial": True, "episodes_done": done, "episodes_planned": planned})
     n_overlays = cfg.eval.overlays if overlays is None else overlays
     record["overlays"] = write_overlays(out / "overlays", test, first["maps"], first["scores"], n_overlays)
     atomic_write_text(out / "metrics.json", json.dumps(record, indent=2))

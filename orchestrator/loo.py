@@ -13,7 +13,8 @@ from pathlib import Path
 from typing import Any
 
 from model.errors import InputError
-from orchestrator.artifacts import META, STATE, WEIGHTS
+from orchestrator.artifacts import META, WEIGHTS
+from orchestrator.checkpoint import has_checkpoint, recover
 from orchestrator.config import ABLATIONS, METHOD_MODEL, METHODS, Config, atomic_write_text, load_config
 from orchestrator.evaluate import METRIC_NAMES, format_metric
 from orchestrator.tracked import tracked_evaluate, tracked_train
@@ -32,9 +33,11 @@ def _trained(model_dir: Path, cfg: Config) -> bool:
 def _train_variant(data_root, model_dir: Path, config_path, overrides: list[str], progress: bool,
                    uri: str | None = None) -> None:
     cfg = load_config(config_path, overrides)
+    if has_checkpoint(model_dir):
+        recover(model_dir)  # a fold killed while saving: its newest consistent checkpoint, published
     if _trained(model_dir, cfg):
         return
-    resume = (model_dir / STATE).is_file()
+    resume = has_checkpoint(model_dir)  # a fold killed part-way continues from its last checkpoint
     tracked_train(cfg, data_root, model_dir, resume=resume, progress=progress, uri=uri)
 
 

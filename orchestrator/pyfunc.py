@@ -1,45 +1,55 @@
-"""The registered model: an MLflow pyfunc that scores images of one category.
+"""The registered model: an MLflow pyfunc that scores images of one category, stored as data only.
 
-A package (what a registered version holds, all loaded without unpickling):
-    artifacts/weights/        model.safetensors + config.yaml + meta.json (an `fsad train` directory)
-    artifacts/dictionary.safetensors
-                              the category's task dictionary D (atoms (m, K·h'w'), scale, [center]) with
-                              its metadata (shots, category) in the safetensors header
-    python_model.py           models-from-code entry (orchestrator/pyfunc_entry.py): no pickled class
+A registered version holds no code and nothing pickled:
+    MLmodel                   pyfunc flavor: loader_module `orchestrator.pyfunc` (this module of the
+                              installed fsad package), data `data/fsad_model`; no absolute paths
+    data/fsad_model/          model.safetensors + config.yaml + meta.json (an `fsad train` directory) and
+                              dictionary.safetensors: the category's task dictionary D (atoms (m, K·h'w'),
+                              scale, [center]) with its metadata (shots, category) in the safetensors header
+MLflow imports the loader module named in MLmodel and calls `_load_pyfunc(data_path)`, which reads the
+four files (safetensors, YAML with safe_load, JSON) and nothing else: a Python file planted beside them is
+never run. `load` is the stricter entry point: it also refuses an MLmodel that names other code.
+
+Versions registered before this format ran `pyfunc_entry.py` stored with them on load; loading one
+now stops with a one-line message (`OLD_FORMAT`) and `fsad adapt --model models:/NAME/N` re-registers it
+from its data.
 
 `predict` takes
     * an array (B, C, H, W), C = 1 (grey) or 3 (RGB); floats in [0, 1] or integers in 0..255; any H, W
       (resized to the model's image size like the data loader does), or
-    * file paths: a DataFrame with a `path` column, or a list of strings (read on the scoring host),
+    * file paths (a DataFrame with a `path` column, or a list of strings), only when the operator names a
+      folder in FSAD_SERVE_IMAGE_ROOT: paths are read under it and refused outside it without touching
+      the file system, so a client learns nothing about files elsewhere. Off by default: arrays only.
 and returns {"score": (B,) energies, "anomaly_map": (B, S, S) |∇ₓE| maps}. Bad input raises an
 MlflowException with INVALID_PARAMETER_VALUE, which `mlflow models serve` answers with HTTP 400.
 """
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import json
-import warnings
+import os
+import shutil
+import tempfile
 from pathlib import Path
 from typing import Any
 
-# Inputs are checked in `predict` (images_from_input), not by mlflow's type-hint validation; mlflow
-# warns about that once when mlflow.pyfunc is first imported.
-warnings.filterwarnings("ignore", message=r".*type hints to the .predict. method", category=UserWarning)
-import mlflow.pyfunc  # noqa: E402
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-import torch.nn.functional as F  # noqa: E402
-from safetensors.torch import load_file, save_file  # noqa: E402
+import numpy as np
+import torch
+import torch.nn.functional as F
+from safetensors.torch import load_file, save_file
 
-from model.errors import InputError  # noqa: E402
-from model.sparse import TaskDictionary  # noqa: E402
+from model.errors import InputError
+from model.sparse import TaskDictionary
 
-ENTRY = Path(__file__).with_name("pyfunc_entry.py")
-WEIGHTS_KEY = "weights"
-DICTIONARY_KEY = "dictionary"
+LOADER_MODULE = "orchestrator.pyfunc"
+DATA_DIR = "fsad_model"  # MLflow stores the data folder as data/<its name>
+DICTIONARY = "dictionary.safetensors"
+IMAGE_ROOT_ENV = "FSAD_SERVE_IMAGE_ROOT"
 PIP_REQUIREMENTS = ["torch==2.13.0", "numpy==2.4.6", "safetensors==0.8.0", "PyYAML==6.0.4", "pillow==13.0.0",
                     "mlflow==3.17.2", "fsad"]
+OLD_FORMAT = ("this model was registered in fsad's old format, whose loading runs the pyfunc_entry.py stored "
+              "with it; it is not loaded: re-register it from its data with `fsad adapt --model "
+              "models:/NAME/VERSION --support DIR --name CATEGORY`")
 
 
 def save_dictionary(dictionary: TaskDictionary, path: Path, category: str) -> None:
@@ -67,8 +77,40 @@ def bad_input(message: str):
     return MlflowException(message, error_code=INVALID_PARAMETER_VALUE)
 
 
-def images_from_input(model_input: Any, image_size: int) -> torch.Tensor:
-    """Any accepted input -> (B, 3, S, S) float32 in [0, 1]; bad input raises MlflowException (400)."""
+def image_root_from_env() -> Path | None:
+    """The folder the operator lets clients name images in (FSAD_SERVE_IMAGE_ROOT), or None: arrays only."""
+    value = os.environ.get(IMAGE_ROOT_ENV, "").strip()
+    if not value:
+        return None
+    root = Path(os.path.abspath(value))
+    if not root.is_dir():
+        raise InputError(f"{IMAGE_ROOT_ENV}={value} is not a directory; name the folder clients may read images from")
+    return root
+
+
+def confined_paths(paths: list[str], root: Path | None) -> list[Path]:
+    """Client-given image paths -> files under `root`; relative paths are taken relative to it.
+
+    The same refusal for every path outside the root, decided lexically before any file system call and
+    again after resolving links inside the root, so it tells nothing about what exists elsewhere."""
+    if root is None:
+        raise bad_input(f"this model server reads image arrays only (B, C, H, W); image paths are off unless "
+                        f"the operator sets {IMAGE_ROOT_ENV} to a folder")
+    real_root = Path(os.path.realpath(root))
+    confined = []
+    for given in paths:
+        lexical = Path(os.path.normpath(root / given)) if "\0" not in given else None
+        if (lexical is None or not lexical.is_relative_to(root)
+                or not Path(os.path.realpath(lexical)).is_relative_to(real_root)):  # or a link inside pointing out
+            raise bad_input(f"image path {given!r} is not under the folder this server reads images from")
+        confined.append(lexical)
+    return confined
+
+
+def images_from_input(model_input: Any, image_size: int, image_root: Path | None = None) -> torch.Tensor:
+    """Any accepted input -> (B, 3, S, S) float32 in [0, 1]; bad input raises MlflowException (400).
+
+    Paths are read only under `image_root` (None: paths refused)."""
     import pandas as pd
 
     if isinstance(model_input, dict):
@@ -89,8 +131,9 @@ def images_from_input(model_input: Any, image_size: int) -> torch.Tensor:
     if isinstance(model_input, (list, tuple)) and all(isinstance(p, str) for p in model_input):
         from workers.data import load_images
 
+        files = confined_paths(list(model_input), image_root)
         try:
-            images, _ = load_images(list(model_input), image_size)
+            images, _ = load_images(files, image_size)
         except InputError as exc:
             raise bad_input(str(exc)) from None
         return images
@@ -128,51 +171,102 @@ def images_from_input(model_input: Any, image_size: int) -> torch.Tensor:
     return images.contiguous()
 
 
-@contextlib.contextmanager
-def _muted_warnings():
-    """mlflow checks `predict`'s type hints when the class is created and warns under its own filter
-    (simplefilter "once"), so filters cannot silence it; inputs are checked in images_from_input."""
-    shown = warnings.showwarning
-    warnings.showwarning = lambda *args, **kwargs: None
+class FsadPyfunc:
+    """Scores images against the stored dictionary of one category (Alg. 2 steps 5-6)."""
+
+    def __init__(self, folder: Path):
+        from orchestrator.artifacts import load_model_dir
+        from orchestrator.evaluate import make_scorer
+
+        self.model, self.cfg, self.meta = load_model_dir(folder, device="cpu")
+        self.dictionary = load_dictionary(folder / DICTIONARY)
+        self.scorer = make_scorer("ours", self.model, self.cfg)  # scores exactly as `fsad evaluate` does
+        self.image_root = image_root_from_env()  # read once, when the server loads the model
+
+    def score(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """images (B, 3, S, S) -> scores (B,), maps (B, S, S)."""
+        scores, maps = [], []
+        for start in range(0, images.shape[0], self.cfg.eval.batch_size):
+            s, m = self.scorer.score(images[start : start + self.cfg.eval.batch_size], self.dictionary)
+            scores.append(s)
+            maps.append(m)
+        return torch.cat(scores), torch.cat(maps)
+
+    def predict(self, model_input, params=None) -> dict[str, np.ndarray]:
+        images = images_from_input(model_input, self.cfg.data.image_size, self.image_root)
+        scores, maps = self.score(images)
+        return {"score": scores.numpy(), "anomaly_map": maps.numpy()}
+
+
+def _load_pyfunc(data_path: str) -> FsadPyfunc:
+    """MLflow's entry point (the loader module named in MLmodel): read the data folder, run nothing from it."""
+    folder = Path(data_path)
+    missing = [n for n in ("model.safetensors", "config.yaml", DICTIONARY) if not (folder / n).is_file()]
+    if missing:
+        raise InputError(f"{folder} is not an fsad model data folder (no {', '.join(missing)})")
+    return FsadPyfunc(folder)
+
+
+def __getattr__(name: str):
+    # Old-format versions run their stored pyfunc_entry.py, which imports FsadModel from here.
+    if name == "FsadModel":
+        raise ImportError(OLD_FORMAT)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def package_flavor(model_dir: Path) -> dict[str, Any]:
+    """The pyfunc flavor of a packaged model (MLmodel read as plain YAML); InputError unless it is ours."""
+    import yaml
+
+    mlmodel = model_dir / "MLmodel"
     try:
-        yield
-    finally:
-        warnings.showwarning = shown
+        flavor = (yaml.safe_load(mlmodel.read_text()) or {}).get("flavors", {}).get("python_function")
+    except (OSError, yaml.YAMLError, AttributeError):
+        flavor = None
+    if not isinstance(flavor, dict):
+        raise InputError(f"{model_dir} is not an MLflow pyfunc model (no readable MLmodel)")
+    if str(flavor.get("loader_module", "")).startswith("mlflow.pyfunc."):  # code from the artifact: old format
+        raise InputError(f"{model_dir}: {OLD_FORMAT}")
+    expected = f"data/{DATA_DIR}"
+    if flavor.get("loader_module") != LOADER_MODULE or flavor.get("data") != expected or flavor.get("code"):
+        raise InputError(f"{model_dir}: MLmodel names loader {flavor.get('loader_module')!r}, data "
+                         f"{flavor.get('data')!r}, code {flavor.get('code')!r}; an fsad model has loader "
+                         f"{LOADER_MODULE!r}, data {expected!r} and no code, so it is not loaded")
+    return flavor
 
 
-with _muted_warnings():
-    class FsadModel(mlflow.pyfunc.PythonModel):
-        """Scores images against the stored dictionary of one category (Alg. 2 steps 5-6)."""
+def load(model_uri: str, tracking_uri: str | None = None) -> FsadPyfunc:
+    """A registered fsad model (models:/NAME@ALIAS, runs:/..., or a local folder), loaded without letting its
+    MLmodel choose what code to import: only this module's loader, only after the flavor is checked."""
+    if Path(model_uri).is_dir():
+        package_flavor(Path(model_uri))
+        return _load_pyfunc(str(Path(model_uri) / "data" / DATA_DIR))
+    import mlflow.artifacts
 
-        def load_context(self, context) -> None:
-            from orchestrator.artifacts import load_model_dir
-            from orchestrator.evaluate import make_scorer
-
-            self.model, self.cfg, self.meta = load_model_dir(context.artifacts[WEIGHTS_KEY], device="cpu")
-            self.dictionary = load_dictionary(context.artifacts[DICTIONARY_KEY])
-            self.scorer = make_scorer("ours", self.model, self.cfg)  # scores exactly as `fsad evaluate` does
-
-        def score(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-            """images (B, 3, S, S) -> scores (B,), maps (B, S, S)."""
-            scores, maps = [], []
-            for start in range(0, images.shape[0], self.cfg.eval.batch_size):
-                s, m = self.scorer.score(images[start : start + self.cfg.eval.batch_size], self.dictionary)
-                scores.append(s)
-                maps.append(m)
-            return torch.cat(scores), torch.cat(maps)
-
-        def predict(self, context, model_input, params=None) -> dict[str, np.ndarray]:
-            images = images_from_input(model_input, self.cfg.data.image_size)
-            scores, maps = self.score(images)
-            return {"score": scores.numpy(), "anomaly_map": maps.numpy()}
+    with tempfile.TemporaryDirectory(prefix="fsad-model-") as tmp:  # read into memory, then removed
+        local = Path(mlflow.artifacts.download_artifacts(artifact_uri=model_uri, tracking_uri=tracking_uri, dst_path=tmp))
+        package_flavor(local)
+        return _load_pyfunc(str(local / "data" / DATA_DIR))
 
 
 def save_package(path: Path, weights_dir: Path, dictionary_file: Path, metadata: dict[str, Any]) -> None:
-    """Write an MLflow pyfunc model directory at `path` (models-from-code; weights as safetensors)."""
-    mlflow.pyfunc.save_model(
-        path=str(path),
-        python_model=str(ENTRY),
-        artifacts={WEIGHTS_KEY: str(weights_dir), DICTIONARY_KEY: str(dictionary_file)},
-        pip_requirements=PIP_REQUIREMENTS,
-        metadata=json.loads(json.dumps(metadata)),
-    )
+    """Write an MLflow pyfunc model directory at `path`: MLmodel + data/fsad_model/ (weights, config, meta,
+    dictionary); the loader is this module of the installed package."""
+    import mlflow.pyfunc
+
+    from orchestrator.artifacts import CONFIG, META, WEIGHTS
+
+    with tempfile.TemporaryDirectory(prefix="fsad-package-") as tmp:
+        data = Path(tmp) / DATA_DIR
+        data.mkdir()
+        for name in (WEIGHTS, CONFIG, META):
+            if (Path(weights_dir) / name).is_file():
+                shutil.copyfile(Path(weights_dir) / name, data / name)
+        shutil.copyfile(dictionary_file, data / DICTIONARY)
+        mlflow.pyfunc.save_model(
+            path=str(path),
+            loader_module=LOADER_MODULE,
+            data_path=str(data),
+            pip_requirements=PIP_REQUIREMENTS,
+            metadata=json.loads(json.dumps(metadata)),
+        )

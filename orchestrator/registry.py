@@ -23,7 +23,7 @@ from typing import Any
 import torch
 
 from model.errors import InputError
-from orchestrator.artifacts import CONFIG, META, WEIGHTS, load_model_dir, resolve_device
+from orchestrator.artifacts import WEIGHTS, load_model_dir, resolve_device
 from orchestrator.config import Config
 from orchestrator.evaluate import METRIC_NAMES, draw_metrics, load_test_set, make_scorer, score_batches, support_draws
 from orchestrator.tracking import client_for, data_version, error_line, fast_fail, redact
@@ -109,6 +109,17 @@ def _download(uri: str, artifact_uri: str, dst: Path) -> Path:
                              artifact_uri=artifact_uri, dst_path=str(dst), tracking_uri=uri))
 
 
+def package_weights(package: Path) -> Path | None:
+    """The model directory inside a registered package: data/fsad_model/, or artifacts/weights/ of the old
+    format (read here as data only, so `fsad adapt` can re-register an old version in the new format)."""
+    from orchestrator.pyfunc import DATA_DIR
+
+    for folder in (package / "data" / DATA_DIR, package / "artifacts" / "weights"):
+        if (folder / WEIGHTS).is_file():
+            return folder
+    return None
+
+
 def fetch_weights(uri: str, model: str, workdir: Path) -> tuple[Path, dict[str, str]]:
     """A model directory (weights + config + meta) from models:/NAME@ALIAS, models:/NAME/N, a pyfunc
     directory or an `fsad train` directory; plus tags describing where it came from."""
@@ -117,16 +128,16 @@ def fetch_weights(uri: str, model: str, workdir: Path) -> tuple[Path, dict[str, 
         client = _mlflow_call("connecting to the tracking store", client_for, uri)
         version = resolve_model_version(client, model)
         local = _download(uri, version.source, workdir / "source")
-        weights = local / "artifacts" / "weights"
-        if not (weights / WEIGHTS).is_file():
-            raise InputError(f"{model} is not an fsad model (no artifacts/weights/{WEIGHTS})")
+        weights = package_weights(local)
+        if weights is None:
+            raise InputError(f"{model} is not an fsad model (no data/fsad_model/{WEIGHTS})")
         source = {"fsad.source_model": f"models:/{version.name}/{version.version}"}
         if version.tags.get("fsad.train_run_id"):
             source["fsad.train_run_id"] = version.tags["fsad.train_run_id"]
         return weights, source
     path = Path(model)
-    if (path / "artifacts" / "weights" / WEIGHTS).is_file():
-        return path / "artifacts" / "weights", {"fsad.source_model": str(path.resolve())}
+    if package_weights(path) is not None:
+        return package_weights(path), {"fsad.source_model": str(path.resolve())}
     if (path / WEIGHTS).is_file():
         return path, {"fsad.source_model": str(path.resolve())}
     if not path.exists():
@@ -214,13 +225,8 @@ def register(uri: str, weights_dir: Path, category: str, support: torch.Tensor, 
     client = _mlflow_call("connecting to the tracking store", client_for, uri)
     with tempfile.TemporaryDirectory(prefix="fsad-register-") as tmp:
         tmp = Path(tmp)
-        weights = tmp / "weights"
-        weights.mkdir()
-        for file in (WEIGHTS, CONFIG, META):
-            if (Path(weights_dir) / file).is_file():
-                (weights / file).write_bytes((Path(weights_dir) / file).read_bytes())
         save_dictionary(dictionary, tmp / "dictionary.safetensors", category)
-        save_package(tmp / "model", weights, tmp / "dictionary.safetensors",
+        save_package(tmp / "model", Path(weights_dir), tmp / "dictionary.safetensors",
                      {"fsad_category": category, "fsad_shots": int(support.shape[0])})
         experiment_id = _experiment(client, cfg.tracking.experiment)
         run_tags = {k: v for k, v in tags.items() if not k.startswith("metric.")}

@@ -108,14 +108,17 @@ class CheckpointSelector:
         return result
 
 
-def save_selection(selector: CheckpointSelector, path: Path) -> dict:
-    """Write the best weights so far (atomically) and return the selection record for meta.json."""
-    from orchestrator.artifacts import atomic_save_tensors
+def selection_record(selector: CheckpointSelector) -> dict:
+    """The selection so far, for meta.json."""
+    return {"best_episode": selector.best_episode, "best_val_score": selector.best_score, "history": selector.history}
 
-    if selector.best_state is not None:
-        atomic_save_tensors(selector.best_state, path)
-    return {"best_episode": selector.best_episode, "best_val_score": selector.best_score,
-            "history": selector.history}
+
+def best_writer(selector: CheckpointSelector):
+    """A checkpoint writer (path -> None) for the best weights so far."""
+    from safetensors.torch import save_file
+
+    tensors = {k: v.contiguous() for k, v in selector.best_state.items()}
+    return lambda path: save_file(tensors, str(path))
 
 
 def restore_selection(selector: CheckpointSelector, record: dict | None, path: Path) -> None:

@@ -20,7 +20,7 @@ from typing import Any
 import yaml
 
 from model import metrics
-from orchestrator.artifacts import CONFIG, META, STATE, WEIGHTS
+from orchestrator.artifacts import CONFIG, MANIFEST, META, STATE, WEIGHTS
 from orchestrator.config import Config, atomic_write_text, config_from_dict
 from orchestrator.evaluate import METRIC_NAMES, evaluate
 from orchestrator.tracking import TrackedRun, data_version, spool_root, uri_key
@@ -67,7 +67,7 @@ class TrainingTracker:
         self.run.log_metrics(values, step=step)
 
     def on_checkpoint(self, episode: int, out: Path) -> None:
-        files = [out / WEIGHTS, out / CONFIG, out / META, out / STATE]
+        files = [out / WEIGHTS, out / CONFIG, out / META, out / STATE, out / MANIFEST]
         self.run.log_artifacts(files, f"checkpoints/episode_{episode:06d}")
 
     def finish(self, summary: dict[str, Any] | None, status: str = "FINISHED") -> bool:

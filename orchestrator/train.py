@@ -1,7 +1,8 @@
 """In-process episodic meta-training (Alg. 1) with checkpoints, resume and a non-finite loss guard.
 
 `episode_step` is the pure update rule (one episode -> loss terms); `train` is the loop around it:
-data loading, the episode sampler, Adam, progress bar, periodic atomic checkpoints and `--resume`.
+data loading, the episode sampler, Adam, progress bar, periodic crash-consistent checkpoints
+(orchestrator/checkpoint.py) and `--resume`.
 """
 from __future__ import annotations
 
@@ -16,23 +17,17 @@ from tqdm import tqdm
 
 from model.energy import AdaptiveEBM
 from model.errors import InputError
-from orchestrator.artifacts import (
-    META,
-    STATE,
-    WEIGHTS,
-    atomic_torch_save,
-    build_model,
-    resolve_device,
-    save_model_dir,
-)
+from orchestrator.artifacts import META, STATE, WEIGHTS, build_model, model_writers, resolve_device
+from orchestrator.checkpoint import has_checkpoint, recover, save_checkpoint
 from orchestrator.config import Config
 from orchestrator.learner import step_spec
 from orchestrator.selection import (
     BEST,
     CheckpointSelector,
     load_tasks,
+    best_writer,
     restore_selection,
-    save_selection,
+    selection_record,
     validation_categories,
 )
 from workers.manifest import as_source, open_source
@@ -91,11 +86,11 @@ def _fold(cfg: Config, splits) -> str | None:
 def _prepare_out(out: Path, resume: bool) -> None:
     if out.exists() and not out.is_dir():
         raise InputError(f"--out {out} exists and is not a directory")
-    if not resume and (out / WEIGHTS).exists():
+    if not resume and ((out / WEIGHTS).exists() or has_checkpoint(out)):
         raise InputError(f"--out {out} already holds a trained model; pass --resume to continue or choose another directory")
-    if resume and not (out / STATE).exists():
+    if resume and not has_checkpoint(out):
         raise InputError(f"--resume: {out} has no {STATE} checkpoint to continue from")
-    # The directory itself is created by the first checkpoint (save_model_dir), so bad data found
+    # The directory itself is created by the first checkpoint (save_checkpoint), so bad data found
     # later leaves no empty --out behind.
 
 
@@ -144,6 +139,7 @@ def train(
     if resume:
         from safetensors.torch import load_file
 
+        recover(out)  # the newest consistent checkpoint, verified (or a one-line refusal)
         model.load_state_dict(load_file(str(out / WEIGHTS)))
         state = torch.load(out / STATE, map_location="cpu", weights_only=True)
         optimizer.load_state_dict(state["optimizer"])
@@ -168,18 +164,18 @@ def train(
 
     def checkpoint(episode: int) -> None:
         meta_now = {**meta, "episodes_done": episode, "history": history}
+        state = {
+            "episode": episode,
+            "optimizer": optimizer.state_dict(),
+            "sampler_rng": sampler.get_state(),
+            "langevin_rng": generator.get_state().cpu(),
+        }
         if selector is not None:
-            meta_now["selection"] = save_selection(selector, out / BEST)
-        save_model_dir(out, model, cfg, meta_now)
-        atomic_torch_save(
-            {
-                "episode": episode,
-                "optimizer": optimizer.state_dict(),
-                "sampler_rng": sampler.get_state(),
-                "langevin_rng": generator.get_state().cpu(),
-            },
-            out / STATE,
-        )
+            meta_now["selection"] = selection_record(selector)
+        writers = model_writers(model, cfg, meta_now, state)
+        if selector is not None and selector.best_state is not None:
+            writers[BEST] = best_writer(selector)  # the best weights so far: part of the same atomic unit
+        save_checkpoint(out, episode, writers)
         if on_checkpoint:  # e.g. tracking uploads the files just written
             on_checkpoint(episode, out)
 

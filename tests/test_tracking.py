@@ -212,8 +212,22 @@ def test_register_creates_champion_version_with_tags(client, trained, registered
     reg_run = client.get_run(version.run_id)
     assert reg_run.data.tags["mlflow.parentRunId"] == trained[1]
     files = artifact_paths(client, version.run_id)
-    assert "model/artifacts/dictionary.safetensors" in files and "model/artifacts/weights/model.safetensors" in files
-    assert not [f for f in files if f.endswith((".pkl", ".pickle", ".pt", ".pth"))]  # no pickled model or weights
+    assert {"model/data/fsad_model/dictionary.safetensors", "model/data/fsad_model/model.safetensors"} <= files
+    assert not [f for f in files if f.endswith((".pkl", ".pickle", ".pt", ".pth", ".py"))]  # no pickle, no code
+
+
+def test_registered_mlmodel_names_the_installed_loader_and_no_local_path(client, store, trained, registered):
+    import mlflow.artifacts
+    import yaml
+
+    version = client.get_model_version_by_alias(f"fsad-{HELD_OUT}", "champion")
+    text = Path(mlflow.artifacts.download_artifacts(artifact_uri=f"{version.source}/MLmodel",
+                                                    tracking_uri=store["uri"])).read_text()
+    flavor = yaml.safe_load(text)["flavors"]["python_function"]
+    assert flavor["loader_module"] == "orchestrator.pyfunc" and flavor["data"] == "data/fsad_model"
+    assert not flavor.get("code") and "model_code_path" not in flavor
+    for local in (str(Path(__file__).resolve().parents[1]), str(trained[0]), str(store["root"]), "/tmp"):
+        assert local not in text, local
 
 
 def test_beats_rule():
@@ -249,7 +263,7 @@ def test_alias_moves_only_on_improvement(client, store, trained, registered, mon
     assert client.get_model_version_by_alias(f"fsad-{HELD_OUT}", "challenger").version == tie.version
 
 
-def test_pyfunc_round_trip_equals_direct_scoring(store, trained, data_with_manifest):
+def test_pyfunc_round_trip_equals_direct_scoring(store, trained, data_with_manifest, monkeypatch):
     """models:/fsad-tire@<version> scores exactly like the evaluation scorer built from the same shots."""
     import mlflow.pyfunc
 
@@ -263,6 +277,7 @@ def test_pyfunc_round_trip_equals_direct_scoring(store, trained, data_with_manif
     support = test.support_pool[index]
     result = register(store["uri"], trained[0], HELD_OUT, support, {"draw": 0}, None)
     mlflow.set_tracking_uri(store["uri"])
+    monkeypatch.setenv("FSAD_SERVE_IMAGE_ROOT", str(data_with_manifest))  # the operator allows paths under it
     loaded = mlflow.pyfunc.load_model(f"models:/fsad-{HELD_OUT}/{result.version}")
     images = test.images[:4]
     out = loaded.predict(images.numpy())

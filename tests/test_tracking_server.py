@@ -214,7 +214,7 @@ def test_server_mode_train_evaluate_register_with_artifacts_in_s3(server, s3, th
     assert any(k.endswith("model/model.safetensors") for k in keys)  # the training run's model
     assert any(k.endswith("checkpoints/episode_000002/state.pt") for k in keys)
     assert any(k.endswith("plots/roc.png") for k in keys) and any(k.endswith("plots/pro.png") for k in keys)
-    assert any(k.endswith("model/artifacts/dictionary.safetensors") for k in keys)  # the registered package
+    assert any(k.endswith("model/data/fsad_model/dictionary.safetensors") for k in keys)  # the registered package
     assert any(k.endswith("model/MLmodel") for k in keys)
 
 
@@ -263,6 +263,16 @@ def test_served_champion_answers_http_with_a_score_and_400_for_wrong_channels(se
         status, body = post_json(f"http://127.0.0.1:{port}/invocations",
                                  {"inputs": np.zeros((1, 4, 32, 32)).tolist()})
         assert status == 400 and "4 channels" in json.loads(body)["message"], body
+        # image paths are off unless the operator names a root: the same answer for any file, existing or not
+        answers = set()
+        for path in ("/etc/passwd", "/no/such/file.png"):
+            status, body = post_json(f"http://127.0.0.1:{port}/invocations",
+                                     {"dataframe_split": {"columns": ["path"], "data": [[path]]}})
+            assert status == 400, body
+            message = json.loads(body)["message"]  # mlflow prefixes the request's data, then "Error: <ours>"
+            assert "exist" not in message, message
+            answers.add(message.split("Error: ")[-1])
+        assert len(answers) == 1 and "arrays only" in answers.pop()
     finally:
         stop(proc)
 

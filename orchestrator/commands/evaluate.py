@@ -21,6 +21,8 @@ def add_arguments(p):
                    help="untrained / knn_untrained: ours / kNN with a freshly initialised Ψ (the model's config); "
                         "nosupport: the blurred image-gradient map, no support set")
     p.add_argument("--out", required=True, help="output directory (metrics.json, overlays/)")
+    p.add_argument("--allow-partial", action="store_true",
+                   help="evaluate a model whose training stopped early (metrics.json then says \"partial\": true)")
     p.add_argument("--quiet", action="store_true")
     add_tracking_arguments(p)
 
@@ -31,7 +33,9 @@ def run(args) -> int:
 
     record = tracked_evaluate(args.model, data_root(args), args.category, args.shots, args.seeds, args.out,
                               method=args.method, seed=args.seed, progress=not args.quiet, uri=tracking_uri(args),
-                              manifest=args.manifest, splits=args.splits)
+                              manifest=args.manifest, splits=args.splits, allow_partial=args.allow_partial)
     print(json.dumps({name: format_metric(record[name]) for name in METRIC_NAMES}))
     print(f"wrote {args.out}/metrics.json and {len(record['overlays'])} overlays in {args.out}/overlays")
+    if record.get("partial"):
+        print(f"partial model: {record['episodes_done']} of {record['episodes_planned']} training episodes done")
     return 0
