@@ -66,7 +66,7 @@ class ModelConfig:
     tau: float = 20.0
     receptive_field: int = 1  # measured on the validation categories: l = 1 scores as l = 3 at 1/9 of the cost
     normalize: bool = True
-    center: bool = True  # subtract the support set's mean volume (see model/energy.py)
+    center: bool = False  # subtract the support mean volume; off: measured on the validation categories (README)
     solver: str = "fista"  # istc (the paper's Eq. 6 with continuation) | fista (Eq. 5 at λ = lam_star, to tol)
     max_steps: int = 20  # FISTA's step budget
     tol: float = 1e-4  # FISTA's tolerance on the largest code change
