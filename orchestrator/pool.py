@@ -209,7 +209,8 @@ class ActorPool:
         episode_cls = ray.remote(EpisodeWorker).options(num_cpus=d.num_cpus_per_episode_worker, **common)
         self.episode_actors = [
             episode_cls.remote(str(data_root), shard, cfg.data.image_size, cfg.train.shots, cfg.train.queries,
-                               (cfg.inpaint.min_frac, cfg.inpaint.max_frac), cfg.train.augment)
+                               (cfg.inpaint.min_frac, cfg.inpaint.max_frac), cfg.train.augment,
+                               max_pixels=cfg.data.max_pixels)
             for shard in shards
         ]
         langevin_cls = ray.remote(RayLangevinWorker).options(
