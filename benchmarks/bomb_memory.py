@@ -84,7 +84,7 @@ def measure(data: Path, side: int, code: Path, work: Path, cap: int) -> dict:
         cmd = [sys.executable, "-m", "orchestrator.cli", "train", "--data", str(root), "--exclude", HELD_OUT,
                "--out", str(work / name), "--quiet", *sets]
         code_, peak, last = peak_run(cmd, code, env, work / f"{name}.log")
-        return {"exit": code_, "peak_mb": round(peak), "stderr": last}
+        return {"exit": code_, "peak_mb": round(peak), "stderr": last.replace(str(work), "$WORK")}
 
     runs = {"normal": train("normal")}
     bomb = write_grey_png(root / "kolektor" / "train" / "good" / "zz_bomb.png", side, side)
