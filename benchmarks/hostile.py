@@ -306,6 +306,17 @@ def garbage_meta_json(ws: Workspace) -> Result:
 
 
 @case
+def resume_with_garbage_meta_json(ws: Workspace) -> Result:
+    folder = ws.fresh("resume_meta")
+    model = _broken_model(ws, folder, "meta.json", "\x00\x01 not json")
+    before = {p: sha256(p) for p in model.rglob("*") if p.is_file()}
+    args = train_args(ws.data, model, "--resume")
+    proc, peak = ws.run(args)
+    return ws.result("`fsad train --resume` of a model directory whose meta.json is garbage", args, proc, peak,
+                     "the model directory unchanged", expect_words=["meta.json", "not valid JSON"], unchanged=before)
+
+
+@case
 def model_config_plain_string(ws: Workspace) -> Result:
     folder = ws.fresh("model_config")
     model = _broken_model(ws, folder, "config.yaml", "just a string\n")
