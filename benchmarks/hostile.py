@@ -584,14 +584,17 @@ def ray_address_without_token(ws: Workspace) -> Result:
 
 INTRO = """# Reliability: hostile input
 
-Every case below was run by `{command}` (benchmarks/hostile.py) on {date}: the real `fsad` command in a
-subprocess, against a small copy of fsad-real or files planted in a copy. tests/test_hostile.py runs
-the same cases and fails when one breaks the rules: bad input exits 2 with one `fsad: error:` line
-naming the file or value, nothing outside the output folder is written, nothing already written is
-lost, no secret is printed. "left on disk" is what the output path held afterwards; "peak" is the
-peak RSS of the command. Paths: `$WS` is the temporary workspace.
+Written by `{command}` (benchmarks/hostile.py) on {date}.
 
-| case | exit | message (last stderr line) | left on disk | peak | rules met |
+Each case runs the real `fsad` command in a subprocess, against a small copy of fsad-real or files
+planted in a copy. tests/test_hostile.py runs the same cases and fails when one breaks the rules: bad
+input exits 2 with one `fsad: error:` line naming the file or value, nothing is written outside the
+output folder, nothing already written is lost, no secret is printed. "message" is the last line on
+stderr (or the line that matters); "left on disk" is what the output path held afterwards; "peak" is
+the peak RSS of the command. `$WS` is the temporary workspace. New cases are functions in
+benchmarks/hostile.py decorated with `@case`.
+
+| case | exit | message | left on disk | peak | rules met |
 |---|---|---|---|---|---|
 """
 
@@ -600,7 +603,7 @@ def table(rows: list[dict], command: str) -> str:
     def cell(text) -> str:
         return str(text).replace("|", "\\|").replace("\n", " ")
 
-    body = "".join(f"| {cell(r['case'])} | {r['exit']} | `{cell(r['message'][:300])}` | {cell(r['left'])} | "
+    body = "".join(f"| {cell(r['case'])} | {r['exit']} | `` {cell(r['message'][:300])} `` | {cell(r['left'])} | "
                    f"{r['peak_mb']} MB | {'yes' if r['ok'] else 'NO'} |\n" for r in rows)
     return INTRO.format(command=command, date=time.strftime("%Y-%m-%d")) + body
 

@@ -27,6 +27,9 @@ import torch.nn.functional as F
 from model.errors import InputError
 from model.sparse import (
     SHRINKS,
+    SOLVERS,
+    fista_code,
+    fista_energy,
     TaskDictionary,
     feature_volumes,
     sparse_code,
@@ -45,16 +48,56 @@ class SparseSpec:
     receptive_field: int = 3  # l (Section 3.1.1)
     normalize: bool = True  # unit-norm signals and atoms (bounded energy)
     center: bool = True  # subtract the support set's mean volume before normalising (module doc)
+    solver: str = "istc"  # istc (Eq. 6, N steps of continuation) | fista (Eq. 5 at λ = lam_star, to `tol`)
+    max_steps: int = 50  # FISTA's step budget
+    tol: float = 1e-4  # FISTA stops once no code changes by more than this (cosine units)
+    top_k_atoms: int = 0  # FISTA codes each position over its k most similar atoms; 0 = all atoms
+    image_score: str = "mean"  # mean | topk: image energy = mean of the top `top_frac` position energies
+    top_frac: float = 0.01  # fraction of positions in the top-k image score (1 position at least)
 
     def validate(self) -> None:
         validate_sparsity(self.lam_max, self.lam_star, self.istc_steps, self.tau)
         if self.shrink not in SHRINKS:
             raise InputError(f"model.shrink={self.shrink!r}: expected one of {SHRINKS}")
+        if self.solver not in SOLVERS:
+            raise InputError(f"model.solver={self.solver!r}: expected one of {SOLVERS}")
+        if self.image_score not in IMAGE_SCORES:
+            raise InputError(f"model.image_score={self.image_score!r}: expected one of {IMAGE_SCORES}")
+        if not (isinstance(self.max_steps, int) and self.max_steps >= 1):
+            raise InputError(f"model.max_steps={self.max_steps}: expected an integer >= 1")
+        if not (isinstance(self.top_k_atoms, int) and self.top_k_atoms >= 0):
+            raise InputError(f"model.top_k_atoms={self.top_k_atoms}: expected an integer >= 0 (0 = all atoms)")
+        if not (math.isfinite(self.tol) and self.tol >= 0):
+            raise InputError(f"model.tol={self.tol}: expected a finite value >= 0")
+        if not (math.isfinite(self.top_frac) and 0 < self.top_frac <= 1):
+            raise InputError(f"model.top_frac={self.top_frac}: expected a fraction in (0, 1]")
         if self.receptive_field < 1 or self.receptive_field % 2 == 0:
             raise InputError(f"model.receptive_field={self.receptive_field}: expected an odd integer >= 1")
 
 
 MAP_MODES = ("gradient", "energy")
+IMAGE_SCORES = ("mean", "topk")
+
+
+def image_score(position: torch.Tensor, kind: str, top_frac: float) -> torch.Tensor:
+    """Position energies (B, h', w') -> image energies (B,): the mean, or the mean of the top
+    max(1, round(top_frac·h'w')) positions (a small defect covers few positions; the mean dilutes it)."""
+    flat = position.flatten(1)  # (B, h'w')
+    if kind == "mean":
+        return flat.mean(1)
+    k = max(1, int(round(top_frac * flat.shape[1])))
+    return flat.topk(k, dim=1).values.mean(1)
+
+
+def participation_ratio(volumes: torch.Tensor) -> torch.Tensor:
+    """Effective rank of a feature set: (Σλ)² / Σλ² over the eigenvalues λ of its covariance.
+
+    volumes (n, m) -> () in [1, m]; 1 = every vector on one line (collapsed features), m = isotropic.
+    Computed from the trace and the Frobenius norm of the covariance (no eigendecomposition), so it is
+    cheap and differentiable."""
+    centred = volumes - volumes.mean(0, keepdim=True)  # (n, m)
+    cov = centred.transpose(0, 1) @ centred / max(1, volumes.shape[0] - 1)  # (m, m)
+    return cov.diagonal().sum().pow(2) / cov.pow(2).sum().clamp_min(1e-12)
 
 
 class AdaptiveEBM(nn.Module):
@@ -95,7 +138,10 @@ class AdaptiveEBM(nn.Module):
         center = raw.reshape(-1, raw.shape[-1]).mean(0) if self.sparse.center else None  # (m,)
         volumes = self.prepare(raw, center)  # (K, h'w', m)
         atoms = volumes.reshape(-1, volumes.shape[-1]).transpose(0, 1)  # (m, K·h'w')
-        return TaskDictionary(atoms=atoms, scale=spectral_norm(atoms), shots=support.shape[0], center=center)
+        local = self.sparse.solver == "fista" and self.sparse.top_k_atoms > 0
+        gram = atoms.transpose(0, 1) @ atoms if local else None  # (A, A), gathered per position by the solver
+        return TaskDictionary(atoms=atoms, scale=spectral_norm(atoms), shots=support.shape[0], center=center,
+                              gram=gram)
 
     # -- energy -----------------------------------------------------------------------------
     def position_energy(self, images: torch.Tensor, dictionary: TaskDictionary) -> torch.Tensor:
@@ -107,15 +153,23 @@ class AdaptiveEBM(nn.Module):
         signals = self.prepare(volumes, dictionary.center)  # (B, h'w', m)
         flat = signals.reshape(B * P, m)  # (B·h'w', m)
         spec = self.sparse
-        recon = sparse_code(
-            flat, dictionary.atoms, spec.lam_max, spec.lam_star, spec.istc_steps, spec.shrink, spec.tau,
-            atom_scale=dictionary.scale,
-        )  # (B·h'w', m)
+        if spec.solver == "fista" and spec.top_k_atoms > 0:
+            energy = fista_energy(flat, dictionary.atoms, spec.lam_star, spec.max_steps, spec.shrink, spec.tau,
+                                  spec.top_k_atoms, spec.tol, dictionary.gram)  # (B·h'w',)
+            return energy.reshape(B, h, w)  # (B, h', w')
+        if spec.solver == "fista":
+            recon = fista_code(flat, dictionary.atoms, spec.lam_star, spec.max_steps, spec.shrink, spec.tau,
+                               0, spec.tol)  # (B·h'w', m)
+        else:
+            recon = sparse_code(
+                flat, dictionary.atoms, spec.lam_max, spec.lam_star, spec.istc_steps, spec.shrink, spec.tau,
+                atom_scale=dictionary.scale,
+            )  # (B·h'w', m)
         return (flat - recon).pow(2).sum(-1).reshape(B, h, w)  # (B, h', w')
 
     def energy(self, images: torch.Tensor, dictionary: TaskDictionary) -> torch.Tensor:
-        """Image energy = anomaly score: mean position energy, (B,)."""
-        return self.position_energy(images, dictionary).flatten(1).mean(1)
+        """Image energy = anomaly score (B,): mean or top-k mean of the position energies (spec.image_score)."""
+        return image_score(self.position_energy(images, dictionary), self.sparse.image_score, self.sparse.top_frac)
 
     def forward(self, images: torch.Tensor, dictionary: TaskDictionary) -> torch.Tensor:
         return self.energy(images, dictionary)
@@ -137,7 +191,7 @@ class AdaptiveEBM(nn.Module):
         if mode == "energy":
             with torch.no_grad():
                 position = self.position_energy(images, dictionary)  # (B, h', w')
-            energies = position.flatten(1).mean(1)
+            energies = image_score(position, self.sparse.image_score, self.sparse.top_frac)
             maps = F.interpolate(position[:, None], size=images.shape[-2:], mode="bilinear",
                                  align_corners=False)[:, 0]  # (B, H, W)
         else:

@@ -22,12 +22,20 @@ from PIL import Image
 from model.backbone import BackboneSpec
 from model.energy import MAP_MODES, SparseSpec
 from model.errors import InputError
+from model.inpaint import CORRUPTIONS
 from model.langevin import validate_langevin
 from workers.data import DEFAULT_MAX_PIXELS
 from workers.episodes import AUGMENT_MODES
 from workers.paths import plain_name
 
-METHODS = ("ours", "knn", "maml_ae")
+# Evaluation methods. The last three are baselines with no learning or no support set (model/baselines.py):
+# untrained = ours with a freshly initialised Ψ, knn_untrained = kNN on that Ψ, nosupport = the blurred
+# image-gradient map. Every quality table shows them beside the learnt methods.
+METHODS = ("ours", "knn", "maml_ae", "untrained", "knn_untrained", "nosupport")
+BASELINES = ("untrained", "knn_untrained", "nosupport")
+# The trained model directory each method reads (baselines read only its config, never its weights).
+METHOD_MODEL = {"ours": "ours", "knn": "ours", "maml_ae": "maml_ae", "untrained": "ours", "knn_untrained": "ours",
+                "nosupport": "ours"}
 
 
 # Images are resized to at most this: the largest source images (MVTec) are 1024 px, and every
@@ -69,13 +77,21 @@ class ModelConfig:
     receptive_field: int = 3
     normalize: bool = True
     center: bool = True  # subtract the support set's mean volume (see model/energy.py)
+    solver: str = "istc"  # istc (the paper's Eq. 6 with continuation) | fista (Eq. 5 at λ = lam_star, to tol)
+    max_steps: int = 50  # FISTA's step budget
+    tol: float = 1e-4  # FISTA's tolerance on the largest code change
+    top_k_atoms: int = 0  # FISTA codes each position over its k most similar atoms; 0 = all
+    image_score: str = "mean"  # mean | topk (mean of the top top_frac position energies)
+    top_frac: float = 0.01
     anomaly_map: str = "gradient"  # gradient (|∇ₓE|, the paper) | energy (upsampled position energies)
     map_smooth_sigma: float = 2.0  # Gaussian σ (pixels) applied to |∇ₓE| maps; 0 = off
 
     def sparse_spec(self) -> SparseSpec:
         return SparseSpec(
-            self.lam_max, self.lam_star, self.istc_steps, self.shrink, self.tau, self.receptive_field,
-            self.normalize, self.center,
+            lam_max=self.lam_max, lam_star=self.lam_star, istc_steps=self.istc_steps, shrink=self.shrink,
+            tau=self.tau, receptive_field=self.receptive_field, normalize=self.normalize, center=self.center,
+            solver=self.solver, max_steps=self.max_steps, tol=self.tol, top_k_atoms=self.top_k_atoms,
+            image_score=self.image_score, top_frac=self.top_frac,
         )
 
 
@@ -90,6 +106,7 @@ class LangevinConfig:
 class InpaintConfig:
     min_frac: float = 0.1  # patch side as a fraction of the image side
     max_frac: float = 0.3
+    kinds: list[str] = field(default_factory=lambda: ["noise"])  # chain starts: noise | cutpaste | blend
 
 
 @dataclass
@@ -103,6 +120,10 @@ class TrainConfig:
     eta_cd: float = 1.0  # η₁
     reg_weight: float = 1.0  # Du & Mordatch energy-magnitude regulariser (keeps E⁻ from saturating at 1)
     detach_rec: bool = False  # True: L_rec does not backpropagate through the Langevin chain
+    rank_weight: float = 0.0  # −log(participation ratio) of the support features: against feature collapse
+    val_categories: list[str] = field(default_factory=list)  # set aside for checkpoint selection (never the target)
+    val_every: int = 25  # episodes between validation scores
+    val_images: int = 40  # test images per validation category (half normal, half anomalous)
     grad_clip: float = 1.0  # max gradient norm; 0 = off
     augment: str = "episode"  # none | episode | image
     seed: int = 0
@@ -140,7 +161,7 @@ class PipelineConfig:
     source: str = "../shared/data/fsad-real"  # a folder, s3://BUCKET/PREFIX or elpv
     targets: list[str] = field(default_factory=lambda: ["juice_bottle", "kolektor", "magnetic_tile", "tire"])
     shots: list[int] = field(default_factory=lambda: [1, 5, 10])  # K values drawn and evaluated
-    methods: list[str] = field(default_factory=lambda: ["ours", "knn", "maml_ae"])  # ours | knn | maml_ae
+    methods: list[str] = field(default_factory=lambda: list(METHODS))  # any of METHODS
 
 
 @dataclass
@@ -440,7 +461,7 @@ def validate(cfg: Config) -> None:
                        ("pipeline.targets", cfg.pipeline.targets),
                        ("experiments.ablation_targets", cfg.experiments.ablation_targets),
                        ("experiments.video_targets", cfg.experiments.video_targets),
-                       ("tune.validation", cfg.tune.validation)):
+                       ("tune.validation", cfg.tune.validation), ("train.val_categories", cfg.train.val_categories)):
         for name in names:
             plain_name(name, key)
     if cfg.data.image_size % cfg.model.backbone.stride:
@@ -457,18 +478,21 @@ def validate(cfg: Config) -> None:
     p = cfg.inpaint
     if not (0 < p.min_frac <= p.max_frac <= 1):
         raise InputError(f"inpaint.min_frac={p.min_frac}, max_frac={p.max_frac}: expected 0 < min <= max <= 1")
+    if not p.kinds or any(k not in CORRUPTIONS for k in p.kinds):
+        raise InputError(f"inpaint.kinds={p.kinds}: expected a non-empty list of {', '.join(CORRUPTIONS)}")
     t = cfg.train
     if t.method not in ("ours", "maml_ae"):
         raise InputError(f"train.method={t.method!r}: expected ours or maml_ae")
     for key, value in (("train.episodes", t.episodes), ("train.shots", t.shots), ("train.queries", t.queries),
-                       ("train.checkpoint_every", t.checkpoint_every), ("eval.shots", cfg.eval.shots),
+                       ("train.checkpoint_every", t.checkpoint_every), ("train.val_every", t.val_every),
+                       ("train.val_images", t.val_images), ("eval.shots", cfg.eval.shots),
                        ("eval.draws", cfg.eval.draws), ("eval.batch_size", cfg.eval.batch_size)):
         if value < 1:
             raise InputError(f"{key}={value}: expected an integer >= 1")
     for key, value in (("train.lr", t.lr), ("maml.inner_lr", cfg.maml.inner_lr), ("maml.outer_lr", cfg.maml.outer_lr)):
         _finite(key, value, 0.0)
     for key, value in (("train.eta_rec", t.eta_rec), ("train.eta_cd", t.eta_cd), ("train.reg_weight", t.reg_weight),
-                       ("train.grad_clip", t.grad_clip)):
+                       ("train.grad_clip", t.grad_clip), ("train.rank_weight", t.rank_weight)):
         _finite(key, value, 0.0, strict=False)
     if t.augment not in AUGMENT_MODES:
         raise InputError(f"train.augment={t.augment!r}: expected one of {AUGMENT_MODES}")

@@ -21,7 +21,7 @@ from model import metrics
 from model.energy import AdaptiveEBM
 from model.errors import InputError
 from orchestrator.artifacts import load_model_dir, resolve_device
-from orchestrator.config import Config, atomic_write_text
+from orchestrator.config import BASELINES, METHODS, Config, atomic_write_text
 from workers.data import set_max_pixels, stack_items
 from workers.manifest import as_source, open_source
 from workers.episodes import dihedral
@@ -54,10 +54,32 @@ class OursScorer:
         return self.model.score_and_map(images, dictionary, self.smooth_sigma, self.map_mode)
 
 
+def untrained_model(cfg: Config) -> torch.nn.Module:
+    """The same network as cfg's `ours` model at its initialisation (the seed training starts from)."""
+    from orchestrator.artifacts import build_model
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(cfg.train.seed)
+        return build_model(cfg).eval()
+
+
 def make_scorer(method: str, model: torch.nn.Module, cfg: Config, augment_support: bool | None = None) -> Scorer:
     trained = cfg.train.method
     sigma = cfg.model.map_smooth_sigma
     augment = cfg.eval.augment_support if augment_support is None else augment_support
+    if method in BASELINES:
+        if trained != "ours":
+            raise InputError(f"--method {method} reads the config of an `ours` model; this one is {trained}")
+        if method == "nosupport":
+            from model.baselines import NoSupportScorer
+
+            return NoSupportScorer(sigma, cfg.model.top_frac)
+        fresh = untrained_model(cfg).to(next(model.parameters()).device)
+        if method == "untrained":
+            return OursScorer(fresh, sigma, augment, cfg.model.anomaly_map)
+        from model.knn import KnnScorer
+
+        return KnnScorer(fresh.backbone, receptive_field=1, smooth_sigma=sigma)
     if method == "ours":
         if trained != "ours":
             raise InputError(f"--method ours needs a model trained with method ours; this one is {trained}")
@@ -74,7 +96,7 @@ def make_scorer(method: str, model: torch.nn.Module, cfg: Config, augment_suppor
         from model.maml_ae import MamlAEScorer
 
         return MamlAEScorer(model, cfg.maml.inner_steps, cfg.maml.inner_lr, smooth_sigma=sigma)
-    raise InputError(f"--method {method!r}: expected ours, knn or maml_ae")
+    raise InputError(f"--method {method!r}: expected one of {', '.join(METHODS)}")
 
 
 def score_batches(scorer: Scorer, state: Any, images: torch.Tensor, batch_size: int, device: torch.device,

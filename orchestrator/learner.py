@@ -25,6 +25,7 @@ def step_spec(cfg: Config) -> StepSpec:
         eta_cd=cfg.train.eta_cd,
         reg_weight=cfg.train.reg_weight,
         detach_rec=cfg.train.detach_rec,
+        rank_weight=cfg.train.rank_weight,
     )
 
 

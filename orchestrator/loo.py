@@ -14,12 +14,11 @@ from typing import Any
 
 from model.errors import InputError
 from orchestrator.artifacts import META, STATE, WEIGHTS
-from orchestrator.config import ABLATIONS, Config, atomic_write_text, load_config
+from orchestrator.config import ABLATIONS, METHOD_MODEL, METHODS, Config, atomic_write_text, load_config
 from orchestrator.evaluate import METRIC_NAMES, format_metric
 from orchestrator.tracked import tracked_evaluate, tracked_train
 from workers.data import list_categories
 
-METHODS = ("ours", "knn", "maml_ae")
 # ABLATIONS (Tables 3-4, Fig. 5, Section 3.3) live beside the config schema: `ours` retrained with one change.
 
 
@@ -71,13 +70,12 @@ def run_loo(
         held_out = [f"data.exclude=[{category}]"]
         base = list(overrides) + held_out
         plan: list[tuple[str, str, str]] = []  # (row name, evaluation method, model variant)
-        if "ours" in methods or "knn" in methods or ablations:
+        if any(METHOD_MODEL[m] == "ours" for m in methods) or ablations:
             log(f"[{category}] meta-training ours (held out: {category})")
             _train_variant(data_root, out / "models" / category / "ours", config_path, base, progress, tracking_uri)
-        if "ours" in methods:
-            plan.append(("ours", "ours", "ours"))
-        if "knn" in methods:
-            plan.append(("knn", "knn", "ours"))
+        for method in methods:
+            if METHOD_MODEL[method] == "ours":
+                plan.append((method, method, "ours"))
         if "maml_ae" in methods:
             log(f"[{category}] meta-training maml_ae")
             _train_variant(data_root, out / "models" / category / "maml_ae", config_path,

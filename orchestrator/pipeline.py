@@ -25,7 +25,7 @@ from typing import Any
 
 from model import metrics
 from model.errors import InputError
-from orchestrator.config import Config, atomic_write_text, load_config
+from orchestrator.config import METHOD_MODEL, Config, atomic_write_text, load_config
 from orchestrator.evaluate import METRIC_NAMES, evaluate
 from orchestrator.ingest import FILES, MANIFEST, ingest, make_splits
 from orchestrator.train import train
@@ -53,9 +53,9 @@ def _check_target(cfg: Config, target: str) -> None:
 
 
 def _variants(cfg: Config) -> list[str]:
-    """Model variants to train: ours (also kNN's backbone) and maml_ae when it is a method."""
-    out = ["ours"] if {"ours", "knn"} & set(cfg.pipeline.methods) else []
-    return out + (["maml_ae"] if "maml_ae" in cfg.pipeline.methods else [])
+    """Model variants to train: ours (kNN's backbone and the baselines' config too) and maml_ae when it is
+    a method."""
+    return [v for v in ("ours", "maml_ae") if v in {METHOD_MODEL[m] for m in cfg.pipeline.methods}]
 
 
 def stage_ingest(cfg: Config) -> dict[str, Any]:
@@ -93,7 +93,7 @@ def stage_evaluate(cfg: Config, target: str, progress: bool = False) -> dict[str
     top = max(cfg.pipeline.shots)
     record: dict[str, Any] = {"category": target}
     for method in cfg.pipeline.methods:
-        variant = "maml_ae" if method == "maml_ae" else "ours"
+        variant = METHOD_MODEL[method]
         model_dir = RESULTS / "models" / target / variant
         record[method] = {}
         for k in sorted(cfg.pipeline.shots):

@@ -210,7 +210,7 @@ class ActorPool:
         self.episode_actors = [
             episode_cls.remote(str(data_root), shard, cfg.data.image_size, cfg.train.shots, cfg.train.queries,
                                (cfg.inpaint.min_frac, cfg.inpaint.max_frac), cfg.train.augment,
-                               max_pixels=cfg.data.max_pixels)
+                               tuple(cfg.inpaint.kinds), max_pixels=cfg.data.max_pixels)
             for shard in shards
         ]
         langevin_cls = ray.remote(RayLangevinWorker).options(

@@ -33,7 +33,8 @@ from orchestrator.evaluate import METRIC_NAMES  # noqa: E402
 from orchestrator.plots import save_png  # noqa: E402
 
 METRIC_LABELS = {"image_auroc": "image AUROC", "pixel_auroc": "pixel AUROC", "pro": "PRO", "miou": "mIoU"}
-METHOD_LABELS = {"ours": "ours", "knn": "kNN", "maml_ae": "MAML-AE"}
+METHOD_LABELS = {"ours": "ours", "knn": "kNN", "maml_ae": "MAML-AE", "untrained": "ours, untrained Ψ",
+                 "knn_untrained": "kNN, untrained Ψ", "nosupport": "no support (image gradient)"}
 # Paper, Table 2: frame-level AUROC (%) with 1 / 5 / 10 shots, trained on ShanghaiTech's 13 scenes.
 PAPER_VIDEO = {
     "ucsd_ped2": {"ours": (91.22, 92.00, 92.45), "maml_ae": (78.24, 82.04, 83.30), "r-GAN MAML": (91.19, 91.80, 92.80)},

@@ -27,6 +27,14 @@ from orchestrator.artifacts import (
 )
 from orchestrator.config import Config
 from orchestrator.learner import step_spec
+from orchestrator.selection import (
+    BEST,
+    CheckpointSelector,
+    load_tasks,
+    restore_selection,
+    save_selection,
+    validation_categories,
+)
 from workers.manifest import as_source, open_source
 from workers.episodes import Episode, EpisodeSampler
 from workers.negatives import EpisodeLoss, episode_loss
@@ -115,10 +123,14 @@ def train(
     _prepare_out(out, resume)
     device = resolve_device(cfg.train.device)
     categories = training_categories(source, cfg)
+    val_categories = validation_categories(cfg, source.categories())
+    categories = [c for c in categories if c not in val_categories]
+    if not categories:
+        raise InputError(f"no training categories left once train.val_categories={val_categories} are set aside")
     normals = load_normals(source, categories, cfg.data.image_size)
     sampler = EpisodeSampler(
         normals, cfg.train.shots, cfg.train.queries, (cfg.inpaint.min_frac, cfg.inpaint.max_frac),
-        cfg.train.augment, cfg.train.seed, exclude=tuple(cfg.data.exclude),
+        cfg.train.augment, cfg.train.seed, exclude=tuple(cfg.data.exclude), corruptions=tuple(cfg.inpaint.kinds),
     )
     torch.manual_seed(cfg.train.seed)
     model = build_model(cfg).to(device)
@@ -127,6 +139,7 @@ def train(
     optimizer = torch.optim.Adam(model.parameters(), lr=lr)
     generator = torch.Generator(device=device).manual_seed(cfg.train.seed + 1)
     history: list[dict[str, float]] = []
+    selector = CheckpointSelector(load_tasks(source, val_categories, cfg), device) if val_categories else None
     start = 0
     if resume:
         from safetensors.torch import load_file
@@ -137,7 +150,10 @@ def train(
         sampler.set_state(state["sampler_rng"])
         generator.set_state(state["langevin_rng"].to(generator.get_state().device))
         start = int(state["episode"])
-        history = json.loads((out / META).read_text()).get("history", [])[:start]
+        saved_meta = json.loads((out / META).read_text())
+        history = saved_meta.get("history", [])[:start]
+        if selector is not None:
+            restore_selection(selector, saved_meta.get("selection"), out / BEST)
     meta = {
         "method": cfg.train.method,
         "train_categories": categories,
@@ -147,10 +163,13 @@ def train(
         "manifest": str(manifest) if manifest is not None else None,
         "manifest_sha256": source.content_sha256,  # traces the model to its exact data
         "splits_sha256": source.splits.content_sha256 if getattr(source, "splits", None) else None,
+        "val_categories": val_categories,
     }
 
     def checkpoint(episode: int) -> None:
         meta_now = {**meta, "episodes_done": episode, "history": history}
+        if selector is not None:
+            meta_now["selection"] = save_selection(selector, out / BEST)
         save_model_dir(out, model, cfg, meta_now)
         atomic_torch_save(
             {
@@ -165,6 +184,8 @@ def train(
             on_checkpoint(episode, out)
 
     model.train()
+    if selector is not None and start == 0:
+        selector.consider(0, model)  # the initial Ψ is a candidate: selection never does worse on validation
     began = time.perf_counter()
     bar = tqdm(range(start, cfg.train.episodes), initial=start, total=cfg.train.episodes,
                desc=f"train {cfg.train.method}", disable=not progress, dynamic_ncols=True)
@@ -191,12 +212,17 @@ def train(
                 f"is in {out}; try a smaller train.lr or langevin.step_size"
             )
         record = {"episode": episode_index, "category": episode.category, **{k: round(float(v), 6) for k, v in stats.items()}}
+        if selector is not None and (episode_index + 1) % cfg.train.val_every == 0:
+            record.update(selector.consider(episode_index + 1, model))
         history.append(record)
         bar.set_postfix(loss=f"{loss_value:.4f}")
         if on_log:
             on_log(record)
         if (episode_index + 1) % cfg.train.checkpoint_every == 0:
             checkpoint(episode_index + 1)
+    if selector is not None:
+        selector.consider(cfg.train.episodes, model)
+        model.load_state_dict(selector.best_state)  # the model directory holds the selected weights
     checkpoint(cfg.train.episodes)
     elapsed = time.perf_counter() - began
     return {"out": str(out), "episodes": cfg.train.episodes, "seconds": elapsed, "categories": categories,

@@ -24,6 +24,7 @@ class EpisodeWorker:
         queries: int,
         patch_frac: tuple[float, float] = (0.1, 0.3),
         augment: str = "episode",
+        corruptions: tuple[str, ...] = ("noise",),
         max_pixels: int | None = None,
     ):
         if max_pixels is not None:  # this actor's process decodes the images: the config's limit applies here
@@ -32,6 +33,7 @@ class EpisodeWorker:
             raise InputError("an episode worker needs at least one category")
         self.root, self.categories, self.image_size = str(root), list(categories), image_size
         self.shots, self.queries, self.patch_frac, self.augment = shots, queries, tuple(patch_frac), augment
+        self.corruptions = tuple(corruptions)  # donors come from the same category (one sampler each)
         self._samplers: dict[str, EpisodeSampler] | None = None
 
     def load(self) -> dict[str, int]:
@@ -44,7 +46,8 @@ class EpisodeWorker:
                 counts[category] = images.shape[0]
                 # One sampler per category: the learner, not the worker, picks the task's category.
                 samplers[category] = EpisodeSampler(
-                    {category: images}, self.shots, self.queries, self.patch_frac, self.augment, seed=0
+                    {category: images}, self.shots, self.queries, self.patch_frac, self.augment, seed=0,
+                    corruptions=self.corruptions,
                 )
             self._samplers = samplers
             self._counts = counts

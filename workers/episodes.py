@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import torch
 
 from model.errors import InputError
-from model.inpaint import noise_patch
+from model.inpaint import corrupt, noise_patch
 
 AUGMENT_MODES = ("none", "episode", "image")
 
@@ -48,6 +48,7 @@ class EpisodeSampler:
         augment: str = "episode",
         seed: int = 0,
         exclude: tuple[str, ...] = (),
+        corruptions: tuple[str, ...] = ("noise",),
     ):
         if shots < 1:
             raise InputError(f"train.shots={shots}: expected K >= 1")
@@ -68,7 +69,14 @@ class EpisodeSampler:
         self.shots, self.queries = shots, queries
         self.patch_frac = patch_frac
         self.augment = augment
+        self.corruptions = tuple(corruptions)
         self.generator = torch.Generator().manual_seed(seed)
+
+    def _donors(self, category: str) -> torch.Tensor:
+        """Normal images of another training category (the foreign structure of cut-paste and blend), or of
+        the same category when it is the only one."""
+        others = [c for c in self.categories if c != category] or [category]
+        return self.normals[others[int(torch.randint(len(others), (1,), generator=self.generator))]]
 
     def get_state(self) -> torch.Tensor:
         return self.generator.get_state()
@@ -90,5 +98,9 @@ class EpisodeSampler:
             ts = torch.randint(8, (self.shots + self.queries,), generator=g).tolist()
             support = torch.stack([dihedral(x, t) for x, t in zip(support, ts[: self.shots])])
             queries = torch.stack([dihedral(x, t) for x, t in zip(queries, ts[self.shots :])])
-        corrupted, patch_mask = noise_patch(queries, *self.patch_frac, generator=g)
+        if self.corruptions == ("noise",):  # the paper's start; keeps the seeded stream of earlier releases
+            corrupted, patch_mask = noise_patch(queries, *self.patch_frac, generator=g)
+        else:
+            corrupted, patch_mask = corrupt(queries, self.corruptions, *self.patch_frac, generator=g,
+                                            donors=self._donors(category))
         return Episode(category, support, queries, corrupted, patch_mask, support_index, query_index)

@@ -24,7 +24,7 @@ from typing import Callable
 import torch
 import torch.nn as nn
 
-from model.energy import AdaptiveEBM
+from model.energy import AdaptiveEBM, participation_ratio
 from model.errors import InputError
 from model.langevin import langevin, validate_langevin
 from model.losses import contrastive_divergence, energy_regularizer, reconstruction_loss, total_loss
@@ -43,6 +43,7 @@ class StepSpec:
     eta_cd: float = 1.0  # η₁
     reg_weight: float = 0.0
     detach_rec: bool = False  # True: workers ship negatives, the learner computes L_cd
+    rank_weight: float = 0.0  # weight of −log(participation ratio of the support atoms): keeps Ψ from collapsing
 
     def __post_init__(self) -> None:
         validate_langevin(self.steps, self.step_size, self.noise_scale)
@@ -124,7 +125,14 @@ def episode_losses(
     l_rec = reconstruction_loss(negatives, queries)
     reg = energy_regularizer(pos_energy, neg_energy)
     loss = total_loss(l_rec, l_cd, spec.eta_rec, spec.eta_cd, reg, spec.reg_weight)
+    # Effective rank of the support features (the atoms, (m, A) -> rows (A, m)); meta-training that lowers
+    # it collapses Ψ onto a few directions, and every category then looks alike to the dictionary.
+    support_rank = participation_ratio(dictionary.atoms.transpose(0, 1))
+    if spec.rank_weight:
+        loss = loss - spec.rank_weight * support_rank.log()
     start_rec = reconstruction_loss(corrupted, queries)
+    with torch.no_grad():  # the chain should lower the corrupted query's energy (inpainting): > 0 is good
+        chain_energy_drop = model.energy(corrupted, dictionary.detach()) - neg_energy.detach()  # (M,)
     stats = {
         "loss": float(loss.detach()),
         "l_rec": float(l_rec.detach()),
@@ -133,6 +141,8 @@ def episode_losses(
         "pos_energy": float(pos_energy.detach().mean()),
         "neg_energy": float(neg_energy.detach().mean()),
         "inpaint_gain": float(start_rec - l_rec.detach()),  # > 0: Langevin moved towards the query
+        "chain_energy_drop": float(chain_energy_drop.mean()),
+        "support_rank": float(support_rank.detach()),
     }
     return EpisodeLoss(loss, stats)
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 
 from orchestrator.commands.common import add_data_arguments, data_root
+from orchestrator.config import METHODS
 from orchestrator.commands.tracking_args import add_tracking_arguments, tracking_uri
 
 HELP = "evaluate a model on a held-out category (Alg. 2, K shots × S support draws)"
@@ -16,7 +17,9 @@ def add_arguments(p):
     p.add_argument("--shots", type=int, default=10, help="K normal support images (default 10)")
     p.add_argument("--seeds", type=int, default=5, help="number of support draws S (default 5)")
     p.add_argument("--seed", type=int, default=None, help="base seed of the draws (default eval.seed)")
-    p.add_argument("--method", choices=["ours", "knn", "maml_ae"], default="ours")
+    p.add_argument("--method", choices=METHODS, default="ours",
+                   help="untrained / knn_untrained: ours / kNN with a freshly initialised Ψ (the model's config); "
+                        "nosupport: the blurred image-gradient map, no support set")
     p.add_argument("--out", required=True, help="output directory (metrics.json, overlays/)")
     p.add_argument("--quiet", action="store_true")
     add_tracking_arguments(p)

@@ -2,16 +2,18 @@
 from __future__ import annotations
 
 from orchestrator.commands.common import add_config_arguments
+from orchestrator.config import METHODS
 from orchestrator.commands.tracking_args import add_tracking_arguments, tracking_uri
 
-HELP = "leave-one-category-out table: ours vs kNN vs MAML-AE (and ablations)"
+HELP = "leave-one-category-out table: ours vs kNN vs MAML-AE vs the baselines (and ablations)"
 
 
 def add_arguments(p):
     p.add_argument("--data", required=True, help="data root in the MVTec layout")
     p.add_argument("--shots", type=int, default=10)
     p.add_argument("--seeds", type=int, default=5, help="support draws per category")
-    p.add_argument("--methods", default="ours,knn,maml_ae", help="comma list of ours,knn,maml_ae")
+    p.add_argument("--methods", default=",".join(METHODS),
+                   help=f"comma list of {','.join(METHODS)} (the last three are the no-learning/no-support baselines)")
     p.add_argument("--ablations", default="", help="comma list of l1,hard,nosparsity,j1,j10,noise_init (ours retrained with one change)")
     p.add_argument("--categories", default="", help="comma list of target categories (default: all)")
     p.add_argument("--out", required=True, help="output directory (models/, eval/, results.md, results.json)")

@@ -1,0 +1,129 @@
+"""Checkpoint selection on validation categories (never the target).
+
+Meta-training can make Ψ worse for unseen categories (measured: features collapse onto a few directions).
+The guard is the usual one: set some training categories aside as validation tasks, score them every
+`train.val_every` episodes exactly as a target is scored (K shots, the energy map), and keep the weights
+that score best. Episode 0 (the initial Ψ) is a candidate too, so selection never returns a model worse
+on validation than the one training started from; metadata records which episode won.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from model import metrics
+from model.energy import AdaptiveEBM
+from model.errors import InputError
+from orchestrator.config import Config
+from workers.data import stack_items
+
+BEST = "best.safetensors"  # the best weights so far, beside the checkpoint (resume continues the selection)
+
+
+@dataclass
+class ValidationTask:
+    category: str
+    support: torch.Tensor  # (K, 3, S, S)
+    images: torch.Tensor  # (N, 3, S, S), normal and anomalous test images
+    labels: torch.Tensor  # (N,)
+    masks: torch.Tensor | None  # (N, S, S)
+
+
+def validation_categories(cfg: Config, available: list[str]) -> list[str]:
+    """cfg.train.val_categories minus the held-out ones (a target is never used for selection)."""
+    chosen = [c for c in cfg.train.val_categories if c not in set(cfg.data.exclude)]
+    for name in chosen:
+        if name not in available:
+            raise InputError(f"train.val_categories: {name!r} not found; available: {', '.join(available)}")
+    return chosen
+
+
+def _balanced(labels: torch.Tensor, limit: int, generator: torch.Generator) -> list[int]:
+    """Up to limit/2 normal and limit/2 anomalous test indices, drawn reproducibly."""
+    out = []
+    for value in (0, 1):
+        index = torch.nonzero(labels == value).flatten()
+        pick = index[torch.randperm(index.numel(), generator=generator)[: max(1, limit // 2)]]
+        out += pick.tolist()
+    return sorted(out)
+
+
+def load_tasks(source, categories: list[str], cfg: Config) -> list[ValidationTask]:
+    g = torch.Generator().manual_seed(cfg.train.seed)
+    tasks = []
+    for category in categories:
+        normals = torch.stack([it.image for it in source.load(category, cfg.data.image_size, split="train")])
+        images, masks, labels = stack_items(source.load(category, cfg.data.image_size, split="test"))
+        if labels.min() == labels.max():
+            raise InputError(f"validation category {category!r} needs normal and anomalous test images")
+        keep = _balanced(labels, cfg.train.val_images, g)
+        shots = torch.randperm(normals.shape[0], generator=g)[: cfg.eval.shots]
+        tasks.append(ValidationTask(category, normals[shots], images[keep], labels[keep],
+                                    None if masks is None else masks[keep]))
+    return tasks
+
+
+@dataclass
+class CheckpointSelector:
+    tasks: list[ValidationTask]
+    device: torch.device
+    best_score: float = float("-inf")
+    best_episode: int = -1
+    best_state: dict[str, torch.Tensor] | None = None
+    history: list[dict[str, float]] = field(default_factory=list)
+
+    @torch.no_grad()
+    def score(self, model: AdaptiveEBM) -> dict[str, float]:
+        """Mean over tasks of image AUROC and (where masks exist) pixel AUROC of the energy map."""
+        was_training = model.training
+        model.eval()
+        image, pixel = [], []
+        for task in self.tasks:
+            dictionary = model.build_dictionary(task.support.to(self.device))
+            scores, maps = [], []
+            for batch in task.images.split(16):
+                s, m = model.score_and_map(batch.to(self.device), dictionary, 0.0, "energy")
+                scores.append(s.cpu())
+                maps.append(m.cpu())
+            scores, maps = torch.cat(scores), torch.cat(maps)
+            image.append(metrics.image_auroc(scores, task.labels))
+            if task.masks is not None and task.masks.any():
+                pixel.append(metrics.pixel_auroc(maps, task.masks))
+        model.train(was_training)
+        out = {"val_image_auroc": sum(image) / len(image)}
+        if pixel:
+            out["val_pixel_auroc"] = sum(pixel) / len(pixel)
+        out["val_score"] = (out["val_image_auroc"] + out.get("val_pixel_auroc", out["val_image_auroc"])) / 2
+        return out
+
+    def consider(self, episode: int, model: AdaptiveEBM) -> dict[str, float]:
+        """Score the current weights (after `episode` episodes); keep a copy when they are the best so far."""
+        result = self.score(model)
+        self.history.append({"episode": episode, **{k: round(v, 6) for k, v in result.items()}})
+        if result["val_score"] > self.best_score:
+            self.best_score, self.best_episode = result["val_score"], episode
+            self.best_state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
+        return result
+
+
+def save_selection(selector: CheckpointSelector, path: Path) -> dict:
+    """Write the best weights so far (atomically) and return the selection record for meta.json."""
+    from orchestrator.artifacts import atomic_save_tensors
+
+    if selector.best_state is not None:
+        atomic_save_tensors(selector.best_state, path)
+    return {"best_episode": selector.best_episode, "best_val_score": selector.best_score,
+            "history": selector.history}
+
+
+def restore_selection(selector: CheckpointSelector, record: dict | None, path: Path) -> None:
+    """Continue a selection after --resume from its meta.json record and best-weights file."""
+    if not record or not path.is_file():
+        return
+    from safetensors.torch import load_file
+
+    selector.best_state = load_file(str(path))
+    selector.best_episode, selector.best_score = record["best_episode"], record["best_val_score"]
+    selector.history = list(record.get("history", []))

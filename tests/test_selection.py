@@ -1,0 +1,81 @@
+"""Checkpoint selection on validation categories, training-side detector settings and new chain starts."""
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from tests.conftest import HELD_OUT, tiny_sets
+from model.errors import InputError
+from model.inpaint import corrupt
+from orchestrator.cli import main
+
+
+def test_selection_keeps_the_best_validation_checkpoint_and_never_trains_on_it(small_real_root, tmp_path, capsys):
+    out = tmp_path / "model"
+    code = main(["train", "--data", str(small_real_root), "--exclude", HELD_OUT, "--out", str(out), "--quiet",
+                 *tiny_sets(train__episodes=4, train__val_every=2, train__val_images=6, eval__shots=2,
+                            train__rank_weight=0.1),
+                 "--set", "train.val_categories=[kolektor]", "--set", "inpaint.kinds=[noise,cutpaste,blend]"])
+    assert code == 0
+    meta = json.loads((out / "meta.json").read_text())
+    assert meta["train_categories"] == ["juice_bottle"]  # kolektor is validation only, tire the target
+    assert {h["category"] for h in meta["history"]} == {"juice_bottle"}
+    selection = meta["selection"]
+    episodes = [h["episode"] for h in selection["history"]]
+    assert episodes[0] == 0 and 4 in episodes  # the initial Ψ and the last weights are both candidates
+    best = max(selection["history"], key=lambda h: h["val_score"])
+    assert selection["best_episode"] == best["episode"]
+    weights, kept = load_file(str(out / "model.safetensors")), load_file(str(out / "best.safetensors"))
+    assert all(torch.equal(weights[k], kept[k]) for k in weights)
+    for record in meta["history"]:  # the collapse and inpainting diagnostics are logged every episode
+        assert "support_rank" in record and "chain_energy_drop" in record
+
+
+def test_target_is_never_a_validation_category(small_real_root, tmp_path):
+    out = tmp_path / "model"
+    code = main(["train", "--data", str(small_real_root), "--exclude", HELD_OUT, "--out", str(out), "--quiet",
+                 *tiny_sets(train__episodes=2), "--set", f"train.val_categories=[{HELD_OUT}]"])
+    assert code == 0
+    meta = json.loads((out / "meta.json").read_text())
+    assert meta["val_categories"] == [] and "selection" not in meta
+
+
+def test_unknown_validation_category_is_a_one_line_error(small_real_root, tmp_path, capsys):
+    code = main(["train", "--data", str(small_real_root), "--exclude", HELD_OUT, "--out", str(tmp_path / "m"),
+                 "--quiet", *tiny_sets(), "--set", "train.val_categories=[nosuch]"])
+    assert code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "nosuch" in err[0]
+
+
+@pytest.mark.parametrize("kind", ["noise", "cutpaste", "blend"])
+def test_corruptions_change_only_the_masked_region(kind):
+    g = torch.Generator().manual_seed(0)
+    images = torch.rand(4, 3, 32, 32, generator=g)
+    donors = torch.rand(5, 3, 32, 32, generator=g)
+    corrupted, mask = corrupt(images, (kind,), 0.2, 0.4, torch.Generator().manual_seed(1), donors)
+    assert mask.any(dim=(1, 2)).all()
+    changed = (corrupted != images).any(1)  # (B, H, W)
+    if kind == "blend":  # soft borders: changes reach outside the > 0.5 mask but stay inside its square
+        rows, cols = changed.any(2), changed.any(1)
+        assert (rows.sum(1) <= 0.4 * 32 + 1).all() and (cols.sum(1) <= 0.4 * 32 + 1).all()
+    else:
+        assert not (changed & ~mask).any()
+        assert changed[mask].float().mean() > 0.9
+    again, _ = corrupt(images, (kind,), 0.2, 0.4, torch.Generator().manual_seed(1), donors)
+    assert torch.equal(again, corrupted)  # seeded
+
+
+def test_cutpaste_takes_pixels_from_a_donor():
+    images = torch.zeros(2, 3, 16, 16)
+    donors = torch.ones(1, 3, 16, 16)
+    corrupted, mask = corrupt(images, ("cutpaste",), 0.5, 0.5, torch.Generator().manual_seed(0), donors)
+    assert torch.equal(corrupted[:, 0][mask], torch.ones(int(mask.sum())))
+
+
+def test_unknown_corruption_is_rejected():
+    with pytest.raises(InputError, match="inpaint.kinds"):
+        corrupt(torch.zeros(1, 3, 8, 8), ("glitter",), 0.2, 0.3)
