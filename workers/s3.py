@@ -109,7 +109,6 @@ class S3Tree:
         from botocore.exceptions import BotoCoreError, ClientError
 
         relative_key(key, f"S3 key under {self.url}")
-
         try:
             return self.client.get_object(Bucket=self.url.bucket, Key=self.url.prefix + key)["Body"].read()
         except (ClientError, BotoCoreError) as exc:
