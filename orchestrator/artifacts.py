@@ -54,6 +54,21 @@ def model_writers(model: torch.nn.Module, cfg: Config, meta: dict[str, Any], sta
     }
 
 
+def read_meta(model_dir: Path) -> dict[str, Any]:
+    """meta.json of a model directory ({} when absent); anything but a JSON object is bad input."""
+    file = Path(model_dir) / META
+    if not file.is_file():
+        return {}
+    try:
+        meta = json.loads(file.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise InputError(f"{file} is not valid JSON ({type(exc).__name__}); expected the metadata `fsad train` "
+                         "writes (retrain, or restore the file)") from None
+    if not isinstance(meta, dict):
+        raise InputError(f"{file} holds a JSON {type(meta).__name__}; expected the object `fsad train` writes")
+    return meta
+
+
 def load_model_dir(path: str | Path, device: str | torch.device = "cpu") -> tuple[torch.nn.Module, Config, dict]:
     path = Path(path)
     if not path.is_dir():
@@ -64,10 +79,13 @@ def load_model_dir(path: str | Path, device: str | torch.device = "cpu") -> tupl
     verify_model_files(path, (WEIGHTS, CONFIG, META))
     try:
         tree = yaml.safe_load((path / CONFIG).read_text())
-    except yaml.YAMLError as exc:
+    except (yaml.YAMLError, UnicodeDecodeError) as exc:
         raise InputError(f"config file {path / CONFIG} is not valid YAML") from exc
+    if not isinstance(tree, dict):
+        raise InputError(f"config file {path / CONFIG} holds a {type(tree).__name__}; expected the mapping "
+                         "of config sections that `fsad train` writes")
     cfg = config_from_dict(tree)
-    meta = json.loads((path / META).read_text()) if (path / META).is_file() else {}
+    meta = read_meta(path)
     model = build_model(cfg)
     try:
         state = load_file(str(path / WEIGHTS))

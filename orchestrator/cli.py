@@ -41,7 +41,9 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     from orchestrator.train import TrainingDiverged
+    from workers.data import max_pixels, set_max_pixels
 
+    limit = max_pixels()  # a verb sets data.max_pixels for itself; callers in this process keep theirs
     try:
         return int(args.run(args) or 0)
     except InputError as exc:
@@ -53,6 +55,8 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("fsad: interrupted", file=sys.stderr)
         return 130
+    finally:
+        set_max_pixels(limit)
 
 
 if __name__ == "__main__":

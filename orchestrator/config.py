@@ -17,13 +17,16 @@ from pathlib import Path
 from typing import Any, Iterator, get_args, get_origin, get_type_hints
 
 import yaml
+from PIL import Image
 
 from model.backbone import BackboneSpec
 from model.energy import MAP_MODES, SparseSpec
 from model.errors import InputError
 from model.inpaint import CORRUPTIONS
 from model.langevin import validate_langevin
+from workers.data import DEFAULT_MAX_PIXELS
 from workers.episodes import AUGMENT_MODES
+from workers.paths import plain_name
 
 # Evaluation methods. The last three are baselines with no learning or no support set (model/baselines.py):
 # untrained = ours with a freshly initialised Ψ, knn_untrained = kNN on that Ψ, nosupport = the blurred
@@ -35,9 +38,16 @@ METHOD_MODEL = {"ours": "ours", "knn": "ours", "maml_ae": "maml_ae", "untrained"
                 "nosupport": "ours"}
 
 
+# Images are resized to at most this: the largest source images (MVTec) are 1024 px, and every
+# training image is held in memory at this size (3 × S² float32), so larger values only exhaust memory.
+MAX_IMAGE_SIZE = 1024
+MAX_PIXELS_LIMIT = Image.MAX_IMAGE_PIXELS  # PIL warns above this and refuses above twice it
+
+
 @dataclass
 class DataConfig:
     image_size: int = 128  # images are resized to image_size × image_size (non-square ones are squashed)
+    max_pixels: int = DEFAULT_MAX_PIXELS  # larger images (width × height, read from the header) are refused undecoded
     categories: list[str] = field(default_factory=list)  # empty: every category under the root
     exclude: list[str] = field(default_factory=list)  # held out: never seen in training
 
@@ -426,6 +436,8 @@ def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str
 
 
 def config_from_dict(tree: dict[str, Any]) -> Config:
+    if not isinstance(tree, dict):
+        raise InputError(f"config: expected a mapping of sections (data, model, train, ...); got a {type(tree).__name__}")
     return from_dict(Config, tree).validate()
 
 
@@ -441,8 +453,18 @@ def _finite(key: str, value: float, low: float | None = None, strict: bool = Tru
 
 
 def validate(cfg: Config) -> None:
-    if cfg.data.image_size < 8:
-        raise InputError(f"data.image_size={cfg.data.image_size}: expected >= 8")
+    if not 8 <= cfg.data.image_size <= MAX_IMAGE_SIZE:
+        raise InputError(f"data.image_size={cfg.data.image_size}: expected 8 to {MAX_IMAGE_SIZE}")
+    if not 1 <= cfg.data.max_pixels <= MAX_PIXELS_LIMIT:
+        raise InputError(f"data.max_pixels={cfg.data.max_pixels}: expected 1 to {MAX_PIXELS_LIMIT} "
+                         "(above that PIL itself treats an image as a decompression bomb)")
+    for key, names in (("data.categories", cfg.data.categories), ("data.exclude", cfg.data.exclude),
+                       ("pipeline.targets", cfg.pipeline.targets),
+                       ("experiments.ablation_targets", cfg.experiments.ablation_targets),
+                       ("experiments.video_targets", cfg.experiments.video_targets),
+                       ("tune.validation", cfg.tune.validation), ("train.val_categories", cfg.train.val_categories)):
+        for name in names:
+            plain_name(name, key)
     if cfg.data.image_size % cfg.model.backbone.stride:
         raise InputError(
             f"data.image_size={cfg.data.image_size}: expected a multiple of model.backbone.stride="
@@ -663,6 +685,22 @@ def atomic_path(path: str | Path, suffix: str = ".tmp") -> Iterator[Path]:
         fsync_dir(path.parent)
     finally:
         Path(tmp).unlink(missing_ok=True)
+
+
+def check_writable_dir(path: str | Path, flag: str = "--out") -> None:
+    """Fail before any work when the folder `path` (created later if absent) could not be written:
+    it, or its nearest existing parent, must be a directory this user may write into."""
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise InputError(f"{flag} {path} exists and is not a directory; expected a folder to write into")
+    existing = path
+    while not existing.exists() and existing.parent != existing:
+        existing = existing.parent
+    if not existing.is_dir():
+        raise InputError(f"{flag} {path}: {existing} is not a directory; expected a folder path")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise InputError(f"{flag} {path}: {existing} is not writable by this user; expected a folder you can write "
+                         "(checked before any work starts)")
 
 
 def atomic_write_text(path: str | Path, text: str) -> None:

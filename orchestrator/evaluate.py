@@ -22,9 +22,10 @@ from model.energy import AdaptiveEBM
 from model.errors import InputError
 from orchestrator.artifacts import load_model_dir, resolve_device
 from orchestrator.config import BASELINES, METHODS, Config, atomic_write_text
-from workers.data import stack_items
+from workers.data import set_max_pixels, stack_items
 from workers.manifest import as_source, open_source
 from workers.episodes import dihedral
+from workers.paths import category_key, plain_name
 
 METRIC_NAMES = ("image_auroc", "pixel_auroc", "pro", "miou")
 
@@ -194,6 +195,19 @@ def evaluate_scorer(scorer: Scorer, test: TestSet, shots: int, draws: int, seed:
     return {**summary, "draws": per_draw, "adapt_seconds": float(np.mean(adapt_seconds)), "first": first}
 
 
+def _check_not_an_alias(source, category: str, trained_on, model_dir) -> None:
+    """A folder that is a training category under another name (a symlink, a case-insensitive
+    filesystem) is no held-out category either."""
+    root = getattr(source, "root", None)  # a folder source; a manifest names its categories exactly
+    if root is None or not (Path(root) / category).exists():
+        return
+    target = (Path(root) / category).resolve()
+    for name in trained_on:
+        if (Path(root) / name).exists() and (Path(root) / name).resolve() == target:
+            raise InputError(f"category {category!r} under {root} is the training category {name!r} of {model_dir} "
+                             "under another name; leave-one-out evaluation needs a held-out category")
+
+
 def evaluate(model_dir: str | Path, data_root: str | Path, category: str, shots: int, draws: int, out: str | Path,
              method: str = "ours", seed: int | None = None, progress: bool = True,
              overlays: int | None = None, on_draw=None, manifest: str | Path | None = None,
@@ -207,6 +221,7 @@ def evaluate(model_dir: str | Path, data_root: str | Path, category: str, shots:
     from orchestrator.plots import write_overlays
 
     model, cfg, meta = load_model_dir(model_dir)
+    set_max_pixels(cfg.data.max_pixels)
     done, planned = meta.get("episodes_done"), cfg.train.episodes
     partial = isinstance(done, int) and done < planned
     if partial and not allow_partial:
@@ -214,10 +229,13 @@ def evaluate(model_dir: str | Path, data_root: str | Path, category: str, shots:
                          f"finish it with `fsad train --resume --out {model_dir}` or pass --allow-partial")
     device = resolve_device(cfg.train.device)
     model.to(device)
-    if category in meta.get("train_categories", []):
-        raise InputError(f"category {category!r} was seen in training by {model_dir}; "
+    plain_name(category, "--category")  # kolektor/ or ../../elsewhere/tire are no held-out category
+    seen = {category_key(c): c for c in meta.get("train_categories", [])}
+    if category_key(category) in seen:
+        raise InputError(f"category {category!r} was seen in training by {model_dir} (as {seen[category_key(category)]!r}); "
                          "leave-one-out evaluation needs a held-out category")
     source = open_source(data_root, manifest, splits)
+    _check_not_an_alias(source, category, seen.values(), model_dir)
     draw_index = source.support_index(category, shots, draws) if splits is not None else None
     test = load_test_set(source, category, cfg.data.image_size)
     scorer = make_scorer(method, model, cfg)

@@ -30,6 +30,7 @@ from workers.manifest import (
     splits_table,
     staged_parquet,
 )
+from workers.paths import relative_key
 
 MANIFEST = "manifest.parquet"
 REJECTS = "rejects.parquet"
@@ -129,6 +130,7 @@ def ingest(source: str, name: str, out: str | Path, endpoint_url: str | None = N
 
 def _mirroring_reader(read: Callable[[str], bytes], folder: Path) -> Callable[[str], bytes]:
     def mirrored(key: str) -> bytes:
+        relative_key(key, "object key")  # scan_layout already refused unsafe keys; never write outside folder
         data = read(key)
         path = folder / key
         path.parent.mkdir(parents=True, exist_ok=True)

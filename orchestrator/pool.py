@@ -1,7 +1,8 @@
 """Ray actor pool: the plain worker classes become actors here, and nowhere else.
 
-* `connect` joins a cluster (`auto`, `HOST:PORT`, `ray://HOST:PORT`) after a TCP probe bounded by
-  distributed.connect_timeout_s, or starts Ray in-process (no address).
+* `connect` joins a cluster (`auto`, `HOST:PORT`, `ray://HOST:PORT`) after checking that this machine has
+  the cluster's token and a TCP probe bounded by distributed.connect_timeout_s, or starts Ray in-process
+  (no address).
 * `ActorPool` builds E episode workers (one shard of categories each) and W Langevin workers with
   `num_cpus`/`num_gpus` from the config and `max_restarts`/`max_task_retries`; GPU workers pick their
   device from Ray's assignment (`ray.get_gpu_ids()`; Ray sets CUDA_VISIBLE_DEVICES, so it is cuda:0).
@@ -73,6 +74,34 @@ def resolve_address(address: str) -> tuple[str, tuple[str, int] | None]:
     return address, _host_port(address, address)
 
 
+def cluster_token_source() -> str | None:
+    """Where Ray will read the cluster token from (its own order), or None when there is none."""
+    if os.environ.get("RAY_AUTH_TOKEN", "").strip():
+        return "RAY_AUTH_TOKEN"
+    custom = os.environ.get("RAY_AUTH_TOKEN_PATH", "").strip()
+    path = Path(custom).expanduser() if custom else Path.home() / ".ray" / "auth_token"
+    try:
+        return str(path) if path.read_text().strip() else None
+    except OSError:
+        return None
+
+
+def require_cluster_token(address: str) -> None:
+    """Refuse to join without a token unless RAY_AUTH_MODE=disabled says the cluster has none.
+
+    Without a token a token-authenticated cluster does not refuse the driver: Ray retries until
+    distributed.connect_timeout_s and the reason is lost, so the missing token is named up front.
+    """
+    if os.environ.get("RAY_AUTH_MODE", "").strip().lower() == "disabled" or cluster_token_source() is not None:
+        return
+    custom = os.environ.get("RAY_AUTH_TOKEN_PATH", "").strip()
+    where = f"RAY_AUTH_TOKEN_PATH={custom} is missing or empty" if custom else \
+        "no RAY_AUTH_TOKEN, RAY_AUTH_TOKEN_PATH or ~/.ray/auth_token"
+    raise InputError(f"--address {address}: no Ray cluster token ({where}); expected the head's token "
+                     "(`ray get-auth-token` on the head) in a file named by RAY_AUTH_TOKEN_PATH, or "
+                     "RAY_AUTH_MODE=disabled for a cluster without token authentication (docs/cluster.md)")
+
+
 def _probe_gcs(target: str, address: str, timeout: float) -> None:
     """Join the cluster from a child process first: ray.init retries a silent or foreign endpoint (a
     proxy, Redis on 6379) for minutes, a child can be stopped after `timeout` seconds."""
@@ -82,8 +111,10 @@ def _probe_gcs(target: str, address: str, timeout: float) -> None:
     try:
         proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=timeout)
     except subprocess.TimeoutExpired:
+        source = cluster_token_source()
+        hint = f"; a cluster whose token differs from {source}'s does not answer either" if source else ""
         raise InputError(f"--address {address}: no Ray cluster answered at {target} within {timeout:g}s "
-                         "(distributed.connect_timeout_s)") from None
+                         f"(distributed.connect_timeout_s){hint}") from None
     if proc.returncode != 0:
         lines = [line for line in proc.stderr.strip().splitlines() if line.strip()]
         raise InputError(f"--address {address}: could not join the Ray cluster at {target} "
@@ -105,6 +136,7 @@ def connect(address: str | None, cfg: Config) -> bool:
                  log_to_driver=False, logging_level="ERROR", **kwargs)
         return True
     target, probe = resolve_address(address)
+    require_cluster_token(address)
     if probe is not None:
         try:
             socket.create_connection(probe, timeout=d.connect_timeout_s).close()
@@ -178,7 +210,7 @@ class ActorPool:
         self.episode_actors = [
             episode_cls.remote(str(data_root), shard, cfg.data.image_size, cfg.train.shots, cfg.train.queries,
                                (cfg.inpaint.min_frac, cfg.inpaint.max_frac), cfg.train.augment,
-                               tuple(cfg.inpaint.kinds))
+                               tuple(cfg.inpaint.kinds), max_pixels=cfg.data.max_pixels)
             for shard in shards
         ]
         langevin_cls = ray.remote(RayLangevinWorker).options(

@@ -67,9 +67,18 @@ def resolve_tracking_uri(cli_uri: str | None = None, no_track: bool = False) -> 
     return uri
 
 
+# Query or fragment parameters whose name says it carries a secret: ?token=..., &password=...,
+# &X-Amz-Signature=... (presigned URLs), &sig=... (SAS), &api_key=..., &access_token=..., &client_secret=...
+_SECRET_PARAM = re.compile(
+    r"([?&#;](?:[\w.-]*(?:token|password|passwd|pwd|secret|signature|credential|api[_-]?key|apikey|access[_-]?key|"
+    r"auth|session)[\w.-]*|sig|key|code)=)[^&#;\s'\"]+", re.IGNORECASE)
+
+
 def redact(text: Any) -> str:
-    """`text` with URI passwords (scheme://user:PASSWORD@host) and secret environment values masked."""
+    """`text` with URI passwords (scheme://user:PASSWORD@host), secret query parameters (?token=...,
+    &password=..., presigned-URL signatures) and secret environment values masked."""
     text = re.sub(r"([a-zA-Z][\w+.-]*://[^:/@\s]*):[^@/\s]*@", r"\1:***@", str(text))
+    text = _SECRET_PARAM.sub(r"\1***", text)
     for value in _secret_values():
         text = text.replace(value, "***")
     return text

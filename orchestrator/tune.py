@@ -51,6 +51,7 @@ from orchestrator.config import (
     with_values,
 )
 from orchestrator.tracking import TrackedRun, check_database_reachable, end_running_runs, redact
+from workers.data import set_max_pixels
 
 HEARTBEAT_ATTR = "fsad:heartbeat"
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
@@ -351,6 +352,7 @@ def run_trials(spec: TrialSpec, n_trials: int) -> list[int]:
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
     cfg = config_from_dict(spec.cfg_tree)
+    set_max_pixels(cfg.data.max_pixels)  # also when this runs as a Ray task in another process
     study = optuna.load_study(study_name=spec.study, storage=open_storage(spec.storage, cfg),
                               sampler=make_sampler(cfg), pruner=make_pruner(cfg))
     objective = Objective(spec)

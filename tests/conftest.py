@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import os
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -135,6 +137,24 @@ def trained_maml(small_real_root: Path, tmp_path_factory) -> Path:
                  "--out", str(out), "--quiet", *tiny_sets()])
     assert code == 0
     return out
+
+
+@pytest.fixture(scope="session")
+def ray_token(tmp_path_factory) -> Path:
+    """A Ray cluster token made for this session, so cluster tests need nothing in the home directory.
+
+    `ray get-auth-token --generate` always writes ~/.ray/auth_token, so it runs with HOME pointing at a
+    private folder; clusters and clients started by the tests read the file through RAY_AUTH_TOKEN_PATH.
+    """
+    home = tmp_path_factory.mktemp("ray_home")
+    env = {k: v for k, v in os.environ.items() if k not in ("RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH")}
+    env["HOME"] = str(home)
+    done = subprocess.run([str(Path(sys.executable).with_name("ray")), "get-auth-token", "--generate"], env=env,
+                          capture_output=True, text=True, timeout=120)
+    token = home / ".ray" / "auth_token"
+    assert done.returncode == 0 and token.is_file(), done.stderr[-2000:]
+    assert done.stdout.strip() == token.read_text().strip() and len(done.stdout.strip()) >= 32
+    return token
 
 
 def expect_error(fn, *needles) -> str:

@@ -1,6 +1,10 @@
 """A real local Ray cluster (`ray start --head` on free ports, 127.0.0.1 dashboard): `ray job submit` of a
 short `fsad train`, a driver SIGKILLed mid-run then `--resume`d (synchronous mode: identical final
-weights to an uninterrupted run, which uses the embedded default), and too many GPUs via the CLI.
+weights to an uninterrupted run, which uses the embedded default), too many GPUs via the CLI, and a
+driver without the cluster's token.
+
+Token authentication is on; the token is made by the session's `ray_token` fixture (tests/conftest.py)
+and passed as RAY_AUTH_TOKEN_PATH, so nothing is read from or left in the home directory.
 
 The head runs as `ray start --block` in its own session, so teardown stops exactly the processes this
 test started (SIGTERM to that process, then its process group); no machine-wide `ray stop`.
@@ -40,14 +44,18 @@ def free_port(low: int = 20000) -> int:
     raise RuntimeError("no free port above 20000")
 
 
-def ray_env() -> dict[str, str]:
+def ray_env(token: Path | None) -> dict[str, str]:
+    """The environment of a cluster member or client: token mode, the token file (None: no token)."""
     env = dict(os.environ, RAY_AUTH_MODE="token", PATH=f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}")
-    env.pop("RAY_ADDRESS", None)
+    for key in ("RAY_ADDRESS", "RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH"):
+        env.pop(key, None)
+    if token is not None:
+        env["RAY_AUTH_TOKEN_PATH"] = str(token)
     return env
 
 
 @pytest.fixture(scope="module")
-def head(tmp_path_factory):
+def head(tmp_path_factory, ray_token):
     port, dash = free_port(), free_port()
     temp = Path(f"/tmp/rayt_{os.getpid()}")
     log = open(tmp_path_factory.mktemp("head") / "head.log", "w")
@@ -55,7 +63,7 @@ def head(tmp_path_factory):
         [BIN / "ray", "start", "--head", "--block", "--port", str(port), "--num-cpus", "2",
          "--dashboard-host", "127.0.0.1", "--dashboard-port", str(dash), "--object-store-memory", str(300 * 1024**2),
          "--temp-dir", str(temp), "--disable-usage-stats"],
-        env=ray_env(), stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+        env=ray_env(ray_token), stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
     )
     try:
         deadline = time.time() + 120
@@ -72,7 +80,8 @@ def head(tmp_path_factory):
             assert proc.poll() is None, Path(log.name).read_text()[-3000:]
             assert time.time() < deadline, "head did not come up"
             time.sleep(1)
-        yield {"address": f"127.0.0.1:{port}", "dashboard": f"http://127.0.0.1:{dash}", "temp_dir": str(temp)}
+        yield {"address": f"127.0.0.1:{port}", "dashboard": f"http://127.0.0.1:{dash}", "temp_dir": str(temp),
+               "env": ray_env(ray_token)}
     finally:
         proc.send_signal(signal.SIGTERM)
         try:
@@ -95,7 +104,7 @@ def test_ray_job_submit_runs_fsad_train(head, small_real_root, tmp_path):
     cmd = [str(BIN / "ray"), "job", "submit", "--address", head["dashboard"], "--working-dir", str(REPO), "--",
            "fsad", *fsad_args(small_real_root, out, "--workers", "1", "--address", "auto",
                               *tiny_sets(train__episodes=4))]
-    proc = subprocess.run(cmd, env=ray_env(), capture_output=True, text=True, timeout=240)
+    proc = subprocess.run(cmd, env=head["env"], capture_output=True, text=True, timeout=240)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     summaries = [json.loads(line) for line in proc.stdout.splitlines() if line.startswith('{"out"')]
     assert summaries and summaries[-1]["counters"]["applied"] == 4, proc.stdout[-3000:]
@@ -108,12 +117,12 @@ def test_killed_driver_resumes_to_identical_weights(head, small_real_root, tmp_p
     python = [sys.executable, "-m", "orchestrator.cli"]
     # uninterrupted reference: the embedded default (Ray started in-process)
     ref = subprocess.run(python + fsad_args(small_real_root, tmp_path / "ref", "--workers", "1", *sets),
-                         cwd=REPO, env=ray_env(), capture_output=True, text=True, timeout=240)
+                         cwd=REPO, env=head["env"], capture_output=True, text=True, timeout=240)
     assert ref.returncode == 0, ref.stderr[-3000:]
     # the same run on the cluster, driver SIGKILLed after a checkpoint, then resumed
     out = tmp_path / "killed"
     args = fsad_args(small_real_root, out, "--workers", "1", "--address", head["address"], *sets)
-    driver = subprocess.Popen(python + args, cwd=REPO, env=ray_env(), stdout=subprocess.DEVNULL,
+    driver = subprocess.Popen(python + args, cwd=REPO, env=head["env"], stdout=subprocess.DEVNULL,
                               stderr=subprocess.PIPE, start_new_session=True)
     deadline = time.time() + 180
     done = 0
@@ -127,7 +136,7 @@ def test_killed_driver_resumes_to_identical_weights(head, small_real_root, tmp_p
     os.kill(driver.pid, signal.SIGKILL)
     driver.wait(30)
     assert 8 <= done < total
-    resumed = subprocess.run(python + args + ["--resume"], cwd=REPO, env=ray_env(), capture_output=True,
+    resumed = subprocess.run(python + args + ["--resume"], cwd=REPO, env=head["env"], capture_output=True,
                              text=True, timeout=240)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     summary = json.loads(resumed.stdout.strip().splitlines()[-1])
@@ -146,7 +155,39 @@ def test_more_gpus_than_the_cluster_has_is_exit_2(head, small_real_root, tmp_pat
         [sys.executable, "-m", "orchestrator.cli",
          *fsad_args(small_real_root, tmp_path / "m", "--workers", "2", "--address", head["address"], *tiny_sets(),
                     "--set", "distributed.num_gpus_per_worker=1", "--set", "distributed.start_timeout_s=5")],
-        cwd=REPO, env=ray_env(), capture_output=True, text=True, timeout=120)
+        cwd=REPO, env=head["env"], capture_output=True, text=True, timeout=120)
     one_error_line(proc, "not placed within 5s", "the cluster has 2 CPU and 0 GPU")
     assert time.perf_counter() - began < 60
+    assert not (tmp_path / "m").exists()
+
+
+@pytest.mark.parametrize("auth_mode", ["token", None])
+def test_driver_without_the_token_is_exit_2(head, small_real_root, tmp_path, auth_mode):
+    """A driver that lacks the cluster's token (empty home, no RAY_AUTH_TOKEN*) gets one line saying how to
+    get it, with or without RAY_AUTH_MODE=token, and nothing is written."""
+    env = ray_env(None)
+    env["HOME"] = str(tmp_path / "empty_home")
+    (tmp_path / "empty_home").mkdir()
+    if auth_mode is None:
+        env.pop("RAY_AUTH_MODE")
+    proc = subprocess.run(
+        [sys.executable, "-m", "orchestrator.cli",
+         *fsad_args(small_real_root, tmp_path / "m", "--workers", "1", "--address", head["address"], *tiny_sets(),
+                    "--set", "distributed.connect_timeout_s=5")],
+        cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
+    one_error_line(proc, head["address"], "token", "RAY_AUTH_TOKEN_PATH", "docs/cluster.md")
+    assert not (tmp_path / "m").exists()
+    assert not any((tmp_path / "empty_home").iterdir())
+
+
+def test_driver_with_another_clusters_token_is_exit_2(head, small_real_root, tmp_path):
+    """The cluster does not answer a wrong token (Ray retries until the timeout): the message names the token."""
+    wrong = tmp_path / "wrong_token"
+    wrong.write_text("0" * 64)
+    proc = subprocess.run(
+        [sys.executable, "-m", "orchestrator.cli",
+         *fsad_args(small_real_root, tmp_path / "m", "--workers", "1", "--address", head["address"], *tiny_sets(),
+                    "--set", "distributed.connect_timeout_s=5")],
+        cwd=REPO, env=ray_env(wrong), capture_output=True, text=True, timeout=120)
+    one_error_line(proc, head["address"], "no Ray cluster answered", f"token differs from {wrong}")
     assert not (tmp_path / "m").exists()

@@ -22,7 +22,7 @@ import yaml
 from orchestrator.cli import main
 from orchestrator.config import load_config
 from tests.conftest import HELD_OUT, REPO, tiny_sets
-from tests.test_ray_cluster import head, ray_env  # noqa: F401 - head: the real `ray start --head` fixture
+from tests.test_ray_cluster import head  # noqa: F401 - head: the real `ray start --head` fixture
 
 FSAD = str(Path(sys.executable).with_name("fsad"))
 PG_ADMIN = "postgresql+psycopg2://postgres@127.0.0.1:5432/test"
@@ -347,7 +347,7 @@ def test_trials_run_on_a_ray_cluster_joined_with_address(head, pg_url, small_rea
     by the driver."""
     cmd = [FSAD, *tune_args(small_real_root, pg_url, tmp_path / "out", "a", 2, "--parallel", "2",
                             "--address", head["address"], *tune_sets(tune__pruner="none"))]
-    done = subprocess.run(cmd, env=ray_env(), capture_output=True, text=True, timeout=240)
+    done = subprocess.run(cmd, env=head["env"], capture_output=True, text=True, timeout=240)
     assert done.returncode == 0, done.stderr[-3000:]
     storage = optuna.storages.RDBStorage(pg_url)
     study = optuna.load_study(study_name="a", storage=storage)

@@ -11,11 +11,18 @@ Everything here turns files on disk into typed `ImageItem`s with one fixed conve
 * **Size.** Every image is resized to a square ``image_size`` x ``image_size`` with bilinear,
   antialiased resampling (PIL's convolution-based resize). The aspect ratio is *not* preserved:
   a 203x512 image is squeezed to SxS; masks are squeezed identically, so pixel labels stay aligned.
-* **Values.** ``image`` is float32 in [0, 1], shape (3, S, S). ``mask`` is float32 in {0, 1}, shape
-  (S, S), resized with nearest-neighbour and binarised (> 127), or ``None`` when there are no pixel
-  labels (training images, and categories/scenes that have only image-level labels).
+* **Values.** ``image`` is float32 in [0, 1], shape (3, S, S); 16-bit grey is scaled by 1/65535 in
+  float32 (never a float64 copy). ``mask`` is float32 in {0, 1}, shape (S, S), resized with
+  nearest-neighbour, or ``None`` when there are no pixel labels (training images, and categories/scenes
+  that have only image-level labels). A mask file must be binary: 0 for normal pixels and one "on"
+  value (255, or 1; 65535 for 16-bit) for anomalous ones; any other value (e.g. JPEG ringing, a soft
+  mask) is an `InputError` rather than a silent threshold.
 * **Integrity.** Every image is decoded completely (``Image.load()``), so a corrupt or truncated file
   raises an `InputError` naming it; nothing here enables PIL's ``LOAD_TRUNCATED_IMAGES``.
+* **Size limits.** An image with more than `max_pixels()` pixels (``data.max_pixels``, default 40 M;
+  `set_max_pixels`) is refused from its header, before anything is decoded; PIL's
+  ``DecompressionBombWarning`` is an error. Decoding threads share a budget of `max_pixels()` pixels
+  in flight, so a folder of large images is not decoded eight at a time.
 * **Determinism.** Files are sorted by name (video frames by the integer in their stem when all stems
   are numeric).
 
@@ -25,11 +32,13 @@ image_size, mtime, file size), so repeated loads in one process are cheap; `clea
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
 import tempfile
 import threading
+import warnings
 from collections import OrderedDict
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -41,6 +50,7 @@ import torch
 from PIL import Image
 
 from model.errors import InputError
+from workers.paths import plain_name
 
 __all__ = [
     "IMAGE_EXTENSIONS",
@@ -55,6 +65,10 @@ __all__ = [
     "list_scenes",
     "load_scene",
     "clear_cache",
+    "DEFAULT_MAX_PIXELS",
+    "max_pixels",
+    "set_max_pixels",
+    "open_checked",
 ]
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
@@ -159,22 +173,94 @@ def _cached(kind: str, path: Path, size: int | None, fn: Callable[[Path, int | N
     return value
 
 
+# --------------------------------------------------------------------------------------------------
+# Size limits: refuse decompression bombs from the header
+# --------------------------------------------------------------------------------------------------
+
+DEFAULT_MAX_PIXELS = 40_000_000  # 5x the largest source images (MVTec: 1024², ELPV: 300²) and then some
+_max_pixels = DEFAULT_MAX_PIXELS
+# PIL only warns between MAX_IMAGE_PIXELS and twice that; a warning would let the bomb decode.
+warnings.filterwarnings("error", category=Image.DecompressionBombWarning)
+
+
+def max_pixels() -> int:
+    return _max_pixels
+
+
+def set_max_pixels(limit: int) -> None:
+    """The largest image (width × height) this process decodes (config data.max_pixels)."""
+    global _max_pixels
+    if isinstance(limit, bool) or not isinstance(limit, (int, np.integer)) or not 1 <= limit <= Image.MAX_IMAGE_PIXELS:
+        raise InputError(f"data.max_pixels={limit!r}: expected an integer from 1 to {Image.MAX_IMAGE_PIXELS}")
+    _max_pixels = int(limit)
+
+
+def open_checked(source, name) -> Image.Image:
+    """Image.open (which reads only the header) and refuse more than max_pixels() before decoding.
+
+    source: a path or a binary file object; name: how messages refer to it."""
+    limit = _max_pixels
+    try:
+        im = Image.open(source)
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
+        raise InputError(f"image {name} is a decompression bomb ({str(e).rstrip('.')}); expected at most "
+                         f"{limit / 1e6:g} M pixels (data.max_pixels); refused before decoding") from None
+    width, height = im.size
+    if width * height > limit:
+        im.close()
+        raise InputError(f"image {name} is {width}x{height} = {width * height / 1e6:.1f} M pixels; expected at most "
+                         f"{limit / 1e6:g} M pixels (data.max_pixels); refused before decoding")
+    return im
+
+
+class _PixelBudget:
+    """At most max_pixels() pixels decoding at once across threads (one image up to the cap always may)."""
+
+    def __init__(self):
+        self._cond = threading.Condition()
+        self._used = 0
+
+    @contextlib.contextmanager
+    def hold(self, pixels: int):
+        pixels = min(int(pixels), _max_pixels)
+        with self._cond:
+            while self._used and self._used + pixels > _max_pixels:
+                self._cond.wait()
+            self._used += pixels
+        try:
+            yield
+        finally:
+            with self._cond:
+                self._used -= pixels
+                self._cond.notify_all()
+
+
+_decoding = _PixelBudget()
+
+
 def _check_size(image_size) -> None:
     if isinstance(image_size, bool) or not isinstance(image_size, (int, np.integer)) or image_size < 1:
         raise InputError(f"image_size {image_size!r} is invalid; expected a positive integer")
 
 
-def _open_full(path: Path) -> Image.Image:
-    """Open and fully decode an image; any decoding failure becomes an InputError naming the file."""
+@contextlib.contextmanager
+def _decoded(path: Path):
+    """The fully decoded image: its size is checked from the header, then it is decoded once the pixel
+    budget has room for it. Any decoding failure becomes an InputError naming the file."""
     try:
-        im = Image.open(path)
-        im.load()  # decode everything now: truncated/corrupt files fail here, not later
-        return im
+        im = open_checked(path, path)
     except InputError:
         raise
-    except Exception as e:  # PIL raises OSError, SyntaxError, ValueError, DecompressionBombError, ...
-        msg = str(e) or type(e).__name__
-        raise InputError(f"cannot decode image {path}: {msg}; expected a complete, readable image file") from None
+    except Exception as e:  # PIL raises OSError, SyntaxError, ValueError, UnidentifiedImageError, ...
+        raise InputError(f"cannot decode image {path}: {str(e) or type(e).__name__}; expected a complete, "
+                         "readable image file") from None
+    with im, _decoding.hold(im.size[0] * im.size[1]):
+        try:
+            im.load()  # decode everything now: truncated/corrupt files fail here, not later
+        except Exception as e:
+            raise InputError(f"cannot decode image {path}: {str(e) or type(e).__name__}; expected a complete, "
+                             "readable image file") from None
+        yield im
 
 
 def _to_grey_or_rgb(im: Image.Image, path: Path) -> Image.Image:
@@ -201,10 +287,13 @@ def _to_grey_or_rgb(im: Image.Image, path: Path) -> Image.Image:
     if mode == "1":
         return im.convert("L")
     if mode.startswith("I"):  # 16-bit grey (I;16, I;16B, ...) or 32-bit int holding 16-bit data
-        arr = np.asarray(im).astype(np.float64)
-        if arr.size and (arr.min() < 0 or arr.max() > 65535):
+        ints = np.asarray(im)
+        if ints.size and (ints.min() < 0 or ints.max() > 65535):
             raise InputError(f"image {path} has integer values outside [0, 65535]; expected 8- or 16-bit grey")
-        return Image.fromarray((arr / 65535.0).astype(np.float32), mode="F")
+        scaled = ints.astype(np.float32)  # float32, scaled in place: no float64 copy of a large image
+        del ints
+        scaled /= np.float32(65535.0)
+        return Image.fromarray(scaled, mode="F")
     if mode == "F":
         arr = np.asarray(im, dtype=np.float32)
         if arr.size and (not np.isfinite(arr).all() or arr.min() < 0 or arr.max() > 1):
@@ -215,7 +304,7 @@ def _to_grey_or_rgb(im: Image.Image, path: Path) -> Image.Image:
 
 def _decode_image(path: Path, size: int | None) -> tuple[np.ndarray, tuple[int, int]]:
     """-> (array (S,S) or (S,S,3), uint8 or float32 in [0,1]; original (W, H))."""
-    with _open_full(path) as raw:
+    with _decoded(path) as raw:
         orig = raw.size
         im = _to_grey_or_rgb(raw, path)
         if size is not None and im.size != (size, size):
@@ -224,9 +313,22 @@ def _decode_image(path: Path, size: int | None) -> tuple[np.ndarray, tuple[int, 
     return arr, orig
 
 
+def _check_binary(arr: np.ndarray, on_values: tuple, path: Path) -> None:
+    """A mask holds 0 and at most one "on" value from on_values; anything else is not a mask."""
+    if not arr.size:
+        return
+    high = arr.max()
+    if ((arr == 0) | (arr == high)).all() and (high == 0 or high in on_values):
+        return
+    values = np.unique(arr)
+    shown = ", ".join(f"{v:g}" for v in values[:6].tolist()) + (", ..." if values.size > 6 else "")
+    raise InputError(f"mask {path} is not binary (values {shown}); expected 0 for normal and "
+                     f"{' or '.join(f'{v:g}' for v in on_values)} for anomalous pixels")
+
+
 def _decode_mask(path: Path, size: int | None) -> tuple[np.ndarray, tuple[int, int]]:
-    """-> (binary uint8 array (S,S) in {0,1}; original (W, H)). Masks: 0 normal, >127 anomalous."""
-    with _open_full(path) as raw:
+    """-> (binary uint8 array (S,S) in {0,1}; original (W, H)). Masks: 0 normal, one "on" value anomalous."""
+    with _decoded(path) as raw:
         orig = raw.size
         bands = len(raw.getbands())
         if raw.mode in ("L", "1", "P") or raw.mode.startswith("I") or raw.mode == "F":
@@ -235,15 +337,16 @@ def _decode_mask(path: Path, size: int | None) -> tuple[np.ndarray, tuple[int, i
             im = raw.convert("L")
         else:
             raise InputError(f"mask {path} has mode {raw.mode}; expected a grey 0/255 mask")
+        if raw.mode.startswith("I"):
+            on_values = (1, 255, 65535)
+        elif raw.mode == "F":
+            on_values = (1.0,)
+        else:
+            on_values = (1, 255)
+        _check_binary(np.asarray(im), on_values, path)  # at full size: nearest resizing could drop values
         if size is not None and im.size != (size, size):
             im = im.resize((size, size), Image.Resampling.NEAREST)
-        arr = np.asarray(im)
-        if raw.mode.startswith("I"):
-            binary = arr > 32767
-        elif raw.mode == "F":
-            binary = arr > 0.5
-        else:
-            binary = arr > 127
+        binary = np.asarray(im) != 0
     return binary.astype(np.uint8), orig
 
 
@@ -281,15 +384,22 @@ def _parallel(fn: Callable, jobs: Sequence) -> list:
         return list(ex.map(fn, jobs))
 
 
+def _entries(folder: Path) -> list[Path]:
+    try:
+        return list(folder.iterdir())
+    except OSError as e:
+        raise InputError(f"cannot list folder {folder}: {e.strerror or e}; expected a readable folder") from None
+
+
 def _image_files(folder: Path) -> list[Path]:
     return sorted(
-        (p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS and not p.name.startswith(".")),
+        (p for p in _entries(folder) if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS and not p.name.startswith(".")),
         key=lambda p: p.name,
     )
 
 
 def _subdirs(folder: Path) -> list[Path]:
-    return sorted((p for p in folder.iterdir() if p.is_dir() and not p.name.startswith(".")), key=lambda p: p.name)
+    return sorted((p for p in _entries(folder) if p.is_dir() and not p.name.startswith(".")), key=lambda p: p.name)
 
 
 def _check_root(root) -> Path:
@@ -337,6 +447,7 @@ class MVTecCategory:
     @classmethod
     def open(cls, root, category: str) -> "MVTecCategory":
         root = _check_root(root)
+        plain_name(category, "category")  # a path such as ../../elsewhere/tire would leave the root
         folder = root / str(category)
         if not folder.is_dir():
             avail = ", ".join(p.name for p in _subdirs(root) if (p / "train" / GOOD).is_dir()) or "none"
@@ -608,6 +719,7 @@ def load_scene(root, scene: str, image_size: int, split: str = "train", every: i
     if isinstance(every, bool) or not isinstance(every, (int, np.integer)) or every < 1:
         raise InputError(f"every {every!r} is invalid; expected a positive integer")
     root = _check_root(root)
+    plain_name(scene, "scene")
     folder = root / str(scene)
     if not folder.is_dir():
         avail = ", ".join(p.name for p in _subdirs(root) if (p / "train").is_dir() or (p / "test").is_dir())

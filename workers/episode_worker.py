@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 
 from model.errors import InputError
-from workers.data import load_category
+from workers.data import load_category, set_max_pixels
 from workers.episodes import Episode, EpisodeSampler
 
 
@@ -25,7 +25,10 @@ class EpisodeWorker:
         patch_frac: tuple[float, float] = (0.1, 0.3),
         augment: str = "episode",
         corruptions: tuple[str, ...] = ("noise",),
+        max_pixels: int | None = None,
     ):
+        if max_pixels is not None:  # this actor's process decodes the images: the config's limit applies here
+            set_max_pixels(max_pixels)
         if not categories:
             raise InputError("an episode worker needs at least one category")
         self.root, self.categories, self.image_size = str(root), list(categories), image_size

@@ -43,7 +43,16 @@ import pyarrow.parquet as pq
 from PIL import Image
 
 from model.errors import InputError
-from workers.data import IMAGE_EXTENSIONS, ImageItem, _load_image, _load_mask, list_categories, load_category
+from workers.data import (
+    IMAGE_EXTENSIONS,
+    ImageItem,
+    _load_image,
+    _load_mask,
+    list_categories,
+    load_category,
+    open_checked,
+)
+from workers.paths import plain_name, plain_name_reason, relative_key, unsafe_key_reason
 
 MANIFEST_SCHEMA = "fsad-manifest"
 SPLITS_SCHEMA = "fsad-splits"
@@ -129,18 +138,31 @@ def scan_layout(keys: Iterable[str]) -> Layout:
     A top-level folder is a category when it has train/good images. Masks pair with anomalous test
     images by ``ground_truth/<type>/<stem>_mask.<ext>``; a category with a ground_truth folder needs a
     mask for every anomalous image. Image files anywhere else, masks without an image and non-image
-    files inside image folders become rejects; other non-image files are listed as ignored.
+    files inside image folders become rejects; other non-image files are listed as ignored. Keys that
+    could point outside the tree (absolute, an empty, '.' or '..' segment, a trailing '/': see
+    workers.paths) are rejected first, so they are never read, written or made a category.
     """
-    keys = sorted(k for k in keys if k and not _hidden(k))
+    unsafe, safe = [], []
+    for k in keys:
+        reason = unsafe_key_reason(k)
+        (safe if reason is None else unsafe).append((k, reason))
+    keys = sorted(k for k, _ in safe if not _hidden(k))
     cats = {k.split("/")[0] for k in keys if k.count("/") == 3 and k.split("/")[1:3] == ["train", GOOD]}
     has_gt = {k.split("/")[0] for k in keys if k.count("/") >= 2 and k.split("/")[1] == "ground_truth"}
     masks: dict[tuple[str, str, str], str] = {}  # (category, type, stem) -> key
     candidates, rejects, ignored = [], [], []
+    for key, reason in sorted(unsafe, key=lambda kr: str(kr[0])):  # never read, never written anywhere
+        rejects.append(_reject(str(key), "", "", "", f"unsafe path ({reason}); expected a relative path "
+                                                     "without leading /, empty, '.' or '..' segments"))
     layout_error = ("not in the MVTec layout; expected <category>/train/good/, <category>/test/<type>/ "
                     "or <category>/ground_truth/<type>/<stem>_mask.png")
     for key in keys:
         parts = key.split("/")
         cat = parts[0]
+        if len(parts) > 1 and plain_name_reason(cat) is not None:
+            rejects.append(_reject(key, "", "", "", f"category folder {cat!r}: {plain_name_reason(cat)}; "
+                                                    "expected one plain folder name"))
+            continue
         in_folder = len(parts) == 4 and cat in cats and parts[1] in ("train", "test", "ground_truth")
         if in_folder and not _is_image(key):
             rejects.append(_reject(key, cat, parts[1], parts[2], f"unsupported file type; expected one of {', '.join(IMAGE_EXTENSIONS)}"))
@@ -197,7 +219,7 @@ def sha256_bytes(data: bytes) -> str:
 
 
 def _open(data: bytes) -> Image.Image:
-    im = Image.open(io.BytesIO(data))
+    im = open_checked(io.BytesIO(data), "file")  # a bomb is refused from its header, undecoded
     im.load()  # decode everything: truncated/corrupt files fail here
     return im
 
@@ -404,9 +426,25 @@ def read_manifest(path: str | Path, root: str | Path | None = None) -> Manifest:
     rows = table.select(MANIFEST_FIELDS.names).to_pylist()
     if not rows:
         raise InputError(f"manifest {path} has no rows; expected at least one image")
+    _check_rows(rows, path, "manifest")
     recorded = meta.get("fsad.root", "")
     resolved = Path(root) if root is not None else (path.parent / recorded if not Path(recorded).is_absolute() else Path(recorded))
     return Manifest(path, rows, meta.get("fsad.name", ""), meta.get("fsad.source", ""), resolved, content_hash(rows))
+
+
+def _check_rows(rows: Sequence[dict], path: Path, what: str) -> None:
+    """Every name and path of a manifest or splits file stays inside the image root: a tampered row such
+    as ``../../elsewhere/x.png`` is refused before anything is read."""
+    for i, r in enumerate(rows):
+        where = f"{what} {path} row {i}:"
+        for key in ("target", "category", "defect_type"):
+            if key in r:
+                plain_name(r[key], f"{where} {key}")
+        if r.get("split") not in ("train", "test"):
+            raise InputError(f"{where} split {r.get('split')!r}; expected 'train' or 'test'")
+        relative_key(r["image_path"], f"{where} image_path")
+        if r.get("mask_path") is not None:
+            relative_key(r["mask_path"], f"{where} mask_path")
 
 
 def rows_from_folder(root: Path) -> list[dict]:
@@ -521,6 +559,7 @@ def read_splits(path: str | Path, manifest: Manifest | None = None) -> Splits:
     table = _read_table(path, SPLITS_SCHEMA, SPLIT_FIELDS, "splits")
     meta = {k.decode(): v.decode() for k, v in table.schema.metadata.items()}
     rows = table.select(SPLIT_FIELDS.names).to_pylist()
+    _check_rows(rows, path, "splits")
     made_from = meta.get("fsad.manifest_sha256", "")
     if manifest is not None and made_from != manifest.content_sha256:
         raise InputError(f"splits {path} were made from manifest {made_from[:12]}, not {manifest.path} "

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from urllib.parse import urlsplit, urlunsplit
 
 from model.errors import InputError
+from workers.paths import relative_key
 
 _CREDENTIAL_CODES = {"InvalidAccessKeyId", "SignatureDoesNotMatch", "AccessDenied", "ExpiredToken",
                      "InvalidToken", "AuthorizationHeaderMalformed", "403", "Forbidden", "UnrecognizedClientException"}
@@ -83,7 +84,10 @@ class S3Tree:
         return InputError(f"S3 {action} failed for {where} ({type(exc).__name__})")
 
     def keys(self) -> list[str]:
-        """Every key under the prefix, relative to it, sorted."""
+        """Every key under the prefix, relative to it, sorted; folder markers (ending in /) are skipped.
+
+        Keys are returned as stored, unsafe ones included (``ds//x.png`` gives ``/x.png``), so that
+        workers.manifest.scan_layout can list them as rejects; nothing joins them to a path unchecked."""
         from botocore.exceptions import BotoCoreError, ClientError
 
         out = []
@@ -101,8 +105,10 @@ class S3Tree:
         return sorted(out)
 
     def read(self, key: str) -> bytes:
+        """The bytes of one key from keys(); keys that could leave the tree (workers.paths) are refused."""
         from botocore.exceptions import BotoCoreError, ClientError
 
+        relative_key(key, f"S3 key under {self.url}")
         try:
             return self.client.get_object(Bucket=self.url.bucket, Key=self.url.prefix + key)["Body"].read()
         except (ClientError, BotoCoreError) as exc:

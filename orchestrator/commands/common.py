@@ -13,7 +13,12 @@ def add_config_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def config_from_args(args: argparse.Namespace, extra: list[str] = ()) -> Config:
-    return load_config(args.config, list(args.overrides) + list(extra))
+    """The config of this command; its image limit applies to every image the command decodes."""
+    from workers.data import set_max_pixels
+
+    cfg = load_config(args.config, list(args.overrides) + list(extra))
+    set_max_pixels(cfg.data.max_pixels)
+    return cfg
 
 
 def add_data_arguments(parser: argparse.ArgumentParser, splits_help: str) -> None:

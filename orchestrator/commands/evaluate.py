@@ -28,9 +28,11 @@ def add_arguments(p):
 
 
 def run(args) -> int:
+    from orchestrator.config import check_writable_dir
     from orchestrator.evaluate import METRIC_NAMES, format_metric
     from orchestrator.tracked import tracked_evaluate
 
+    check_writable_dir(args.out)
     record = tracked_evaluate(args.model, data_root(args), args.category, args.shots, args.seeds, args.out,
                               method=args.method, seed=args.seed, progress=not args.quiet, uri=tracking_uri(args),
                               manifest=args.manifest, splits=args.splits, allow_partial=args.allow_partial)

@@ -10,13 +10,15 @@ def add_arguments(p):
     p.add_argument("--images", required=True, nargs="+", help="images to score (files or folders)")
     p.add_argument("--method", choices=["ours", "knn", "maml_ae"], default=None,
                    help="default: the method the model was trained with")
-    p.add_argument("--out", required=True, help="output directory (scores.jsonl, overlays/)")
+    p.add_argument("--out", required=True, help="output directory (scores.jsonl, overlays/); must be empty")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace the scores.jsonl and overlays/ of an earlier prediction in --out")
 
 
 def run(args) -> int:
     from orchestrator.predict import predict
 
-    rows = predict(args.model, args.support, args.images, args.out, method=args.method)
+    rows = predict(args.model, args.support, args.images, args.out, method=args.method, overwrite=args.overwrite)
     for row in rows:
         print(f"{row['score']:.6g}  {row['path']}")
     print(f"wrote {args.out}/scores.jsonl and {len(rows)} overlays in {args.out}/overlays")
