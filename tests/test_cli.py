@@ -21,6 +21,7 @@ from PIL import Image
 from safetensors.torch import load_file
 
 from orchestrator.cli import VERBS, main
+from orchestrator.config import METHODS
 from tests.conftest import HELD_OUT, REPO, SMALL_CATEGORIES, image_files, tiny_sets
 
 pytestmark = pytest.mark.slow
@@ -246,12 +247,14 @@ def test_loo(small_real_root, tmp_path, capsys):
     assert code == 0, err
     results = json.loads((out / "results.json").read_text())
     rows = {(r["category"], r["method"]): r for r in results["rows"]}
-    assert set(rows) == {(HELD_OUT, m) for m in ("ours", "knn", "maml_ae")}
+    # every method beside the baselines with no learning and no support set (the default --methods)
+    assert set(rows) == {(HELD_OUT, m) for m in METHODS}
     for row in rows.values():
         for name in METRICS:
             assert 0.0 <= row[name]["mean"] <= 1.0
+    assert rows[(HELD_OUT, "nosupport")]["image_auroc"]["std"] == 0.0  # it ignores the support draws
     markdown = (out / "results.md").read_text()
-    for method in ("ours", "knn", "maml_ae"):
+    for method in METHODS:
         assert f"| {HELD_OUT} | {method} |" in markdown
     for variant in ("ours", "maml_ae"):
         meta = json.loads((out / "models" / HELD_OUT / variant / "meta.json").read_text())
