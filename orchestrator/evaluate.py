@@ -230,7 +230,8 @@ def evaluate(model_dir: str | Path, data_root: str | Path, category: str, shots:
     device = resolve_device(cfg.train.device)
     model.to(device)
     plain_name(category, "--category")  # kolektor/ or ../../elsewhere/tire are no held-out category
-    seen = {category_key(c): c for c in meta.get("train_categories", [])}
+    # validation categories chose the checkpoint: as good as seen in training
+    seen = {category_key(c): c for c in meta.get("train_categories", []) + meta.get("val_categories", [])}
     if category_key(category) in seen:
         raise InputError(f"category {category!r} was seen in training by {model_dir} (as {seen[category_key(category)]!r}); "
                          "leave-one-out evaluation needs a held-out category")

@@ -79,3 +79,24 @@ def test_cutpaste_takes_pixels_from_a_donor():
 def test_unknown_corruption_is_rejected():
     with pytest.raises(InputError, match="inpaint.kinds"):
         corrupt(torch.zeros(1, 3, 8, 8), ("glitter",), 0.2, 0.3)
+
+
+def test_a_validation_category_is_not_a_held_out_target(small_real_root, tmp_path, capsys):
+    model = tmp_path / "model"
+    assert main(["train", "--data", str(small_real_root), "--exclude", HELD_OUT, "--out", str(model), "--quiet",
+                 *tiny_sets(train__episodes=2, train__val_every=1, train__val_images=4, eval__shots=2),
+                 "--set", "train.val_categories=[kolektor]"]) == 0
+    capsys.readouterr()
+    code = main(["evaluate", "--model", str(model), "--data", str(small_real_root), "--category", "kolektor",
+                 "--shots", "2", "--seeds", "1", "--out", str(tmp_path / "eval"), "--quiet"])
+    assert code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "kolektor" in err[0] and "seen in training" in err[0]
+
+
+def test_selection_with_ray_workers_is_refused_in_one_line(small_real_root, tmp_path, capsys):
+    code = main(["train", "--data", str(small_real_root), "--exclude", HELD_OUT, "--out", str(tmp_path / "m"),
+                 "--quiet", "--workers", "2", *tiny_sets(), "--set", "train.val_categories=[kolektor]"])
+    assert code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "val_categories" in err[0]

@@ -48,6 +48,11 @@ def run(args) -> int:
     if args.resume:
         cfg = _resume_config(args, cfg, extra)
     if wants_distributed(args):
+        if cfg.train.val_categories:
+            from model.errors import InputError
+
+            raise InputError("train.val_categories (checkpoint selection) runs in-process only for now; "
+                             "drop --workers or set train.val_categories=[]")
         return run_distributed(args, cfg, uri, data_root(args))
     summary = tracked_train(cfg, data_root(args), args.out, resume=args.resume, progress=not args.quiet, uri=uri,
                             manifest=args.manifest, splits=args.splits)
