@@ -626,7 +626,14 @@ def main(argv: list[str] | None = None) -> int:
             print(json.dumps({**rows[-1], "seconds": round(time.perf_counter() - began, 1)}), flush=True)
     if args.write:
         command = "python -m benchmarks.hostile" + (f" --write {args.write}" if args.write else "")
-        args.write.write_text(table(rows, command))
+        text = table(rows, command)
+        if args.only is None:  # the whole table: the checkpoint, registered-model and serving cases too
+            from benchmarks import hostile_models
+
+            text += ("\n## Checkpoints, registered models and serving\n\nFrom benchmarks/hostile_models.py "
+                     "(run by the same command); tests/test_checkpoint.py and tests/test_pyfunc.py assert "
+                     "the same outcomes.\n\n" + hostile_models.markdown(hostile_models.all_rows()))
+        args.write.write_text(text)
     return 0 if all(r["ok"] for r in rows) else 1
 
 
