@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import Any, Iterable
 
 from model.errors import InputError
+from orchestrator.checkpoint import sha256_of
 from orchestrator.config import atomic_write_text
 
 DEFAULT_URI = "sqlite:///mlflow.db"
@@ -546,12 +547,7 @@ def sync_runs(uri: str, root: str | Path | None = None) -> dict[str, int]:
 # Data version
 
 
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
+sha256_file = sha256_of  # one streaming sha256 for checkpoints and data versions
 
 
 def find_manifest(data_root: str | Path) -> Path | None:

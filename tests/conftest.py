@@ -166,3 +166,23 @@ def expect_error(fn, *needles) -> str:
     for needle in needles:
         assert str(needle) in message, f"{needle!r} not in {message!r}"
     return message
+
+
+def cli(capsys, *args) -> tuple[int, str, str]:
+    """Run `fsad ARGS` in-process: (exit code, stdout, stderr) of this call alone."""
+    from orchestrator.cli import main
+
+    capsys.readouterr()
+    code = main([str(a) for a in args])
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+def one_error_line(code: int, err: str, *needles) -> str:
+    """Exit 2 and exactly one `fsad: error:` line on stderr, containing every needle; returns the line."""
+    assert code == 2, f"expected exit 2, got {code}: {err!r}"
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("fsad: error: "), lines
+    for needle in needles:
+        assert str(needle) in lines[0], (needle, lines[0])
+    return lines[0]

@@ -20,7 +20,7 @@ import torch
 from safetensors.torch import load_file
 
 from orchestrator.cli import main
-from tests.conftest import HELD_OUT, REPO, tiny_sets
+from tests.conftest import HELD_OUT, REPO, cli, one_error_line, tiny_sets
 
 pytestmark = pytest.mark.slow
 
@@ -28,20 +28,8 @@ TOTAL, EVERY, KILL_AT = 6, 2, 4
 WEIGHTS, STATE, MANIFEST = "model.safetensors", "state.pt", "checkpoint.json"
 
 
-def cli(capsys, *args) -> tuple[int, str, str]:
-    capsys.readouterr()
-    code = main([str(a) for a in args])
-    captured = capsys.readouterr()
-    return code, captured.out, captured.err
 
 
-def one_error_line(code: int, err: str, *needles) -> str:
-    assert code == 2, f"expected exit 2, got {code}: {err!r}"
-    lines = [line for line in err.splitlines() if line.strip()]
-    assert len(lines) == 1 and lines[0].startswith("fsad: error: "), lines
-    for needle in needles:
-        assert needle in lines[0], (needle, lines[0])
-    return lines[0]
 
 
 def train_args(data: Path, out: Path, *extra, episodes: int = TOTAL) -> list:

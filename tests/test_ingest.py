@@ -15,7 +15,7 @@ import pytest
 from PIL import Image
 
 from orchestrator.cli import main
-from tests.conftest import HELD_OUT, IMAGE_EXTENSIONS, tiny_sets
+from tests.conftest import HELD_OUT, IMAGE_EXTENSIONS, cli, one_error_line, tiny_sets
 from workers.manifest import (
     MANIFEST_FIELDS,
     FolderSource,
@@ -26,20 +26,8 @@ from workers.manifest import (
 pytestmark = pytest.mark.slow
 
 
-def cli(capsys, *args) -> tuple[int, str, str]:
-    capsys.readouterr()
-    code = main([str(a) for a in args])
-    captured = capsys.readouterr()
-    return code, captured.out, captured.err
 
 
-def one_error_line(code: int, err: str, *needles) -> str:
-    assert code == 2, f"expected exit 2, got {code}: {err!r}"
-    lines = [line for line in err.splitlines() if line.strip()]
-    assert len(lines) == 1 and lines[0].startswith("fsad: error: "), lines
-    for needle in needles:
-        assert str(needle) in lines[0], (needle, lines[0])
-    return lines[0]
 
 
 def leftovers(folder: Path) -> list[str]:
