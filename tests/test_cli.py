@@ -22,7 +22,7 @@ from safetensors.torch import load_file
 
 from orchestrator.cli import VERBS, main
 from orchestrator.config import METHODS
-from tests.conftest import HELD_OUT, REPO, SMALL_CATEGORIES, image_files, tiny_sets
+from tests.conftest import HELD_OUT, REPO, SMALL_CATEGORIES, cli, image_files, tiny_sets
 
 pytestmark = pytest.mark.slow
 
@@ -33,14 +33,6 @@ TRAINED_ON = sorted(c for c in SMALL_CATEGORIES if c != HELD_OUT)
 # --------------------------------------------------------------------------------------------------
 # Helpers
 # --------------------------------------------------------------------------------------------------
-
-
-def cli(capsys, *args) -> tuple[int, str, str]:
-    """Run `fsad ARGS` in-process; -> (exit code, stdout, stderr) of this run only."""
-    capsys.readouterr()
-    code = main([str(a) for a in args])
-    captured = capsys.readouterr()
-    return code, captured.out, captured.err
 
 
 def assert_bad_input(code: int, err: str, *needles) -> str:
