@@ -302,7 +302,7 @@ def garbage_meta_json(ws: Workspace) -> Result:
     args[args.index("--model") + 1] = model
     proc, peak = ws.run(args)
     return ws.result("`fsad evaluate` of a model whose meta.json is garbage", args, proc, peak, listing(out),
-                     expect_words=["meta.json", "not valid JSON"], must_not_exist=[out])
+                     expect_words=["meta.json", "does not match checkpoint.json"], must_not_exist=[out])
 
 
 @case
@@ -325,7 +325,7 @@ def model_config_plain_string(ws: Workspace) -> Result:
             ws.data / HELD_OUT / "test" / "good", "--out", out]
     proc, peak = ws.run(args)
     return ws.result("`fsad predict` with a model whose config.yaml holds a plain string", args, proc, peak,
-                     listing(out), expect_words=["config.yaml", "expected the mapping"], must_not_exist=[out])
+                     listing(out), expect_words=["config.yaml", "does not match checkpoint.json"], must_not_exist=[out])
 
 
 @case

@@ -244,8 +244,9 @@ def verify_model_files(folder: Path, names: tuple[str, ...]) -> None:
         return  # no manifest: a model written before checkpoints had one, or copied without it
     problem = _mismatch(folder, manifest, names)
     if problem is not None:
-        raise InputError(f"model directory {folder} is inconsistent ({problem}): training was killed while "
-                         f"saving; run `fsad train --resume --out {folder}` with the same data to repair it")
+        raise InputError(f"model directory {folder} is inconsistent ({problem}): a file was changed after "
+                         f"training, or training was killed while saving; restore the file, or run "
+                         f"`fsad train --resume --out {folder}` with the same data to repair a killed save")
 
 
 __all__ = ["WEIGHTS", "CONFIG", "META", "STATE", "METRICS", "MANIFEST", "save_checkpoint", "recover", "has_checkpoint", "remove_stale", "verify_model_files",
