@@ -13,7 +13,7 @@ import math
 import torch
 import torch.nn.functional as F
 
-from model.energy import gaussian_blur
+from model.energy import gaussian_blur, top_mean
 from model.errors import InputError
 
 
@@ -23,13 +23,6 @@ def gradient_magnitude(images: torch.Tensor) -> torch.Tensor:
     dx = F.pad((grey[:, :, 1:] - grey[:, :, :-1]).abs(), (0, 1))  # (B, H, W), last column 0
     dy = F.pad((grey[:, 1:, :] - grey[:, :-1, :]).abs(), (0, 0, 0, 1))  # (B, H, W), last row 0
     return dx + dy
-
-
-def top_mean(maps: torch.Tensor, top_frac: float) -> torch.Tensor:
-    """maps (B, ...) -> (B,) mean of the largest max(1, round(top_frac·N)) values of each map."""
-    flat = maps.flatten(1)  # (B, N)
-    k = max(1, int(round(top_frac * flat.shape[1])))
-    return flat.topk(k, dim=1).values.mean(1)
 
 
 class NoSupportScorer:

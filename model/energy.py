@@ -79,14 +79,19 @@ MAP_MODES = ("gradient", "energy")
 IMAGE_SCORES = ("mean", "topk")
 
 
+def top_mean(maps: torch.Tensor, top_frac: float) -> torch.Tensor:
+    """maps (B, ...) -> (B,) mean of the largest max(1, round(top_frac·N)) values of each map."""
+    flat = maps.flatten(1)  # (B, N)
+    k = max(1, int(round(top_frac * flat.shape[1])))
+    return flat.topk(k, dim=1).values.mean(1)
+
+
 def image_score(position: torch.Tensor, kind: str, top_frac: float) -> torch.Tensor:
     """Position energies (B, h', w') -> image energies (B,): the mean, or the mean of the top
     max(1, round(top_frac·h'w')) positions (a small defect covers few positions; the mean dilutes it)."""
-    flat = position.flatten(1)  # (B, h'w')
     if kind == "mean":
-        return flat.mean(1)
-    k = max(1, int(round(top_frac * flat.shape[1])))
-    return flat.topk(k, dim=1).values.mean(1)
+        return position.flatten(1).mean(1)
+    return top_mean(position, top_frac)
 
 
 def participation_ratio(volumes: torch.Tensor) -> torch.Tensor:

@@ -195,6 +195,11 @@ def fista_solve(gram, corr: torch.Tensor, lam: float, max_steps: int, kind: str 
     return codes
 
 
+def _chunk_rows(signals: torch.Tensor, atoms: torch.Tensor, chunk_bytes: int) -> int:
+    """Signals per chunk so that one (rows × A) similarity block stays under chunk_bytes."""
+    return max(1, chunk_bytes // max(1, atoms.shape[1] * signals.element_size()))
+
+
 def fista_energy(
     signals: torch.Tensor,
     atoms: torch.Tensor,
@@ -219,7 +224,7 @@ def fista_energy(
     k = min(top_k, atoms.shape[1])
     if gram is None:
         gram = atoms.transpose(0, 1) @ atoms  # (A, A)
-    rows = max(1, chunk_bytes // max(1, atoms.shape[1] * signals.element_size()))
+    rows = _chunk_rows(signals, atoms, chunk_bytes)
     out = []
     for chunk in signals.split(rows):
         corr, index = (chunk @ atoms).topk(k, dim=1)  # (r, k) similarities Dₖᵀz and which atoms
@@ -257,7 +262,7 @@ def fista_code(
     conditioned (L ≤ k for unit atoms) so a few dozen steps reach the tolerance. top_k = 0 uses all atoms.
     Signals are processed in chunks so the (rows × A) similarity block stays under `chunk_bytes`.
     """
-    rows = max(1, chunk_bytes // max(1, atoms.shape[1] * signals.element_size()))
+    rows = _chunk_rows(signals, atoms, chunk_bytes)
     out = []
     for chunk in signals.split(rows):
         if top_k > 0:

@@ -17,7 +17,7 @@ from model import metrics
 from model.energy import AdaptiveEBM
 from model.errors import InputError
 from orchestrator.config import Config
-from workers.data import stack_items
+from orchestrator.evaluate import OursScorer, load_test_set, score_batches
 
 BEST = "best.safetensors"  # the best weights so far, beside the checkpoint (resume continues the selection)
 
@@ -54,14 +54,11 @@ def load_tasks(source, categories: list[str], cfg: Config) -> list[ValidationTas
     g = torch.Generator().manual_seed(cfg.train.seed)
     tasks = []
     for category in categories:
-        normals = torch.stack([it.image for it in source.load(category, cfg.data.image_size, split="train")])
-        images, masks, labels = stack_items(source.load(category, cfg.data.image_size, split="test"))
-        if labels.min() == labels.max():
-            raise InputError(f"validation category {category!r} needs normal and anomalous test images")
-        keep = _balanced(labels, cfg.train.val_images, g)
-        shots = torch.randperm(normals.shape[0], generator=g)[: cfg.eval.shots]
-        tasks.append(ValidationTask(category, normals[shots], images[keep], labels[keep],
-                                    None if masks is None else masks[keep]))
+        test = load_test_set(source, category, cfg.data.image_size)  # refuses a one-label test set
+        keep = _balanced(test.labels, cfg.train.val_images, g)
+        shots = torch.randperm(test.support_pool.shape[0], generator=g)[: cfg.eval.shots]
+        tasks.append(ValidationTask(category, test.support_pool[shots], test.images[keep], test.labels[keep],
+                                    None if test.masks is None else test.masks[keep]))
     return tasks
 
 
@@ -80,14 +77,10 @@ class CheckpointSelector:
         was_training = model.training
         model.eval()
         image, pixel = [], []
+        scorer = OursScorer(model, smooth_sigma=0.0, map_mode="energy")  # scored as a target would be
         for task in self.tasks:
-            dictionary = model.build_dictionary(task.support.to(self.device))
-            scores, maps = [], []
-            for batch in task.images.split(16):
-                s, m = model.score_and_map(batch.to(self.device), dictionary, 0.0, "energy")
-                scores.append(s.cpu())
-                maps.append(m.cpu())
-            scores, maps = torch.cat(scores), torch.cat(maps)
+            dictionary = scorer.adapt(task.support.to(self.device))
+            scores, maps = score_batches(scorer, dictionary, task.images, 16, self.device)
             image.append(metrics.image_auroc(scores, task.labels))
             if task.masks is not None and task.masks.any():
                 pixel.append(metrics.pixel_auroc(maps, task.masks))
