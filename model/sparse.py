@@ -257,9 +257,10 @@ def fista_code(
 ) -> torch.Tensor:
     """Sparse reconstruction z' = D α* with α* the FISTA solution of Eq. 5; signals (n, m), atoms (m, A).
 
-    top_k > 0 codes every signal over its top_k most similar atoms only: the cost is one similarity
-    product (as kNN's) plus k² per step, independent of the dictionary size, and the local problem is well
-    conditioned (L ≤ k for unit atoms) so a few dozen steps reach the tolerance. top_k = 0 uses all atoms.
+    top_k > 0 codes every signal over its top_k most similar atoms only: one similarity product (as kNN's),
+    then k² per step whatever the dictionary size, and the local problem is well conditioned (L ≤ k for unit
+    atoms) so a few dozen steps reach the tolerance. top_k = 0 uses all atoms. (This reference path builds
+    the (n, m, k) local dictionaries; the model uses `fista_energy`, which does not.)
     Signals are processed in chunks so the (rows × A) similarity block stays under `chunk_bytes`.
     """
     rows = _chunk_rows(signals, atoms, chunk_bytes)
