@@ -217,7 +217,8 @@ def train(
         if (episode_index + 1) % cfg.train.checkpoint_every == 0:
             checkpoint(episode_index + 1)
     if selector is not None:
-        selector.consider(cfg.train.episodes, model)
+        if not selector.history or selector.history[-1]["episode"] != cfg.train.episodes:
+            selector.consider(cfg.train.episodes, model)  # the last weights, unless val_every just scored them
         model.load_state_dict(selector.best_state)  # the model directory holds the selected weights
     checkpoint(cfg.train.episodes)
     elapsed = time.perf_counter() - began
