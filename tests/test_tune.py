@@ -329,15 +329,56 @@ def test_kill_and_resume_continues_the_same_study(kill_storage, small_real_root,
     assert not [r.info.run_name for r in runs if r.info.status == "RUNNING"]
 
 
-def test_two_parallel_ray_workers_share_one_study(small_real_root, tmp_path, capsys):
-    storage = tmp_path / "j.log"
-    assert main(tune_args(small_real_root, storage, tmp_path / "out", "r", 2, "--parallel", "2",
-                          *tune_sets(tune__pruner="none"))) == 0
-    study = optuna.load_study(study_name="r", storage=journal(storage))
-    assert sorted(numbers(study)) == [0, 1]
+def param_sets(study) -> list[tuple]:
+    return [tuple(sorted(t.params.items())) for t in study.get_trials(deepcopy=False)]
+
+
+@pytest.mark.parametrize("kind", ["journal", "postgresql"])
+def test_two_parallel_ray_workers_share_one_study_and_explore(kind, small_real_root, tmp_path, capsys, request):
+    """--parallel 2: two Ray worker processes, and every trial has its own parameters (each process's
+    sampler used to start from the same seed, so the two trials of a round were one trial run twice)."""
+    if kind == "journal":
+        storage, store = str(tmp_path / "j.log"), journal(tmp_path / "j.log")
+    else:
+        storage = request.getfixturevalue("pg_url")
+        store = optuna.storages.RDBStorage(storage)
+    assert main(tune_args(small_real_root, storage, tmp_path / "out", "r", 4, "--parallel", "2",
+                          *tune_sets(tune__pruner="none", tune__startup_trials=2))) == 0
+    study = optuna.load_study(study_name="r", storage=store)
+    assert sorted(numbers(study)) == [0, 1, 2, 3]
     assert all(t.state == optuna.trial.TrialState.COMPLETE for t in study.trials)
+    assert len(set(param_sets(study))) == 4, param_sets(study)  # no two trials share their parameters
     assert len({t.user_attrs["worker"] for t in study.trials}) == 2  # two Ray worker processes
     assert str(os.getpid()) not in {t.user_attrs["worker"].rsplit(":", 1)[1] for t in study.trials}
+    if kind == "postgresql":
+        store.engine.dispose()
+
+
+def test_concurrent_processes_draw_their_own_parameters_reproducibly(tmp_path):
+    """Two processes' samplers on one storage (as two Ray tasks) with the same tune.sampler_seed: trials
+    asked at the same time get different parameters, in the random start-up phase and under TPE; a new
+    study with the same seed draws the same start-up trials again."""
+    from orchestrator.tune import make_sampler, suggest
+
+    cfg = load_config(None, ["tune.startup_trials=2"])
+
+    def process(path):  # what run_trials opens in each Ray task
+        return optuna.load_study(study_name="c", storage=journal(path), sampler=make_sampler(cfg))
+
+    first = {}
+    for name in ("one", "two"):
+        path = tmp_path / f"{name}.log"
+        optuna.create_study(study_name="c", storage=journal(path), direction="maximize")
+        a, b = process(path), process(path)
+        ta, tb = a.ask(), b.ask()  # both RUNNING before either samples
+        pa, pb = suggest(ta, cfg), suggest(tb, cfg)
+        assert pa != pb
+        a.tell(ta, 0.5)
+        b.tell(tb, 0.6)
+        first[name] = (ta.number, pa), (tb.number, pb)
+        tc, td = a.ask(), b.ask()  # past start-up: TPE on the two finished trials
+        assert suggest(tc, cfg) != suggest(td, cfg)
+    assert dict(first["one"]) == dict(first["two"])  # the start-up trials: a function of seed and number
 
 
 def test_trials_run_on_a_ray_cluster_joined_with_address(head, pg_url, small_real_root, tmp_path):
