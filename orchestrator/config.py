@@ -11,7 +11,6 @@ import contextlib
 import dataclasses
 import math
 import os
-import tempfile
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Iterator, get_args, get_origin, get_type_hints
@@ -26,6 +25,7 @@ from model.inpaint import CORRUPTIONS
 from model.langevin import validate_langevin
 from workers.data import DEFAULT_MAX_PIXELS
 from workers.episodes import AUGMENT_MODES
+from workers.files import temp_file_beside
 from workers.paths import plain_name
 
 # Evaluation methods. The last three are baselines with no learning or no support set (model/baselines.py):
@@ -674,12 +674,10 @@ def atomic_path(path: str | Path, suffix: str = ".tmp") -> Iterator[Path]:
     """Yield a temporary path beside `path`; on success fsync it, rename it over `path` and fsync the
     folder, else remove it. Readers never see half a file, and after a power cut the file is the old
     or the new one, never empty."""
+    tmp = temp_file_beside(Path(path), suffix)  # mode 0666 & ~umask, as a plain write would have
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=suffix)
-    os.close(fd)
     try:
-        yield Path(tmp)
+        yield tmp
         fsync_file(tmp)
         os.replace(tmp, path)
         fsync_dir(path.parent)

@@ -21,7 +21,7 @@ from model import metrics
 from model.energy import AdaptiveEBM
 from model.errors import InputError
 from orchestrator.artifacts import load_model_dir, resolve_device
-from orchestrator.config import BASELINES, METHODS, Config, atomic_write_text
+from orchestrator.config import BASELINES, METHODS, Config, atomic_write_text, with_values
 from workers.data import set_max_pixels, stack_items
 from workers.manifest import as_source, open_source
 from workers.episodes import dihedral
@@ -208,19 +208,30 @@ def _check_not_an_alias(source, category: str, trained_on, model_dir) -> None:
                              "under another name; leave-one-out evaluation needs a held-out category")
 
 
-def evaluate(model_dir: str | Path, data_root: str | Path, category: str, shots: int, draws: int, out: str | Path,
-             method: str = "ours", seed: int | None = None, progress: bool = True,
-             overlays: int | None = None, on_draw=None, manifest: str | Path | None = None,
-             splits: str | Path | None = None, allow_partial: bool = False) -> dict[str, Any]:
-    """`fsad evaluate`: writes out/metrics.json and overlay PNGs; returns the metrics dict.
+@dataclass
+class PreparedEvaluation:
+    """Everything `evaluate` checked and loaded before scoring (so a tracked evaluation of bad input fails
+    before its MLflow run exists)."""
 
-    With `manifest` the test set and support pool are the manifest's; with `splits` too, the
-    support draws are the splits file's (the same images for every method). A model whose training
-    stopped early (episodes done < train.episodes) is refused unless `allow_partial`, and then its
-    metrics.json says so ("partial": true, episodes done and planned)."""
-    from orchestrator.plots import write_overlays
+    scorer: Any
+    cfg: Config
+    meta: dict[str, Any]
+    source: Any
+    test: TestSet
+    draw_index: list[list[int]]
+    seed: int
+    device: torch.device
+    partial: bool
 
+
+def prepare_evaluation(model_dir: str | Path, data_root: str | Path, category: str, shots: int, draws: int,
+                       method: str = "ours", seed: int | None = None, manifest: str | Path | None = None,
+                       splits: str | Path | None = None, allow_partial: bool = False,
+                       settings: dict[str, Any] | None = None) -> PreparedEvaluation:
+    """Load the model and the test set and check every input (InputError, one line) without scoring."""
     model, cfg, meta = load_model_dir(model_dir)
+    if settings:
+        cfg = with_values(cfg, settings)
     set_max_pixels(cfg.data.max_pixels)
     done, planned = meta.get("episodes_done"), cfg.train.episodes
     partial = isinstance(done, int) and done < planned
@@ -239,10 +250,34 @@ def evaluate(model_dir: str | Path, data_root: str | Path, category: str, shots:
     _check_not_an_alias(source, category, seen.values(), model_dir)
     draw_index = source.support_index(category, shots, draws) if splits is not None else None
     test = load_test_set(source, category, cfg.data.image_size)
-    scorer = make_scorer(method, model, cfg)
     seed = cfg.eval.seed if seed is None else seed
-    result = evaluate_scorer(scorer, test, shots, draws, seed, cfg.eval.batch_size, device, progress, on_draw,
-                             draw_index)
+    if draw_index is None:  # K against the support pool, the draw count: checked here, not mid-scoring
+        draw_index = support_draws(test.support_pool.shape[0], shots, draws, seed, test.category)
+    scorer = make_scorer(method, model, cfg)
+    return PreparedEvaluation(scorer, cfg, meta, source, test, draw_index, seed, device, partial)
+
+
+def evaluate(model_dir: str | Path, data_root: str | Path, category: str, shots: int, draws: int, out: str | Path,
+             method: str = "ours", seed: int | None = None, progress: bool = True,
+             overlays: int | None = None, on_draw=None, manifest: str | Path | None = None,
+             splits: str | Path | None = None, allow_partial: bool = False,
+             settings: dict[str, Any] | None = None, prepared: PreparedEvaluation | None = None) -> dict[str, Any]:
+    """`fsad evaluate`: writes out/metrics.json and overlay PNGs; returns the metrics dict.
+
+    With `manifest` the test set and support pool are the manifest's; with `splits` too, the
+    support draws are the splits file's (the same images for every method). A model whose training
+    stopped early (episodes done < train.episodes) is refused unless `allow_partial`, and then its
+    metrics.json says so ("partial": true, episodes done and planned). `settings` ({dotted key: value},
+    run-time keys only: eval.*, tracking.*, data.max_pixels, train.device) go over the model's config.
+    `prepared`: the result of prepare_evaluation with these arguments (else it is called here)."""
+    from orchestrator.plots import write_overlays
+
+    p = prepared or prepare_evaluation(model_dir, data_root, category, shots, draws, method, seed, manifest, splits,
+                                       allow_partial, settings)
+    cfg, meta, source, test, seed = p.cfg, p.meta, p.source, p.test, p.seed
+    set_max_pixels(cfg.data.max_pixels)
+    result = evaluate_scorer(p.scorer, test, shots, draws, seed, cfg.eval.batch_size, p.device, progress, on_draw,
+                             p.draw_index)
     first = result.pop("first")
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -257,8 +292,9 @@ def evaluate(model_dir: str | Path, data_root: str | Path, category: str, shots:
         "splits_sha256": source.splits.content_sha256 if splits is not None else None,
         "train_manifest_sha256": meta.get("manifest_sha256"),
     }
-    if partial:  # only then: finished models keep their metrics.json as before
-        record.update({"partial": True, "episodes_done": done, "episodes_planned": planned})
+    if p.partial:  # only then: finished models keep their metrics.json as before
+        record.update({"partial": True, "episodes_done": meta.get("episodes_done"),
+                       "episodes_planned": cfg.train.episodes})
     n_overlays = cfg.eval.overlays if overlays is None else overlays
     record["overlays"] = write_overlays(out / "overlays", test, first["maps"], first["scores"], n_overlays)
     atomic_write_text(out / "metrics.json", json.dumps(record, indent=2))

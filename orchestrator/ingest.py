@@ -30,6 +30,7 @@ from workers.manifest import (
     splits_table,
     staged_parquet,
 )
+from workers.files import chmod_like_new
 from workers.paths import relative_key
 
 MANIFEST = "manifest.parquet"
@@ -85,6 +86,7 @@ def ingest(source: str, name: str, out: str | Path, endpoint_url: str | None = N
         else:
             out.mkdir(parents=True, exist_ok=True)
             staging = Path(tempfile.mkdtemp(prefix=f".{FILES}.tmp-", dir=out))
+            chmod_like_new(staging)  # renamed to out/files: not mkdtemp's 0700
             recorded_root = FILES
             if kind == "s3":
                 from workers.s3 import S3Tree

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from model.errors import InputError
 from orchestrator.artifacts import load_model_dir, resolve_device
-from orchestrator.config import atomic_write_text, check_writable_dir
+from orchestrator.config import atomic_write_text, check_writable_dir, with_values
 from orchestrator.evaluate import make_scorer, score_batches
 from orchestrator.plots import color_limit, overlay_png
 from workers.data import load_images, set_max_pixels
@@ -41,9 +41,13 @@ def check_out(out: str | Path, overwrite: bool = False) -> Path:
     return out
 
 
-def predict(model_dir, support, images, out, method: str | None = None, overwrite: bool = False) -> list[dict]:
+def predict(model_dir, support, images, out, method: str | None = None, overwrite: bool = False,
+            settings: dict | None = None) -> list[dict]:
+    """`settings`: run-time keys ({dotted key: value}: eval.*, data.max_pixels, train.device) over the model's config."""
     out = check_out(out, overwrite)
     model, cfg, _ = load_model_dir(model_dir)
+    if settings:
+        cfg = with_values(cfg, settings)
     set_max_pixels(cfg.data.max_pixels)
     device = resolve_device(cfg.train.device)
     model.to(device)

@@ -24,7 +24,7 @@ import torch
 
 from model.errors import InputError
 from orchestrator.artifacts import WEIGHTS, load_model_dir, resolve_device
-from orchestrator.config import Config
+from orchestrator.config import Config, with_values
 from orchestrator.evaluate import METRIC_NAMES, draw_metrics, load_test_set, make_scorer, score_batches, support_draws
 from orchestrator.tracking import client_for, data_version, error_line, fast_fail, redact
 from workers.data import list_categories, load_images
@@ -194,13 +194,15 @@ def category_metrics(model, cfg: Config, dictionary, data_root: Path, category: 
 
 def register(uri: str, weights_dir: Path, category: str, support: torch.Tensor, support_info: dict[str, Any],
              data_root: Path | None = None, parent_run_id: str | None = None,
-             extra_tags: dict[str, str] | None = None) -> Registration:
+             extra_tags: dict[str, str] | None = None, settings: dict[str, Any] | None = None) -> Registration:
     """Adapt `weights_dir` to `category` with `support` (K, 3, S, S), package it as a pyfunc, log it in a
-    registration run, create a version of fsad-<category> and move the aliases."""
+    registration run, create a version of fsad-<category> and move the aliases. `settings`: run-time keys
+    (eval.*, tracking.*, data.max_pixels, train.device) over the model's config for this registration."""
     from orchestrator.pyfunc import save_dictionary, save_package
 
     name = model_name(category)
     model, cfg, meta = load_model_dir(weights_dir, device="cpu")
+    cfg = _with_settings(cfg, settings)
     if cfg.train.method != "ours":
         raise InputError(f"only `ours` models can be registered; this one is {cfg.train.method}")
     dictionary, seconds = adapt(model, cfg, support)
@@ -310,27 +312,40 @@ def _move_aliases(client, name: str, version: str, metric: str, value: float | N
 # The two commands' library calls
 
 
+def _with_settings(cfg: Config, settings: dict[str, Any] | None) -> Config:
+    from workers.data import set_max_pixels
+
+    cfg = with_values(cfg, settings) if settings else cfg
+    set_max_pixels(cfg.data.max_pixels)
+    return cfg
+
+
 def register_from_run(uri: str, run_id: str, category: str, support_dir: str | None, draw: int | None,
-                      shots: int | None, data_root: str | None) -> Registration:
+                      shots: int | None, data_root: str | None, settings: dict[str, Any] | None = None) -> Registration:
     with fast_fail(retries=2), tempfile.TemporaryDirectory(prefix="fsad-run-") as tmp:
         weights = fetch_run_weights(uri, run_id, Path(tmp))
         _, cfg, meta = load_model_dir(weights)
+        cfg = _with_settings(cfg, settings)
         root = Path(data_root or meta.get("data_root", ""))
         support, info = _support(cfg, category, support_dir, draw, shots, root)
         has_data = root.is_dir() and category in list_categories(root)
-        return register(uri, weights, category, support, info, root if has_data else None, parent_run_id=run_id)
+        return register(uri, weights, category, support, info, root if has_data else None, parent_run_id=run_id,
+                        settings=settings)
 
 
-def adapt_and_register(uri: str, model: str, support_dir: str, category: str, data_root: str | None) -> Registration:
+def adapt_and_register(uri: str, model: str, support_dir: str, category: str, data_root: str | None,
+                       settings: dict[str, Any] | None = None) -> Registration:
     with fast_fail(retries=2), tempfile.TemporaryDirectory(prefix="fsad-adapt-") as tmp:
         weights, source = fetch_weights(uri, model, Path(tmp))
         _, cfg, _ = load_model_dir(weights)
+        cfg = _with_settings(cfg, settings)
         support, info = _support(cfg, category, support_dir, None, None, None)
         root = Path(data_root) if data_root else None
         if root is not None and category not in list_categories(root):
             raise InputError(f"--data {data_root} has no category {category!r} to measure the new model on")
         parent = source.pop("fsad.train_run_id", None)
-        return register(uri, weights, category, support, info, root, parent_run_id=parent, extra_tags=source)
+        return register(uri, weights, category, support, info, root, parent_run_id=parent, extra_tags=source,
+                        settings=settings)
 
 
 def _support(cfg: Config, category: str, support_dir: str | None, draw: int | None, shots: int | None,

@@ -17,12 +17,10 @@ import time
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from model import metrics
 from orchestrator.artifacts import CONFIG, MANIFEST, META, STATE, WEIGHTS
-from orchestrator.config import Config, atomic_write_text, config_from_dict
-from orchestrator.evaluate import METRIC_NAMES, evaluate
+from orchestrator.config import Config, atomic_write_text
+from orchestrator.evaluate import METRIC_NAMES, evaluate, prepare_evaluation
 from orchestrator.tracking import TrackedRun, data_version, spool_root, uri_key
 from orchestrator.train import train
 
@@ -129,13 +127,6 @@ def tracked_train(cfg: Config, data_root, out, resume: bool = False, progress: b
     return summary
 
 
-def _model_config(model_dir: str | Path) -> Config | None:
-    try:
-        return config_from_dict(yaml.safe_load((Path(model_dir) / CONFIG).read_text()))
-    except Exception:  # noqa: BLE001 - evaluate() reports a bad model directory itself
-        return None
-
-
 def tracked_evaluate(model_dir, data_root, category: str, shots: int, draws: int, out, method: str = "ours",
                      seed: int | None = None, progress: bool = True, overlays: int | None = None,
                      uri: str | None = None, **kwargs) -> dict[str, Any]:
@@ -146,10 +137,11 @@ def tracked_evaluate(model_dir, data_root, category: str, shots: int, draws: int
                         progress=progress, overlays=overlays, **kwargs)
     from orchestrator.plots import pro_png, roc_png
 
-    cfg = _model_config(model_dir)
-    if cfg is None:  # let evaluate raise its own InputError before any run exists
-        return evaluate(model_dir, data_root, category, shots, draws, out, method=method, seed=seed,
-                        progress=progress, overlays=overlays, **kwargs)
+    # every input check (model, data, category, K, draws) before the run exists: bad input leaves no FAILED run
+    prepared = prepare_evaluation(model_dir, data_root, category, shots, draws, method, seed,
+                                  **{k: kwargs[k] for k in ("manifest", "splits", "allow_partial", "settings")
+                                     if k in kwargs})
+    cfg = prepared.cfg
     experiment = cfg.tracking.experiment
     out = Path(out)
     parent = training_parent(model_dir, uri)
@@ -189,7 +181,7 @@ def tracked_evaluate(model_dir, data_root, category: str, shots: int, draws: int
 
     try:
         record = evaluate(model_dir, data_root, category, shots, draws, out, method=method, seed=seed,
-                          progress=progress, overlays=overlays, on_draw=on_draw, **kwargs)
+                          progress=progress, overlays=overlays, on_draw=on_draw, prepared=prepared, **kwargs)
     except BaseException:
         summary_run.end("FAILED")
         raise

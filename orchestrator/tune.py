@@ -111,15 +111,12 @@ def open_storage(url: str, cfg: Config) -> BaseStorage:
         raise InputError("--storage is empty: expected a journal file path or a database URL")
     if storage_kind(url) == "journal":
         path = Path(url[len("journal:"):] if url.startswith("journal:") else url)
-        if not path.parent.is_dir():
-            raise InputError(f"--storage {url}: folder {path.parent} does not exist")
         if path.is_dir():
             raise InputError(f"--storage {url} is a directory; expected a journal file path")
+        _make_folder(path.parent, url)
         return JournalHeartbeatStorage(str(path), t.heartbeat_interval, t.grace_period, retry)
     if url.startswith("sqlite:///"):
-        folder = Path(url[len("sqlite:///"):]).parent
-        if not folder.is_dir():
-            raise InputError(f"--storage {url}: folder {folder} does not exist")
+        _make_folder(Path(url[len("sqlite:///"):]).parent, url)
     try:
         check_database_reachable(url)
         with warnings.catch_warnings():
@@ -131,6 +128,15 @@ def open_storage(url: str, cfg: Config) -> BaseStorage:
     except Exception as exc:  # noqa: BLE001 - connection refused, unknown database, bad credentials ...
         first = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
         raise InputError(f"--storage {redact(url)}: unreachable ({redact(first)})") from None
+
+
+def _make_folder(folder: Path, url: str) -> None:
+    """The storage file's folder, created when missing (docs/tuning.md's tune/journal.log on a fresh clone)."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise InputError(f"--storage {url}: cannot create folder {folder} ({exc.strerror or type(exc).__name__}); "
+                         "expected a path in a folder you can write") from None
 
 
 # ---------------------------------------------------------------------------------------------

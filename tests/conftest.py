@@ -18,6 +18,10 @@ from model.errors import InputError
 
 # The CLI tests run untracked (no ./mlflow.db); tests/test_tracking*.py pass --tracking-uri explicitly.
 os.environ.setdefault("FSAD_TRACKING", "0")
+# ... and on the embedded defaults: many run with the repository as working directory, whose
+# ./params.yaml (edited by a user, or by `dvc exp run`) fsad would otherwise read. Tests of that rule
+# (tests/test_cli.py) remove this variable.
+os.environ.setdefault("FSAD_PARAMS", "0")
 
 REPO = Path(__file__).resolve().parents[1]
 REAL_ROOT = REPO.parent / "shared" / "data" / "fsad-real"

@@ -260,3 +260,50 @@ def test_values_are_finite_after_load():
 def test_params_yaml_path_is_at_repo_root():
     assert PARAMS.is_file()
     assert Path(PARAMS).parent == REPO
+
+
+# --------------------------------------------------------------------------------------------------
+# Files: atomic writes honour the umask (mkstemp alone made every output 0600)
+# --------------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(params=[0o022, 0o002, 0o077])
+def umask(request):
+    import os
+
+    old = os.umask(request.param)
+    try:
+        yield request.param
+    finally:
+        os.umask(old)
+
+
+def test_atomic_writes_get_the_mode_of_a_plain_write(umask, tmp_path):
+    import pyarrow as pa
+
+    from orchestrator.config import atomic_write_text
+    from workers.manifest import write_parquet
+
+    plain = tmp_path / "plain.txt"
+    plain.write_text("x")
+    atomic_write_text(tmp_path / "new" / "a.txt", "x")  # its folder is created too
+    save_config(Config(), tmp_path / "config.yaml")
+    write_parquet(pa.table({"a": [1]}), tmp_path / "t.parquet")
+    expected = 0o666 & ~umask
+    assert plain.stat().st_mode & 0o777 == expected
+    for name in ("new/a.txt", "config.yaml", "t.parquet"):
+        assert (tmp_path / name).stat().st_mode & 0o777 == expected, name
+    assert (tmp_path / "new").stat().st_mode & 0o777 == 0o777 & ~umask
+    # rewriting keeps the umask's mode, not the old file's 0600
+    (tmp_path / "config.yaml").chmod(0o600)
+    save_config(Config(), tmp_path / "config.yaml")
+    assert (tmp_path / "config.yaml").stat().st_mode & 0o777 == expected
+
+
+def test_current_umask_reads_without_changing_it(umask):
+    import os
+
+    from workers.files import current_umask
+
+    assert current_umask() == umask
+    assert os.umask(umask) == umask  # unchanged

@@ -436,9 +436,12 @@ def test_bad_search_space_is_one_line_exit_2_and_study_untouched(sets, needle, s
 @pytest.mark.parametrize("storage,needle", [
     ("postgresql+psycopg2://postgres@127.0.0.1:1/nope", "unreachable"),
     ("redis://127.0.0.1:6379", "expected sqlite"),
-    ("/nonexistent-folder/j.log", "does not exist"),
+    ("{tmp}/a-file/j.log", "cannot create folder"),  # its folder cannot be made: a file is in the way
+    ("sqlite:///{tmp}/a-file/t.db", "cannot create folder"),
 ])
 def test_unreachable_storage_is_one_line_exit_2(storage, needle, small_real_root, tmp_path, capsys):
+    (tmp_path / "a-file").write_text("not a folder")
+    storage = storage.format(tmp=tmp_path)
     t0 = time.monotonic()
     code = main(tune_args(small_real_root, storage, tmp_path / "out", "u", 2, *tune_sets()))
     err = capsys.readouterr().err
@@ -493,3 +496,17 @@ def test_pruner_choice(name, kind):
     from orchestrator.tune import make_pruner
 
     assert type(make_pruner(load_config(None, [f"tune.pruner={name}"]))).__name__ == kind
+
+
+@pytest.mark.parametrize("storage", ["tune/journal.log", "sqlite:///tune/db/tune.db"])
+def test_missing_storage_folder_is_created(storage, tmp_path, monkeypatch):
+    """docs/tuning.md's first command on a fresh clone: --storage tune/journal.log with no tune/ yet."""
+    from orchestrator.tune import open_storage
+
+    monkeypatch.chdir(tmp_path)
+    store = open_storage(storage, load_config(None))
+    optuna.create_study(study_name="fresh", storage=store)
+    assert [s.study_name for s in optuna.get_all_study_summaries(store)] == ["fresh"]
+    assert (tmp_path / "tune").is_dir()
+    if hasattr(store, "engine"):
+        store.engine.dispose()

@@ -30,7 +30,6 @@ from __future__ import annotations
 import hashlib
 import io
 import os
-import tempfile
 import zlib
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -52,6 +51,7 @@ from workers.data import (
     load_category,
     open_checked,
 )
+from workers.files import temp_file_beside
 from workers.paths import plain_name, plain_name_reason, relative_key, unsafe_key_reason
 
 MANIFEST_SCHEMA = "fsad-manifest"
@@ -336,9 +336,7 @@ def table_from_rows(rows: Sequence[dict], schema: pa.Schema, schema_name: str, e
 
 def staged_parquet(table: pa.Table, path: Path) -> Path:
     """Write `table` to a temporary file beside `path`; the caller renames it with `commit`."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
+    tmp = temp_file_beside(path)
     try:
         pq.write_table(table, tmp)
     except BaseException:

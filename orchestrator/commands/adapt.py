@@ -1,6 +1,7 @@
 """fsad adapt: K images of a new category -> its dictionary -> registered fsad-NAME, in one call."""
 from __future__ import annotations
 
+from orchestrator.commands.common import add_config_arguments, runtime_settings
 from orchestrator.commands.tracking_args import add_tracking_arguments, tracking_uri
 
 HELP = "adapt a model to a new category from K normal images and register fsad-NAME"
@@ -11,12 +12,15 @@ def add_arguments(p):
     p.add_argument("--support", required=True, metavar="DIR", help="folder of K normal images of the new category")
     p.add_argument("--name", required=True, help="the new category (registered as fsad-NAME)")
     p.add_argument("--data", default=None, help="data root holding NAME's test set, to measure the new version")
+    add_config_arguments(p, runtime_only=True)
     add_tracking_arguments(p, optional=False)
 
 
 def run(args) -> int:
     from orchestrator.registry import adapt_and_register
 
-    result = adapt_and_register(tracking_uri(args, required=True), args.model, args.support, args.name, args.data)
+    settings = runtime_settings(args, "adapt")
+    result = adapt_and_register(tracking_uri(args, required=True), args.model, args.support, args.name, args.data,
+                                settings=settings)
     print(result.line())
     return 0

@@ -1,24 +1,89 @@
-"""Arguments shared by several verbs: --config and --set feed the one config schema."""
+"""Arguments shared by several verbs: --config and --set feed the one config schema.
+
+The one rule (README, "Configuration"): a verb reads `--config FILE`, else `./params.yaml` when it exists
+(the file `dvc repro` reads; FSAD_PARAMS=0 in the environment skips it), else the embedded defaults;
+`--set KEY=VALUE` goes on top. The file used is named in one line on stderr (`fsad: config: FILE`).
+Verbs that load a trained model take only the run-time keys (RUNTIME_KEYS) from it: the model's own
+config.yaml fixes everything that shaped the model.
+"""
 from __future__ import annotations
 
 import argparse
+import os
+import sys
+from pathlib import Path
+from typing import Any
 
-from orchestrator.config import Config, load_config
+from model.errors import InputError
+from orchestrator.config import Config, load_config, parse_override, with_values
+
+PARAMS = Path("params.yaml")
+# What a verb that loads a trained model (evaluate, predict, register, adapt) takes from the config file
+# and --set: how it evaluates, where it logs, what it may decode, where it runs. Not how the model was made.
+RUNTIME_KEYS = ("eval.", "tracking.", "data.max_pixels", "train.device")
 
 
-def add_config_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--config", help="params.yaml-style file (default: the embedded defaults)")
-    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                        help="override a config value, e.g. --set train.episodes=600 (repeatable)")
+def add_config_arguments(parser: argparse.ArgumentParser, runtime_only: bool = False) -> None:
+    what = ("the run-time keys eval.*, tracking.*, data.max_pixels, train.device; the model's config.yaml fixes "
+            "the rest" if runtime_only else "the whole config")
+    parser.add_argument("--config", metavar="FILE",
+                        help=f"params.yaml-style file (default: ./params.yaml when present, else the embedded "
+                             f"defaults); read for {what}")
+    parser.add_argument("--set", dest="overrides", action="extend", nargs="+", default=[], metavar="KEY=VALUE",
+                        help="override config values, e.g. --set train.episodes=600 eval.draws=2 (repeatable)")
 
 
-def config_from_args(args: argparse.Namespace, extra: list[str] = ()) -> Config:
-    """The config of this command; its image limit applies to every image the command decodes."""
+def config_file(args: argparse.Namespace) -> Path | None:
+    """--config FILE, else ./params.yaml when present (unless FSAD_PARAMS=0), else None: embedded defaults."""
+    if getattr(args, "config", None):
+        return Path(args.config)
+    if os.environ.get("FSAD_PARAMS", "1") != "0" and PARAMS.is_file():
+        return PARAMS
+    return None
+
+
+def announce(path: Path | None, note: str = "") -> None:
+    """The one stderr line that says which configuration a verb used."""
+    name = "embedded defaults" if path is None else (f"./{path}" if path == PARAMS else str(path))
+    print(f"fsad: config: {name}{note}", file=sys.stderr)
+
+
+def config_from_args(args: argparse.Namespace, extra: list[str] = (), path: Path | None | str = "rule") -> Config:
+    """The config of this command; its image limit applies to every image the command decodes.
+
+    `path` "rule": config_file(args); None: the embedded defaults (fsad demo without --config)."""
     from workers.data import set_max_pixels
 
-    cfg = load_config(args.config, list(args.overrides) + list(extra))
+    path = config_file(args) if path == "rule" else path
+    cfg = load_config(path, list(args.overrides) + list(extra))
+    if path is not None:
+        announce(path)
     set_max_pixels(cfg.data.max_pixels)
     return cfg
+
+
+def is_runtime_key(key: str) -> bool:
+    return any(key == k or (k.endswith(".") and key.startswith(k)) for k in RUNTIME_KEYS)
+
+
+def runtime_settings(args: argparse.Namespace, verb: str) -> dict[str, Any]:
+    """{dotted key: value} of the run-time keys from the config file (see config_file) and --set, for a
+    verb that loads a trained model; a --set of any other key is refused (the model fixes it)."""
+    path = config_file(args)
+    values: dict[str, Any] = {}
+    if path is not None:
+        values = {k: v for k, v in load_config(path).flatten().items() if is_runtime_key(k)}
+    for text in args.overrides:
+        key, value = parse_override(text)
+        if not is_runtime_key(key):
+            raise InputError(f"--set {key}: fixed by the trained model (its config.yaml); fsad {verb} takes "
+                             "only eval.*, tracking.*, data.max_pixels and train.device (retrain to change the rest)")
+        values[key] = value
+    if values:
+        with_values(Config(), values)  # types and ranges checked now, one line, before any work
+    if path is not None:
+        announce(path, " (eval, tracking, data.max_pixels, train.device; the model's config.yaml for the rest)")
+    return values
 
 
 def add_data_arguments(parser: argparse.ArgumentParser, splits_help: str) -> None:

@@ -8,7 +8,7 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from orchestrator.commands.common import add_config_arguments
+from orchestrator.commands.common import add_config_arguments, announce, config_from_args
 from orchestrator.commands.tracking_args import add_tracking_arguments, tracking_uri
 
 HELP = ("meta-train on real data with a small budget, hold one category out, print ours vs kNN vs MAML-AE "
@@ -36,6 +36,12 @@ def run(args) -> int:
     from workers.data import materialize_elpv
 
     began = time.perf_counter()
+    # The demo's figures are the README's: it runs on the embedded defaults, not on a ./params.yaml that
+    # `dvc exp run` or an experiment may have edited; --config FILE still applies.
+    path = Path(args.config) if args.config else None
+    config_from_args(args, DEMO_OVERRIDES, path=path)
+    if path is None:
+        announce(None, " (fsad demo does not read ./params.yaml; --config params.yaml to use it)")
     if args.data:
         root, holdout = Path(args.data), args.holdout
     elif SHARED_REAL.is_dir():
@@ -49,7 +55,7 @@ def run(args) -> int:
         holdout = list_categories(root)[-1]
     print(f"data: {root}; held-out category: {holdout}; K={args.shots} shots × {args.seeds} support draws")
     results = run_loo(root, args.out, args.shots, args.seeds, DEMO_METHODS, [holdout], (),
-                      args.config, DEMO_OVERRIDES + list(args.overrides), tracking_uri=tracking_uri(args))
+                      str(path) if path else None, DEMO_OVERRIDES + list(args.overrides), tracking_uri=tracking_uri(args))
     print()
     print(results_table(results))
     print(f"anomaly-map overlays: {args.out}/eval/{holdout}/<method>/overlays/*.png")

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import json
 
-from orchestrator.commands.common import add_data_arguments, data_root
+from orchestrator.commands.common import add_config_arguments, add_data_arguments, data_root, runtime_settings
 from orchestrator.config import METHODS
 from orchestrator.commands.tracking_args import add_tracking_arguments, tracking_uri
 
@@ -24,6 +24,7 @@ def add_arguments(p):
     p.add_argument("--allow-partial", action="store_true",
                    help="evaluate a model whose training stopped early (metrics.json then says \"partial\": true)")
     p.add_argument("--quiet", action="store_true")
+    add_config_arguments(p, runtime_only=True)
     add_tracking_arguments(p)
 
 
@@ -33,9 +34,11 @@ def run(args) -> int:
     from orchestrator.tracked import tracked_evaluate
 
     check_writable_dir(args.out)
+    settings = runtime_settings(args, "evaluate")
     record = tracked_evaluate(args.model, data_root(args), args.category, args.shots, args.seeds, args.out,
                               method=args.method, seed=args.seed, progress=not args.quiet, uri=tracking_uri(args),
-                              manifest=args.manifest, splits=args.splits, allow_partial=args.allow_partial)
+                              manifest=args.manifest, splits=args.splits, allow_partial=args.allow_partial,
+                              settings=settings)
     print(json.dumps({name: format_metric(record[name]) for name in METRIC_NAMES}))
     print(f"wrote {args.out}/metrics.json and {len(record['overlays'])} overlays in {args.out}/overlays")
     if record.get("partial"):

@@ -1,7 +1,7 @@
 """fsad loo: the whole leave-one-category-out table (train one model per held-out category, evaluate)."""
 from __future__ import annotations
 
-from orchestrator.commands.common import add_config_arguments
+from orchestrator.commands.common import add_config_arguments, config_file, config_from_args
 from orchestrator.config import ABLATIONS, METHODS
 from orchestrator.commands.tracking_args import add_tracking_arguments, tracking_uri
 
@@ -29,9 +29,11 @@ def _split(text: str) -> list[str]:
 def run(args) -> int:
     from orchestrator.loo import results_table, run_loo
 
+    config_from_args(args)  # checked and named once, before any work
+    path = config_file(args)
     results = run_loo(args.data, args.out, args.shots, args.seeds, tuple(_split(args.methods)),
-                      _split(args.categories) or None, tuple(_split(args.ablations)), args.config,
-                      args.overrides, progress=not args.quiet, tracking_uri=tracking_uri(args))
+                      _split(args.categories) or None, tuple(_split(args.ablations)),
+                      str(path) if path is not None else None, args.overrides, progress=not args.quiet, tracking_uri=tracking_uri(args))
     print(results_table(results))
     print(f"wrote {args.out}/results.md and {args.out}/results.json")
     return 0

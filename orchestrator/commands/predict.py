@@ -1,6 +1,8 @@
 """fsad predict: adapt to a folder of normal shots, score new images, write scores and overlays."""
 from __future__ import annotations
 
+from orchestrator.commands.common import add_config_arguments, runtime_settings
+
 HELP = "score images against K normal support images (one forward pass adaptation)"
 
 
@@ -13,12 +15,15 @@ def add_arguments(p):
     p.add_argument("--out", required=True, help="output directory (scores.jsonl, overlays/); must be empty")
     p.add_argument("--overwrite", action="store_true",
                    help="replace the scores.jsonl and overlays/ of an earlier prediction in --out")
+    add_config_arguments(p, runtime_only=True)
 
 
 def run(args) -> int:
     from orchestrator.predict import predict
 
-    rows = predict(args.model, args.support, args.images, args.out, method=args.method, overwrite=args.overwrite)
+    settings = runtime_settings(args, "predict")
+    rows = predict(args.model, args.support, args.images, args.out, method=args.method, overwrite=args.overwrite,
+                   settings=settings)
     for row in rows:
         print(f"{row['score']:.6g}  {row['path']}")
     print(f"wrote {args.out}/scores.jsonl and {len(rows)} overlays in {args.out}/overlays")

@@ -1,6 +1,7 @@
 """fsad register: adapt a training run's weights to a category and register fsad-<category>."""
 from __future__ import annotations
 
+from orchestrator.commands.common import add_config_arguments, runtime_settings
 from orchestrator.commands.tracking_args import add_tracking_arguments, tracking_uri
 
 HELP = "register fsad-CATEGORY: a training run's weights + the category's K-shot dictionary"
@@ -14,13 +15,15 @@ def add_arguments(p):
     source.add_argument("--draw", type=int, metavar="N", help="support draw N of the evaluation protocol")
     p.add_argument("--shots", type=int, default=None, help="K for --draw (default eval.shots)")
     p.add_argument("--data", default=None, help="data root (default: the training run's); metrics use its test set")
+    add_config_arguments(p, runtime_only=True)
     add_tracking_arguments(p, optional=False)
 
 
 def run(args) -> int:
     from orchestrator.registry import register_from_run
 
+    settings = runtime_settings(args, "register")
     result = register_from_run(tracking_uri(args, required=True), args.run_id, args.category, args.support,
-                               args.draw, args.shots, args.data)
+                               args.draw, args.shots, args.data, settings=settings)
     print(result.line())
     return 0

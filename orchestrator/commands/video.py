@@ -1,6 +1,7 @@
 """fsad video: the scene-adaptive video protocol (Section 4.2) for one target scene."""
 from __future__ import annotations
 
+from orchestrator.commands.common import add_config_arguments, config_from_args
 from orchestrator.commands.tracking_args import add_tracking_arguments, tracking_uri
 
 HELP = "meta-train on the other scenes + image categories, adapt to a target scene with K frames, frame AUROC"
@@ -12,20 +13,17 @@ def add_arguments(p):
     p.add_argument("--video-root", default=None, help="folder of scenes (default experiments.video_root)")
     p.add_argument("--data", default=None, help="image categories, MVTec layout (default pipeline.source)")
     p.add_argument("--manifest", default=None, help="manifest.parquet of the image categories (fsad ingest)")
-    p.add_argument("--config", help="params.yaml-style file (default: the embedded defaults)")
-    p.add_argument("--set", dest="overrides", action="extend", nargs="+", default=[], metavar="KEY=VALUE",
-                   help="override config values, e.g. --set train.episodes=20 experiments.video_draws=2")
+    add_config_arguments(p)
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     add_tracking_arguments(p)
 
 
 def run(args) -> int:
-    from orchestrator.config import load_config
     from orchestrator.tracked import tracked_video
     from workers.manifest import open_source
 
     extra = [f"experiments.video_root={args.video_root}"] if args.video_root else []
-    cfg = load_config(args.config, list(args.overrides) + extra)
+    cfg = config_from_args(args, extra)
     images = open_source(args.data, args.manifest) if (args.data or args.manifest) else None
     record = tracked_video(cfg, args.target, args.out, image_source=images, progress=not args.quiet,
                            uri=tracking_uri(args))
