@@ -26,6 +26,7 @@ test: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python -m benchmarks.ray_bench
+	$(BIN)/python -m benchmarks.tune_bench
 	$(BIN)/python -m benchmarks.run --ablation-categories juice_bottle,tire
 
 lint: $(STAMP)

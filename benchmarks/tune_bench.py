@@ -94,11 +94,21 @@ def markdown(rows: list[dict], command: str, trials: int) -> str:
         "runs train the same number of episodes. Wall time includes starting Python (and Ray for P = 2).\n\n"
         "| P | trials | distinct parameter sets | wall time | best value |\n|---|---|---|---|---|\n"
         f"{table}\n\n"
+        f"{_speed_note(rows, load)}"
         "Each trial's TPE sampler is seeded from (`tune.sampler_seed`, trial number) with constant liar, so "
         "concurrent trials draw different parameters; the first `tune.startup_trials` trials are the same "
         "in both runs, later ones depend on which trials had finished when they were asked "
         "(docs/tuning.md, \"Parallel trials and reproducibility\").\n"
     )
+
+
+def _speed_note(rows: list[dict], load: float) -> str:
+    ratio = rows[1]["wall_s"] / rows[0]["wall_s"]
+    note = f"P = 2 took {ratio:.2f}× the wall time of P = 1"
+    if ratio > 0.9 and load > (os.cpu_count() or 1):
+        note += (": with every core already busy (load above the core count) and Ray's start-up to pay, two "
+                 "parallel trials could not finish sooner here (not measured on idle cores)")
+    return note + ". The best values differ because the runs explore differently after the start-up trials.\n\n"
 
 
 def main(argv=None) -> int:

@@ -22,7 +22,7 @@ from safetensors.torch import load_file
 
 from orchestrator.cli import VERBS, main
 from orchestrator.config import METHODS
-from tests.conftest import HELD_OUT, REPO, SMALL_CATEGORIES, cli, image_files, tiny_sets
+from tests.conftest import HELD_OUT, REPO, SMALL_CATEGORIES, TINY, cli, image_files, tiny_sets
 
 pytestmark = pytest.mark.slow
 
@@ -495,3 +495,204 @@ def test_loo_category_not_found(small_real_root, tmp_path, capsys):
                        *tiny_sets())
     assert_bad_input(code, err, "'nope'")
     assert_no_output(out)
+
+
+# --------------------------------------------------------------------------------------------------
+# One rule for configuration: --config FILE, else ./params.yaml when present (as dvc repro reads it),
+# else the embedded defaults; --set on top; the file used named in one stderr line
+# --------------------------------------------------------------------------------------------------
+
+# Verbs that read no configuration at all (README says so): sync-runs replays spooled runs as recorded.
+NO_CONFIG_VERBS = ("sync-runs",)
+
+
+def write_params(folder: Path, tree: dict) -> Path:
+    import yaml
+
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "params.yaml").write_text(yaml.safe_dump(tree))
+    return folder / "params.yaml"
+
+
+def tiny_tree(**changes) -> dict:
+    """The tiny budget (tests/conftest.py TINY) as a params.yaml tree."""
+    from orchestrator.config import _set_path
+
+    tree: dict = {}
+    for key, value in {**TINY, **changes}.items():
+        _set_path(tree, key, value)
+    return tree
+
+
+@pytest.fixture
+def reads_params(monkeypatch, tmp_path):
+    """A working directory of its own, with the ./params.yaml rule on (conftest switches it off)."""
+    monkeypatch.delenv("FSAD_PARAMS", raising=False)
+    monkeypatch.chdir(tmp_path)
+    return tmp_path
+
+
+@pytest.mark.parametrize("verb", [v for v in VERBS if v not in NO_CONFIG_VERBS])
+def test_every_verb_that_reads_config_takes_config_and_set(verb):
+    from orchestrator.cli import build_parser
+
+    sub = next(a for a in build_parser()._actions if isinstance(a, __import__("argparse")._SubParsersAction))
+    options = {s for action in sub.choices[verb]._actions for s in action.option_strings}
+    assert {"--config", "--set"} <= options, verb
+
+
+def test_readme_names_the_verbs_that_read_no_config():
+    readme = (REPO / "README.md").read_text()
+    for verb in NO_CONFIG_VERBS:
+        assert f"`fsad {verb}` reads no configuration" in readme
+    assert "Every verb takes `--config FILE`" not in readme  # the old, false sentence
+
+
+def test_train_reads_params_yaml_in_the_working_directory(reads_params, small_real_root, capsys):
+    """A user who edits params.yaml and runs `fsad train` gets what `dvc repro` would use."""
+    write_params(reads_params, tiny_tree(**{"train.episodes": 2, "model.lam_star": 0.07}))
+    code, _, err = cli(capsys, "train", "--data", small_real_root, "--exclude", HELD_OUT, "--out", "m", "--quiet")
+    assert code == 0, err
+    assert "fsad: config: ./params.yaml" in err.splitlines()
+    import yaml
+
+    saved = yaml.safe_load((reads_params / "m" / "config.yaml").read_text())
+    assert saved["train"]["episodes"] == 2 and saved["model"]["lam_star"] == 0.07
+    # --config names another file: ./params.yaml is not read; --set still goes on top
+    write_params(reads_params / "other", tiny_tree(**{"train.episodes": 3}))
+    code, _, err = cli(capsys, "train", "--data", small_real_root, "--exclude", HELD_OUT, "--out", "m2", "--quiet",
+                       "--config", "other/params.yaml", "--set", "model.lam_star=0.06")
+    assert code == 0, err
+    assert "fsad: config: other/params.yaml" in err.splitlines()
+    saved = yaml.safe_load((reads_params / "m2" / "config.yaml").read_text())
+    assert saved["train"]["episodes"] == 3 and saved["model"]["lam_star"] == 0.06
+
+
+def test_without_params_yaml_the_embedded_defaults_and_fsad_params_0_skips_it(reads_params, monkeypatch):
+    import argparse
+
+    from orchestrator.commands.common import config_file
+
+    args = argparse.Namespace(config=None, overrides=[])
+    assert config_file(args) is None  # no ./params.yaml here
+    write_params(reads_params, {"train": {"episodes": 7}})
+    assert config_file(args) == Path("params.yaml")
+    monkeypatch.setenv("FSAD_PARAMS", "0")
+    assert config_file(args) is None
+    assert config_file(argparse.Namespace(config="x.yaml", overrides=[])) == Path("x.yaml")
+
+
+def test_a_bad_params_yaml_is_one_line_naming_it(reads_params, small_real_root, capsys):
+    (reads_params / "params.yaml").write_text("train: [unclosed\n")
+    code, _, err = cli(capsys, "train", "--data", small_real_root, "--exclude", HELD_OUT, "--out", "m", "--quiet")
+    assert_bad_input(code, err, "params.yaml", "not valid YAML")
+    assert not (reads_params / "m").exists()
+
+
+def test_demo_runs_on_the_embedded_defaults_and_says_so(reads_params, capsys):
+    """fsad demo ignores ./params.yaml (its figures are the README's); a broken one is not even read."""
+    (reads_params / "params.yaml").write_text("train: [unclosed\n")
+    code, _, err = cli(capsys, "demo", "--data", reads_params / "absent", "--holdout", "x")
+    assert code == 2
+    assert "fsad: config: embedded defaults (fsad demo does not read ./params.yaml" in err
+    assert "not valid YAML" not in err
+
+
+def test_evaluate_takes_run_time_keys_from_params_yaml_and_set(reads_params, trained_model, small_real_root, capsys):
+    """evaluate: eval.* from ./params.yaml (the model's config.yaml for the model), --set on top; a --set of
+    a key that shaped the model is refused before any work."""
+    write_params(reads_params, {"eval": {"overlays": 1}, "model": {"lam_star": 0.3}})
+    args = ["evaluate", "--model", trained_model, "--data", small_real_root, "--category", HELD_OUT,
+            "--shots", 2, "--seeds", 1, "--quiet"]
+    code, _, err = cli(capsys, *args, "--out", "e1")
+    assert code == 0, err
+    assert any(line.startswith("fsad: config: ./params.yaml (eval, tracking") for line in err.splitlines())
+    assert len(list((reads_params / "e1" / "overlays").glob("*.png"))) == 1  # params.yaml's, not the model's 2
+    code, _, err = cli(capsys, *args, "--out", "e2", "--set", "eval.overlays=0")
+    assert code == 0, err
+    assert not list((reads_params / "e2" / "overlays").glob("*.png"))
+    code, _, err = cli(capsys, *args, "--out", "e3", "--set", "model.lam_star=0.1")
+    assert code == 2 and "--set model.lam_star: fixed by the trained model" in err
+    assert not (reads_params / "e3").exists()
+
+
+def test_predict_takes_set_for_run_time_keys(trained_model, small_real_root, tmp_path, capsys):
+    images = image_files(small_real_root / HELD_OUT / "test" / "good")[:2]
+    support = small_real_root / HELD_OUT / "train" / "good"
+    code, _, err = cli(capsys, "predict", "--model", trained_model, "--support", support, "--images", *images,
+                       "--out", tmp_path / "p", "--set", "data.max_pixels=100")
+    assert_bad_input(code, err, "100")  # every image is larger than the limit set here
+    code, _, err = cli(capsys, "predict", "--model", trained_model, "--support", support, "--images", *images,
+                       "--out", tmp_path / "p", "--set", "data.image_size=64")
+    assert_bad_input(code, err, "data.image_size", "fixed by the trained model")
+
+
+@pytest.mark.parametrize("verb", ["register", "adapt"])
+def test_registry_verbs_take_set_for_run_time_keys_only(verb, tmp_path, capsys):
+    base = (["register", "--run", "0" * 32, "--category", "tire", "--draw", "0"] if verb == "register" else
+            ["adapt", "--model", "models:/fsad-tire@champion", "--support", tmp_path, "--name", "x"])
+    code, _, err = cli(capsys, *base, "--tracking-uri", f"sqlite:///{tmp_path / 'm.db'}", "--set", "model.tau=3")
+    assert_bad_input(code, err, "--set model.tau", "fixed by the trained model")
+    code, _, err = cli(capsys, *base, "--tracking-uri", f"sqlite:///{tmp_path / 'm.db'}", "--set", "eval.shots=0")
+    assert_bad_input(code, err, "eval.shots=0")
+    assert not (tmp_path / "m.db").exists()  # refused before the store was touched
+
+
+# --------------------------------------------------------------------------------------------------
+# README's CLI table: every documented form parses; docs' example output folders are git-ignored
+# --------------------------------------------------------------------------------------------------
+
+
+def readme_cli_forms() -> list[str]:
+    """The `fsad ...` code spans of README's CLI table, with the options in [...] left out, the first of
+    `a\\|b` alternatives taken, and placeholders kept as values."""
+    import re
+
+    rows = [line for line in (REPO / "README.md").read_text().splitlines() if line.startswith("| `fsad ")]
+    forms = []
+    for row in rows:
+        cell = row.split(" | ")[0]
+        for span in re.findall(r"`(fsad [^`]+)`", cell):
+            if " ... " in span or span.endswith(" ..."):
+                continue  # "the same as above, plus": not a complete command
+            text = re.sub(r"\\\|[^\s\]]*", "", span)  # a\|b -> a
+            while re.search(r"\[[^\[\]]*\]", text):
+                text = re.sub(r"\s*\[[^\[\]]*\]", "", text)
+            forms.append(text.replace("PATH...", "PATH"))
+    return forms
+
+
+def test_readme_cli_table_forms_parse():
+    from orchestrator.cli import build_parser
+
+    forms = readme_cli_forms()
+    assert {f.split()[1] for f in forms} >= set(VERBS), forms  # every verb shown
+    parser = build_parser()
+    for form in forms:
+        try:
+            parser.parse_args(form.split()[1:])
+        except SystemExit:
+            pytest.fail(f"README's CLI table documents `{form}`, which fsad does not accept")
+
+
+def test_docs_example_output_folders_are_git_ignored():
+    """Every relative --out / --storage of an example command in README.md and docs/*.md lies in a folder
+    git ignores (docs/ and results/ are committed outputs of fsad report and dvc repro)."""
+    import re
+
+    if not (REPO / ".git").exists():
+        pytest.skip("not a git checkout")
+    paths = set()
+    for doc in [REPO / "README.md", *sorted((REPO / "docs").glob("*.md"))]:
+        if doc.name == "reliability.md":
+            continue  # a record of hostile runs in scratch folders, not commands to copy
+        for flag, value in re.findall(r"--(out|storage) ([^\s`|\\\]]+)", doc.read_text()):
+            value = value.removeprefix("sqlite:///").removeprefix("journal:")
+            if (value.startswith(("/", "$", "<", "~", "..", "s3:")) or "://" in value or not re.search(r"[a-z]", value)
+                    or value.startswith(("docs/", "results/")) or value == "of"):
+                continue  # absolute, a placeholder (OUT, DIR), or a committed output
+            paths.add(value)
+    assert {"tune/journal.log", "models/tire", "eval/tire"} <= paths, paths
+    for path in sorted(paths):
+        done = subprocess.run(["git", "check-ignore", "-q", "--no-index", path], cwd=REPO)
+        assert done.returncode == 0, f"{path} (an example output in the docs) is not git-ignored"

@@ -200,6 +200,30 @@ def test_evaluation_runs_nest_under_training_with_pictures(client, store, traine
 # Registry
 
 
+@pytest.mark.parametrize("args,needle", [
+    (["--category", "no_such_category"], "no_such_category"),
+    (["--category", HELD_OUT, "--shots", "999"], "--shots 999"),
+    (["--category", HELD_OUT, "--seeds", "0"], "--seeds 0"),
+    (["--category", "kolektor"], "seen in training"),
+    (["--category", HELD_OUT, "--set", "eval.batch_size=0"], "eval.batch_size"),
+])
+def test_bad_input_evaluate_leaves_no_run_behind(args, needle, client, store, trained, data_with_manifest, tmp_path,
+                                                capsys):
+    """Every input check runs before the evaluation's MLflow run exists: no FAILED (or any) run is left."""
+    from orchestrator.cli import main
+
+    experiments = [e.experiment_id for e in client.search_experiments()]
+    before = {r.info.run_id for r in client.search_runs(experiments)}
+    capsys.readouterr()
+    code = main(["evaluate", "--model", str(trained[0]), "--data", str(data_with_manifest), *args,
+                 "--out", str(tmp_path / "e"), "--quiet", "--tracking-uri", store["uri"]])
+    err = capsys.readouterr().err
+    assert code == 2 and needle in err and err.count("\n") == 1, err
+    after = client.search_runs([e.experiment_id for e in client.search_experiments()])
+    assert [r.info.run_name for r in after if r.info.run_id not in before] == []
+    assert not (tmp_path / "e").exists()
+
+
 def test_register_creates_champion_version_with_tags(client, trained, registered):
     version = client.get_model_version_by_alias(f"fsad-{HELD_OUT}", "champion")
     tags = version.tags

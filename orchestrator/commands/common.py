@@ -51,12 +51,14 @@ def announce(path: Path | None, note: str = "") -> None:
 def config_from_args(args: argparse.Namespace, extra: list[str] = (), path: Path | None | str = "rule") -> Config:
     """The config of this command; its image limit applies to every image the command decodes.
 
-    `path` "rule": config_file(args); None: the embedded defaults (fsad demo without --config)."""
+    `path` "rule": config_file(args), named on stderr; else that file (a resumed run's saved config.yaml)
+    or None (the embedded defaults), which the caller names if it wants to."""
     from workers.data import set_max_pixels
 
-    path = config_file(args) if path == "rule" else path
+    by_rule = path == "rule"
+    path = config_file(args) if by_rule else path
     cfg = load_config(path, list(args.overrides) + list(extra))
-    if path is not None:
+    if by_rule and path is not None:
         announce(path)
     set_max_pixels(cfg.data.max_pixels)
     return cfg

@@ -40,8 +40,7 @@ def run(args) -> int:
     # `dvc exp run` or an experiment may have edited; --config FILE still applies.
     path = Path(args.config) if args.config else None
     config_from_args(args, DEMO_OVERRIDES, path=path)
-    if path is None:
-        announce(None, " (fsad demo does not read ./params.yaml; --config params.yaml to use it)")
+    announce(path, "" if path else " (fsad demo does not read ./params.yaml; --config params.yaml to use it)")
     if args.data:
         root, holdout = Path(args.data), args.holdout
     elif SHARED_REAL.is_dir():

@@ -44,9 +44,9 @@ def run(args) -> int:
     if args.method:
         extra.append(f"train.method={args.method}")
     extra += distributed_overrides(args)
-    cfg = config_from_args(args, extra)
-    if args.resume:
-        cfg = _resume_config(args, cfg, extra)
+    saved = Path(args.out) / "config.yaml"
+    # resuming continues the saved config (./params.yaml and --config are not read); --set still applies
+    cfg = config_from_args(args, extra, path=saved if args.resume and saved.is_file() else "rule")
     if wants_distributed(args):
         if cfg.train.val_categories:
             from model.errors import InputError
@@ -59,12 +59,3 @@ def run(args) -> int:
     print(json.dumps({k: summary[k] for k in ("out", "episodes", "seconds", "categories", "run_id") if k in summary}))
     return 0
 
-
-def _resume_config(args, cfg, extra):
-    """Resuming continues the saved config; --set on the command line still applies on top."""
-    from pathlib import Path
-
-    from orchestrator.config import load_config
-
-    saved = Path(args.out) / "config.yaml"
-    return load_config(saved, list(args.overrides) + extra) if saved.is_file() else cfg
