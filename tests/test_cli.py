@@ -617,11 +617,15 @@ def test_evaluate_takes_run_time_keys_from_params_yaml_and_set(reads_params, tra
 
 
 def test_predict_takes_set_for_run_time_keys(trained_model, small_real_root, tmp_path, capsys):
-    images = image_files(small_real_root / HELD_OUT / "test" / "good")[:2]
-    support = small_real_root / HELD_OUT / "train" / "good"
+    # copies: images this process decoded before are cached, and the cache does not re-check the limit
+    support = tmp_path / "support"
+    support.mkdir()
+    for f in image_files(small_real_root / HELD_OUT / "train" / "good")[:3]:
+        shutil.copy2(f, support / f.name)
+    images = image_files(support)[:1]
     code, _, err = cli(capsys, "predict", "--model", trained_model, "--support", support, "--images", *images,
                        "--out", tmp_path / "p", "--set", "data.max_pixels=100")
-    assert_bad_input(code, err, "100")  # every image is larger than the limit set here
+    assert_bad_input(code, err, "expected at most 0.0001 M pixels (data.max_pixels)")  # the limit set here
     code, _, err = cli(capsys, "predict", "--model", trained_model, "--support", support, "--images", *images,
                        "--out", tmp_path / "p", "--set", "data.image_size=64")
     assert_bad_input(code, err, "data.image_size", "fixed by the trained model")
@@ -658,7 +662,8 @@ def readme_cli_forms() -> list[str]:
             text = re.sub(r"\\\|[^\s\]]*", "", span)  # a\|b -> a
             while re.search(r"\[[^\[\]]*\]", text):
                 text = re.sub(r"\s*\[[^\[\]]*\]", "", text)
-            forms.append(text.replace("PATH...", "PATH"))
+            # placeholders (N, CAT, ROOT, PATH...) become a value every option type accepts
+            forms.append(" ".join("1" if re.fullmatch(r"[A-Z_]+(\.\.\.)?", t) else t for t in text.split()))
     return forms
 
 
