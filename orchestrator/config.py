@@ -685,9 +685,32 @@ def atomic_path(path: str | Path, suffix: str = ".tmp") -> Iterator[Path]:
         Path(tmp).unlink(missing_ok=True)
 
 
+def temporary_workdir(cwd: str | Path | None = None) -> Path | None:
+    """The temporary copy the working directory lies in, or None. Ray unpacks a job's `--working-dir`
+    (and py_modules) into <ray temp>/session_*/runtime_resources/<kind>/_ray_pkg_<hash>/ and deletes it
+    when no job uses it any more: what a job writes there relative to its working directory is lost."""
+    parts = Path(os.path.abspath(cwd if cwd is not None else os.getcwd())).parts
+    for i, part in enumerate(parts):
+        if part.startswith("_ray_pkg_") or part == "runtime_resources":
+            end = next((j for j in range(i, len(parts)) if parts[j].startswith("_ray_pkg_")), i)
+            return Path(*parts[: end + 1])
+    return None
+
+
+def check_not_temporary(path: str | Path, flag: str) -> None:
+    """A file or folder the user must find afterwards may not lie in a temporary working directory."""
+    temp = temporary_workdir()
+    if temp is not None and Path(os.path.abspath(path)).is_relative_to(temp):
+        raise InputError(f"{flag} {path} would be written into Ray's temporary copy of the working directory ({temp}), "
+                         "which is deleted after the job; expected an absolute path on a filesystem you can reach "
+                         "(docs/cluster.md)")
+
+
 def check_writable_dir(path: str | Path, flag: str = "--out") -> None:
     """Fail before any work when the folder `path` (created later if absent) could not be written:
-    it, or its nearest existing parent, must be a directory this user may write into."""
+    it, or its nearest existing parent, must be a directory this user may write into (and not one that
+    is deleted after the run)."""
+    check_not_temporary(path, flag)
     path = Path(path)
     if path.exists() and not path.is_dir():
         raise InputError(f"{flag} {path} exists and is not a directory; expected a folder to write into")

@@ -20,7 +20,7 @@ from model.errors import InputError
 from orchestrator.config import ABLATIONS, Config, atomic_write_text, parse_override, with_values
 from orchestrator.evaluate import METRIC_NAMES, evaluate
 from orchestrator.ingest import MANIFEST
-from orchestrator.pipeline import RESULTS, SPLITS, data_dir
+from orchestrator.pipeline import RESULTS, SPLITS, data_dir, image_root
 from orchestrator.train import train
 
 ABLATION_DIR = RESULTS / "ablations"
@@ -52,9 +52,9 @@ def stage_ablations(cfg: Config, progress: bool = False, log=print) -> list[dict
             if folder.exists():
                 shutil.rmtree(folder)  # dvc removes outputs before a stage runs; a manual run starts afresh too
             log(f"[{target}] ablation {name} ({' '.join(ABLATIONS[name])}): meta-training")
-            summary = train(variant, None, folder / "model", progress=progress, manifest=manifest, splits=splits)
+            summary = train(variant, image_root(cfg), folder / "model", progress=progress, manifest=manifest, splits=splits)
             log(f"[{target}] ablation {name}: evaluating K={shots}, {cfg.eval.draws} draws")
-            record = evaluate(folder / "model", None, target, shots, cfg.eval.draws, folder, method="ours",
+            record = evaluate(folder / "model", image_root(cfg), target, shots, cfg.eval.draws, folder, method="ours",
                               progress=progress, overlays=0, manifest=manifest, splits=splits)
             record.update(ablation=name, overrides=ABLATIONS[name], train_seconds=summary["seconds"])
             atomic_write_text(folder / "metrics.json", json.dumps(record, indent=2))

@@ -39,6 +39,11 @@ SUMMARY = "ingest.json"
 FILES = "files"
 
 
+def is_local_source(source: str) -> bool:
+    """A folder (not s3://... or elpv)."""
+    return _source_kind(str(source)) == "local"
+
+
 def _source_kind(source: str) -> str:
     if source == "elpv":
         return "elpv"
@@ -60,6 +65,15 @@ def _local_reader(root: Path) -> Callable[[str], bytes]:
     return read
 
 
+def _recorded_root(root: Path, out: Path) -> str:
+    """The image root as the manifest records it: an absolute --source as given; a relative one relative
+    to --out, computed on the paths as written (symlinks not resolved), so that the same command in
+    another clone, at any path, writes the same bytes (what `dvc status` compares)."""
+    if root.is_absolute():
+        return os.path.normpath(root).replace(os.sep, "/")
+    return Path(os.path.relpath(os.path.abspath(root), os.path.abspath(out))).as_posix()
+
+
 def _local_keys(root: Path) -> list[str]:
     if not root.is_dir():
         raise InputError(f"--source {root} does not exist or is not a folder; expected an MVTec-layout tree")
@@ -67,8 +81,10 @@ def _local_keys(root: Path) -> list[str]:
 
 
 def ingest(source: str, name: str, out: str | Path, endpoint_url: str | None = None,
-           threads: int = 4, log: Callable[[str], None] = print) -> dict[str, Any]:
-    """Read, decode, check and hash every image of `source`; write the manifest, rejects and summary."""
+           threads: int = 4, log: Callable[[str], None] = print, read_from: str | Path | None = None) -> dict[str, Any]:
+    """Read, decode, check and hash every image of `source`; write the manifest, rejects and summary.
+    `read_from`: where a relative local source really is when that differs from the working directory
+    (a DVC experiment's temporary copy); the manifest still records `source` as written."""
     source = str(source)
     if not name or "/" in name or name.startswith("."):
         raise InputError(f"--name {name!r}: expected a plain dataset name such as fsad-real")
@@ -79,10 +95,10 @@ def ingest(source: str, name: str, out: str | Path, endpoint_url: str | None = N
     staging: Path | None = None  # downloaded / generated image files, renamed to out/files at the end
     try:
         if kind == "local":
-            root = Path(source)
+            root = Path(read_from) if read_from is not None else Path(source)
             keys = _local_keys(root)
             read = _local_reader(root)
-            recorded_root = os.path.relpath(root.resolve(), out.resolve())
+            recorded_root = _recorded_root(Path(source), out)
         else:
             out.mkdir(parents=True, exist_ok=True)
             staging = Path(tempfile.mkdtemp(prefix=f".{FILES}.tmp-", dir=out))

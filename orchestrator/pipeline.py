@@ -19,6 +19,7 @@ import csv
 import hashlib
 import io
 import json
+import os
 import shutil
 from pathlib import Path
 from typing import Any
@@ -27,7 +28,7 @@ from model import metrics
 from model.errors import InputError
 from orchestrator.config import METHOD_MODEL, Config, atomic_write_text, load_config
 from orchestrator.evaluate import METRIC_NAMES, evaluate
-from orchestrator.ingest import FILES, MANIFEST, ingest, make_splits
+from orchestrator.ingest import FILES, MANIFEST, ingest, is_local_source, make_splits
 from orchestrator.train import train
 
 PARAMS = "params.yaml"
@@ -47,6 +48,27 @@ def data_dir(cfg: Config) -> Path:
     return Path("data") / cfg.pipeline.name
 
 
+def repo_path(path: str | Path) -> Path:
+    """A relative path of params.yaml (pipeline.source, experiments.video_root) as seen from the stage.
+    `dvc exp run --temp` and queued experiments run in a copy of the repository under .dvc/tmp/exps/ and
+    name the repository in $DVC_ROOT: there, `../shared/...` means the repository's neighbour, not the
+    copy's. In the workspace (DVC_ROOT is the working directory, or unset) the path stays as written."""
+    root = os.environ.get("DVC_ROOT")
+    path = Path(path)
+    if path.is_absolute() or not root or os.path.realpath(root) == os.path.realpath("."):
+        return path
+    return Path(os.path.normpath(os.path.join(root, path)))
+
+
+def image_root(cfg: Config) -> Path | None:
+    """Where the stages read a local source's images when they are not where the manifest's relative
+    root points (an experiment's temporary copy); None: the manifest's own record."""
+    source = cfg.pipeline.source
+    if not is_local_source(source) or repo_path(source) == Path(source):
+        return None
+    return repo_path(source)
+
+
 def _check_target(cfg: Config, target: str) -> None:
     if target not in cfg.pipeline.targets:
         raise InputError(f"--target {target!r} is not in pipeline.targets {cfg.pipeline.targets}")
@@ -60,7 +82,7 @@ def _variants(cfg: Config) -> list[str]:
 
 def stage_ingest(cfg: Config) -> dict[str, Any]:
     out = data_dir(cfg)
-    summary = ingest(cfg.pipeline.source, cfg.pipeline.name, out)
+    summary = ingest(cfg.pipeline.source, cfg.pipeline.name, out, read_from=image_root(cfg))
     (out / FILES).mkdir(exist_ok=True)  # always an output; empty when the images are read in place
     return summary
 
@@ -80,7 +102,7 @@ def stage_train(cfg: Config, target: str, progress: bool = False) -> list[str]:
         out = RESULTS / "models" / target / variant
         if out.exists():
             shutil.rmtree(out)  # dvc removes outputs before a stage runs; a manual run starts afresh too
-        train(fold_cfg, None, out, progress=progress, manifest=data_dir(cfg) / MANIFEST,
+        train(fold_cfg, image_root(cfg), out, progress=progress, manifest=data_dir(cfg) / MANIFEST,
               splits=data_dir(cfg) / SPLITS)
         written.append(str(out))
     return written
@@ -103,7 +125,7 @@ def stage_evaluate(cfg: Config, target: str, progress: bool = False) -> dict[str
                 if draw["draw"] == 0:
                     first.update(scores=scores, maps=maps, test=test)
 
-            res = evaluate(model_dir, None, target, k, cfg.eval.draws, RESULTS / "eval" / target / method / f"K{k}",
+            res = evaluate(model_dir, image_root(cfg), target, k, cfg.eval.draws, RESULTS / "eval" / target / method / f"K{k}",
                            method=method, seed=cfg.eval.seed, progress=progress,
                            overlays=cfg.eval.overlays if k == top else 0, on_draw=keep_first,
                            manifest=manifest, splits=splits)

@@ -65,7 +65,35 @@ def resolve_tracking_uri(cli_uri: str | None = None, no_track: bool = False) -> 
         raise InputError(f"--tracking-uri {redact(uri)!r}: expected a URI such as sqlite:///mlflow.db or http://host:5000")
     if uri.startswith("sqlite:///") and not uri.startswith("sqlite:////"):
         uri = "sqlite:///" + str(Path(uri[len("sqlite:///"):]).resolve())
+    _check_store_outlives_run(uri, cli_uri)
     return uri
+
+
+def _check_store_outlives_run(uri: str, cli_uri: str | None) -> None:
+    """A Ray job runs in a temporary copy of its working directory: a sqlite file there (the default
+    sqlite:///mlflow.db included) vanishes with it, and nobody could browse the run."""
+    from orchestrator.config import temporary_workdir
+
+    temp = temporary_workdir()
+    path = local_store_path(uri)
+    if temp is None or path is None or not path.is_relative_to(temp):
+        return
+    given = "--tracking-uri" if cli_uri else ("MLFLOW_TRACKING_URI" if os.environ.get("MLFLOW_TRACKING_URI") else
+                                              "the default tracking store")
+    raise InputError(f"{given} {redact(uri)} lies in Ray's temporary copy of the working directory ({temp}), which "
+                     "is deleted after the job; pass --tracking-uri http://HOST:5000 (a tracking server) or an "
+                     "absolute sqlite:////PATH/mlflow.db the user can browse, or --no-track (docs/cluster.md)")
+
+
+def local_store_path(uri: str) -> Path | None:
+    """The file or folder of a local tracking store (sqlite:///..., file:...), None for servers."""
+    if uri.startswith("sqlite:///"):
+        return Path(uri[len("sqlite:///"):])
+    if uri.startswith("file:"):
+        from urllib.parse import urlsplit
+
+        return Path(os.path.abspath(urlsplit(uri).path or "."))
+    return None
 
 
 # Query or fragment parameters whose name says it carries a secret: ?token=..., &password=...,
@@ -169,7 +197,16 @@ def warn(message: str) -> None:
 
 
 def spool_root(root: str | Path | None = None) -> Path:
-    return Path(root or os.environ.get(SPOOL_ENV) or DEFAULT_SPOOL).resolve()
+    """--spool, else $FSAD_SPOOL_DIR, else ./mlflow-spool; in a temporary working directory (a Ray job's)
+    the default moves to ~/.cache/fsad/mlflow-spool, so journals waiting for the server outlive the job."""
+    if root or os.environ.get(SPOOL_ENV):
+        return Path(root or os.environ[SPOOL_ENV]).resolve()
+    from orchestrator.config import temporary_workdir
+
+    if temporary_workdir() is not None:
+        cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+        return (cache / "fsad" / DEFAULT_SPOOL).resolve()
+    return Path(DEFAULT_SPOOL).resolve()
 
 
 class Journal:
@@ -322,8 +359,14 @@ class Replayer:
         found = self.client.get_experiment_by_name(name)
         if found is not None:
             return found.experiment_id
+        location = None
+        if self.uri.startswith("sqlite:"):
+            from orchestrator.config import temporary_workdir
+
+            if temporary_workdir() is not None:  # mlflow's default, ./mlruns, would vanish with the job
+                location = (local_store_path(self.uri).parent / "mlruns").as_uri()
         try:
-            return self.client.create_experiment(name)
+            return self.client.create_experiment(name, artifact_location=location)
         except MlflowException:  # created meanwhile by another process
             found = self.client.get_experiment_by_name(name)
             if found is None:

@@ -52,7 +52,7 @@ from orchestrator.artifacts import WEIGHTS, load_model_dir, resolve_device
 from orchestrator.config import Config, atomic_write_text
 from orchestrator.evaluate import make_scorer, score_batches, support_draws
 from orchestrator.ingest import MANIFEST
-from orchestrator.pipeline import RESULTS, TRAINED_CONFIG, data_dir
+from orchestrator.pipeline import RESULTS, TRAINED_CONFIG, data_dir, image_root, repo_path
 from orchestrator.train import train
 from workers.data import list_scenes
 from workers.manifest import as_source, open_source
@@ -212,11 +212,14 @@ def run_video(cfg: Config, target_scene: str, out_dir: str | Path, image_source=
 def pipeline_image_source(cfg: Config):
     """The DVC manifest data/<pipeline.name>/manifest.parquet when it exists, else the folder pipeline.source."""
     manifest = data_dir(cfg) / MANIFEST
-    return open_source(None, manifest) if manifest.is_file() else as_source(cfg.pipeline.source)
+    return open_source(image_root(cfg), manifest) if manifest.is_file() else as_source(repo_path(cfg.pipeline.source))
 
 
 def stage_video(cfg: Config, progress: bool = False) -> dict[str, dict[str, Any]]:
     """Every scene of experiments.video_targets into results/video/<scene>/ (each folder replaced)."""
+    if repo_path(cfg.experiments.video_root) != Path(cfg.experiments.video_root):  # an experiment's temporary copy
+        cfg = copy.deepcopy(cfg)
+        cfg.experiments.video_root = str(repo_path(cfg.experiments.video_root))
     for scene in cfg.experiments.video_targets:  # every name checked before the first training
         check_scene(cfg.experiments.video_root, scene)
     images = pipeline_image_source(cfg)

@@ -321,3 +321,66 @@ def test_fsad_tune_best_params_drive_dvc_exp_run(dvc_repo, tmp_path):
         subprocess.run([dvc, "checkout", "--force"], cwd=repo, env=env, capture_output=True)
     status = run([dvc, "status"], repo, env)
     assert "train@" not in status and "evaluate@" not in status
+
+
+# --------------------------------------------------------------------------------------------------
+# A second clone at another path: the same bytes, a clean `dvc status`
+# --------------------------------------------------------------------------------------------------
+
+CLONE_PARAMS = {**TINY_PARAMS, "eval": {"draws": 1, "overlays": 0},
+                "pipeline": {"name": "small", "targets": [TARGET], "shots": [1], "methods": ["ours"],
+                             "source": "../shared/small"}}
+
+
+def test_second_clone_at_another_path_reproduces_byte_identical_and_clean(small_real_root, tmp_path):
+    """The repository and a clone of it at another depth, each with `../shared` a symbolic link to the same
+    data (as ../shared is beside a checkout): `dvc repro` in the clone re-reads the source and writes the
+    same manifest bytes, nothing downstream reruns and `dvc status` is clean. Before, the manifest recorded
+    the data root resolved through the link relative to the checkout, so every clone wrote another file.
+    `dvc exp run --temp` then runs an experiment in a copy under .dvc/tmp (the relative source read from
+    the repository) without touching the workspace's committed results."""
+    dvc = str(BIN / "dvc")
+    first, second = tmp_path / "a" / "repo", tmp_path / "b" / "c" / "clone"
+    first.mkdir(parents=True)
+    second.parent.mkdir(parents=True)
+    for repo in (first, second):
+        (repo.parent / "shared").mkdir()
+        (repo.parent / "shared" / "small").symlink_to(small_real_root)
+    for name in ("model", "workers", "orchestrator", "pipelines"):
+        shutil.copytree(REPO / name, first / name, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+    for name in ("dvc.yaml", ".dvcignore"):
+        shutil.copy2(REPO / name, first / name)
+    params = merge(yaml.safe_load((REPO / "params.yaml").read_text()), CLONE_PARAMS)
+    (first / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}", "DVC_NO_ANALYTICS": "1",
+           "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@example.com", "GIT_COMMITTER_NAME": "t",
+           "GIT_COMMITTER_EMAIL": "t@example.com", "FSAD_TRACKING": "0", "PYTHONPATH": ""}
+    run(["git", "init", "-q"], first, env)
+    run([dvc, "init", "-q"], first, env)
+    run([dvc, "remote", "add", "-d", "local", str(tmp_path / "store")], first, env)
+    run([dvc, "repro"], first, {**env, "PYTHONPATH": str(first)}, timeout=600)
+    run([dvc, "push"], first, env)
+    run(["git", "add", "-A"], first, env)
+    run(["git", "commit", "-qm", "repro"], first, env)
+    manifest = (first / "data" / "small" / "manifest.parquet").read_bytes()
+    assert b"../../../shared/small" in manifest  # the root as written, relative to data/small
+    assert str(tmp_path).encode() not in manifest  # nothing of where the checkout lives
+
+    run(["git", "clone", "-q", str(first), str(second)], tmp_path, env)
+    clone_env = {**env, "PYTHONPATH": str(second)}
+    run([dvc, "pull", "-q"], second, clone_env)
+    log = run([dvc, "repro"], second, clone_env, timeout=600)
+    assert "Running stage 'ingest'" in log  # always_changed: the source is read again ...
+    assert "Running stage 'split'" not in log and f"Running stage 'train@{TARGET}'" not in log, log[-3000:]
+    assert (second / "data" / "small" / "manifest.parquet").read_bytes() == manifest  # ... to the same bytes
+    status = run([dvc, "status"], second, clone_env)
+    assert status.split() == ["ingest:", "always", "changed"], status  # nothing else: the clean state
+    assert run(["git", "status", "--porcelain"], second, clone_env).strip() == ""  # dvc.lock unchanged too
+
+    committed = tree_hashes(second, "results")
+    log = run([dvc, "exp", "run", "--temp", "-S", "model.lam_max=0.5"], second, clone_env, timeout=600)
+    assert f"Running stage 'train@{TARGET}'" in log, log[-3000:]
+    assert tree_hashes(second, "results") == committed  # the experiment ran in a copy
+    assert run(["git", "status", "--porcelain"], second, clone_env).strip() == ""
+    shown = json.loads(run([dvc, "exp", "show", "--json"], second, clone_env))
+    assert "0.5" in json.dumps(shown)

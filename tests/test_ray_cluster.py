@@ -191,3 +191,66 @@ def test_driver_with_another_clusters_token_is_exit_2(head, small_real_root, tmp
         cwd=REPO, env=ray_env(wrong), capture_output=True, text=True, timeout=120)
     one_error_line(proc, head["address"], "no Ray cluster answered", f"token differs from {wrong}")
     assert not (tmp_path / "m").exists()
+
+
+# ---------------------------------------------------------------------------------------------
+# Where a job's runs go: a tracking server, never the job's temporary copy of the working directory
+
+
+@pytest.fixture(scope="module")
+def tracking_server(tmp_path_factory):
+    """`mlflow server` on 127.0.0.1 (sqlite backend, one worker, no job executor), stopped by PID."""
+    from tests.test_tracking_server import OutageServer
+
+    server = OutageServer(tmp_path_factory.mktemp("job_tracking"))
+    server.start()
+    yield server
+    server.stop()
+
+
+def submit(head, *fsad, env_vars: dict | None = None) -> subprocess.CompletedProcess:
+    """`ray job submit` of `fsad ...` with the repository as the working directory (waits for the end)."""
+    runtime_env = json.dumps({"env_vars": {"OMP_NUM_THREADS": "1", **(env_vars or {})}})
+    env = dict(head["env"])
+    env.pop("MLFLOW_TRACKING_URI", None)
+    cmd = [str(BIN / "ray"), "job", "submit", "--address", head["dashboard"], "--working-dir", str(REPO),
+           "--runtime-env-json", runtime_env, "--", "fsad", *fsad]
+    return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+
+
+def test_ray_job_run_lands_in_the_tracking_server(head, tracking_server, small_real_root, tmp_path):
+    """The documented submit (docs/cluster.md): the run is on the server the user browses, complete, and
+    --out/tracking.json names it, with nothing pointing into Ray's temporary copy of the working directory."""
+    from orchestrator.tracking import client_for
+
+    out = tmp_path / "job_model"
+    proc = submit(head, "train", "--data", str(small_real_root), "--exclude", HELD_OUT, "--out", str(out), "--quiet",
+                  "--workers", "1", "--address", "auto", "--tracking-uri", tracking_server.url,
+                  *tiny_sets(train__episodes=4), env_vars={"XDG_CACHE_HOME": str(tmp_path / "cache")})
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    summary = json.loads(next(line for line in reversed(proc.stdout.splitlines()) if line.startswith('{"out"')))
+    recorded = json.loads((out / "tracking.json").read_text())
+    assert recorded["run_id"] == summary["run_id"]
+    assert "_ray_pkg_" not in json.dumps(recorded) and "runtime_resources" not in json.dumps(recorded)
+    assert recorded["spool"] == str(tmp_path / "cache" / "fsad" / "mlflow-spool")  # journals outlive the job
+    client = client_for(tracking_server.url)
+    run = client.get_run(summary["run_id"])
+    assert run.info.status == "FINISHED" and run.data.tags["fsad.kind"] == "train"
+    assert len(client.get_metric_history(run.info.run_id, "loss")) == 4
+    assert {a.path for a in client.list_artifacts(run.info.run_id, "model")} >= {"model/model.safetensors"}
+    experiment = client.get_experiment_by_name("fsad")
+    assert [r.info.run_id for r in client.search_runs([experiment.experiment_id])] == [run.info.run_id]
+
+
+def test_ray_job_refuses_a_sqlite_store_in_its_temporary_copy(head, small_real_root, tmp_path):
+    """Without --tracking-uri a job would create sqlite:///mlflow.db inside Ray's copy of the working
+    directory, deleted after the job: the job fails at once with one line naming --tracking-uri."""
+    out = tmp_path / "job_model"
+    proc = submit(head, "train", "--data", str(small_real_root), "--exclude", HELD_OUT, "--out", str(out), "--quiet",
+                  "--workers", "1", "--address", "auto", *tiny_sets(train__episodes=4),
+                  env_vars={"FSAD_TRACKING": "1"})
+    output = proc.stdout + proc.stderr
+    assert proc.returncode != 0, output[-3000:]
+    errors = sorted({line for line in output.splitlines() if line.startswith("fsad: error: ")})  # ray repeats the log
+    assert len(errors) == 1 and "--tracking-uri" in errors[0] and "temporary copy" in errors[0], output[-3000:]
+    assert "_ray_pkg_" in errors[0] and not out.exists()

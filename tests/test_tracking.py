@@ -143,6 +143,42 @@ def test_untracked_by_default_in_tests_leaves_no_database(small_real_root, tmp_p
     assert not (tmp_path / "m" / "tracking.json").exists()
 
 
+def test_a_ray_jobs_temporary_working_directory_is_no_place_for_runs(small_real_root, tmp_path, monkeypatch, capsys):
+    """Ray unpacks a job's --working-dir under runtime_resources/working_dir_files/_ray_pkg_<hash>/ and
+    deletes it later: the default sqlite:///mlflow.db, any relative sqlite path, and a relative --out there
+    are refused with one line naming the way out; an absolute store elsewhere is accepted, and the spool
+    moves out of the copy. (tests/test_ray_cluster.py submits real jobs.)"""
+    from orchestrator.cli import main
+    from orchestrator.tracking import resolve_tracking_uri, spool_root
+
+    job_dir = tmp_path / "session_1" / "runtime_resources" / "working_dir_files" / "_ray_pkg_0123abcd"
+    job_dir.mkdir(parents=True)
+    monkeypatch.chdir(job_dir)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.delenv("FSAD_SPOOL_DIR", raising=False)
+    monkeypatch.setenv("FSAD_TRACKING", "1")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    out = tmp_path / "model"
+    for given in ([], ["--tracking-uri", "sqlite:///runs.db"]):
+        code = main(["train", "--data", str(small_real_root), "--exclude", HELD_OUT, "--out", str(out), "--quiet",
+                     *given, *tiny_sets(train__episodes=1)])
+        err = capsys.readouterr().err
+        lines = [line for line in err.splitlines() if line.strip()]
+        assert code == 2 and len(lines) == 1 and lines[0].startswith("fsad: error: "), err
+        assert "--tracking-uri" in lines[0] and "temporary copy" in lines[0] and "_ray_pkg_0123abcd" in lines[0]
+    assert not out.exists() and sorted(p.name for p in job_dir.iterdir()) == []
+    code = main(["train", "--data", str(small_real_root), "--exclude", HELD_OUT, "--out", "model", "--quiet",
+                 "--no-track", *tiny_sets(train__episodes=1)])
+    err = capsys.readouterr().err
+    assert code == 2 and "--out model" in err and "temporary copy" in err and not (job_dir / "model").exists()
+    absolute = f"sqlite:///{tmp_path}/browse/mlflow.db"
+    assert resolve_tracking_uri(absolute) == absolute  # a store the user chose, outside the copy
+    assert spool_root() == tmp_path / "cache" / "fsad" / "mlflow-spool"
+    monkeypatch.chdir(tmp_path)  # an ordinary working directory: the defaults as before
+    assert resolve_tracking_uri() == f"sqlite:///{tmp_path.resolve()}/mlflow.db"
+    assert spool_root() == tmp_path.resolve() / "mlflow-spool"
+
+
 # ---------------------------------------------------------------------------------------------
 # Training and evaluation runs
 

@@ -6,7 +6,8 @@ A manifest lists every accepted image of an MVTec-layout tree, one row each:
     image_path, mask_path (or null), sha256, mask_sha256 (or null), height, width, channels (1|3)
 
 Paths are POSIX paths relative to the manifest's image root (``fsad.root`` in the Parquet metadata:
-absolute, or relative to the manifest's folder). The metadata also holds the schema name and version,
+an absolute source as given, or relative to the manifest's folder; never a path resolved through
+symlinks, so the file holds nothing specific to the checkout it was written in). The metadata also holds the schema name and version,
 the dataset name, its source and the **content hash**: sha256 over the sorted rows' identity fields
 (labels, relative paths, image and mask hashes; see `content_hash`). The same tree gives the same hash
 wherever it lives (a local folder, S3, another machine), and any changed byte changes it.
@@ -426,7 +427,12 @@ def read_manifest(path: str | Path, root: str | Path | None = None) -> Manifest:
         raise InputError(f"manifest {path} has no rows; expected at least one image")
     _check_rows(rows, path, "manifest")
     recorded = meta.get("fsad.root", "")
-    resolved = Path(root) if root is not None else (path.parent / recorded if not Path(recorded).is_absolute() else Path(recorded))
+    if root is not None:
+        resolved = Path(root)
+    elif Path(recorded).is_absolute():
+        resolved = Path(recorded)
+    else:  # lexically, as ingest computed it: a symlinked data/ folder must not redirect the '..' steps
+        resolved = Path(os.path.normpath(os.path.join(os.path.abspath(path.parent), recorded)))
     return Manifest(path, rows, meta.get("fsad.name", ""), meta.get("fsad.source", ""), resolved, content_hash(rows))
 
 
