@@ -242,7 +242,7 @@ def main(argv=None) -> int:
         quality_file.write_text(sections[-1])
     doc = Path(args.doc)
     # Hand-written sections (measurements that make bench does not rerun) follow, each from its own file.
-    for name in ("benchmarks_detector.md", "benchmarks_ray.md", "benchmarks_notes.md"):
+    for name in ("benchmarks_calibration.md", "benchmarks_detector.md", "benchmarks_ray.md", "benchmarks_notes.md"):
         extra = doc.parent / name
         if extra.is_file():
             sections.append(extra.read_text())

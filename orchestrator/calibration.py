@@ -89,16 +89,54 @@ class Calibration:
                 f"{self.estimator}); pixel threshold {self.pixel_threshold:.6g}")
 
 
-def loo_scores(scorer, support: torch.Tensor, kinds, batch_size: int, device) -> tuple[np.ndarray, np.ndarray]:
+def state_without(scorer, state, i: int, shots: int):
+    """The scorer's state for the K shots minus shot i, cut out of the full state when that is exactly
+    what adapting to the other K − 1 shots gives (ours without centring or support augmentation: the
+    atoms and Gram of the other shots; kNN: the other shots' bank rows); None otherwise. Saves K − 1
+    backbone passes and Gram products (tests/test_calibration.py checks the equality)."""
+    from model.knn import KnnScorer
+    from model.sparse import TaskDictionary, spectral_norm
+    from orchestrator.evaluate import OursScorer
+
+    if isinstance(scorer, KnnScorer) and isinstance(state, torch.Tensor) and state.shape[0] % shots == 0:
+        P = state.shape[0] // shots  # bank rows per shot (shot-major)
+        return torch.cat([state[: i * P], state[(i + 1) * P :]])  # ((K-1)·P, m)
+    if (isinstance(scorer, OursScorer) and isinstance(state, TaskDictionary) and state.center is None
+            and not scorer.augment_support and state.atoms.shape[1] % shots == 0):
+        P = state.atoms.shape[1] // shots  # atoms per shot: columns are shot-major
+        keep = torch.cat([torch.arange(0, i * P), torch.arange((i + 1) * P, state.atoms.shape[1])])
+        keep = keep.to(state.atoms.device)
+        atoms = state.atoms[:, keep]  # (m, (K-1)·P)
+        gram = state.gram[keep][:, keep] if state.gram is not None else None  # ((K-1)·P, (K-1)·P)
+        return TaskDictionary(atoms=atoms, scale=spectral_norm(atoms), shots=shots - 1, center=None, gram=gram)
+    return None
+
+
+def can_cut(scorer) -> bool:
+    """Whether state_without may find a shortcut for this scorer (then the full state is worth building)."""
+    from model.knn import KnnScorer
+    from orchestrator.evaluate import OursScorer
+
+    return isinstance(scorer, KnnScorer) or (isinstance(scorer, OursScorer) and not scorer.augment_support)
+
+
+def loo_scores(scorer, support: torch.Tensor, kinds, batch_size: int, device,
+               full_state=None) -> tuple[np.ndarray, np.ndarray]:
     """support (K, C, H, W) -> (scores (K·(1+A),), map maxima (K·(1+A),)): shot i and its augmentations
-    scored by the scorer adapted to the other K − 1 shots."""
+    scored by the scorer adapted to the other K − 1 shots. full_state: the scorer's state for all K shots,
+    when the caller has it already."""
     from orchestrator.evaluate import score_batches
 
     K = support.shape[0]
     scores, peaks = [], []
+    full = full_state
+    if full is None and K > 2 and can_cut(scorer):
+        full = scorer.adapt(support.to(device))
     for i in range(K):
-        others = torch.cat([support[:i], support[i + 1 :]])  # (K-1, C, H, W)
-        state = scorer.adapt(others.to(device))
+        state = state_without(scorer, full, i, K) if full is not None else None
+        if state is None:
+            others = torch.cat([support[:i], support[i + 1 :]])  # (K-1, C, H, W)
+            state = scorer.adapt(others.to(device))
         held = augment(support[i : i + 1], kinds)  # (1+A, C, H, W)
         s, maps = score_batches(scorer, state, held, batch_size, device)
         scores.append(s.double().numpy())
@@ -107,8 +145,10 @@ def loo_scores(scorer, support: torch.Tensor, kinds, batch_size: int, device) ->
 
 
 def calibrate(scorer, support: torch.Tensor, fpr: float, method: str, estimator: str = "lognormal_t",
-              kinds=("hflip", "shift"), batch_size: int = 32, device: torch.device | str = "cpu") -> Calibration:
-    """The image and pixel thresholds of `scorer` for K shots `support` (K, C, H, W) at target `fpr`."""
+              kinds=("hflip", "shift"), batch_size: int = 32, device: torch.device | str = "cpu",
+              full_state=None) -> Calibration:
+    """The image and pixel thresholds of `scorer` for K shots `support` (K, C, H, W) at target `fpr`;
+    full_state: the scorer already adapted to all K shots, if the caller has it (saves one adaptation)."""
     check_fpr(fpr)
     if estimator not in ESTIMATORS:
         raise InputError(f"eval.calibration={estimator!r}: expected one of {', '.join(ESTIMATORS)}")
@@ -116,7 +156,7 @@ def calibrate(scorer, support: torch.Tensor, fpr: float, method: str, estimator:
     if K < 2:
         raise InputError(f"{K} normal shot: calibration scores each shot against the others, so it needs K >= 2")
     began = time.perf_counter()
-    scores, peaks = loo_scores(scorer, support, list(kinds), batch_size, torch.device(device))
+    scores, peaks = loo_scores(scorer, support, list(kinds), batch_size, torch.device(device), full_state)
     return Calibration(
         target_fpr=fpr, threshold=threshold(scores, fpr, estimator, n_independent=K),
         pixel_threshold=threshold(peaks, fpr, estimator, n_independent=K), shots=K, method=method,

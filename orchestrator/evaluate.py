@@ -185,7 +185,7 @@ class CalibrationSpec:
 
 
 def calibrated_rates(scorer: Scorer, support: torch.Tensor, scores: torch.Tensor, labels: torch.Tensor,
-                     spec: CalibrationSpec, batch_size: int, device: torch.device):
+                     spec: CalibrationSpec, batch_size: int, device: torch.device, state=None):
     """The draw's calibration from its shots alone, and the realised false-alarm rate on the normal test
     images and the recall on the anomalous ones at its threshold. (None, {}) when K < 2."""
     from model.calibration import rates
@@ -193,7 +193,7 @@ def calibrated_rates(scorer: Scorer, support: torch.Tensor, scores: torch.Tensor
 
     if support.shape[0] < 2:
         return None, {}
-    cal = calibrate(scorer, support, spec.fpr, spec.method, spec.estimator, spec.augment, batch_size, device)
+    cal = calibrate(scorer, support, spec.fpr, spec.method, spec.estimator, spec.augment, batch_size, device, state)
     found = rates(scores.numpy(), labels.numpy(), cal.threshold)
     return cal, {"threshold": cal.threshold, "pixel_threshold": cal.pixel_threshold, "target_fpr": spec.fpr,
                  "false_alarm_rate": found["realised_fpr"], "recall": found["recall"],
@@ -227,7 +227,7 @@ def evaluate_scorer(scorer: Scorer, test: TestSet, shots: int, draws: int, seed:
         per_draw.append({"draw": draw, "support": index, **draw_metrics(scores, maps, test)})
         cal = None
         if calibration is not None:
-            cal, found = calibrated_rates(scorer, support, scores, test.labels, calibration, batch_size, device)
+            cal, found = calibrated_rates(scorer, support, scores, test.labels, calibration, batch_size, device, state)
             per_draw[-1].update(found)
             per_draw[-1]["calibration_samples"] = cal.samples if cal else None
         if on_draw:

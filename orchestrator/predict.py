@@ -95,11 +95,11 @@ def predict(model_dir, support, images, out, method: str | None = None, overwrit
     shots, _ = load_images(support, cfg.data.image_size)
     files = image_files(images)
     queries, _ = load_images(files, cfg.data.image_size)  # every file decoded before any work: bad ones fail first
+    state = scorer.adapt(shots.to(device))
     calibration: Calibration | None = None
     if shots.shape[0] >= 2:
         calibration = calibrate(scorer, shots, fpr, method, cfg.eval.calibration, cfg.eval.calibration_augment,
-                                cfg.eval.batch_size, device)
-    state = scorer.adapt(shots.to(device))
+                                cfg.eval.batch_size, device, state)
     scores, maps, seconds = [], [], []
     many = len(files) > 1
     for i in tqdm(range(len(files)), desc="predict", unit="image", disable=not (progress and many), leave=False,

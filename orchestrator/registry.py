@@ -180,15 +180,16 @@ def support_digest(images: torch.Tensor) -> str:
     return hashlib.sha256(images.numpy().tobytes()).hexdigest()
 
 
-def calibrate_support(model, cfg: Config, support: torch.Tensor, fpr: float | None = None):
-    """The version's calibration (orchestrator/calibration.py) from its K shots; None when K < 2."""
+def calibrate_support(model, cfg: Config, support: torch.Tensor, fpr: float | None = None, dictionary=None):
+    """The version's calibration (orchestrator/calibration.py) from its K shots; None when K < 2.
+    dictionary: the one adapted to all K shots, if already built."""
     from orchestrator.calibration import calibrate
 
     if support.shape[0] < 2:
         return None
     scorer = make_scorer("ours", model, cfg)
     return calibrate(scorer, support, cfg.eval.fpr if fpr is None else fpr, "ours", cfg.eval.calibration,
-                     cfg.eval.calibration_augment, cfg.eval.batch_size, resolve_device("cpu"))
+                     cfg.eval.calibration_augment, cfg.eval.batch_size, resolve_device("cpu"), dictionary)
 
 
 def version_description(category: str, support: torch.Tensor, info: dict[str, Any], calibration) -> str:
@@ -239,7 +240,7 @@ def register(uri: str, weights_dir: Path, category: str, support: torch.Tensor, 
     if cfg.train.method != "ours":
         raise InputError(f"only `ours` models can be registered; this one is {cfg.train.method}")
     dictionary, seconds = adapt(model, cfg, support)
-    calibration = calibrate_support(model, cfg, support, fpr)
+    calibration = calibrate_support(model, cfg, support, fpr, dictionary)
     found: dict[str, float] = {}
     if data_root is not None and category in list_categories(data_root):
         found = category_metrics(model, cfg, dictionary, data_root, category)
