@@ -1,8 +1,8 @@
 """Calibration from the K normal shots alone (no labelled anomaly): leave-one-shot-out scores, a
 threshold for a target false-alarm rate, and a pixel threshold for the masks.
 
-Each shot, and a few cheap augmentations of it (`calibration` kinds: hflip, vflip, shift), is scored by
-a scorer adapted to the *other* K − 1 shots. That gives K·(1 + A) normal scores without any image
+Each shot, and a few cheap augmentations of it (eval.calibration_augment: hflip, vflip, shift), is
+scored by a scorer adapted to the *other* K − 1 shots. That gives K·(1 + A) normal scores without any image
 the detector adapted to; `model.calibration.threshold` fits their tail (n = K independent shots).
 
 The dictionary is one shot smaller than the one test images meet (K − 1 instead of K). A larger
@@ -145,7 +145,7 @@ def loo_scores(scorer, support: torch.Tensor, kinds, batch_size: int, device,
 
 
 def calibrate(scorer, support: torch.Tensor, fpr: float, method: str, estimator: str = "lognormal_t",
-              kinds=("hflip", "shift"), batch_size: int = 32, device: torch.device | str = "cpu",
+              kinds=("hflip", "vflip", "shift"), batch_size: int = 32, device: torch.device | str = "cpu",
               full_state=None) -> Calibration:
     """The image and pixel thresholds of `scorer` for K shots `support` (K, C, H, W) at target `fpr`;
     full_state: the scorer already adapted to all K shots, if the caller has it (saves one adaptation)."""

@@ -150,7 +150,7 @@ class EvalConfig:
     overlays: int = 8  # overlay PNGs written per evaluation
     fpr: float = 0.01  # target false-alarm rate of the calibrated threshold (--fpr), in (0, 0.5]
     calibration: str = "lognormal_t"  # threshold estimator on the leave-one-shot-out scores (model/calibration.py)
-    calibration_augment: list[str] = field(default_factory=lambda: ["hflip", "shift"])  # extra normal samples per shot
+    calibration_augment: list[str] = field(default_factory=lambda: ["hflip", "vflip", "shift"])  # chosen on screw (docs/benchmarks.md)
 
 
 @dataclass

@@ -175,7 +175,7 @@ class CalibrationSpec:
 
     fpr: float
     estimator: str = "lognormal_t"
-    augment: tuple[str, ...] = ("hflip", "shift")
+    augment: tuple[str, ...] = ("hflip", "vflip", "shift")
     method: str = "ours"
 
     @classmethod

@@ -167,10 +167,10 @@ def tracked_evaluate(model_dir, data_root, category: str, shots: int, draws: int
     summary_run.set_tags({"data.hash": version["hash"], "data.hash_kind": version["kind"]})
     if "dataset" in version:
         summary_run.log_input(version["dataset"], "evaluation")
-    fpr = kwargs.get("fpr") if kwargs.get("fpr") is not None else cfg.eval.fpr
+    target_fpr = kwargs.get("fpr") if kwargs.get("fpr") is not None else cfg.eval.fpr
     summary_run.log_params({"category": category, "shots": shots, "draws": draws, "method": method,
                             "seed": cfg.eval.seed if seed is None else seed, "data.root": str(data_root),
-                            "target_fpr": fpr, "calibration": cfg.eval.calibration,
+                            "target_fpr": target_fpr, "calibration": cfg.eval.calibration,
                             "calibration_augment": ",".join(cfg.eval.calibration_augment)})
     rocs, pros, first_hist = [], [], []
 
@@ -185,7 +185,7 @@ def tracked_evaluate(model_dir, data_root, category: str, shots: int, draws: int
         pictures = []
         histogram_png(out / "plots" / f"scores_draw{draw}.png", scores.numpy(), test.labels.numpy(),
                       record.get("threshold"), f"{category} K={shots} {method} draw {draw}: image scores",
-                      record.get("calibration_samples"), fpr)
+                      record.get("calibration_samples"), target_fpr)
         pictures.append(out / "plots" / f"scores_draw{draw}.png")
         if draw == 0:
             first_hist.append(out / "plots" / f"scores_draw{draw}.png")
