@@ -242,7 +242,9 @@ def main(argv=None) -> int:
         quality_file.write_text(sections[-1])
     doc = Path(args.doc)
     # Hand-written sections (measurements that make bench does not rerun) follow, each from its own file.
-    for name in ("benchmarks_calibration.md", "benchmarks_detector.md", "benchmarks_ray.md", "benchmarks_notes.md"):
+    # benchmarks_calibration*.md: written by `python -m benchmarks.calibration` (its command is in the section)
+    for name in ("benchmarks_calibration.md", "benchmarks_calibration_validation.md", "benchmarks_calibration_notes.md",
+                 "benchmarks_detector.md", "benchmarks_ray.md", "benchmarks_notes.md"):
         extra = doc.parent / name
         if extra.is_file():
             sections.append(extra.read_text())
