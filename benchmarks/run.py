@@ -241,9 +241,11 @@ def main(argv=None) -> int:
                                         for r in gaps) + "\n")
         quality_file.write_text(sections[-1])
     doc = Path(args.doc)
-    # Hand-written sections (measurements that make bench does not rerun; benchmarks_tune.md is written by
-    # python -m benchmarks.tune_bench) follow, each from its own file.
-    for name in ("benchmarks_detector.md", "benchmarks_ray.md", "benchmarks_notes.md", "benchmarks_tune.md"):
+    # Hand-written sections (measurements that make bench does not rerun) follow, each from its own file:
+    # benchmarks_tune.md is written by `python -m benchmarks.tune_bench`, benchmarks_calibration*.md by
+    # `python -m benchmarks.calibration` (each section names its command).
+    for name in ("benchmarks_calibration.md", "benchmarks_calibration_validation.md", "benchmarks_calibration_notes.md",
+                 "benchmarks_detector.md", "benchmarks_ray.md", "benchmarks_notes.md", "benchmarks_tune.md"):
         extra = doc.parent / name
         if extra.is_file():
             sections.append(extra.read_text())

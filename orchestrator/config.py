@@ -148,6 +148,9 @@ class EvalConfig:
     batch_size: int = 32
     augment_support: bool = False  # add the 8 dihedral copies of every shot to the dictionary
     overlays: int = 8  # overlay PNGs written per evaluation
+    fpr: float = 0.01  # target false-alarm rate of the calibrated threshold (--fpr), in (0, 0.5]
+    calibration: str = "lognormal_t"  # threshold estimator on the leave-one-shot-out scores (model/calibration.py)
+    calibration_augment: list[str] = field(default_factory=lambda: ["hflip", "vflip", "shift"])  # chosen on screw (docs/benchmarks.md)
 
 
 @dataclass
@@ -503,6 +506,16 @@ def validate(cfg: Config) -> None:
         raise InputError(f"maml.inner_steps={cfg.maml.inner_steps}: expected >= 0")
     if cfg.eval.overlays < 0:
         raise InputError(f"eval.overlays={cfg.eval.overlays}: expected >= 0")
+    from model.calibration import ESTIMATORS, check_fpr
+
+    check_fpr(cfg.eval.fpr, "eval.fpr")
+    if cfg.eval.calibration not in ESTIMATORS:
+        raise InputError(f"eval.calibration={cfg.eval.calibration!r}: expected one of {', '.join(ESTIMATORS)}")
+    from orchestrator.calibration import AUGMENTS
+
+    for kind in cfg.eval.calibration_augment:
+        if kind not in AUGMENTS:
+            raise InputError(f"eval.calibration_augment: {kind!r} is not one of {', '.join(AUGMENTS)}")
     validate_distributed(cfg.distributed)
     validate_tracking(cfg.tracking)
     validate_pipeline(cfg.pipeline)

@@ -18,6 +18,7 @@ import torch
 from tqdm import tqdm
 
 from model import metrics
+from model.calibration import check_fpr
 from model.energy import AdaptiveEBM
 from model.errors import InputError
 from orchestrator.artifacts import load_model_dir, resolve_device
@@ -28,6 +29,8 @@ from workers.episodes import dihedral
 from workers.paths import category_key, plain_name
 
 METRIC_NAMES = ("image_auroc", "pixel_auroc", "pro", "miou")
+# At each draw's calibrated threshold: normal test images flagged, anomalous test images flagged.
+CALIBRATION_NAMES = ("false_alarm_rate", "recall", "threshold")
 
 
 class Scorer(Protocol):
@@ -166,32 +169,73 @@ def draw_metrics(scores: torch.Tensor, maps: torch.Tensor, test: TestSet) -> dic
     return result
 
 
+@dataclass(frozen=True)
+class CalibrationSpec:
+    """How each draw's threshold is calibrated from its K shots (eval.fpr, eval.calibration, ...)."""
+
+    fpr: float
+    estimator: str = "lognormal_t"
+    augment: tuple[str, ...] = ("hflip", "vflip", "shift")
+    method: str = "ours"
+
+    @classmethod
+    def from_config(cls, cfg: Config, method: str, fpr: float | None = None) -> "CalibrationSpec":
+        return cls(cfg.eval.fpr if fpr is None else fpr, cfg.eval.calibration, tuple(cfg.eval.calibration_augment),
+                   method)
+
+
+def calibrated_rates(scorer: Scorer, support: torch.Tensor, scores: torch.Tensor, labels: torch.Tensor,
+                     spec: CalibrationSpec, batch_size: int, device: torch.device, state=None):
+    """The draw's calibration from its shots alone, and the realised false-alarm rate on the normal test
+    images and the recall on the anomalous ones at its threshold. (None, {}) when K < 2."""
+    from model.calibration import rates
+    from orchestrator.calibration import calibrate
+
+    if support.shape[0] < 2:
+        return None, {}
+    cal = calibrate(scorer, support, spec.fpr, spec.method, spec.estimator, spec.augment, batch_size, device, state)
+    found = rates(scores.numpy(), labels.numpy(), cal.threshold)
+    return cal, {"threshold": cal.threshold, "pixel_threshold": cal.pixel_threshold, "target_fpr": spec.fpr,
+                 "false_alarm_rate": found["realised_fpr"], "recall": found["recall"],
+                 "calibration_seconds": cal.seconds}
+
+
 def evaluate_scorer(scorer: Scorer, test: TestSet, shots: int, draws: int, seed: int, batch_size: int,
                     device: torch.device, progress: bool = True, on_draw=None,
-                    draw_index: list[list[int]] | None = None) -> dict[str, Any]:
+                    draw_index: list[list[int]] | None = None,
+                    calibration: CalibrationSpec | None = None) -> dict[str, Any]:
     """Run the protocol; returns summaries, per-draw metrics, timings and the first draw's outputs.
 
     on_draw(record, scores (N,), maps (N, H, W), test), if given, sees every draw as it finishes.
     draw_index, if given (a splits file's draws), replaces the seeded support draws.
+    calibration, if given: every draw also calibrates a threshold from its shots (K >= 2) and records
+    the realised false-alarm rate and recall at it (CALIBRATION_NAMES).
     """
     per_draw, first = [], None
     adapt_seconds = []
     if draw_index is None:
         draw_index = support_draws(test.support_pool.shape[0], shots, draws, seed, test.category)
     for draw, index in enumerate(draw_index):
+        support = test.support_pool[index]
         t0 = time.perf_counter()
-        state = scorer.adapt(test.support_pool[index].to(device))
+        state = scorer.adapt(support.to(device))
         adapt_seconds.append(time.perf_counter() - t0)
         scores, maps = score_batches(scorer, state, test.images, batch_size, device, progress,
                                      desc=f"{test.category} K={shots} draw {draw + 1}/{draws}")
         if not (torch.isfinite(scores).all() and torch.isfinite(maps).all()):
             raise RuntimeError(f"non-finite anomaly scores on {test.category} draw {draw}")
         per_draw.append({"draw": draw, "support": index, **draw_metrics(scores, maps, test)})
+        cal = None
+        if calibration is not None:
+            cal, found = calibrated_rates(scorer, support, scores, test.labels, calibration, batch_size, device, state)
+            per_draw[-1].update(found)
+            per_draw[-1]["calibration_samples"] = cal.samples if cal else None
         if on_draw:
             on_draw(per_draw[-1], scores, maps, test)
         if first is None:
-            first = {"scores": scores, "maps": maps, "support": index}
-    summary = {name: metrics.summarize([d[name] for d in per_draw]) for name in METRIC_NAMES + ("score_gap",)}
+            first = {"scores": scores, "maps": maps, "support": index, "calibration": cal}
+    names = METRIC_NAMES + ("score_gap",) + (CALIBRATION_NAMES if calibration is not None else ())
+    summary = {name: metrics.summarize([d.get(name) for d in per_draw]) for name in names}
     return {**summary, "draws": per_draw, "adapt_seconds": float(np.mean(adapt_seconds)), "first": first}
 
 
@@ -227,8 +271,10 @@ class PreparedEvaluation:
 def prepare_evaluation(model_dir: str | Path, data_root: str | Path, category: str, shots: int, draws: int,
                        method: str = "ours", seed: int | None = None, manifest: str | Path | None = None,
                        splits: str | Path | None = None, allow_partial: bool = False,
-                       settings: dict[str, Any] | None = None) -> PreparedEvaluation:
+                       settings: dict[str, Any] | None = None, fpr: float | None = None) -> PreparedEvaluation:
     """Load the model and the test set and check every input (InputError, one line) without scoring."""
+    if fpr is not None:
+        check_fpr(fpr)
     model, cfg, meta = load_model_dir(model_dir)
     if settings:
         cfg = with_values(cfg, settings)
@@ -261,7 +307,8 @@ def evaluate(model_dir: str | Path, data_root: str | Path, category: str, shots:
              method: str = "ours", seed: int | None = None, progress: bool = True,
              overlays: int | None = None, on_draw=None, manifest: str | Path | None = None,
              splits: str | Path | None = None, allow_partial: bool = False,
-             settings: dict[str, Any] | None = None, prepared: PreparedEvaluation | None = None) -> dict[str, Any]:
+             settings: dict[str, Any] | None = None, prepared: PreparedEvaluation | None = None,
+             fpr: float | None = None, report: bool = False) -> dict[str, Any]:
     """`fsad evaluate`: writes out/metrics.json and overlay PNGs; returns the metrics dict.
 
     With `manifest` the test set and support pool are the manifest's; with `splits` too, the
@@ -269,15 +316,20 @@ def evaluate(model_dir: str | Path, data_root: str | Path, category: str, shots:
     stopped early (episodes done < train.episodes) is refused unless `allow_partial`, and then its
     metrics.json says so ("partial": true, episodes done and planned). `settings` ({dotted key: value},
     run-time keys only: eval.*, tracking.*, data.max_pixels, train.device) go over the model's config.
-    `prepared`: the result of prepare_evaluation with these arguments (else it is called here)."""
+    `prepared`: the result of prepare_evaluation with these arguments (else it is called here).
+
+    Every draw with K >= 2 also calibrates a threshold from its shots for the target false-alarm rate
+    `fpr` (default eval.fpr) and records the realised false-alarm rate and recall at it. `report`: an
+    overlay for every test image of the first draw and out/index.html, the gallery of them."""
     from orchestrator.plots import write_overlays
 
     p = prepared or prepare_evaluation(model_dir, data_root, category, shots, draws, method, seed, manifest, splits,
-                                       allow_partial, settings)
+                                       allow_partial, settings, fpr)
     cfg, meta, source, test, seed = p.cfg, p.meta, p.source, p.test, p.seed
     set_max_pixels(cfg.data.max_pixels)
+    spec = CalibrationSpec.from_config(cfg, method, fpr)
     result = evaluate_scorer(p.scorer, test, shots, draws, seed, cfg.eval.batch_size, p.device, progress, on_draw,
-                             p.draw_index)
+                             p.draw_index, spec)
     first = result.pop("first")
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -295,10 +347,47 @@ def evaluate(model_dir: str | Path, data_root: str | Path, category: str, shots:
     if p.partial:  # only then: finished models keep their metrics.json as before
         record.update({"partial": True, "episodes_done": meta.get("episodes_done"),
                        "episodes_planned": cfg.train.episodes})
-    n_overlays = cfg.eval.overlays if overlays is None else overlays
-    record["overlays"] = write_overlays(out / "overlays", test, first["maps"], first["scores"], n_overlays)
+    cal = first["calibration"]
+    record.update({"target_fpr": spec.fpr, "calibration_estimator": spec.estimator,
+                   "calibration_augment": list(spec.augment),
+                   **{name: result[name] for name in CALIBRATION_NAMES}})
+    n_overlays = test.labels.numel() if report else (cfg.eval.overlays if overlays is None else overlays)
+    record["overlays"] = write_overlays(out / "overlays", test, first["maps"], first["scores"], n_overlays,
+                                        cal.threshold if cal else None)
     atomic_write_text(out / "metrics.json", json.dumps(record, indent=2))
+    if report:
+        record["report"] = str(write_evaluation_gallery(out, record, test, first))
     return record
+
+
+def write_evaluation_gallery(out: Path, record: dict[str, Any], test: TestSet, first: dict[str, Any]) -> Path:
+    """out/index.html: every test image of the first draw, by score, with its verdict and true label."""
+    from orchestrator.gallery import write_gallery
+    from orchestrator.plots import overlay_name
+
+    cal = first["calibration"]
+    cards = []
+    for i, path in enumerate(test.paths):
+        score = float(first["scores"][i])
+        cards.append({"name": f"{Path(path).parent.name}/{Path(path).name}", "score": score,
+                      "verdict": cal.verdict(score) if cal else None,
+                      "label": "true: " + ("anomalous" if int(test.labels[i]) else "normal"),
+                      "overlay": out / "overlays" / overlay_name(path)})
+    facts = [("method", record["method"]), ("category", record["category"]),
+             ("support draw", f"0 of {record['draws']}: images {first['support']}")]
+    if cal:
+        normal = test.labels == 0
+        flagged = first["scores"] > cal.threshold
+        facts += [("threshold", f"{cal.threshold:.6g}, calibrated on K={cal.shots} normal shots "
+                                f"(leave-one-out, {cal.n_samples} samples, {cal.estimator})"),
+                  ("target false-alarm rate", f"{cal.target_fpr:g}"),
+                  ("realised on this draw", f"false alarms {int((flagged & normal).sum())} of {int(normal.sum())} "
+                                            f"normal images, recall {int((flagged & ~normal).sum())} of "
+                                            f"{int((~normal).sum())} anomalous images")]
+    else:
+        facts.append(("threshold", f"none: K={len(first['support'])} (calibration needs K >= 2)"))
+    return write_gallery(out, f"fsad evaluate: {record['category']} K={record['shots']} {record['method']}",
+                         cards, facts)
 
 
 def format_metric(summary: dict | None) -> str:

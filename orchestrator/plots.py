@@ -43,22 +43,58 @@ def color_limit(maps: torch.Tensor) -> float:
     return float(torch.quantile(maps.flatten()[:: max(1, maps.numel() // 1_000_000)], 0.999))
 
 
-def write_overlays(folder: Path, test, maps: torch.Tensor, scores: torch.Tensor, count: int) -> list[str]:
-    """Overlays for up to `count` test images: anomalous first, then normal, one colour scale for all."""
+def overlay_name(path: str | Path) -> str:
+    """The overlay file of a test image: <defect type>_<stem>.png."""
+    name = Path(path)
+    return f"{name.parent.name}_{name.stem}.png"
+
+
+def write_overlays(folder: Path, test, maps: torch.Tensor, scores: torch.Tensor, count: int,
+                   threshold: float | None = None) -> list[str]:
+    """Overlays for up to `count` test images: anomalous first, then normal, one colour scale for all;
+    with a threshold, the title gives the verdict."""
     if count <= 0:
         return []
     labels = test.labels.numpy()
     order = list(np.flatnonzero(labels == 1)[: (count + 1) // 2]) + list(np.flatnonzero(labels == 0)[: count // 2])
+    if count >= len(labels):
+        order = list(range(len(labels)))
     vmax = color_limit(maps)
     written = []
     for i in order[:count]:
         name = Path(test.paths[i])
-        path = folder / f"{name.parent.name}_{name.stem}.png"
+        path = folder / overlay_name(name)
         mask = test.masks[i] if test.masks is not None else None
+        verdict = ""
+        if threshold is not None:
+            verdict = f"  {'ANOMALOUS' if float(scores[i]) > threshold else 'OK'} (thr {threshold:.4g})"
         overlay_png(path, test.images[i], maps[i], mask,
-                    f"{name.parent.name}/{name.name}  score={float(scores[i]):.4g}", vmax)
+                    f"{name.parent.name}/{name.name}  score={float(scores[i]):.4g}{verdict}", vmax)
         written.append(str(path))
     return written
+
+
+def histogram_png(path: Path, scores: np.ndarray, labels: np.ndarray, threshold: float | None, title: str,
+                  calibration: np.ndarray | None = None, target_fpr: float | None = None) -> None:
+    """Score histograms of the normal and anomalous test images, the calibration (leave-one-out) scores
+    as ticks, and the threshold as a vertical line."""
+    scores, labels = np.asarray(scores, dtype=float), np.asarray(labels).astype(bool)
+    fig, ax = plt.subplots(figsize=(5, 3.2))
+    values = np.concatenate([scores, calibration if calibration is not None else []])
+    bins = np.linspace(values.min(), values.max(), 31) if values.max() > values.min() else 10
+    ax.hist(scores[~labels], bins=bins, alpha=0.6, color="tab:green", label=f"normal test ({(~labels).sum()})")
+    ax.hist(scores[labels], bins=bins, alpha=0.6, color="tab:red", label=f"anomalous test ({labels.sum()})")
+    if calibration is not None and len(calibration):
+        ax.plot(calibration, np.zeros_like(calibration), "|", color="black", markersize=12,
+                label=f"calibration, leave-one-out ({len(calibration)})")
+    if threshold is not None:
+        ax.axvline(threshold, color="black", linestyle="--", linewidth=1.2,
+                   label=f"threshold {threshold:.4g}" + (f" (target FPR {target_fpr:g})" if target_fpr else ""))
+    ax.set_xlabel("image score")
+    ax.set_ylabel("images")
+    ax.set_title(title, fontsize=8)
+    ax.legend(fontsize=6)
+    save_png(fig, path)
 
 
 def curves_png(path: Path, curves: list[tuple[str, np.ndarray, np.ndarray]], xlabel: str, ylabel: str,

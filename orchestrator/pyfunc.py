@@ -5,9 +5,10 @@ A registered version holds no code and nothing pickled:
                               installed fsad package), data `data/fsad_model`; no absolute paths
     data/fsad_model/          model.safetensors + config.yaml + meta.json (an `fsad train` directory) and
                               dictionary.safetensors: the category's task dictionary D (atoms (m, K·h'w'),
-                              scale, [center]) with its metadata (shots, category) in the safetensors header
+                              scale, [center]) with its metadata (shots, category) in the safetensors header,
+                              and calibration.json: the threshold, its target false-alarm rate and K
 MLflow imports the loader module named in MLmodel and calls `_load_pyfunc(data_path)`, which reads the
-four files (safetensors, YAML with safe_load, JSON) and nothing else: a Python file planted beside them is
+files above (safetensors, YAML with safe_load, JSON) and nothing else: a Python file planted beside them is
 never run. `load` is the stricter entry point: it also refuses an MLmodel that names other code.
 
 Versions registered before this format ran `pyfunc_entry.py` stored with them on load; loading one
@@ -20,7 +21,10 @@ from its data.
     * file paths (a DataFrame with a `path` column, or a list of strings), only when the operator names a
       folder in FSAD_SERVE_IMAGE_ROOT: paths are read under it and refused outside it without touching
       the file system, so a client learns nothing about files elsewhere. Off by default: arrays only.
-and returns {"score": (B,) energies, "anomaly_map": (B, S, S) |∇ₓE| maps}. Bad input raises an
+and returns the columns `fsad predict` writes: {"score": (B,) energies, "threshold": (B,) the calibrated
+threshold, "verdict": (B,) "ok" | "anomalous", "target_fpr": (B,), "anomaly_map": (B, S, S) maps,
+"mask": (B, S, S) uint8 0/1 (map > pixel threshold)}. A version registered before calibration existed
+answers threshold NaN and verdict "uncalibrated" (re-register it with `fsad adapt`). Bad input raises an
 MlflowException with INVALID_PARAMETER_VALUE, which `mlflow models serve` answers with HTTP 400.
 """
 from __future__ import annotations
@@ -44,6 +48,7 @@ from model.sparse import TaskDictionary
 LOADER_MODULE = "orchestrator.pyfunc"
 DATA_DIR = "fsad_model"  # MLflow stores the data folder as data/<its name>
 DICTIONARY = "dictionary.safetensors"
+CALIBRATION = "calibration.json"  # the threshold and its target (orchestrator/calibration.py); absent in old versions
 IMAGE_ROOT_ENV = "FSAD_SERVE_IMAGE_ROOT"
 PIP_REQUIREMENTS = ["torch==2.13.0", "numpy==2.4.6", "safetensors==0.8.0", "PyYAML==6.0.4", "pillow==13.0.0",
                     "mlflow==3.17.2", "fsad"]
@@ -180,6 +185,7 @@ class FsadPyfunc:
 
         self.model, self.cfg, self.meta = load_model_dir(folder, device="cpu")
         self.dictionary = load_dictionary(folder / DICTIONARY)
+        self.calibration = load_calibration(folder / CALIBRATION)
         self.scorer = make_scorer("ours", self.model, self.cfg)  # scores exactly as `fsad evaluate` does
         self.image_root = image_root_from_env()  # read once, when the server loads the model
 
@@ -195,7 +201,29 @@ class FsadPyfunc:
     def predict(self, model_input, params=None) -> dict[str, np.ndarray]:
         images = images_from_input(model_input, self.cfg.data.image_size, self.image_root)
         scores, maps = self.score(images)
-        return {"score": scores.numpy(), "anomaly_map": maps.numpy()}
+        scores, maps = scores.numpy(), maps.numpy()
+        cal = self.calibration
+        if cal is None:
+            return {"score": scores, "threshold": np.full(scores.shape, np.nan), "verdict": np.array(
+                ["uncalibrated"] * len(scores)), "target_fpr": np.full(scores.shape, np.nan), "anomaly_map": maps,
+                "mask": np.zeros(maps.shape, dtype=np.uint8)}
+        return {"score": scores, "threshold": np.full(scores.shape, cal.threshold),
+                "verdict": np.array([cal.verdict(float(v)) for v in scores]),
+                "target_fpr": np.full(scores.shape, cal.target_fpr), "anomaly_map": maps,
+                "mask": (maps > cal.pixel_threshold).astype(np.uint8)}
+
+
+def load_calibration(path: Path):
+    """calibration.json of a model data folder (JSON only), or None when the version predates it."""
+    from orchestrator.calibration import Calibration
+
+    if not path.is_file():
+        return None
+    try:
+        data = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        raise InputError(f"{path} is not valid JSON; expected the calibration fsad writes") from None
+    return Calibration.from_dict(data, str(path)) if data is not None else None
 
 
 def _load_pyfunc(data_path: str) -> FsadPyfunc:
@@ -249,9 +277,10 @@ def load(model_uri: str, tracking_uri: str | None = None) -> FsadPyfunc:
         return _load_pyfunc(str(local / "data" / DATA_DIR))
 
 
-def save_package(path: Path, weights_dir: Path, dictionary_file: Path, metadata: dict[str, Any]) -> None:
+def save_package(path: Path, weights_dir: Path, dictionary_file: Path, metadata: dict[str, Any],
+                 calibration: dict[str, Any] | None = None) -> None:
     """Write an MLflow pyfunc model directory at `path`: MLmodel + data/fsad_model/ (weights, config, meta,
-    dictionary); the loader is this module of the installed package."""
+    dictionary, and the calibration when given); the loader is this module of the installed package."""
     import mlflow.pyfunc
 
     from orchestrator.artifacts import CONFIG, META, WEIGHTS
@@ -263,6 +292,10 @@ def save_package(path: Path, weights_dir: Path, dictionary_file: Path, metadata:
             if (Path(weights_dir) / name).is_file():
                 shutil.copyfile(Path(weights_dir) / name, data / name)
         shutil.copyfile(dictionary_file, data / DICTIONARY)
+        if calibration is not None:
+            (data / CALIBRATION).write_text(json.dumps(calibration, indent=2))
+            metadata = {**metadata, "fsad_threshold": calibration["threshold"],
+                        "fsad_target_fpr": calibration["target_fpr"]}
         mlflow.pyfunc.save_model(
             path=str(path),
             loader_module=LOADER_MODULE,

@@ -26,7 +26,8 @@ from model.errors import InputError
 from orchestrator.artifacts import WEIGHTS, load_model_dir, resolve_device
 from orchestrator.config import Config, with_values
 from orchestrator.evaluate import METRIC_NAMES, draw_metrics, load_test_set, make_scorer, score_batches, support_draws
-from orchestrator.tracking import client_for, data_version, error_line, fast_fail, redact
+from orchestrator.tracking import (client_for, data_version, ensure_experiment, error_line, fast_fail, redact,
+                                   sha256_file)
 from workers.data import list_categories, load_images
 
 PREFIX = "fsad-"
@@ -44,11 +45,15 @@ class Registration:
     value: float | None
     previous_champion: str | None
     adapt_seconds: float
+    calibration: dict[str, Any] | None = None
 
     def line(self) -> str:
         shown = "n/a" if self.value is None else f"{self.value:.4f}"
+        cal = self.calibration
+        verdicts = (f"; threshold {cal['threshold']:.6g} for a target false-alarm rate of {cal['target_fpr']:g}, "
+                    f"calibrated on K={cal['shots']} normal shots" if cal else "; no threshold (K < 2)")
         return (f"registered {self.name} version {self.version} as @{self.alias} ({self.metric}={shown}; "
-                f"adaptation {self.adapt_seconds * 1000:.0f} ms; run {self.run_id})")
+                f"adaptation {self.adapt_seconds * 1000:.0f} ms{verdicts}; run {self.run_id})")
 
 
 def model_name(category: str) -> str:
@@ -175,6 +180,37 @@ def support_digest(images: torch.Tensor) -> str:
     return hashlib.sha256(images.numpy().tobytes()).hexdigest()
 
 
+def calibrate_support(model, cfg: Config, support: torch.Tensor, fpr: float | None = None, dictionary=None):
+    """The version's calibration (orchestrator/calibration.py) from its K shots; None when K < 2.
+    dictionary: the one adapted to all K shots, if already built."""
+    from orchestrator.calibration import calibrate
+
+    if support.shape[0] < 2:
+        return None
+    scorer = make_scorer("ours", model, cfg)
+    return calibrate(scorer, support, cfg.eval.fpr if fpr is None else fpr, "ours", cfg.eval.calibration,
+                     cfg.eval.calibration_augment, cfg.eval.batch_size, resolve_device("cpu"), dictionary)
+
+
+def version_description(category: str, support: torch.Tensor, info: dict[str, Any], calibration) -> str:
+    """What a person reads on the registered version's page: K, the support images' hashes, the
+    threshold and its target false-alarm rate."""
+    lines = [f"fsad detector for {category}, adapted with K={int(support.shape[0])} normal images."]
+    if calibration is not None:
+        lines.append(f"Threshold {calibration.threshold:.6g} (image score above it: anomalous) for a target "
+                     f"false-alarm rate of {calibration.target_fpr:g}, calibrated on the K shots alone "
+                     f"(leave-one-out, {calibration.n_samples} samples, {calibration.estimator}); pixel threshold "
+                     f"{calibration.pixel_threshold:.6g} for the masks.")
+    else:
+        lines.append("No threshold: calibration scores each shot against the others and needs K >= 2.")
+    hashes = info.get("image_sha256") or []
+    kind = "file sha256" if info.get("files") else "sha256 of the decoded image tensor"
+    names = info.get("files") or [f"image {i}" for i in info.get("indices", range(len(hashes)))]
+    lines.append(f"Support images ({kind}):")
+    lines += [f"- {name}: {digest}" for name, digest in zip(names, hashes)]
+    return "\n".join(lines)
+
+
 def adapt(model, cfg: Config, support: torch.Tensor):
     """The category's task dictionary from K support images (K, 3, S, S); returns (dictionary, seconds)."""
     scorer = make_scorer("ours", model, cfg)
@@ -194,7 +230,8 @@ def category_metrics(model, cfg: Config, dictionary, data_root: Path, category: 
 
 def register(uri: str, weights_dir: Path, category: str, support: torch.Tensor, support_info: dict[str, Any],
              data_root: Path | None = None, parent_run_id: str | None = None,
-             extra_tags: dict[str, str] | None = None, settings: dict[str, Any] | None = None) -> Registration:
+             extra_tags: dict[str, str] | None = None, fpr: float | None = None,
+             settings: dict[str, Any] | None = None) -> Registration:
     """Adapt `weights_dir` to `category` with `support` (K, 3, S, S), package it as a pyfunc, log it in a
     registration run, create a version of fsad-<category> and move the aliases. `settings`: run-time keys
     (eval.*, tracking.*, data.max_pixels, train.device) over the model's config for this registration."""
@@ -206,6 +243,7 @@ def register(uri: str, weights_dir: Path, category: str, support: torch.Tensor, 
     if cfg.train.method != "ours":
         raise InputError(f"only `ours` models can be registered; this one is {cfg.train.method}")
     dictionary, seconds = adapt(model, cfg, support)
+    calibration = calibrate_support(model, cfg, support, fpr, dictionary)
     found: dict[str, float] = {}
     if data_root is not None and category in list_categories(data_root):
         found = category_metrics(model, cfg, dictionary, data_root, category)
@@ -217,6 +255,9 @@ def register(uri: str, weights_dir: Path, category: str, support: torch.Tensor, 
         "data.hash_kind": version_info["kind"], "fsad.support_sha256": support_digest(support),
         "fsad.champion_metric": metric, "fsad.seen_in_training": str(category in meta.get("train_categories", [])).lower(),
         **{f"fsad.support_{k}": v if isinstance(v, str) else json.dumps(v) for k, v in support_info.items()},
+        **({"fsad.threshold": f"{calibration.threshold:.6g}", "fsad.target_fpr": f"{calibration.target_fpr:g}",
+            "fsad.pixel_threshold": f"{calibration.pixel_threshold:.6g}",
+            "fsad.calibration": calibration.estimator} if calibration is not None else {}),
         **{f"metric.{k}": f"{v:.6g}" for k, v in found.items()},
         **(extra_tags or {}),
     }
@@ -229,7 +270,8 @@ def register(uri: str, weights_dir: Path, category: str, support: torch.Tensor, 
         tmp = Path(tmp)
         save_dictionary(dictionary, tmp / "dictionary.safetensors", category)
         save_package(tmp / "model", Path(weights_dir), tmp / "dictionary.safetensors",
-                     {"fsad_category": category, "fsad_shots": int(support.shape[0])})
+                     {"fsad_category": category, "fsad_shots": int(support.shape[0])},
+                     calibration.to_dict() if calibration is not None else None)
         experiment_id = _experiment(client, cfg.tracking.experiment)
         run_tags = {k: v for k, v in tags.items() if not k.startswith("metric.")}
         run_tags["fsad.kind"] = "register"
@@ -242,21 +284,24 @@ def register(uri: str, weights_dir: Path, category: str, support: torch.Tensor, 
 
         stamp = int(time.time() * 1000)
         metrics_out = [Metric(k, v, stamp, 0) for k, v in found.items()] + [Metric("adapt_seconds", seconds, stamp, 0)]
+        if calibration is not None:  # calibration is K more adaptations: timed apart from adapt_seconds
+            metrics_out += [Metric("threshold", calibration.threshold, stamp, 0),
+                            Metric("target_fpr", calibration.target_fpr, stamp, 0),
+                            Metric("calibration_seconds", calibration.seconds, stamp, 0)]
         _mlflow_call("logging metrics", client.log_batch, run_id, metrics=metrics_out)
         _mlflow_call("uploading the model", client.log_artifacts, run_id, str(tmp / "model"), "model")
         _mlflow_call("closing the registration run", client.set_terminated, run_id, "FINISHED")
     _ensure_registered_model(client, name, category)
+    description = redact(version_description(category, support, support_info, calibration))[:5000]
     version = _mlflow_call(f"creating a version of {name}", client.create_model_version, name,
-                           f"{run.info.artifact_uri}/model", run_id=run_id, tags=tags)
+                           f"{run.info.artifact_uri}/model", run_id=run_id, tags=tags, description=description)
     alias, previous = _move_aliases(client, name, version.version, metric, value)
-    return Registration(name, version.version, alias, run_id, metric, value, previous, seconds)
+    return Registration(name, version.version, alias, run_id, metric, value, previous, seconds,
+                        calibration.to_dict() if calibration is not None else None)
 
 
 def _experiment(client, name: str) -> str:
-    found = _mlflow_call("looking up the experiment", client.get_experiment_by_name, name)
-    if found is not None:
-        return found.experiment_id
-    return _mlflow_call("creating the experiment", client.create_experiment, name)
+    return _mlflow_call("looking up the experiment", ensure_experiment, client, name)
 
 
 def _run_exists(client, run_id: str) -> bool:
@@ -321,7 +366,8 @@ def _with_settings(cfg: Config, settings: dict[str, Any] | None) -> Config:
 
 
 def register_from_run(uri: str, run_id: str, category: str, support_dir: str | None, draw: int | None,
-                      shots: int | None, data_root: str | None, settings: dict[str, Any] | None = None) -> Registration:
+                      shots: int | None, data_root: str | None, fpr: float | None = None,
+                      settings: dict[str, Any] | None = None) -> Registration:
     with fast_fail(retries=2), tempfile.TemporaryDirectory(prefix="fsad-run-") as tmp:
         weights = fetch_run_weights(uri, run_id, Path(tmp))
         _, cfg, meta = load_model_dir(weights)
@@ -330,10 +376,11 @@ def register_from_run(uri: str, run_id: str, category: str, support_dir: str | N
         support, info = _support(cfg, category, support_dir, draw, shots, root)
         has_data = root.is_dir() and category in list_categories(root)
         return register(uri, weights, category, support, info, root if has_data else None, parent_run_id=run_id,
-                        settings=settings)
+                        fpr=fpr, settings=settings)
 
 
 def adapt_and_register(uri: str, model: str, support_dir: str, category: str, data_root: str | None,
+                       fpr: float | None = None,
                        settings: dict[str, Any] | None = None) -> Registration:
     with fast_fail(retries=2), tempfile.TemporaryDirectory(prefix="fsad-adapt-") as tmp:
         weights, source = fetch_weights(uri, model, Path(tmp))
@@ -345,7 +392,7 @@ def adapt_and_register(uri: str, model: str, support_dir: str, category: str, da
             raise InputError(f"--data {data_root} has no category {category!r} to measure the new model on")
         parent = source.pop("fsad.train_run_id", None)
         return register(uri, weights, category, support, info, root, parent_run_id=parent, extra_tags=source,
-                        settings=settings)
+                        fpr=fpr, settings=settings)
 
 
 def _support(cfg: Config, category: str, support_dir: str | None, draw: int | None, shots: int | None,
@@ -356,7 +403,7 @@ def _support(cfg: Config, category: str, support_dir: str | None, draw: int | No
         images, files = load_images([support_dir], cfg.data.image_size)
         if shots is not None and shots != images.shape[0]:
             raise InputError(f"--shots {shots} but {support_dir} holds {images.shape[0]} images")
-        return images, {"files": [f.name for f in files]}
+        return images, {"files": [f.name for f in files], "image_sha256": [sha256_file(f) for f in files]}
     if draw < 0:
         raise InputError(f"--draw {draw}: expected a draw index >= 0")
     if root is None or not root.is_dir():
@@ -366,7 +413,9 @@ def _support(cfg: Config, category: str, support_dir: str | None, draw: int | No
     k = shots or cfg.eval.shots
     test = load_test_set(root, category, cfg.data.image_size)
     index = support_draws(test.support_pool.shape[0], k, draw + 1, cfg.eval.seed, category)[draw]
-    return test.support_pool[index], {"draw": draw, "indices": index, "seed": cfg.eval.seed}
+    support = test.support_pool[index]
+    return support, {"draw": draw, "indices": index, "seed": cfg.eval.seed,
+                     "image_sha256": [support_digest(image) for image in support]}
 
 
 __all__ = ["Registration", "register", "register_from_run", "adapt_and_register", "beats", "model_name",

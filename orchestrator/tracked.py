@@ -1,14 +1,16 @@
 """`train` and `evaluate` with MLflow runs around them (the commands and `run_loo` call these).
 
-Training run (one per `fsad train`): params = the resolved config flattened (+ data.root); tags =
+Training run (one per `fsad train`, named "train METHOD held-out CATS K=k"): params = the resolved config flattened (+ data.root); tags =
 method, held-out categories, data hash; input = the data manifest (digest) when there is one; metrics
 per update (loss terms, energies, inpaint gain, staleness, throughput), step = episode; artifacts =
 checkpoints/episode_NNNNNN/ at every checkpoint and model/ (weights, config, meta) at the end. The
 run's ids are written to <model dir>/tracking.json so that evaluations and registrations nest under it.
 
 Evaluation (one per `fsad evaluate`): a summary run "eval CAT K=k METHOD" under the training run
-(mean/std metrics, overlays, ROC and PRO curves of every draw, metrics.json) and one child run per
-support draw (its metrics, its support indices, its ROC and PRO curves).
+(mean/std metrics, realised false-alarm rate and recall at the calibrated threshold, overlays, ROC and
+PRO curves of every draw, the first draw's score histogram with its threshold, metrics.json, and with
+--report index.html) and one child run per support draw (its metrics, its support indices, its ROC and
+PRO curves, its score histogram with the threshold line).
 """
 from __future__ import annotations
 
@@ -20,7 +22,7 @@ from typing import Any
 from model import metrics
 from orchestrator.artifacts import CONFIG, MANIFEST, META, STATE, WEIGHTS
 from orchestrator.config import Config, atomic_write_text
-from orchestrator.evaluate import METRIC_NAMES, evaluate, prepare_evaluation
+from orchestrator.evaluate import CALIBRATION_NAMES, METRIC_NAMES, evaluate, prepare_evaluation
 from orchestrator.tracking import TrackedRun, data_version, spool_root, uri_key
 from orchestrator.train import train
 
@@ -44,7 +46,9 @@ class TrainingTracker:
                 "data.hash": version["hash"], "data.hash_kind": version["kind"]}
         if previous.get("run_id"):
             tags["fsad.resumed_from"] = previous["run_id"]
-        self.run = TrackedRun(uri, f"train {cfg.train.method} (held out: {held_out})", cfg.tracking.experiment, tags)
+        # the name says what a person scans the runs table for: method, held-out categories, K
+        self.run = TrackedRun(uri, f"train {cfg.train.method} held-out {held_out} K={cfg.train.shots}",
+                              cfg.tracking.experiment, tags)
         params = {k: _param_value(v) for k, v in cfg.flatten().items()}
         params["data.root"] = str(Path(data_root).resolve()) if isinstance(data_root, (str, Path)) else str(data_root)
         self.run.log_params(params)
@@ -135,11 +139,11 @@ def tracked_evaluate(model_dir, data_root, category: str, shots: int, draws: int
     if uri is None:
         return evaluate(model_dir, data_root, category, shots, draws, out, method=method, seed=seed,
                         progress=progress, overlays=overlays, **kwargs)
-    from orchestrator.plots import pro_png, roc_png
+    from orchestrator.plots import histogram_png, pro_png, roc_png
 
     # every input check (model, data, category, K, draws) before the run exists: bad input leaves no FAILED run
     prepared = prepare_evaluation(model_dir, data_root, category, shots, draws, method, seed,
-                                  **{k: kwargs[k] for k in ("manifest", "splits", "allow_partial", "settings")
+                                  **{k: kwargs[k] for k in ("manifest", "splits", "allow_partial", "settings", "fpr")
                                      if k in kwargs})
     cfg = prepared.cfg
     experiment = cfg.tracking.experiment
@@ -155,9 +159,12 @@ def tracked_evaluate(model_dir, data_root, category: str, shots: int, draws: int
     summary_run.set_tags({"data.hash": version["hash"], "data.hash_kind": version["kind"]})
     if "dataset" in version:
         summary_run.log_input(version["dataset"], "evaluation")
+    target_fpr = kwargs.get("fpr") if kwargs.get("fpr") is not None else cfg.eval.fpr
     summary_run.log_params({"category": category, "shots": shots, "draws": draws, "method": method,
-                            "seed": cfg.eval.seed if seed is None else seed, "data.root": str(data_root)})
-    rocs, pros = [], []
+                            "seed": cfg.eval.seed if seed is None else seed, "data.root": str(data_root),
+                            "target_fpr": target_fpr, "calibration": cfg.eval.calibration,
+                            "calibration_augment": ",".join(cfg.eval.calibration_augment)})
+    rocs, pros, first_hist = [], [], []
 
     def on_draw(record: dict[str, Any], scores, maps, test) -> None:
         draw = record["draw"]
@@ -165,8 +172,15 @@ def tracked_evaluate(model_dir, data_root, category: str, shots: int, draws: int
                            {**base_tags, "fsad.kind": "eval_draw", "fsad.draw": draw}, parent=summary_run)
         child.log_params({"category": category, "shots": shots, "draw": draw, "method": method,
                           "support": json.dumps(record["support"])})
-        child.log_metrics({k: v for k, v in record.items() if k in METRIC_NAMES + ("score_gap",) and v is not None})
+        child.log_metrics({k: v for k, v in record.items()
+                           if k in METRIC_NAMES + CALIBRATION_NAMES + ("score_gap",) and v is not None})
         pictures = []
+        histogram_png(out / "plots" / f"scores_draw{draw}.png", scores.numpy(), test.labels.numpy(),
+                      record.get("threshold"), f"{category} K={shots} {method} draw {draw}: image scores",
+                      record.get("calibration_samples"), target_fpr)
+        pictures.append(out / "plots" / f"scores_draw{draw}.png")
+        if draw == 0:
+            first_hist.append(out / "plots" / f"scores_draw{draw}.png")
         fpr, tpr = metrics.roc_curve_points(scores, test.labels)
         rocs.append((f"draw {draw}", fpr, tpr))
         roc_png(out / "plots" / f"roc_draw{draw}.png", [rocs[-1]], f"{category} K={shots} draw {draw}: image ROC")
@@ -186,7 +200,7 @@ def tracked_evaluate(model_dir, data_root, category: str, shots: int, draws: int
         summary_run.end("FAILED")
         raise
     values: dict[str, float] = {"adapt_seconds": record["adapt_seconds"]}
-    for name in METRIC_NAMES + ("score_gap",):
+    for name in METRIC_NAMES + CALIBRATION_NAMES + ("score_gap",):
         if record.get(name):
             values[f"{name}_mean"] = record[name]["mean"]
             values[f"{name}_std"] = record[name]["std"]
@@ -196,9 +210,10 @@ def tracked_evaluate(model_dir, data_root, category: str, shots: int, draws: int
     if pros:
         pro_png(out / "plots" / "pro.png", pros, f"{category} K={shots} {method}: PRO, every draw")
         pictures.append(out / "plots" / "pro.png")
-    summary_run.log_artifacts(pictures, "plots")
+    summary_run.log_artifacts(pictures + first_hist, "plots")
     summary_run.log_artifacts([out / "overlays"], "")
-    summary_run.log_artifacts([out / "metrics.json"], "")
+    # the gallery links overlays/ relatively: beside them it opens from the artifact store too
+    summary_run.log_artifacts([out / "metrics.json"] + ([Path(record["report"])] if record.get("report") else []), "")
     summary_run.end()
     record["run_id"] = summary_run.run_id
     return record

@@ -192,6 +192,31 @@ def warn(message: str) -> None:
     print(f"fsad: tracking: {redact(message)}", file=sys.stderr)
 
 
+# MLflow 3's UI picks an experiment's landing page from this tag: without it a new experiment opens on
+# the GenAI overview (traces, token usage); with it, on the runs table.
+EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
+EXPERIMENT_KIND = "custom_model_development"
+
+
+def ensure_experiment(client, name: str, artifact_location: str | None = None) -> str:
+    """The id of experiment `name`, created if missing (artifacts under `artifact_location` when given),
+    tagged as machine-learning development (an experiment someone tagged otherwise keeps their tag)."""
+    from mlflow.exceptions import MlflowException
+
+    found = client.get_experiment_by_name(name)
+    if found is None:
+        try:
+            return client.create_experiment(name, artifact_location=artifact_location,
+                                            tags={EXPERIMENT_KIND_TAG: EXPERIMENT_KIND})
+        except MlflowException:  # created meanwhile by another process
+            found = client.get_experiment_by_name(name)
+            if found is None:
+                raise
+    if EXPERIMENT_KIND_TAG not in (found.tags or {}):
+        client.set_experiment_tag(found.experiment_id, EXPERIMENT_KIND_TAG, EXPERIMENT_KIND)
+    return found.experiment_id
+
+
 # ---------------------------------------------------------------------------------------------
 # Journal: one run's events on disk
 
@@ -354,24 +379,13 @@ class Replayer:
         return state["sent"] >= len(events)
 
     def _experiment_id(self, name: str) -> str:
-        from mlflow.exceptions import MlflowException
-
-        found = self.client.get_experiment_by_name(name)
-        if found is not None:
-            return found.experiment_id
         location = None
         if self.uri.startswith("sqlite:"):
             from orchestrator.config import temporary_workdir
 
             if temporary_workdir() is not None:  # mlflow's default, ./mlruns, would vanish with the job
                 location = (local_store_path(self.uri).parent / "mlruns").as_uri()
-        try:
-            return self.client.create_experiment(name, artifact_location=location)
-        except MlflowException:  # created meanwhile by another process
-            found = self.client.get_experiment_by_name(name)
-            if found is None:
-                raise
-            return found.experiment_id
+        return ensure_experiment(self.client, name, artifact_location=location)
 
     def _create(self, event: dict[str, Any], local_id: str) -> str:
         experiment_id = self._experiment_id(event["experiment"])

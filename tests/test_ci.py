@@ -63,3 +63,31 @@ def test_a_failing_or_empty_run_fails_ci(tmp_path, target, code):
     proc, calls, _ = run_ci(tmp_path, **{target: code})
     assert proc.returncode != 0
     assert calls[-1]["args"] == [target]  # nothing runs after a failed step
+
+
+def _stub(bin_dir: Path, name: str, body: str) -> None:
+    (bin_dir / name).write_text(f"#!/usr/bin/env bash\n{body}\n")
+    (bin_dir / name).chmod(0o755)
+
+
+@pytest.mark.parametrize("uid", ["0", "1000"])
+def test_missing_chromium_is_installed_as_root_else_a_clear_message(tmp_path, monkeypatch, uid):
+    """FSAD_CHROMIUM names a binary that is not there: root installs Debian's chromium with apt-get,
+    anyone else gets one line saying what to run (and CI stops before building anything)."""
+    stubs = tmp_path / "stubs"
+    stubs.mkdir()
+    calls = tmp_path / "apt.log"
+    _stub(stubs, "id", f"echo {uid}")
+    _stub(stubs, "apt-get", f'echo "$@" >> {calls}')
+    monkeypatch.setenv("PATH", f"{stubs}{os.pathsep}{os.environ['PATH']}")
+    monkeypatch.setenv("FSAD_CHROMIUM", "no-such-chromium-binary")
+    proc, make_calls, _ = run_ci(tmp_path)
+    if uid == "0":
+        assert proc.returncode == 0, proc.stderr
+        assert calls.read_text().splitlines()[-1] == "install -y -q chromium"
+        assert [c["args"] for c in make_calls] == [["venv"], ["test"]]
+    else:
+        assert proc.returncode == 2 and not calls.exists() and make_calls == []
+        assert proc.stderr.strip().splitlines() == [
+            "CI: no-such-chromium-binary is not installed and this user is not root: run 'apt-get install -y "
+            "chromium' as root (the gallery's browser test needs it)"]

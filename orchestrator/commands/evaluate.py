@@ -20,6 +20,11 @@ def add_arguments(p):
     p.add_argument("--method", choices=METHODS, default="ours",
                    help="untrained / knn_untrained: ours / kNN with a freshly initialised Ψ (the model's config); "
                         "nosupport: the blurred image-gradient map, no support set")
+    p.add_argument("--fpr", type=float, default=None,
+                   help="target false-alarm rate of each draw's threshold, calibrated on its K shots alone, in "
+                        "(0, 0.5] (default eval.fpr = 0.01)")
+    p.add_argument("--report", action="store_true",
+                   help="overlays of every test image of the first draw and index.html, a gallery of them")
     p.add_argument("--out", required=True, help="output directory (metrics.json, overlays/)")
     p.add_argument("--allow-partial", action="store_true",
                    help="evaluate a model whose training stopped early (metrics.json then says \"partial\": true)")
@@ -33,13 +38,26 @@ def run(args) -> int:
     from orchestrator.evaluate import METRIC_NAMES, format_metric
     from orchestrator.tracked import tracked_evaluate
 
+    from model.calibration import check_fpr
+
+    if args.fpr is not None:
+        check_fpr(args.fpr)
     check_writable_dir(args.out)
     settings = runtime_settings(args, "evaluate")
     record = tracked_evaluate(args.model, data_root(args), args.category, args.shots, args.seeds, args.out,
                               method=args.method, seed=args.seed, progress=not args.quiet, uri=tracking_uri(args),
                               manifest=args.manifest, splits=args.splits, allow_partial=args.allow_partial,
-                              settings=settings)
+                              settings=settings, fpr=args.fpr, report=args.report)
     print(json.dumps({name: format_metric(record[name]) for name in METRIC_NAMES}))
+    if record.get("false_alarm_rate"):
+        print(f"at the threshold calibrated on K={args.shots} normal shots for a target false-alarm rate of "
+              f"{record['target_fpr']:g}: realised false-alarm rate {format_metric(record['false_alarm_rate'])} "
+              f"on {record['n_test'] - record['n_anomalous']} normal test images, recall "
+              f"{format_metric(record['recall'])} on {record['n_anomalous']} anomalous ones")
+    else:
+        print(f"no calibrated threshold: K={args.shots} (calibration scores each shot against the others; K >= 2)")
+    if record.get("report"):
+        print(f"wrote {record['report']}")
     print(f"wrote {args.out}/metrics.json and {len(record['overlays'])} overlays in {args.out}/overlays")
     if record.get("partial"):
         print(f"partial model: {record['episodes_done']} of {record['episodes_planned']} training episodes done")

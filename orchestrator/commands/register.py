@@ -15,15 +15,20 @@ def add_arguments(p):
     source.add_argument("--draw", type=int, metavar="N", help="support draw N of the evaluation protocol")
     p.add_argument("--shots", type=int, default=None, help="K for --draw (default eval.shots)")
     p.add_argument("--data", default=None, help="data root (default: the training run's); metrics use its test set")
+    p.add_argument("--fpr", type=float, default=None,
+                   help="target false-alarm rate of the version's threshold, calibrated on the K shots alone, "
+                        "in (0, 0.5] (default eval.fpr = 0.01)")
     add_config_arguments(p, runtime_only=True)
     add_tracking_arguments(p, optional=False)
 
 
 def run(args) -> int:
+    from model.calibration import check_fpr
     from orchestrator.registry import register_from_run
 
-    settings = runtime_settings(args, "register")
+    if args.fpr is not None:
+        check_fpr(args.fpr)
     result = register_from_run(tracking_uri(args, required=True), args.run_id, args.category, args.support,
-                               args.draw, args.shots, args.data, settings=settings)
+                               args.draw, args.shots, args.data, fpr=args.fpr, settings=runtime_settings(args, 'register'))
     print(result.line())
     return 0

@@ -1,0 +1,147 @@
+"""Thresholds from normal shots alone: the estimators against their definitions and against sampling
+(a prediction bound's false-alarm rate is its target on average, whatever the spread), leave-one-out
+scoring (each shot against the others), augmentations, bad target rates."""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from scipy import stats
+
+from model.calibration import ESTIMATORS, check_fpr, rates, threshold
+from model.errors import InputError
+from orchestrator.calibration import Calibration, augment, calibrate, loo_scores
+from tests.conftest import expect_error
+
+
+def test_lognormal_t_is_the_student_t_prediction_bound_on_log_scores():
+    x = np.array([0.11, 0.13, 0.12, 0.16, 0.10, 0.14, 0.12, 0.15, 0.13, 0.11])
+    logs = np.log(x)
+    n = len(x)
+    expected = math.exp(logs.mean() + stats.t.ppf(0.99, n - 1) * logs.std(ddof=1) * math.sqrt(1 + 1 / n))
+    assert threshold(x, 0.01, "lognormal_t") == pytest.approx(expected, rel=1e-12)
+    assert threshold(x, 0.01, "lognormal_z") == pytest.approx(math.exp(logs.mean() + stats.norm.ppf(0.99) * logs.std(ddof=1)))
+    assert threshold(x, 0.05, "empirical") == pytest.approx(np.quantile(x, 0.95))
+    # augmented copies sharpen the fit but do not count as independent shots
+    assert threshold(np.tile(x, 4), 0.01, "lognormal_t", n_independent=10) > threshold(np.tile(x, 4), 0.01, "lognormal_t")
+
+
+@pytest.mark.parametrize("fpr", [0.01, 0.05])
+def test_prediction_bound_hits_its_target_from_ten_samples_where_plain_z_does_not(fpr):
+    """Draw K = 10 normal scores from a log-normal, set the threshold, compute its exact false-alarm rate;
+    averaged over many draws the Student-t bound hits the target, the plain z bound overshoots it."""
+    rng = np.random.default_rng(0)
+    mu, sigma = math.log(0.2), 0.3
+    realised = {name: [] for name in ("lognormal_t", "lognormal_z", "empirical")}
+    for _ in range(4000):
+        shots = np.exp(rng.normal(mu, sigma, 10))
+        for name in realised:
+            thr = threshold(shots, fpr, name)
+            realised[name].append(1 - stats.norm.cdf((math.log(thr) - mu) / sigma))
+    mean = {k: float(np.mean(v)) for k, v in realised.items()}
+    assert mean["lognormal_t"] == pytest.approx(fpr, rel=0.15)
+    assert mean["lognormal_z"] > 1.3 * fpr
+    if fpr == 0.01:  # the empirical 99th percentile of 10 samples is about their maximum: ~9 % false alarms
+        assert mean["empirical"] > 5 * fpr
+
+
+@pytest.mark.parametrize("bad", [0, -0.1, 0.51, 1.0, float("nan"), float("inf")])
+def test_target_rate_outside_zero_to_half_is_one_line_bad_input(bad):
+    expect_error(lambda: check_fpr(bad), "expected a target false-alarm rate in (0, 0.5]")
+    expect_error(lambda: threshold([0.1, 0.2, 0.3], bad), "(0, 0.5]")
+
+
+def test_threshold_refuses_too_few_or_non_finite_scores_and_unknown_estimators():
+    expect_error(lambda: threshold([0.1], 0.01), "at least 2")
+    expect_error(lambda: threshold([0.1, float("nan")], 0.01), "not finite")
+    expect_error(lambda: threshold([0.1, 0.2], 0.01, "gpd"), "expected one of", *ESTIMATORS)
+
+
+def test_rates_count_strictly_above_the_threshold():
+    found = rates([0.1, 0.5, 0.2, 0.9, 0.4], [0, 0, 0, 1, 1], 0.45)
+    assert found == {"realised_fpr": pytest.approx(1 / 3), "recall": 0.5, "n_normal": 3, "n_anomalous": 2}
+
+
+def test_augment_adds_flips_and_two_shifts_with_replicated_edges():
+    images = torch.arange(2 * 3 * 64 * 64, dtype=torch.float32).reshape(2, 3, 64, 64)
+    out = augment(images, ["hflip", "shift"])
+    assert out.shape == (2 * 4, 3, 64, 64)
+    assert torch.equal(out[:2], images) and torch.equal(out[2:4], images.flip(-1))
+    s = 2  # 64 / 32
+    assert torch.equal(out[4, :, s:, s:], images[0, :, :-s, :-s])  # moved down-right
+    assert torch.equal(out[6, :, :-s, :-s], images[0, :, s:, s:])  # moved up-left
+    assert torch.equal(out[4, :, 0, s:], images[0, :, 0, :-s])  # replicated top edge
+    expect_error(lambda: augment(images, ["rotate"]), "'rotate'", "hflip")
+
+
+class MeanScorer:
+    """A scorer whose state is the support set; score = distance of the image mean to the support mean.
+    Records the supports it was adapted to."""
+
+    def __init__(self):
+        self.adapted: list[torch.Tensor] = []
+
+    def adapt(self, support):
+        self.adapted.append(support.clone())
+        return support.mean()
+
+    def score(self, images, state):
+        maps = (images.mean(1) - state).abs()  # (B, H, W)
+        return maps.flatten(1).mean(1), maps
+
+
+def test_each_shot_is_scored_against_the_other_shots_only():
+    support = torch.stack([torch.full((3, 8, 8), float(v)) for v in (0.1, 0.2, 0.3, 0.7)])  # (4, 3, 8, 8)
+    scorer = MeanScorer()
+    scores, peaks = loo_scores(scorer, support, [], 32, "cpu")
+    assert [a.shape[0] for a in scorer.adapted] == [3, 3, 3, 3]  # no shortcut for this scorer: K − 1 each
+    for i, adapted in enumerate(scorer.adapted):
+        others = torch.cat([support[:i], support[i + 1 :]])
+        assert torch.equal(adapted, others)
+    expected = [abs(v - np.mean([w for w in (0.1, 0.2, 0.3, 0.7) if w != v])) for v in (0.1, 0.2, 0.3, 0.7)]
+    np.testing.assert_allclose(scores, expected, rtol=1e-5)
+    np.testing.assert_allclose(peaks, expected, rtol=1e-5)  # constant maps: their maximum is the score
+
+
+def test_calibrate_records_k_target_and_samples_and_round_trips():
+    rng = torch.Generator().manual_seed(0)
+    support = torch.rand(6, 3, 16, 16, generator=rng)
+    cal = calibrate(MeanScorer(), support, 0.05, "toy", kinds=("hflip",))
+    assert cal.shots == 6 and cal.target_fpr == 0.05 and cal.n_samples == 12 and len(cal.samples) == 12
+    assert cal.threshold == pytest.approx(threshold(cal.samples, 0.05, "lognormal_t", n_independent=6))
+    assert cal.threshold > max(cal.samples[:6]) * 0.5 and cal.pixel_threshold > 0
+    again = Calibration.from_dict(cal.to_dict())
+    assert again == cal and again.verdict(cal.threshold) == "ok" and again.verdict(cal.threshold * 1.01) == "anomalous"
+    expect_error(lambda: calibrate(MeanScorer(), support[:1], 0.05, "toy"), "K >= 2")
+    expect_error(lambda: calibrate(MeanScorer(), support, 0.6, "toy"), "(0, 0.5]")
+    with pytest.raises(InputError, match="not a calibration record"):
+        Calibration.from_dict({"threshold": 1.0})
+
+
+@pytest.mark.parametrize("method", ["untrained", "knn_untrained"])
+def test_leave_one_out_cut_from_the_full_state_equals_adapting_to_the_others(method):
+    """The shortcut (slice the K-shot dictionary or bank) gives the same scores as adapting to K − 1 shots."""
+    from orchestrator.calibration import state_without
+    from orchestrator.config import load_config
+    from orchestrator.evaluate import make_scorer, untrained_model
+
+    cfg = load_config(None, ["data.image_size=32", "model.backbone.width=8", "model.backbone.out_dim=8"])
+    model = untrained_model(cfg)
+    scorer = make_scorer(method, model, cfg)
+    support = torch.rand(4, 3, 32, 32, generator=torch.Generator().manual_seed(1))
+    full = scorer.adapt(support)
+    for i in range(4):
+        cut = state_without(scorer, full, i, 4)
+        assert cut is not None
+        direct = scorer.adapt(torch.cat([support[:i], support[i + 1 :]]))
+        s_cut, m_cut = scorer.score(support[i : i + 1], cut)
+        s_dir, m_dir = scorer.score(support[i : i + 1], direct)
+        torch.testing.assert_close(s_cut, s_dir, rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(m_cut, m_dir, rtol=1e-4, atol=1e-6)
+    # centring makes the dictionary depend on every shot: no shortcut, adapt is called instead
+    centred = make_scorer(method, model, load_config(None, ["data.image_size=32", "model.backbone.width=8",
+                                                          "model.backbone.out_dim=8", "model.center=true"]))
+    if method == "untrained":
+        assert state_without(centred, centred.adapt(support), 0, 4) is None
