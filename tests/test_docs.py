@@ -216,6 +216,8 @@ def test_the_docs_run_as_written(small_real_root, tmp_path):
     repo = make_copy(tmp_path, small_real_root)
     home = tmp_path / "home"
     home.mkdir()
+    # a user's environment: none of the suite's settings (FSAD_PARAMS=0 would make fsad ignore the copy's
+    # params.yaml, FSAD_TRACKING=0 switch tracking off); tracking is on, as by default
     env = {k: v for k, v in os.environ.items() if not k.startswith(("RAY_", "MLFLOW_", "FSAD_", "DVC_"))}
     env.update(HOME=str(home), PATH=f"{tmp_path / 'bin'}{os.pathsep}{BIN}{os.pathsep}{os.environ['PATH']}",
                PYTHONPATH=str(repo), FSAD_TRACKING="1", DVC_NO_ANALYTICS="1", OMP_NUM_THREADS="1",
