@@ -226,7 +226,7 @@ def test_the_docs_run_as_written(small_real_root, tmp_path):
     for cmd in (["git", "init", "-q"], ["git", "add", "-A"], ["git", "commit", "-qm", "copy"]):
         subprocess.run(cmd, cwd=repo, env=env, check=True, capture_output=True)
     ports = {port: str(free_port()) for port in PORTS}
-    failures, timings, block_seconds = [], {}, {}
+    failures, timings, block_seconds, configs = [], {}, {}, set()
     for doc in DOCS:
         script = doc_script(doc, ports)
         began = time.perf_counter()
@@ -240,9 +240,11 @@ def test_the_docs_run_as_written(small_real_root, tmp_path):
             stop_recorded(repo)
         timings[doc] = round(time.perf_counter() - began, 1)
         block_seconds.update(block_times(err, time.time()))
+        configs.update(re.findall(r"^fsad: config: (.+)$", err, re.M))
         if code != 0:
             where = [line for line in err.splitlines() if line.startswith("docs-test: ")]
             failures.append(f"{doc} (exit {code}) at {where[-1] if where else '?'}:\n{out[-1500:]}\n{err[-2500:]}")
     print("docs-test seconds per document:", timings)
     print("docs-test slowest blocks (s):", sorted(block_seconds.items(), key=lambda kv: -kv[1])[:8])
     assert not failures, "\n\n".join(failures)
+    assert configs == {"./params.yaml"}, configs  # every fsad verb read the copy's params.yaml, as a user's would
