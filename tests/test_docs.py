@@ -247,4 +247,5 @@ def test_the_docs_run_as_written(small_real_root, tmp_path):
     print("docs-test seconds per document:", timings)
     print("docs-test slowest blocks (s):", sorted(block_seconds.items(), key=lambda kv: -kv[1])[:8])
     assert not failures, "\n\n".join(failures)
-    assert configs == {"./params.yaml"}, configs  # every fsad verb read the copy's params.yaml, as a user's would
+    # every fsad verb read the copy's params.yaml, as a user's would (evaluate: for what a model does not fix)
+    assert configs and {c.split(" (")[0] for c in configs} == {"./params.yaml"}, configs
