@@ -96,6 +96,20 @@ def copy_small(src_root: Path, dst_root: Path, categories=SMALL_CATEGORIES, n_tr
     return dst_root
 
 
+def copy_worktree(dst: Path) -> Path:
+    """The repository's working tree (tracked and untracked files, not git-ignored ones) copied to dst: a
+    snapshot that edits to the checkout while a test runs cannot change (e.g. a Ray job's --working-dir,
+    which Ray hashes, uploads and unpacks in separate steps)."""
+    files = subprocess.run(["git", "ls-files", "-co", "--exclude-standard", "-z"], cwd=REPO, capture_output=True,
+                           check=True).stdout.decode().split("\0")
+    for name in filter(None, files):
+        src = REPO / name
+        if src.is_file():
+            (dst / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(src, dst / name)
+    return dst
+
+
 @pytest.fixture(scope="session")
 def real_root() -> Path:
     """../shared/data/fsad-real (read-only). Tests that need it are skipped when it is absent."""

@@ -26,17 +26,17 @@ from __future__ import annotations
 
 import os
 import re
-import shutil
 import signal
 import subprocess
 import sys
+import textwrap
 import time
 from pathlib import Path
 
 import pytest
 import yaml
 
-from tests.conftest import REPO, TINY
+from tests.conftest import REPO, TINY, copy_worktree
 from tests.test_ray_cluster import free_port
 
 pytestmark = pytest.mark.slow
@@ -54,9 +54,12 @@ SKIPPED = {
         "fragments: `...` stands for the options above; the one-machine cluster below runs --address auto",
     ("docs/cluster.md", "# on the head: make the cluster token once, keep it private (mode 600)"):
         'needs several machines (scp, ssh); "A cluster on one machine" below is the same journey and is run',
-    ("docs/mlflow.md", "fsad demo                                          # or fsad train / fsad evaluate ..."):
-        "fsad demo meta-trains on the real data (minutes) and mlflow ui stays in the foreground; docs/cluster.md's "
-        "one-machine cluster starts, queries and stops a tracking server",
+    ("docs/cluster.md", "export RAY_AUTH_MODE=token RAY_AUTH_TOKEN_PATH=~/.ray/fsad_cluster_token   # on the head: ~/.ray/auth_token"):
+        "placeholders (raysubmit_XXXXXXXX, a node's token path); the one-machine cluster above runs ray job "
+        "status/logs/list on its own job",
+    ("docs/cluster.md", "ray stop            # on each worker node: stops the Ray processes started there"):
+        "needs worker nodes and an SSH tunnel, and `ray stop` stops every Ray process of the machine (other "
+        "users' too); the one-machine cluster above is stopped by PID",
     ("docs/mlflow.md", "# from a training run: support draw 0 of the evaluation protocol (K = eval.shots unless --shots)"):
         "placeholders (<RUN_ID>, path/to/good_shots/, new_line/good/); tests/test_tracking.py registers and adapts",
     ("docs/mlflow.md", "# the venv's bin/ must be on PATH (uvicorn); fsad installed in that environment"):
@@ -71,6 +74,9 @@ SKIPPED = {
         "the same server on other storages; PostgreSQL needs a database (tests/test_tune.py starts it on one)",
     ("docs/data.md", "fsad ingest --source s3://my-bucket/datasets/fsad-real --name fsad-real --out data/fsad-real \\"):
         "needs an S3 bucket and endpoint (tests/test_dvc.py ingests from a moto S3); elpv writes 2,600 images",
+    ("docs/data.md", "dvc exp run --temp -S train.episodes=300 -S data.image_size=128"):
+        "the command above at a larger budget (minutes); tests/test_dvc.py runs dvc exp run --temp in a second "
+        "clone and checks the workspace's results stay as they were",
     ("docs/data.md", "dvc push                               # to the default local remote"):
         "needs an S3 endpoint and credentials; tests/test_dvc.py pushes and pulls through a moto S3 remote",
 }
@@ -79,8 +85,6 @@ SKIPPED = {
 SUBSTITUTIONS = {
     "--trials 40": "--trials 2",
     "--seeds 5": "--seeds 1",
-    "train.episodes=300": "train.episodes=3",
-    "data.image_size=128": "data.image_size=32",
 }
 PORTS = ("6380", "8265", "10011", "5000", "8080")
 SET_VERBS = ("train", "tune", "loo", "demo", "video")
@@ -92,7 +96,7 @@ TINY_PARAMS = {
     "langevin": {"steps": 2},
     "train": {"episodes": 3, "shots": 2, "queries": 2, "checkpoint_every": 2},
     "eval": {"draws": 1, "overlays": 1},
-    "pipeline": {"targets": ["tire"], "shots": [1, 2], "methods": ["ours", "knn"]},
+    "pipeline": {"targets": ["tire"], "shots": [1], "methods": ["ours", "knn"]},
 }
 
 
@@ -104,8 +108,9 @@ def collect(doc: str) -> list[dict]:
         if lines[i].strip() == "```bash":
             end = next(j for j in range(i + 1, len(lines)) if lines[j].strip() == "```")
             match = MARKER.match(lines[i - 1].strip()) if i > 0 else None
-            blocks.append({"doc": doc, "line": i + 1, "text": "\n".join(lines[i + 1:end]) + "\n",
-                           "first": lines[i + 1] if end > i + 1 else "", "marked": match is not None,
+            text = textwrap.dedent("\n".join(lines[i + 1:end]) + "\n")  # a block inside a list item is indented
+            blocks.append({"doc": doc, "line": i + 1, "text": text, "first": text.split("\n", 1)[0],
+                           "marked": match is not None,
                            "skip": match.group("reason") if match else None})
             i = end
         i += 1
@@ -140,14 +145,7 @@ esac
 
 def make_copy(base: Path, small_real_root: Path) -> Path:
     """A fresh git repository holding the working tree's files (tracked and untracked, not ignored)."""
-    repo = base / "repo"
-    files = subprocess.run(["git", "ls-files", "-co", "--exclude-standard", "-z"], cwd=REPO, capture_output=True,
-                           check=True).stdout.decode().split("\0")
-    for name in filter(None, files):
-        src = REPO / name
-        if src.is_file():
-            (repo / name).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(src, repo / name)
+    repo = copy_worktree(base / "repo")
     (base / "shared" / "data").mkdir(parents=True)
     (base / "shared" / "data" / "fsad-real").symlink_to(small_real_root)
     params = yaml.safe_load((repo / "params.yaml").read_text())
@@ -178,13 +176,21 @@ def doc_script(doc: str, ports: dict[str, str]) -> str:
             text = text.replace(old, new)
         for old, new in ports.items():
             text = re.sub(rf"(?<![\d.]){old}(?!\d)", new, text)
-        parts.append(f'echo "docs-test: {doc}:{block["line"]}" >&2')
+        parts.append(f'echo "docs-test: {doc}:{block["line"]} at $(date +%s.%N)" >&2')
         parts.append(text)
     return "\n".join(parts) + "\n"
 
 
+def block_times(err: str, ended: float) -> dict[str, float]:
+    """Seconds per block, from the `docs-test: DOC:LINE at EPOCH` lines the script writes before each."""
+    marks = [(m.group(1), float(m.group(2))) for m in re.finditer(r"^docs-test: (\S+) at ([\d.]+)$", err, re.M)]
+    ends = [t for _, t in marks[1:]] + [ended]
+    return {where: round(end - start, 1) for (where, start), end in zip(marks, ends)}
+
+
 def stop_recorded(repo: Path) -> None:
     """Whatever a failed doc left running: the process groups and processes its *.pid files name."""
+    signalled = False
     for pid_file in repo.glob("*.pid"):
         try:
             pid = int(pid_file.read_text().strip())
@@ -193,8 +199,11 @@ def stop_recorded(repo: Path) -> None:
         for target, sig in ((-pid, signal.SIGTERM), (pid, signal.SIGTERM)):
             try:
                 os.kill(target, sig)
+                signalled = True
             except (ProcessLookupError, PermissionError):
                 pass
+    if not signalled:  # the docs stopped everything they started
+        return
     time.sleep(2)
     for pid_file in repo.glob("*.pid"):
         try:
@@ -207,6 +216,8 @@ def test_the_docs_run_as_written(small_real_root, tmp_path):
     repo = make_copy(tmp_path, small_real_root)
     home = tmp_path / "home"
     home.mkdir()
+    # a user's environment: none of the suite's settings (FSAD_PARAMS=0 would make fsad ignore the copy's
+    # params.yaml, FSAD_TRACKING=0 switch tracking off); tracking is on, as by default
     env = {k: v for k, v in os.environ.items() if not k.startswith(("RAY_", "MLFLOW_", "FSAD_", "DVC_"))}
     env.update(HOME=str(home), PATH=f"{tmp_path / 'bin'}{os.pathsep}{BIN}{os.pathsep}{os.environ['PATH']}",
                PYTHONPATH=str(repo), FSAD_TRACKING="1", DVC_NO_ANALYTICS="1", OMP_NUM_THREADS="1",
@@ -215,7 +226,7 @@ def test_the_docs_run_as_written(small_real_root, tmp_path):
     for cmd in (["git", "init", "-q"], ["git", "add", "-A"], ["git", "commit", "-qm", "copy"]):
         subprocess.run(cmd, cwd=repo, env=env, check=True, capture_output=True)
     ports = {port: str(free_port()) for port in PORTS}
-    failures, timings = [], {}
+    failures, timings, block_seconds, configs = [], {}, {}, set()
     for doc in DOCS:
         script = doc_script(doc, ports)
         began = time.perf_counter()
@@ -228,8 +239,13 @@ def test_the_docs_run_as_written(small_real_root, tmp_path):
         finally:
             stop_recorded(repo)
         timings[doc] = round(time.perf_counter() - began, 1)
+        block_seconds.update(block_times(err, time.time()))
+        configs.update(re.findall(r"^fsad: config: (.+)$", err, re.M))
         if code != 0:
             where = [line for line in err.splitlines() if line.startswith("docs-test: ")]
             failures.append(f"{doc} (exit {code}) at {where[-1] if where else '?'}:\n{out[-1500:]}\n{err[-2500:]}")
     print("docs-test seconds per document:", timings)
+    print("docs-test slowest blocks (s):", sorted(block_seconds.items(), key=lambda kv: -kv[1])[:8])
     assert not failures, "\n\n".join(failures)
+    # every fsad verb read the copy's params.yaml, as a user's would (evaluate: for what a model does not fix)
+    assert configs and {c.split(" (")[0] for c in configs} == {"./params.yaml"}, configs

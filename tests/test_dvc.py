@@ -152,15 +152,18 @@ def tree_hashes(repo: Path, *folders: str) -> dict[str, str]:
 
 @pytest.fixture(scope="module")
 def dvc_repo(small_real_root, moto, tmp_path_factory):
-    """A git + DVC repository with the project's pipeline, a tiny budget and an S3 remote; after `dvc repro`."""
+    """A git + DVC repository with the project's pipeline, a tiny budget, a local and an S3 remote, the source
+    at ../shared/small (a link to the small copy); after `dvc repro`, committed."""
     repo = tmp_path_factory.mktemp("dvc") / "repo"
     repo.mkdir()
+    (repo.parent / "shared").mkdir()  # ../shared beside the checkout, as in CI: the source is read through it
+    (repo.parent / "shared" / "small").symlink_to(small_real_root)
     for name in ("model", "workers", "orchestrator", "pipelines"):
         shutil.copytree(REPO / name, repo / name, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
     for name in ("dvc.yaml", ".dvcignore"):
         shutil.copy2(REPO / name, repo / name)
     params = merge(yaml.safe_load((REPO / "params.yaml").read_text()), TINY_PARAMS)
-    params["pipeline"]["source"] = str(small_real_root)
+    params["pipeline"]["source"] = "../shared/small"  # relative, as the project's own params.yaml
     params["experiments"]["video_root"] = str(VIDEO_ROOT)
     (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     env = {**os.environ, **FAKE_CREDENTIALS, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}",
@@ -327,48 +330,30 @@ def test_fsad_tune_best_params_drive_dvc_exp_run(dvc_repo, tmp_path):
 # A second clone at another path: the same bytes, a clean `dvc status`
 # --------------------------------------------------------------------------------------------------
 
-CLONE_PARAMS = {**TINY_PARAMS, "eval": {"draws": 1, "overlays": 0},
-                "pipeline": {"name": "small", "targets": [TARGET], "shots": [1], "methods": ["ours"],
-                             "source": "../shared/small"}}
 
-
-def test_second_clone_at_another_path_reproduces_byte_identical_and_clean(small_real_root, tmp_path):
-    """The repository and a clone of it at another depth, each with `../shared` a symbolic link to the same
-    data (as ../shared is beside a checkout): `dvc repro` in the clone re-reads the source and writes the
-    same manifest bytes, nothing downstream reruns and `dvc status` is clean. Before, the manifest recorded
-    the data root resolved through the link relative to the checkout, so every clone wrote another file.
-    `dvc exp run --temp` then runs an experiment in a copy under .dvc/tmp (the relative source read from
+def test_second_clone_at_another_path_reproduces_byte_identical_and_clean(dvc_repo, small_real_root, tmp_path):
+    """A clone of the repository at another path and depth, with its own `../shared` linking to the same data
+    (as ../shared is beside a checkout): after `dvc pull`, `dvc repro` in the clone re-reads the source and
+    writes the same manifest bytes, nothing downstream reruns and `dvc status` is clean. Before, the manifest
+    recorded the data root resolved through the link relative to the checkout, so every clone wrote another
+    file. `dvc exp run --temp` then runs an experiment in a copy under .dvc/tmp (the relative source read from
     the repository) without touching the workspace's committed results."""
+    first, env, _ = dvc_repo
     dvc = str(BIN / "dvc")
-    first, second = tmp_path / "a" / "repo", tmp_path / "b" / "c" / "clone"
-    first.mkdir(parents=True)
+    second = tmp_path / "b" / "c" / "clone"
     second.parent.mkdir(parents=True)
-    for repo in (first, second):
-        (repo.parent / "shared").mkdir()
-        (repo.parent / "shared" / "small").symlink_to(small_real_root)
-    for name in ("model", "workers", "orchestrator", "pipelines"):
-        shutil.copytree(REPO / name, first / name, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
-    for name in ("dvc.yaml", ".dvcignore"):
-        shutil.copy2(REPO / name, first / name)
-    params = merge(yaml.safe_load((REPO / "params.yaml").read_text()), CLONE_PARAMS)
-    (first / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}", "DVC_NO_ANALYTICS": "1",
-           "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@example.com", "GIT_COMMITTER_NAME": "t",
-           "GIT_COMMITTER_EMAIL": "t@example.com", "FSAD_TRACKING": "0", "PYTHONPATH": ""}
-    run(["git", "init", "-q"], first, env)
-    run([dvc, "init", "-q"], first, env)
-    run([dvc, "remote", "add", "-d", "local", str(tmp_path / "store")], first, env)
-    run([dvc, "repro"], first, {**env, "PYTHONPATH": str(first)}, timeout=600)
-    run([dvc, "push"], first, env)
-    run(["git", "add", "-A"], first, env)
-    run(["git", "commit", "-qm", "repro"], first, env)
+    (second.parent / "shared").mkdir()
+    (second.parent / "shared" / "small").symlink_to(small_real_root)
     manifest = (first / "data" / "small" / "manifest.parquet").read_bytes()
     assert b"../../../shared/small" in manifest  # the root as written, relative to data/small
-    assert str(tmp_path).encode() not in manifest  # nothing of where the checkout lives
+    assert str(first.parent).encode() not in manifest and str(small_real_root).encode() not in manifest
 
     run(["git", "clone", "-q", str(first), str(second)], tmp_path, env)
     clone_env = {**env, "PYTHONPATH": str(second)}
-    run([dvc, "pull", "-q"], second, clone_env)
+    # pull from the first checkout's cache (a cache and a local remote share one layout): it holds every output
+    # of the committed `dvc repro`, whatever earlier tests left in that workspace, and needs no `dvc push`
+    (second / ".dvc" / "config.local").write_text(f'[\'remote "first"\']\n    url = {first / ".dvc" / "cache"}\n')
+    run([dvc, "pull", "-q", "-r", "first"], second, clone_env)
     log = run([dvc, "repro"], second, clone_env, timeout=600)
     assert "Running stage 'ingest'" in log  # always_changed: the source is read again ...
     assert "Running stage 'split'" not in log and f"Running stage 'train@{TARGET}'" not in log, log[-3000:]
@@ -377,10 +362,15 @@ def test_second_clone_at_another_path_reproduces_byte_identical_and_clean(small_
     assert status.split() == ["ingest:", "always", "changed"], status  # nothing else: the clean state
     assert run(["git", "status", "--porcelain"], second, clone_env).strip() == ""  # dvc.lock unchanged too
 
+    # an evaluation-only change (no retraining: the cheapest experiment that rewrites committed metrics and plots)
     committed = tree_hashes(second, "results")
-    log = run([dvc, "exp", "run", "--temp", "-S", "model.lam_max=0.5"], second, clone_env, timeout=600)
-    assert f"Running stage 'train@{TARGET}'" in log, log[-3000:]
-    assert tree_hashes(second, "results") == committed  # the experiment ran in a copy
+    log = run([dvc, "exp", "run", "--temp", "-S", "eval.augment_support=true"], second, clone_env, timeout=600)
+    assert f"Running stage 'evaluate@{TARGET}'" in log and f"Running stage 'train@{TARGET}'" not in log, log[-3000:]
+    assert tree_hashes(second, "results") == committed  # the experiment ran in a copy ...
     assert run(["git", "status", "--porcelain"], second, clone_env).strip() == ""
-    shown = json.loads(run([dvc, "exp", "show", "--json"], second, clone_env))
-    assert "0.5" in json.dumps(shown)
+    refs = run(["git", "for-each-ref", "--format=%(refname)", "refs/exps"], second, clone_env).split()
+    assert len(refs) == 1, refs  # ... and is kept in an experiment ref, with other metrics than the workspace's
+    assert "augment_support: true" in run(["git", "show", f"{refs[0]}:params.yaml"], second, clone_env)
+    metrics = f"results/metrics/{TARGET}.json"
+    assert run(["git", "show", f"{refs[0]}:{metrics}"], second, clone_env) != (second / metrics).read_text()
+

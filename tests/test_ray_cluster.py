@@ -1,5 +1,6 @@
 """A real local Ray cluster (`ray start --head` on free ports, 127.0.0.1 dashboard): `ray job submit` of a
-short `fsad train`, a driver SIGKILLed mid-run then `--resume`d (synchronous mode: identical final
+short `fsad train` whose run lands in an `mlflow server` (and one refused for tracking into the job's
+temporary copy), a driver SIGKILLed mid-run then `--resume`d (synchronous mode: identical final
 weights to an uninterrupted run, which uses the embedded default), too many GPUs via the CLI, and a
 driver without the cluster's token.
 
@@ -26,7 +27,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from tests.conftest import HELD_OUT, REPO, tiny_sets
+from tests.conftest import HELD_OUT, REPO, copy_worktree, tiny_sets
 from tests.test_ray_workers import one_error_line
 
 pytestmark = pytest.mark.slow
@@ -97,18 +98,6 @@ def head(tmp_path_factory, ray_token):
 
 def fsad_args(data, out, *extra):
     return ["train", "--data", str(data), "--exclude", HELD_OUT, "--out", str(out), "--quiet", "--no-track", *extra]
-
-
-def test_ray_job_submit_runs_fsad_train(head, small_real_root, tmp_path):
-    out = tmp_path / "job_model"
-    cmd = [str(BIN / "ray"), "job", "submit", "--address", head["dashboard"], "--working-dir", str(REPO), "--",
-           "fsad", *fsad_args(small_real_root, out, "--workers", "1", "--address", "auto",
-                              *tiny_sets(train__episodes=4))]
-    proc = subprocess.run(cmd, env=head["env"], capture_output=True, text=True, timeout=240)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    summaries = [json.loads(line) for line in proc.stdout.splitlines() if line.startswith('{"out"')]
-    assert summaries and summaries[-1]["counters"]["applied"] == 4, proc.stdout[-3000:]
-    assert (out / "model.safetensors").is_file()
 
 
 def test_killed_driver_resumes_to_identical_weights(head, small_real_root, tmp_path):
@@ -208,27 +197,35 @@ def tracking_server(tmp_path_factory):
     server.stop()
 
 
-def submit(head, *fsad, env_vars: dict | None = None) -> subprocess.CompletedProcess:
+@pytest.fixture(scope="module")
+def working_dir(tmp_path_factory) -> Path:
+    """A snapshot of the repository for --working-dir (edits to the checkout meanwhile cannot break an upload)."""
+    return copy_worktree(tmp_path_factory.mktemp("job_working_dir") / "repo")
+
+
+def submit(head, working_dir: Path, *fsad, env_vars: dict | None = None) -> subprocess.CompletedProcess:
     """`ray job submit` of `fsad ...` with the repository as the working directory (waits for the end)."""
     runtime_env = json.dumps({"env_vars": {"OMP_NUM_THREADS": "1", **(env_vars or {})}})
     env = dict(head["env"])
     env.pop("MLFLOW_TRACKING_URI", None)
-    cmd = [str(BIN / "ray"), "job", "submit", "--address", head["dashboard"], "--working-dir", str(REPO),
+    cmd = [str(BIN / "ray"), "job", "submit", "--address", head["dashboard"], "--working-dir", str(working_dir),
            "--runtime-env-json", runtime_env, "--", "fsad", *fsad]
     return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
 
 
-def test_ray_job_run_lands_in_the_tracking_server(head, tracking_server, small_real_root, tmp_path):
-    """The documented submit (docs/cluster.md): the run is on the server the user browses, complete, and
-    --out/tracking.json names it, with nothing pointing into Ray's temporary copy of the working directory."""
+def test_ray_job_run_lands_in_the_tracking_server(head, working_dir, tracking_server, small_real_root, tmp_path):
+    """The documented submit (docs/cluster.md): `ray job submit` of `fsad train --address auto` trains on the
+    cluster; the run is on the server the user browses, complete, and --out/tracking.json names it, with
+    nothing pointing into Ray's temporary copy of the working directory."""
     from orchestrator.tracking import client_for
 
     out = tmp_path / "job_model"
-    proc = submit(head, "train", "--data", str(small_real_root), "--exclude", HELD_OUT, "--out", str(out), "--quiet",
+    proc = submit(head, working_dir, "train", "--data", str(small_real_root), "--exclude", HELD_OUT, "--out", str(out), "--quiet",
                   "--workers", "1", "--address", "auto", "--tracking-uri", tracking_server.url,
                   *tiny_sets(train__episodes=4), env_vars={"XDG_CACHE_HOME": str(tmp_path / "cache")})
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     summary = json.loads(next(line for line in reversed(proc.stdout.splitlines()) if line.startswith('{"out"')))
+    assert summary["counters"]["applied"] == 4 and (out / "model.safetensors").is_file()  # the job trained
     recorded = json.loads((out / "tracking.json").read_text())
     assert recorded["run_id"] == summary["run_id"]
     assert "_ray_pkg_" not in json.dumps(recorded) and "runtime_resources" not in json.dumps(recorded)
@@ -242,11 +239,11 @@ def test_ray_job_run_lands_in_the_tracking_server(head, tracking_server, small_r
     assert [r.info.run_id for r in client.search_runs([experiment.experiment_id])] == [run.info.run_id]
 
 
-def test_ray_job_refuses_a_sqlite_store_in_its_temporary_copy(head, small_real_root, tmp_path):
+def test_ray_job_refuses_a_sqlite_store_in_its_temporary_copy(head, working_dir, small_real_root, tmp_path):
     """Without --tracking-uri a job would create sqlite:///mlflow.db inside Ray's copy of the working
     directory, deleted after the job: the job fails at once with one line naming --tracking-uri."""
     out = tmp_path / "job_model"
-    proc = submit(head, "train", "--data", str(small_real_root), "--exclude", HELD_OUT, "--out", str(out), "--quiet",
+    proc = submit(head, working_dir, "train", "--data", str(small_real_root), "--exclude", HELD_OUT, "--out", str(out), "--quiet",
                   "--workers", "1", "--address", "auto", *tiny_sets(train__episodes=4),
                   env_vars={"FSAD_TRACKING": "1"})
     output = proc.stdout + proc.stderr
