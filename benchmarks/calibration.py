@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from model.calibration import ESTIMATORS, rates, threshold
+from model.calibration import ESTIMATORS, rates, size_corrected, threshold
 from orchestrator.calibration import loo_scores
 from orchestrator.config import atomic_write_text, load_config
 from orchestrator.evaluate import load_test_set, make_scorer, score_batches, support_draws, untrained_model
@@ -55,12 +55,22 @@ def subsample(labels: torch.Tensor, max_normal: int, max_anomalous: int, seed: i
 
 
 def run_draw(scorer, support, images, batch_size) -> dict:
-    """Leave-one-out samples of every augmentation kind (K, 5) and the test scores."""
+    """Leave-one-out samples of every augmentation kind (K, 5); the same against the K − 2 dictionary
+    without shot i and shot i + 1 (K, 5): how a score moves with the dictionary's size, for the size
+    correction (eval.calibration_size_correction); and the test scores."""
+    from orchestrator.calibration import augment, state_without
+
     device = torch.device("cpu")
     state = scorer.adapt(support)
-    loo, _ = loo_scores(scorer, support, ALL_KINDS, batch_size, device, state)  # (K·5,), shot-major
+    K = support.shape[0]
+    loo, _, _ = loo_scores(scorer, support, ALL_KINDS, batch_size, device, state)  # (K·5,), shot-major
+    loo2 = []
+    for i in range(K):
+        cut = state_without(scorer, state, [i, (i + 1) % K], K)
+        held = augment(support[i : i + 1], ALL_KINDS)  # (5, C, H, W)
+        loo2.append(score_batches(scorer, cut, held, batch_size, device)[0].double().tolist())
     scores, _ = score_batches(scorer, state, images, batch_size, device)
-    return {"loo": loo.reshape(support.shape[0], -1).tolist(), "test": scores.double().tolist()}
+    return {"loo": loo.reshape(K, -1).tolist(), "loo2": loo2, "test": scores.double().tolist()}
 
 
 def measure(data: Path, out: Path, categories: list[str], shots: int, draws: int, max_normal: int,
@@ -91,11 +101,23 @@ def measure(data: Path, out: Path, categories: list[str], shots: int, draws: int
     return results
 
 
-def evaluate_rates(results: dict, estimator: str, kinds, fpr: float) -> dict:
+def samples(rec: dict, kinds, size_correction: bool) -> np.ndarray:
+    """A draw's calibration samples (K, 1 + A) for these augmentations, size-corrected when asked."""
+    loo = np.asarray(rec["loo"])[:, columns(kinds)]  # (K, 1 + A)
+    if not size_correction:
+        return loo
+    if "loo2" not in rec:
+        raise SystemExit("bench: a cached draw has no K - 2 scores (made before the size correction): "
+                         "delete it under --out and run again")
+    loo2 = np.asarray(rec["loo2"])[:, columns(kinds)]  # (K, 1 + A)
+    return size_corrected(loo.ravel(), loo2.ravel()).reshape(loo.shape)
+
+
+def evaluate_rates(results: dict, estimator: str, kinds, fpr: float, size_correction: bool = False) -> dict:
     """(category, method) -> per-draw realised false-alarm rates and recalls."""
     table: dict = {}
     for (category, label, _), rec in results.items():
-        loo = np.asarray(rec["loo"])[:, columns(kinds)]  # (K, 1 + A)
+        loo = samples(rec, kinds, size_correction)  # (K, 1 + A)
         thr = threshold(loo.ravel(), fpr, estimator, n_independent=loo.shape[0])
         found = rates(rec["test"], rec["labels"], thr)
         row = table.setdefault((category, label), {"fpr": [], "recall": [], "n_normal": found["n_normal"],
@@ -143,10 +165,12 @@ def markdown(results: dict, tables: dict, estimator: str, kinds, command: str, m
         f"## Calibrated thresholds: realised false-alarm rate and recall (K = {args.shots}, {args.draws} draws)\n",
         *([f"**Partial run: only the draws finished so far are tabled (column `draws`); "
            f"`{command.replace(' --cached-only', '')}` finishes it, reusing them.**\n"] if args.cached_only else []),
-        f"Command: `{command}` ({minutes:.0f} min of compute summed over the draws, on 2 CPU cores shared with "
-        "other jobs; finished draws are reused).  ",
+        f"Command: `{command}` ({minutes:.0f} min of compute summed over the draws, on 2 CPU cores; "
+        "finished draws are reused).  ",
         f"Threshold: `eval.calibration={estimator}` on the leave-one-out scores of the K shots and their "
-        f"augmentations ({', '.join(kinds) or 'none'}), n = K independent shots; the same calibration samples "
+        f"augmentations ({', '.join(kinds) or 'none'}), n = K independent shots, size correction "
+        f"{'on' if args.size_correction else 'off'} (`eval.calibration_size_correction`: the samples extrapolated "
+        "from K − 2 and K − 1 shots to K); the same calibration samples "
         "give both targets. Weights: the initial Ψ of the default config (`--method untrained`). **At the "
         "default training profile, checkpoint selection keeps the initial weights, so ours equals untrained "
         "here**; kNN uses the same Ψ. Test images: every normal test image up to "
@@ -177,17 +201,24 @@ def compare_markdown(results: dict, command: str) -> str:
     lines = ["## Choosing the calibration estimator on the validation categories\n",
              f"Command: `{command}`. Mean realised false-alarm rate over draws and methods (ours, kNN); "
              "score: mean |log(realised / target)| over category × method (lower is better).\n",
-             "| estimator | augmentations | target 0.01: realised | target 0.05: realised | score |",
-             "|---|---|---|---|---|"]
+             "| estimator | augmentations | size correction | target 0.01: realised | target 0.05: realised | score |",
+             "|---|---|---|---|---|---|"]
+    best = None
     for estimator in ESTIMATORS:
         for name, kinds in AUG_SETS.items():
-            cells, errs = [], []
-            for target in TARGETS:
-                table = evaluate_rates(results, estimator, kinds, target)
-                means = {k: float(np.mean(v["fpr"])) for k, v in table.items()}
-                cells.append(", ".join(f"{c} {m} {v:.3f}" for (c, m), v in sorted(means.items())))
-                errs += [abs(np.log(max(v, 1e-3) / target)) for v in means.values()]
-            lines.append(f"| {estimator} | {name} | {cells[0]} | {cells[1]} | {np.mean(errs):.2f} |")
+            for correction in (False, True):
+                if correction and estimator == "empirical":
+                    continue
+                cells, errs = [], []
+                for target in TARGETS:
+                    table = evaluate_rates(results, estimator, kinds, target, correction)
+                    means = {k: float(np.mean(v["fpr"])) for k, v in table.items()}
+                    cells.append(", ".join(f"{c} {m} {v:.3f}" for (c, m), v in sorted(means.items())))
+                    errs += [abs(np.log(max(v, 1e-3) / target)) for v in means.values()]
+                score = float(np.mean(errs))
+                best = min(best or (score, ""), (score, f"{estimator}, {name}, size correction {'on' if correction else 'off'}"))
+                lines.append(f"| {estimator} | {name} | {'on' if correction else 'off'} | {cells[0]} | {cells[1]} | {score:.2f} |")
+    lines.append(f"\nLowest score: {best[1]} ({best[0]:.2f}).")
     return "\n".join(lines) + "\n"
 
 
@@ -217,7 +248,8 @@ def main(argv=None) -> int:
     minutes = sum(rec.get("seconds", 0.0) for rec in results.values()) / 60
     cfg = load_config(None, [])
     estimator, kinds = cfg.eval.calibration, cfg.eval.calibration_augment
-    tables = {t: evaluate_rates(results, estimator, kinds, t) for t in TARGETS}
+    correction = args.size_correction = cfg.eval.calibration_size_correction
+    tables = {t: evaluate_rates(results, estimator, kinds, t, correction) for t in TARGETS}
     doc, fig = Path(args.doc), Path(args.figure)
     figure(tables, fig, data.name)
     text = markdown(results, tables, estimator, kinds, command, minutes,

@@ -5,11 +5,13 @@
 
 Without --store it makes a small store of its own in a temporary folder: a 1-episode `fsad train` with
 the category held out, then `fsad evaluate --shots 10 --seeds 2 --report` tracked in it. It starts
-`mlflow ui` on a free 127.0.0.1 port and opens the experiment in headless Chromium: it prints where the
-experiment's URL lands (runs table or GenAI overview) and fails (exit 1) unless .../runs shows the runs
-table with the evaluation run in it. Then it writes mlflow_runs.png (the runs
-table) and mlflow_eval_run.png (the evaluation run: metrics, and its score histogram with the
-threshold line) and stops the server.
+`mlflow ui` on a free 127.0.0.1 port and opens the experiment in headless Chromium, each URL in a fresh
+profile (a first visit): it prints where the plain experiment URL lands (MLflow 3.17: the GenAI overview,
+whatever the experiment's tag) and where the link fsad prints lands (orchestrator.tracking.runs_page_url,
+`?workflowType=machine_learning`), and fails (exit 1) unless that link shows the runs table with the
+evaluation run in it. Then it writes mlflow_runs.png (the runs table, at that link), mlflow_eval_run.png
+(the evaluation run: metrics) and mlflow_eval_histogram.png (its score histogram with the threshold line)
+and stops the server.
 """
 from __future__ import annotations
 
@@ -72,6 +74,7 @@ def main(argv=None) -> int:
     from mlflow import MlflowClient
 
     from orchestrator.browser import dump_dom, screenshot
+    from orchestrator.tracking import runs_page_url
 
     with tempfile.TemporaryDirectory(prefix="fsad-mlflow-shots-") as tmp:
         uri = args.store or make_store(Path(tmp), args.data, args.category)
@@ -93,23 +96,23 @@ def main(argv=None) -> int:
             base = f"http://127.0.0.1:{port}"
             wait_for(f"{base}/health")
             experiment_url = f"{base}/#/experiments/{experiment.experiment_id}"
-            runs_url = f"{experiment_url}/runs"
+            runs_url = runs_page_url(base, experiment.experiment_id)
             landing = dump_dom(experiment_url, wait_ms=20000, timeout=240)
             table = dump_dom(runs_url, wait_ms=20000, timeout=240)
-            # Measured with MLflow 3.17.2 in a fresh browser profile: the experiment URL opens the GenAI
-            # overview even with the experiment tagged custom_model_development; .../runs opens the table.
             landed = {"experiment_kind": experiment.tags.get("mlflow.experimentKind"),
                       "experiment_url_shows_runs": run.info.run_name in landing,
                       "experiment_url_shows_genai_overview": bool(re.search(r"[Tt]oken [Uu]sage", landing)),
-                      "runs_url_shows_runs": run.info.run_name in table}
+                      "fsad_link": runs_url.removeprefix(base),
+                      "fsad_link_shows_runs": run.info.run_name in table,
+                      "fsad_link_shows_genai_overview": bool(re.search(r"[Tt]oken [Uu]sage", table))}
             print(json.dumps(landed))
-            if not landed["runs_url_shows_runs"]:
-                print(f"mlflow ui does not show the runs table of {args.experiment!r} at {runs_url}: {landed}",
+            if not landed["fsad_link_shows_runs"] or landed["fsad_link_shows_genai_overview"]:
+                print(f"mlflow ui does not open on the runs table of {args.experiment!r} at {runs_url}: {landed}",
                       file=sys.stderr)
                 return 1
             out = Path(args.out)
             screenshot(runs_url, out / "mlflow_runs.png", 1400, 800, 20000, 240)
-            run_url = f"{runs_url}/{run.info.run_id}"
+            run_url = f"{experiment_url}/runs/{run.info.run_id}"
             screenshot(run_url, out / "mlflow_eval_run.png", 1400, 1000, 20000, 240)
             screenshot(f"{run_url}/artifacts/plots/scores_draw0.png", out / "mlflow_eval_histogram.png",
                        1400, 800, 20000, 240)

@@ -11,6 +11,12 @@ false-alarm rate is anything from 0 to ~10 %). The estimators here fit a tail in
     normal_t     the prediction bound on raw scores
     empirical    the (1 − fpr) quantile of the samples (linear interpolation): no extrapolation
 
+Size correction (`size_corrected`): a leave-one-out sample is scored against K − 1 shots, a test image
+against K. Where the score falls with the dictionary's size (ours: more atoms explain more), the samples
+sit high and the threshold errs towards fewer false alarms. Scoring each sample against K − 2 shots too
+gives the step from K − 2 to K − 1; the correction takes one more such step, in log space, with the
+median step over the samples: log s_K ≈ log s_{K−1} + median(log s_{K−1} − log s_{K−2}).
+
 Augmented copies of a shot (flips, shifts) are correlated with it: they sharpen m and s, but count
 once each in n (`n_independent`). Scores are positive energies or distances; log takes max(score, 1e-12).
 """
@@ -55,6 +61,19 @@ def threshold(samples, fpr: float, estimator: str = "lognormal_t", n_independent
     else:
         bound = mean + float(stats.t.ppf(1.0 - fpr, df=n - 1)) * sd * math.sqrt(1.0 + 1.0 / n)
     return float(math.exp(bound)) if estimator.startswith("lognormal") else float(bound)
+
+
+def size_corrected(at_k_minus_1, at_k_minus_2):
+    """Leave-one-out samples scored against K − 1 shots (N,) and the same samples against K − 2 (N,) ->
+    the samples extrapolated to K shots: each times exp(median(log s_{K−1} − log s_{K−2})). A step of 0
+    (kNN, whose nearest neighbour rarely changes) leaves them as they are; the step is capped at 0, so
+    the correction never raises a threshold."""
+    a = np.log(np.maximum(np.asarray(at_k_minus_1, dtype=np.float64).ravel(), 1e-12))  # (N,)
+    b = np.log(np.maximum(np.asarray(at_k_minus_2, dtype=np.float64).ravel(), 1e-12))  # (N,)
+    if a.shape != b.shape:
+        raise InputError(f"size correction needs one K - 2 score per sample; got {b.size} for {a.size}")
+    step = min(0.0, float(np.median(a - b)))
+    return np.exp(a + step)
 
 
 def rates(scores, labels, thr: float) -> dict[str, float | None]:

@@ -6,9 +6,11 @@ scored by a scorer adapted to the *other* K − 1 shots. That gives K·(1 + A) n
 the detector adapted to; `model.calibration.threshold` fits their tail (n = K independent shots).
 
 The dictionary is one shot smaller than the one test images meet (K − 1 instead of K). A larger
-dictionary explains a normal image at least as well, so these scores are, if anything, slightly
-higher than a test image's and the threshold errs on the side of fewer false alarms; the realised
-rates in docs/benchmarks.md measure what that costs. No correction is applied.
+dictionary explains a normal image at least as well, so these scores sit slightly high and the
+threshold would err towards fewer false alarms. With eval.calibration_size_correction (the default)
+every sample is also scored against K − 2 shots (without shot i and shot i + 1) and the samples are
+extrapolated one step on to K (model.calibration.size_corrected); that doubles the calibration's
+scoring. The choice was measured on the validation categories (docs/benchmarks.md).
 
 The pixel threshold is fitted the same way to the maximum of each calibration sample's anomaly map:
 a normal image then gets a non-empty mask about as often as the target rate says.
@@ -23,7 +25,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from model.calibration import ESTIMATORS, check_fpr, threshold
+from model.calibration import ESTIMATORS, check_fpr, size_corrected, threshold
 from model.errors import InputError
 
 AUGMENTS = ("hflip", "vflip", "shift")
@@ -50,6 +52,23 @@ def augment(images: torch.Tensor, kinds: list[str] | tuple[str, ...]) -> torch.T
     return torch.cat(out)
 
 
+@dataclass(frozen=True)
+class CalibrationSpec:
+    """How a threshold is calibrated from K shots (eval.fpr, eval.calibration, eval.calibration_augment,
+    eval.calibration_size_correction): one bundle that evaluate, predict and the registry build alike."""
+
+    fpr: float
+    estimator: str = "normal_t"
+    augment: tuple[str, ...] = ("hflip", "vflip", "shift")
+    method: str = "ours"
+    size_correction: bool = True
+
+    @classmethod
+    def from_config(cls, cfg, method: str, fpr: float | None = None) -> "CalibrationSpec":
+        return cls(cfg.eval.fpr if fpr is None else fpr, cfg.eval.calibration, tuple(cfg.eval.calibration_augment),
+                   method, cfg.eval.calibration_size_correction)
+
+
 @dataclass
 class Calibration:
     """What a verdict needs, stored with every adapted model (calibration.json, registry tags)."""
@@ -63,7 +82,8 @@ class Calibration:
     augment: list[str] = field(default_factory=list)
     n_samples: int = 0  # K·(1 + A) leave-one-out scores
     seconds: float = 0.0
-    samples: list[float] = field(default_factory=list)  # the leave-one-out scores themselves
+    samples: list[float] = field(default_factory=list)  # the leave-one-out scores themselves (size-corrected)
+    size_step: float = 0.0  # log-score step of the size correction applied to the samples (0: none)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -89,26 +109,28 @@ class Calibration:
                 f"{self.estimator}); pixel threshold {self.pixel_threshold:.6g}")
 
 
-def state_without(scorer, state, i: int, shots: int):
-    """The scorer's state for the K shots minus shot i, cut out of the full state when that is exactly
-    what adapting to the other K − 1 shots gives (ours without centring or support augmentation: the
-    atoms and Gram of the other shots; kNN: the other shots' bank rows); None otherwise. Saves K − 1
-    backbone passes and Gram products (tests/test_calibration.py checks the equality)."""
+def state_without(scorer, state, drop, shots: int):
+    """The scorer's state for the K shots minus shot(s) `drop` (an index or a list of them), cut out of
+    the full state when that is exactly what adapting to the other shots gives (ours without centring or
+    support augmentation: the atoms and Gram of the other shots; kNN: the other shots' bank rows); None
+    otherwise. Saves K − 1 backbone passes and Gram products (tests/test_calibration.py checks the equality)."""
     from model.knn import KnnScorer
     from model.sparse import TaskDictionary, spectral_norm
     from orchestrator.evaluate import OursScorer
 
+    dropped = {int(drop)} if isinstance(drop, int) else {int(d) for d in drop}
+    kept_shots = [k for k in range(shots) if k not in dropped]
     if isinstance(scorer, KnnScorer) and isinstance(state, torch.Tensor) and state.shape[0] % shots == 0:
         P = state.shape[0] // shots  # bank rows per shot (shot-major)
-        return torch.cat([state[: i * P], state[(i + 1) * P :]])  # ((K-1)·P, m)
+        rows = torch.cat([torch.arange(k * P, (k + 1) * P) for k in kept_shots]).to(state.device)
+        return state[rows]  # (kept·P, m)
     if (isinstance(scorer, OursScorer) and isinstance(state, TaskDictionary) and state.center is None
             and not scorer.augment_support and state.atoms.shape[1] % shots == 0):
         P = state.atoms.shape[1] // shots  # atoms per shot: columns are shot-major
-        keep = torch.cat([torch.arange(0, i * P), torch.arange((i + 1) * P, state.atoms.shape[1])])
-        keep = keep.to(state.atoms.device)
-        atoms = state.atoms[:, keep]  # (m, (K-1)·P)
-        gram = state.gram[keep][:, keep] if state.gram is not None else None  # ((K-1)·P, (K-1)·P)
-        return TaskDictionary(atoms=atoms, scale=spectral_norm(atoms), shots=shots - 1, center=None, gram=gram)
+        keep = torch.cat([torch.arange(k * P, (k + 1) * P) for k in kept_shots]).to(state.atoms.device)
+        atoms = state.atoms[:, keep]  # (m, kept·P)
+        gram = state.gram[keep][:, keep] if state.gram is not None else None  # (kept·P, kept·P)
+        return TaskDictionary(atoms=atoms, scale=spectral_norm(atoms), shots=len(kept_shots), center=None, gram=gram)
     return None
 
 
@@ -120,45 +142,56 @@ def can_cut(scorer) -> bool:
     return isinstance(scorer, KnnScorer) or (isinstance(scorer, OursScorer) and not scorer.augment_support)
 
 
-def loo_scores(scorer, support: torch.Tensor, kinds, batch_size: int, device,
-               full_state=None) -> tuple[np.ndarray, np.ndarray]:
-    """support (K, C, H, W) -> (scores (K·(1+A),), map maxima (K·(1+A),)): shot i and its augmentations
-    scored by the scorer adapted to the other K − 1 shots. full_state: the scorer's state for all K shots,
-    when the caller has it already."""
+def _held_out_scores(scorer, support, full, drop: list[int], i: int, kinds, batch_size: int, device):
+    """Shot i and its augmentations (1 + A) scored by the scorer adapted to the shots not in `drop`:
+    (scores (1+A,), map maxima (1+A,))."""
     from orchestrator.evaluate import score_batches
 
+    state = state_without(scorer, full, drop, support.shape[0]) if full is not None else None
+    if state is None:
+        others = support[[k for k in range(support.shape[0]) if k not in drop]]  # (K - len(drop), C, H, W)
+        state = scorer.adapt(others.to(device))
+    held = augment(support[i : i + 1], kinds)  # (1+A, C, H, W)
+    s, maps = score_batches(scorer, state, held, batch_size, device)
+    return s.double().numpy(), maps.flatten(1).max(1).values.double().numpy()
+
+
+def loo_scores(scorer, support: torch.Tensor, kinds, batch_size: int, device,
+               full_state=None, size_correction: bool = False) -> tuple[np.ndarray, np.ndarray, float]:
+    """support (K, C, H, W) -> (scores (K·(1+A),), map maxima (K·(1+A),), size step): shot i and its
+    augmentations scored by the scorer adapted to the other K − 1 shots; with size_correction (K >= 3)
+    also against K − 2 (without shot i + 1), and both arrays extrapolated to K shots. full_state: the
+    scorer's state for all K shots, when the caller has it already."""
     K = support.shape[0]
-    scores, peaks = [], []
     full = full_state
     if full is None and K > 2 and can_cut(scorer):
         full = scorer.adapt(support.to(device))
-    for i in range(K):
-        state = state_without(scorer, full, i, K) if full is not None else None
-        if state is None:
-            others = torch.cat([support[:i], support[i + 1 :]])  # (K-1, C, H, W)
-            state = scorer.adapt(others.to(device))
-        held = augment(support[i : i + 1], kinds)  # (1+A, C, H, W)
-        s, maps = score_batches(scorer, state, held, batch_size, device)
-        scores.append(s.double().numpy())
-        peaks.append(maps.flatten(1).max(1).values.double().numpy())
-    return np.concatenate(scores), np.concatenate(peaks)
+    one = [_held_out_scores(scorer, support, full, [i], i, kinds, batch_size, device) for i in range(K)]
+    scores, peaks = np.concatenate([s for s, _ in one]), np.concatenate([p for _, p in one])
+    if not size_correction or K < 3:
+        return scores, peaks, 0.0
+    two = [_held_out_scores(scorer, support, full, [i, (i + 1) % K], i, kinds, batch_size, device) for i in range(K)]
+    scores2, peaks2 = np.concatenate([s for s, _ in two]), np.concatenate([p for _, p in two])
+    corrected = size_corrected(scores, scores2)
+    step = float(np.log(max(corrected[0], 1e-12)) - np.log(max(scores[0], 1e-12)))
+    return corrected, size_corrected(peaks, peaks2), step
 
 
-def calibrate(scorer, support: torch.Tensor, fpr: float, method: str, estimator: str = "lognormal_t",
-              kinds=("hflip", "vflip", "shift"), batch_size: int = 32, device: torch.device | str = "cpu",
-              full_state=None) -> Calibration:
-    """The image and pixel thresholds of `scorer` for K shots `support` (K, C, H, W) at target `fpr`;
+def calibrate(scorer, support: torch.Tensor, spec: CalibrationSpec, batch_size: int = 32,
+              device: torch.device | str = "cpu", full_state=None) -> Calibration:
+    """The image and pixel thresholds of `scorer` for K shots `support` (K, C, H, W) as `spec` says;
     full_state: the scorer already adapted to all K shots, if the caller has it (saves one adaptation)."""
-    check_fpr(fpr)
-    if estimator not in ESTIMATORS:
-        raise InputError(f"eval.calibration={estimator!r}: expected one of {', '.join(ESTIMATORS)}")
+    check_fpr(spec.fpr)
+    if spec.estimator not in ESTIMATORS:
+        raise InputError(f"eval.calibration={spec.estimator!r}: expected one of {', '.join(ESTIMATORS)}")
     K = support.shape[0]
     if K < 2:
         raise InputError(f"{K} normal shot: calibration scores each shot against the others, so it needs K >= 2")
     began = time.perf_counter()
-    scores, peaks = loo_scores(scorer, support, list(kinds), batch_size, torch.device(device), full_state)
+    scores, peaks, step = loo_scores(scorer, support, list(spec.augment), batch_size, torch.device(device),
+                                     full_state, spec.size_correction)
     return Calibration(
-        target_fpr=fpr, threshold=threshold(scores, fpr, estimator, n_independent=K),
-        pixel_threshold=threshold(peaks, fpr, estimator, n_independent=K), shots=K, method=method,
-        estimator=estimator, augment=list(kinds), n_samples=int(scores.size),
-        seconds=time.perf_counter() - began, samples=[float(v) for v in scores])
+        target_fpr=spec.fpr, threshold=threshold(scores, spec.fpr, spec.estimator, n_independent=K),
+        pixel_threshold=threshold(peaks, spec.fpr, spec.estimator, n_independent=K), shots=K, method=spec.method,
+        estimator=spec.estimator, augment=list(spec.augment), n_samples=int(scores.size),
+        seconds=time.perf_counter() - began, samples=[float(v) for v in scores], size_step=step)

@@ -149,8 +149,11 @@ class EvalConfig:
     augment_support: bool = False  # add the 8 dihedral copies of every shot to the dictionary
     overlays: int = 8  # overlay PNGs written per evaluation
     fpr: float = 0.01  # target false-alarm rate of the calibrated threshold (--fpr), in (0, 0.5]
-    calibration: str = "lognormal_t"  # threshold estimator on the leave-one-shot-out scores (model/calibration.py)
-    calibration_augment: list[str] = field(default_factory=lambda: ["hflip", "vflip", "shift"])  # chosen on screw (docs/benchmarks.md)
+    # threshold estimator on the leave-one-shot-out scores (model/calibration.py), its augmentations and the
+    # K - 1 -> K size correction: chosen on the validation categories screw and pcb_deeppcb (docs/benchmarks.md)
+    calibration: str = "normal_t"
+    calibration_augment: list[str] = field(default_factory=lambda: ["hflip", "vflip", "shift"])
+    calibration_size_correction: bool = True
 
 
 @dataclass
@@ -516,6 +519,9 @@ def validate(cfg: Config) -> None:
     for kind in cfg.eval.calibration_augment:
         if kind not in AUGMENTS:
             raise InputError(f"eval.calibration_augment: {kind!r} is not one of {', '.join(AUGMENTS)}")
+    if not isinstance(cfg.eval.calibration_size_correction, bool):
+        raise InputError(f"eval.calibration_size_correction={cfg.eval.calibration_size_correction!r}: "
+                         "expected true or false")
     validate_distributed(cfg.distributed)
     validate_tracking(cfg.tracking)
     validate_pipeline(cfg.pipeline)

@@ -22,6 +22,7 @@ from model.calibration import check_fpr
 from model.energy import AdaptiveEBM
 from model.errors import InputError
 from orchestrator.artifacts import load_model_dir, resolve_device
+from orchestrator.calibration import CalibrationSpec, calibrate
 from orchestrator.config import BASELINES, METHODS, Config, atomic_write_text, with_values
 from workers.data import set_max_pixels, stack_items
 from workers.manifest import as_source, open_source
@@ -169,31 +170,14 @@ def draw_metrics(scores: torch.Tensor, maps: torch.Tensor, test: TestSet) -> dic
     return result
 
 
-@dataclass(frozen=True)
-class CalibrationSpec:
-    """How each draw's threshold is calibrated from its K shots (eval.fpr, eval.calibration, ...)."""
-
-    fpr: float
-    estimator: str = "lognormal_t"
-    augment: tuple[str, ...] = ("hflip", "vflip", "shift")
-    method: str = "ours"
-
-    @classmethod
-    def from_config(cls, cfg: Config, method: str, fpr: float | None = None) -> "CalibrationSpec":
-        return cls(cfg.eval.fpr if fpr is None else fpr, cfg.eval.calibration, tuple(cfg.eval.calibration_augment),
-                   method)
-
-
 def calibrated_rates(scorer: Scorer, support: torch.Tensor, scores: torch.Tensor, labels: torch.Tensor,
                      spec: CalibrationSpec, batch_size: int, device: torch.device, state=None):
     """The draw's calibration from its shots alone, and the realised false-alarm rate on the normal test
     images and the recall on the anomalous ones at its threshold. (None, {}) when K < 2."""
     from model.calibration import rates
-    from orchestrator.calibration import calibrate
-
     if support.shape[0] < 2:
         return None, {}
-    cal = calibrate(scorer, support, spec.fpr, spec.method, spec.estimator, spec.augment, batch_size, device, state)
+    cal = calibrate(scorer, support, spec, batch_size, device, state)
     found = rates(scores.numpy(), labels.numpy(), cal.threshold)
     return cal, {"threshold": cal.threshold, "pixel_threshold": cal.pixel_threshold, "target_fpr": spec.fpr,
                  "false_alarm_rate": found["realised_fpr"], "recall": found["recall"],
@@ -349,7 +333,7 @@ def evaluate(model_dir: str | Path, data_root: str | Path, category: str, shots:
                        "episodes_planned": cfg.train.episodes})
     cal = first["calibration"]
     record.update({"target_fpr": spec.fpr, "calibration_estimator": spec.estimator,
-                   "calibration_augment": list(spec.augment),
+                   "calibration_augment": list(spec.augment), "calibration_size_correction": spec.size_correction,
                    **{name: result[name] for name in CALIBRATION_NAMES}})
     n_overlays = test.labels.numel() if report else (cfg.eval.overlays if overlays is None else overlays)
     record["overlays"] = write_overlays(out / "overlays", test, first["maps"], first["scores"], n_overlays,

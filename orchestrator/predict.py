@@ -29,7 +29,7 @@ from tqdm import tqdm
 from model.calibration import check_fpr
 from model.errors import InputError
 from orchestrator.artifacts import load_model_dir, resolve_device
-from orchestrator.calibration import ANOMALOUS, Calibration, calibrate
+from orchestrator.calibration import ANOMALOUS, Calibration, CalibrationSpec, calibrate
 from orchestrator.config import atomic_path, atomic_write_text, check_writable_dir, with_values
 from orchestrator.evaluate import make_scorer
 from orchestrator.gallery import INDEX, write_gallery
@@ -102,8 +102,8 @@ def predict(model_dir, support, images, out, method: str | None = None, overwrit
     state = scorer.adapt(shots.to(device))
     calibration: Calibration | None = None
     if shots.shape[0] >= 2:
-        calibration = calibrate(scorer, shots, fpr, method, cfg.eval.calibration, cfg.eval.calibration_augment,
-                                cfg.eval.batch_size, device, state)
+        calibration = calibrate(scorer, shots, CalibrationSpec.from_config(cfg, method, fpr), cfg.eval.batch_size,
+                                device, state)
     scores, maps, seconds = [], [], []
     many = len(files) > 1
     for i in tqdm(range(len(files)), desc="predict", unit="image", disable=not (progress and many), leave=False,

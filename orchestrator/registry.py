@@ -183,13 +183,14 @@ def support_digest(images: torch.Tensor) -> str:
 def calibrate_support(model, cfg: Config, support: torch.Tensor, fpr: float | None = None, dictionary=None):
     """The version's calibration (orchestrator/calibration.py) from its K shots; None when K < 2.
     dictionary: the one adapted to all K shots, if already built."""
-    from orchestrator.calibration import calibrate
+    from orchestrator.calibration import CalibrationSpec, calibrate
 
     if support.shape[0] < 2:
         return None
     scorer = make_scorer("ours", model, cfg)
-    return calibrate(scorer, support, cfg.eval.fpr if fpr is None else fpr, "ours", cfg.eval.calibration,
-                     cfg.eval.calibration_augment, cfg.eval.batch_size, resolve_device("cpu"), dictionary)
+    device = next(model.parameters()).device  # where the model was put: calibrate beside it
+    return calibrate(scorer, support, CalibrationSpec.from_config(cfg, "ours", fpr), cfg.eval.batch_size, device,
+                     dictionary)
 
 
 def version_description(category: str, support: torch.Tensor, info: dict[str, Any], calibration) -> str:

@@ -163,7 +163,8 @@ def tracked_evaluate(model_dir, data_root, category: str, shots: int, draws: int
     summary_run.log_params({"category": category, "shots": shots, "draws": draws, "method": method,
                             "seed": cfg.eval.seed if seed is None else seed, "data.root": str(data_root),
                             "target_fpr": target_fpr, "calibration": cfg.eval.calibration,
-                            "calibration_augment": ",".join(cfg.eval.calibration_augment)})
+                            "calibration_augment": ",".join(cfg.eval.calibration_augment),
+                            "calibration_size_correction": cfg.eval.calibration_size_correction})
     rocs, pros, first_hist = [], [], []
 
     def on_draw(record: dict[str, Any], scores, maps, test) -> None:

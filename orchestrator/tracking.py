@@ -27,6 +27,7 @@ import shutil
 import socket
 import sys
 import time
+import urllib.parse
 import uuid
 from pathlib import Path
 from typing import Any, Iterable
@@ -192,10 +193,26 @@ def warn(message: str) -> None:
     print(f"fsad: tracking: {redact(message)}", file=sys.stderr)
 
 
-# MLflow 3's UI picks an experiment's landing page from this tag: without it a new experiment opens on
-# the GenAI overview (traces, token usage); with it, on the runs table.
+# MLflow 3.x before 3.17 picked an experiment's landing page from this tag (runs table, not the GenAI
+# overview). 3.17's UI ignores it: the view follows its "GenAI / Model training" switch, which a browser
+# keeps in localStorage (default GenAI) and a URL can set. Links fsad prints carry RUNS_VIEW_QUERY, which
+# opens the runs table in any browser (measured by benchmarks/mlflow_screenshots.py); the tag stays for
+# the releases that read it.
 EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
 EXPERIMENT_KIND = "custom_model_development"
+RUNS_VIEW_QUERY = "workflowType=machine_learning"
+
+
+def runs_page_url(server: str, experiment_id: str) -> str | None:
+    """The UI page that lists the experiment's runs, for an http(s) tracking server (credentials dropped);
+    None for other stores (sqlite: the user starts `mlflow ui` and picks the port)."""
+    parts = urllib.parse.urlsplit(server)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        return None
+    host = parts.hostname if ":" not in parts.hostname else f"[{parts.hostname}]"
+    netloc = host + (f":{parts.port}" if parts.port else "")
+    base = urllib.parse.urlunsplit((parts.scheme, netloc, parts.path.rstrip("/"), "", ""))
+    return f"{base}/#/experiments/{experiment_id}?{RUNS_VIEW_QUERY}"
 
 
 def ensure_experiment(client, name: str, artifact_location: str | None = None) -> str:
@@ -445,6 +462,7 @@ class TrackedRun:
         self._last_failure = -1e9
         self._warned = False
         self._run_id: str | None = None
+        self._top_level = parent is None  # only these say where to browse when they end
         event: dict[str, Any] = {"type": "create", "name": name, "experiment": experiment, "ts": _now_ms(),
                                  "tags": {k: redact(v) for k, v in (tags or {}).items()}}
         if reopen is not None:
@@ -510,7 +528,18 @@ class TrackedRun:
         if not done:
             warn(f"run {self.name!r}: {self._pending} events wait in {self.journal.folder}; "
                  "upload them with `fsad sync-runs` once the tracking server is back")
+        elif self._top_level and self.run_id and urllib.parse.urlsplit(self.uri).scheme in ("http", "https"):
+            self._say_where()
         return done
+
+    def _say_where(self) -> None:
+        try:
+            experiment_id = self.replayer.client.get_run(self.run_id).info.experiment_id
+        except Exception:  # noqa: BLE001 - a hint only; the run itself reached the server
+            return
+        url = runs_page_url(self.uri, experiment_id)
+        if url:
+            print(f"fsad: tracking: run {self.name!r} is in the runs table at {redact(url)}", file=sys.stderr)
 
     # -- replay ----------------------------------------------------------------------------
     def _append(self, event: dict[str, Any]) -> None:

@@ -46,6 +46,8 @@ TINY = {
     "maml.width": 8,
     "maml.latent": 8,
     "maml.inner_steps": 2,
+    # the K - 2 scoring doubles every calibration; tests/test_calibration.py tests it, the CLI tests need not
+    "eval.calibration_size_correction": "false",
 }
 
 

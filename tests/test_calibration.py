@@ -12,7 +12,7 @@ from scipy import stats
 
 from model.calibration import ESTIMATORS, check_fpr, rates, threshold
 from model.errors import InputError
-from orchestrator.calibration import Calibration, augment, calibrate, loo_scores
+from orchestrator.calibration import Calibration, CalibrationSpec, augment, calibrate, loo_scores
 from tests.conftest import expect_error
 
 
@@ -95,7 +95,8 @@ class MeanScorer:
 def test_each_shot_is_scored_against_the_other_shots_only():
     support = torch.stack([torch.full((3, 8, 8), float(v)) for v in (0.1, 0.2, 0.3, 0.7)])  # (4, 3, 8, 8)
     scorer = MeanScorer()
-    scores, peaks = loo_scores(scorer, support, [], 32, "cpu")
+    scores, peaks, step = loo_scores(scorer, support, [], 32, "cpu")
+    assert step == 0.0
     assert [a.shape[0] for a in scorer.adapted] == [3, 3, 3, 3]  # no shortcut for this scorer: K − 1 each
     for i, adapted in enumerate(scorer.adapted):
         others = torch.cat([support[:i], support[i + 1 :]])
@@ -108,14 +109,45 @@ def test_each_shot_is_scored_against_the_other_shots_only():
 def test_calibrate_records_k_target_and_samples_and_round_trips():
     rng = torch.Generator().manual_seed(0)
     support = torch.rand(6, 3, 16, 16, generator=rng)
-    cal = calibrate(MeanScorer(), support, 0.05, "toy", kinds=("hflip",))
+    spec = CalibrationSpec(0.05, "lognormal_t", ("hflip",), "toy", size_correction=False)
+    cal = calibrate(MeanScorer(), support, spec)
     assert cal.shots == 6 and cal.target_fpr == 0.05 and cal.n_samples == 12 and len(cal.samples) == 12
     assert cal.threshold == pytest.approx(threshold(cal.samples, 0.05, "lognormal_t", n_independent=6))
+    assert cal.size_step == 0.0
     assert cal.threshold > max(cal.samples[:6]) * 0.5 and cal.pixel_threshold > 0
     again = Calibration.from_dict(cal.to_dict())
     assert again == cal and again.verdict(cal.threshold) == "ok" and again.verdict(cal.threshold * 1.01) == "anomalous"
-    expect_error(lambda: calibrate(MeanScorer(), support[:1], 0.05, "toy"), "K >= 2")
-    expect_error(lambda: calibrate(MeanScorer(), support, 0.6, "toy"), "(0, 0.5]")
+    expect_error(lambda: calibrate(MeanScorer(), support[:1], CalibrationSpec(0.05, method="toy")), "K >= 2")
+    expect_error(lambda: calibrate(MeanScorer(), support, CalibrationSpec(0.6, method="toy")), "(0, 0.5]")
+
+
+def test_size_correction_extrapolates_the_median_log_step_and_never_raises_scores():
+    from model.calibration import size_corrected
+
+    k1 = np.array([1.0, 2.0, 4.0])
+    k2 = np.array([1.1, 2.0, 5.0])  # log steps: log(1/1.1), 0, log(4/5); median = log(1/1.1)
+    np.testing.assert_allclose(size_corrected(k1, k2), k1 / 1.1, rtol=1e-12)
+    np.testing.assert_allclose(size_corrected(k1, k1 * 0.5), k1)  # a rising step is capped at 0
+    expect_error(lambda: size_corrected(k1, k2[:2]), "one K - 2 score per sample")
+
+
+def test_calibration_with_size_correction_scores_against_k_minus_2_and_applies_the_step():
+    """MeanScorer's score |mean(shot) − mean(others)| changes with the dictionary: the corrected samples are
+    the K − 1 samples times exp(median log step to K − 2), as model.calibration.size_corrected says."""
+    from model.calibration import size_corrected
+
+    support = torch.stack([torch.full((3, 8, 8), float(v)) for v in (0.1, 0.2, 0.3, 0.7, 0.9)])  # (5, 3, 8, 8)
+    plain, _, _ = loo_scores(MeanScorer(), support, [], 32, "cpu")
+    scorer = MeanScorer()
+    corrected, peaks, step = loo_scores(scorer, support, [], 32, "cpu", size_correction=True)
+    assert [a.shape[0] for a in scorer.adapted] == [4] * 5 + [3] * 5  # K − 1 each, then K − 2 each
+    values = [0.1, 0.2, 0.3, 0.7, 0.9]
+    k2 = [abs(values[i] - np.mean([w for j, w in enumerate(values) if j not in (i, (i + 1) % 5)])) for i in range(5)]
+    np.testing.assert_allclose(corrected, size_corrected(plain, k2), rtol=1e-5)
+    np.testing.assert_allclose(peaks, corrected, rtol=1e-5)
+    assert step <= 0.0
+    cal = calibrate(MeanScorer(), support, CalibrationSpec(0.05, "normal_t", (), "toy"))
+    assert cal.size_step == pytest.approx(step) and cal.samples == pytest.approx(list(corrected))
     with pytest.raises(InputError, match="not a calibration record"):
         Calibration.from_dict({"threshold": 1.0})
 
@@ -140,6 +172,11 @@ def test_leave_one_out_cut_from_the_full_state_equals_adapting_to_the_others(met
         s_dir, m_dir = scorer.score(support[i : i + 1], direct)
         torch.testing.assert_close(s_cut, s_dir, rtol=1e-5, atol=1e-6)
         torch.testing.assert_close(m_cut, m_dir, rtol=1e-4, atol=1e-6)
+    # two shots out (the K − 2 dictionary the calibration's size correction scores against)
+    cut = state_without(scorer, full, [3, 1], 4)
+    direct = scorer.adapt(support[[0, 2]])
+    torch.testing.assert_close(scorer.score(support[3:], cut)[0], scorer.score(support[3:], direct)[0],
+                               rtol=1e-5, atol=1e-6)
     # centring makes the dictionary depend on every shot: no shortcut, adapt is called instead
     centred = make_scorer(method, model, load_config(None, ["data.image_size=32", "model.backbone.width=8",
                                                           "model.backbone.out_dim=8", "model.center=true"]))

@@ -95,7 +95,7 @@ TINY_PARAMS = {
     "model": {"backbone": {"width": 8, "out_dim": 8}},
     "langevin": {"steps": 2},
     "train": {"episodes": 3, "shots": 2, "queries": 2, "checkpoint_every": 2},
-    "eval": {"draws": 1, "overlays": 1},
+    "eval": {"draws": 1, "overlays": 1, "calibration_size_correction": False},
     "pipeline": {"targets": ["tire"], "shots": [1], "methods": ["ours", "knn"]},
 }
 

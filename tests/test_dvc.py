@@ -118,7 +118,7 @@ TINY_PARAMS = {
     "model": {"backbone": {"width": 8, "out_dim": 8}},
     "langevin": {"steps": 2},
     "train": {"episodes": 3, "shots": 2, "queries": 2, "checkpoint_every": 2},
-    "eval": {"draws": 2, "overlays": 1},
+    "eval": {"draws": 2, "overlays": 1, "calibration_size_correction": False},
     "pipeline": {"name": "small", "targets": [TARGET], "shots": [1, 2], "methods": ["ours", "knn"]},
     "experiments": {"ablation_targets": [TARGET], "ablations": ["hard", "noise_init"], "video_targets": ["ucsd_ped2"],
                     "video_shots": [1, 2], "video_draws": 2, "video_test_every": 40, "video_train_every": 20},

@@ -241,7 +241,7 @@ def test_evaluation_runs_nest_under_training_with_pictures(client, store, traine
         assert f"plots/scores_draw{run.data.tags['fsad.draw']}.png" in artifact_paths(client, run.info.run_id)
     train_run = client.get_run(train_id)
     assert train_run.info.run_name == f"train ours held-out {HELD_OUT} K=2"
-    # MLflow 3 lands an untagged experiment on its GenAI overview; tagged, on the runs table
+    # MLflow 3 before 3.17 lands an untagged experiment on its GenAI overview; tagged, on the runs table
     assert experiment.tags["mlflow.experimentKind"] == "custom_model_development"
     assert not list(Path(os.environ["FSAD_SPOOL_DIR"]).glob("*/events.jsonl"))  # everything reached the store
 
@@ -525,3 +525,13 @@ def test_fsad_video_is_one_tracked_run_with_frame_auroc_and_pictures(client, sto
                  "--tracking-uri", store["uri"], *video_sets()]) == 2
     assert "nope" in capsys.readouterr().err
     assert len(client.search_runs([experiment.experiment_id], "tags.`fsad.kind` = 'video'")) == 1
+
+
+def test_runs_page_url_opens_the_model_training_view_and_drops_credentials():
+    from orchestrator.tracking import runs_page_url
+
+    assert runs_page_url("http://fsad:s3cret@127.0.0.1:5000/", "4") == \
+        "http://127.0.0.1:5000/#/experiments/4?workflowType=machine_learning"
+    assert runs_page_url("https://mlflow.example.org/team", "7") == \
+        "https://mlflow.example.org/team/#/experiments/7?workflowType=machine_learning"
+    assert runs_page_url("sqlite:///mlflow.db", "1") is None

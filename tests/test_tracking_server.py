@@ -207,6 +207,9 @@ def test_server_mode_train_evaluate_register_with_artifacts_in_s3(server, s3, th
     experiment = client.get_experiment_by_name("fsad")
     evals = client.search_runs([experiment.experiment_id], f"tags.`mlflow.parentRunId` = '{run.info.run_id}'")
     assert {r.data.tags["fsad.kind"] for r in evals} == {"eval", "register"}
+    # the training run says where its runs table is: the link that opens MLflow 3.17's UI on it
+    runs_page = f"{server['url'].rstrip('/')}/#/experiments/{experiment.experiment_id}?workflowType=machine_learning"
+    assert f"is in the runs table at {runs_page}" in through_server["output"]
     version = client.get_model_version_by_alias(f"fsad-{HELD_OUT}", "champion")
     assert version.tags["fsad.train_run_id"] == run.info.run_id
     keys = [o["Key"] for page in s3["client"].get_paginator("list_objects_v2").paginate(Bucket=s3["bucket"])
