@@ -74,7 +74,7 @@ def main(argv=None) -> int:
     from mlflow import MlflowClient
 
     from orchestrator.browser import dump_dom, screenshot
-    from orchestrator.tracking import runs_page_url
+    from orchestrator.tracking import RUNS_VIEW_QUERY, runs_page_url
 
     with tempfile.TemporaryDirectory(prefix="fsad-mlflow-shots-") as tmp:
         uri = args.store or make_store(Path(tmp), args.data, args.category)
@@ -99,11 +99,14 @@ def main(argv=None) -> int:
             runs_url = runs_page_url(base, experiment.experiment_id)
             landing = dump_dom(experiment_url, wait_ms=20000, timeout=240)
             table = dump_dom(runs_url, wait_ms=20000, timeout=240)
+            # the table lists top-level runs (an evaluation nests under its training run): any run's name
+            names = [r.info.run_name for r in client.search_runs([experiment.experiment_id], max_results=50)]
+            shows_runs = lambda dom: any(name and name in dom for name in names)  # noqa: E731
             landed = {"experiment_kind": experiment.tags.get("mlflow.experimentKind"),
-                      "experiment_url_shows_runs": run.info.run_name in landing,
+                      "experiment_url_shows_runs": shows_runs(landing),
                       "experiment_url_shows_genai_overview": bool(re.search(r"[Tt]oken [Uu]sage", landing)),
                       "fsad_link": runs_url.removeprefix(base),
-                      "fsad_link_shows_runs": run.info.run_name in table,
+                      "fsad_link_shows_runs": shows_runs(table),
                       "fsad_link_shows_genai_overview": bool(re.search(r"[Tt]oken [Uu]sage", table))}
             print(json.dumps(landed))
             if not landed["fsad_link_shows_runs"] or landed["fsad_link_shows_genai_overview"]:
@@ -113,8 +116,9 @@ def main(argv=None) -> int:
             out = Path(args.out)
             screenshot(runs_url, out / "mlflow_runs.png", 1400, 800, 20000, 240)
             run_url = f"{experiment_url}/runs/{run.info.run_id}"
-            screenshot(run_url, out / "mlflow_eval_run.png", 1400, 1000, 20000, 240)
-            screenshot(f"{run_url}/artifacts/plots/scores_draw0.png", out / "mlflow_eval_histogram.png",
+            view = f"?{RUNS_VIEW_QUERY}"  # the run pages in the Model training view too
+            screenshot(run_url + view, out / "mlflow_eval_run.png", 1400, 1000, 20000, 240)
+            screenshot(f"{run_url}/artifacts/plots/scores_draw0.png{view}", out / "mlflow_eval_histogram.png",
                        1400, 800, 20000, 240)
             print(f"wrote {out}/mlflow_runs.png, mlflow_eval_run.png, mlflow_eval_histogram.png")
         finally:  # the server and its workers: the process group this script started
