@@ -47,7 +47,7 @@ TINY = {
     "maml.latent": 8,
     "maml.inner_steps": 2,
     # the K - 2 scoring doubles every calibration; tests/test_calibration.py tests it, the CLI tests need not
-    "eval.calibration_size_correction": "false",
+    "eval.calibration_size_correction": False,
 }
 
 
