@@ -26,7 +26,7 @@ import numpy as np
 import torch
 
 from model.calibration import ESTIMATORS, rates, size_corrected, threshold
-from orchestrator.calibration import loo_scores
+from orchestrator.calibration import held_out_scores
 from orchestrator.config import atomic_write_text, load_config
 from orchestrator.evaluate import load_test_set, make_scorer, score_batches, support_draws, untrained_model
 
@@ -58,19 +58,13 @@ def run_draw(scorer, support, images, batch_size) -> dict:
     """Leave-one-out samples of every augmentation kind (K, 5); the same against the K − 2 dictionary
     without shot i and shot i + 1 (K, 5): how a score moves with the dictionary's size, for the size
     correction (eval.calibration_size_correction); and the test scores."""
-    from orchestrator.calibration import augment, state_without
-
     device = torch.device("cpu")
     state = scorer.adapt(support)
     K = support.shape[0]
-    loo, _, _ = loo_scores(scorer, support, ALL_KINDS, batch_size, device, state)  # (K·5,), shot-major
-    loo2 = []
-    for i in range(K):
-        cut = state_without(scorer, state, [i, (i + 1) % K], K)
-        held = augment(support[i : i + 1], ALL_KINDS)  # (5, C, H, W)
-        loo2.append(score_batches(scorer, cut, held, batch_size, device)[0].double().tolist())
+    loo, _ = held_out_scores(scorer, support, ALL_KINDS, batch_size, device, state)  # (K·5,), shot-major
+    loo2, _ = held_out_scores(scorer, support, ALL_KINDS, batch_size, device, state, without_next=True)  # (K·5,)
     scores, _ = score_batches(scorer, state, images, batch_size, device)
-    return {"loo": loo.reshape(K, -1).tolist(), "loo2": loo2, "test": scores.double().tolist()}
+    return {"loo": loo.reshape(K, -1).tolist(), "loo2": loo2.reshape(K, -1).tolist(), "test": scores.double().tolist()}
 
 
 def measure(data: Path, out: Path, categories: list[str], shots: int, draws: int, max_normal: int,

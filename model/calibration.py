@@ -63,17 +63,21 @@ def threshold(samples, fpr: float, estimator: str = "lognormal_t", n_independent
     return float(math.exp(bound)) if estimator.startswith("lognormal") else float(bound)
 
 
-def size_corrected(at_k_minus_1, at_k_minus_2):
+def size_step(at_k_minus_1, at_k_minus_2) -> float:
     """Leave-one-out samples scored against K − 1 shots (N,) and the same samples against K − 2 (N,) ->
-    the samples extrapolated to K shots: each times exp(median(log s_{K−1} − log s_{K−2})). A step of 0
-    (kNN, whose nearest neighbour rarely changes) leaves them as they are; the step is capped at 0, so
-    the correction never raises a threshold."""
+    the log step from K − 1 to K shots: median(log s_{K−1} − log s_{K−2}), capped at 0 so the correction
+    never raises a threshold. 0 for kNN, whose nearest neighbour rarely changes."""
     a = np.log(np.maximum(np.asarray(at_k_minus_1, dtype=np.float64).ravel(), 1e-12))  # (N,)
     b = np.log(np.maximum(np.asarray(at_k_minus_2, dtype=np.float64).ravel(), 1e-12))  # (N,)
     if a.shape != b.shape:
         raise InputError(f"size correction needs one K - 2 score per sample; got {b.size} for {a.size}")
-    step = min(0.0, float(np.median(a - b)))
-    return np.exp(a + step)
+    return min(0.0, float(np.median(a - b)))
+
+
+def size_corrected(at_k_minus_1, at_k_minus_2):
+    """The samples extrapolated to K shots: each times exp(size_step)."""
+    a = np.maximum(np.asarray(at_k_minus_1, dtype=np.float64).ravel(), 1e-12)  # (N,)
+    return np.exp(np.log(a) + size_step(at_k_minus_1, at_k_minus_2))
 
 
 def rates(scores, labels, thr: float) -> dict[str, float | None]:

@@ -25,7 +25,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from model.calibration import ESTIMATORS, check_fpr, size_corrected, threshold
+from model.calibration import ESTIMATORS, check_fpr, size_corrected, size_step, threshold
 from model.errors import InputError
 
 AUGMENTS = ("hflip", "vflip", "shift")
@@ -142,18 +142,27 @@ def can_cut(scorer) -> bool:
     return isinstance(scorer, KnnScorer) or (isinstance(scorer, OursScorer) and not scorer.augment_support)
 
 
-def _held_out_scores(scorer, support, full, drop: list[int], i: int, kinds, batch_size: int, device):
-    """Shot i and its augmentations (1 + A) scored by the scorer adapted to the shots not in `drop`:
-    (scores (1+A,), map maxima (1+A,))."""
+def held_out_scores(scorer, support: torch.Tensor, kinds, batch_size: int, device, full_state=None,
+                    without_next: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    """support (K, C, H, W) -> (scores (K·(1+A),), map maxima (K·(1+A),)), shot-major: shot i and its
+    augmentations scored by the scorer adapted to the shots other than i (and other than i + 1 too with
+    without_next: the K − 2 dictionary of the size correction). full_state: the scorer's state for all K
+    shots, cut instead of adapting anew where state_without can."""
     from orchestrator.evaluate import score_batches
 
-    state = state_without(scorer, full, drop, support.shape[0]) if full is not None else None
-    if state is None:
-        others = support[[k for k in range(support.shape[0]) if k not in drop]]  # (K - len(drop), C, H, W)
-        state = scorer.adapt(others.to(device))
-    held = augment(support[i : i + 1], kinds)  # (1+A, C, H, W)
-    s, maps = score_batches(scorer, state, held, batch_size, device)
-    return s.double().numpy(), maps.flatten(1).max(1).values.double().numpy()
+    K = support.shape[0]
+    scores, peaks = [], []
+    for i in range(K):
+        drop = [i, (i + 1) % K] if without_next else [i]
+        state = state_without(scorer, full_state, drop, K) if full_state is not None else None
+        if state is None:
+            others = support[[k for k in range(K) if k not in drop]]  # (K - len(drop), C, H, W)
+            state = scorer.adapt(others.to(device))
+        held = augment(support[i : i + 1], kinds)  # (1+A, C, H, W)
+        s, maps = score_batches(scorer, state, held, batch_size, device)
+        scores.append(s.double().numpy())
+        peaks.append(maps.flatten(1).max(1).values.double().numpy())
+    return np.concatenate(scores), np.concatenate(peaks)
 
 
 def loo_scores(scorer, support: torch.Tensor, kinds, batch_size: int, device,
@@ -166,15 +175,12 @@ def loo_scores(scorer, support: torch.Tensor, kinds, batch_size: int, device,
     full = full_state
     if full is None and K > 2 and can_cut(scorer):
         full = scorer.adapt(support.to(device))
-    one = [_held_out_scores(scorer, support, full, [i], i, kinds, batch_size, device) for i in range(K)]
-    scores, peaks = np.concatenate([s for s, _ in one]), np.concatenate([p for _, p in one])
+    scores, peaks = held_out_scores(scorer, support, kinds, batch_size, device, full)
     if not size_correction or K < 3:
         return scores, peaks, 0.0
-    two = [_held_out_scores(scorer, support, full, [i, (i + 1) % K], i, kinds, batch_size, device) for i in range(K)]
-    scores2, peaks2 = np.concatenate([s for s, _ in two]), np.concatenate([p for _, p in two])
-    corrected = size_corrected(scores, scores2)
-    step = float(np.log(max(corrected[0], 1e-12)) - np.log(max(scores[0], 1e-12)))
-    return corrected, size_corrected(peaks, peaks2), step
+    scores2, peaks2 = held_out_scores(scorer, support, kinds, batch_size, device, full, without_next=True)
+    step = size_step(scores, scores2)
+    return scores * np.exp(step), size_corrected(peaks, peaks2), step
 
 
 def calibrate(scorer, support: torch.Tensor, spec: CalibrationSpec, batch_size: int = 32,
