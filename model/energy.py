@@ -143,10 +143,8 @@ class AdaptiveEBM(nn.Module):
         center = raw.reshape(-1, raw.shape[-1]).mean(0) if self.sparse.center else None  # (m,)
         volumes = self.prepare(raw, center)  # (K, h'w', m)
         atoms = volumes.reshape(-1, volumes.shape[-1]).transpose(0, 1)  # (m, K·h'w')
-        local = self.sparse.solver == "fista" and self.sparse.top_k_atoms > 0
-        gram = atoms.transpose(0, 1) @ atoms if local else None  # (A, A), gathered per position by the solver
-        return TaskDictionary(atoms=atoms, scale=spectral_norm(atoms), shots=support.shape[0], center=center,
-                              gram=gram)
+        # No task Gram: the top-k solver builds each position's k×k Gram from its gathered atoms.
+        return TaskDictionary(atoms=atoms, scale=spectral_norm(atoms), shots=support.shape[0], center=center)
 
     # -- energy -----------------------------------------------------------------------------
     def position_energy(self, images: torch.Tensor, dictionary: TaskDictionary) -> torch.Tensor:

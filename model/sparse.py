@@ -214,21 +214,27 @@ def fista_energy(
 ) -> torch.Tensor:
     """Eq. 8's residual ‖z − Dα*‖² per signal, α* the FISTA solution over each signal's top_k atoms.
 
-    signals (n, m), atoms (m, A) -> (n,). Nothing of size (n, k, m) is built: with c = Dₖᵀz (the top_k
-    similarities themselves) and Gₖ = Dₖᵀ Dₖ (gathered from the dictionary's Gram `gram` (A, A), computed
-    once per task), ‖z − Dₖα‖² = ‖z‖² − 2αᵀc + αᵀGₖα. Differentiable in signals and atoms (through the
-    similarities and the Gram); the choice of the k atoms is not (a selection).
+    signals (n, m), atoms (m, A) -> (n,). With c = Dₖᵀz (the top_k similarities themselves) and the local
+    Gram Gₖ = Dₖᵀ Dₖ, ‖z − Dₖα‖² = ‖z‖² − 2αᵀc + αᵀGₖα. Gₖ is built from each signal's k gathered atoms
+    (r·k·m values per chunk, no more than the (r, A) similarity block while k·m ≤ A), or gathered from a
+    precomputed task Gram `gram` (A, A) when one is given. Not precomputing it keeps adaptation to the
+    backbone pass: the full Gram of K = 10 shots at 128 px has 10 240² entries (400 MB).
+    Differentiable in signals and atoms (through the similarities and the Gram); the choice of the k atoms
+    is not (a selection).
     """
     if top_k < 1:
         raise InputError(f"fista_energy needs top_k >= 1, got {top_k}; use fista_code for the full dictionary")
     k = min(top_k, atoms.shape[1])
-    if gram is None:
-        gram = atoms.transpose(0, 1) @ atoms  # (A, A)
     rows = _chunk_rows(signals, atoms, chunk_bytes)
+    atom_rows = atoms.transpose(0, 1)  # (A, m)
     out = []
     for chunk in signals.split(rows):
         corr, index = (chunk @ atoms).topk(k, dim=1)  # (r, k) similarities Dₖᵀz and which atoms
-        local_gram = gram[index.unsqueeze(2), index.unsqueeze(1)]  # (r, k, k)
+        if gram is None:
+            local = atom_rows[index]  # (r, k, m): each signal's k atoms
+            local_gram = local @ local.transpose(1, 2)  # (r, k, k)
+        else:
+            local_gram = gram[index.unsqueeze(2), index.unsqueeze(1)]  # (r, k, k)
         codes = fista_solve(local_gram, corr, lam, max_steps, kind, tau, tol)  # (r, k)
         quad = (codes.unsqueeze(1) @ local_gram @ codes.unsqueeze(2)).reshape(-1)  # (r,) αᵀGα
         energy = chunk.pow(2).sum(1) - 2 * (codes * corr).sum(1) + quad  # (r,)
