@@ -15,9 +15,10 @@ from typing import Any
 from model.errors import InputError
 from orchestrator.artifacts import META, WEIGHTS
 from orchestrator.checkpoint import has_checkpoint, recover
-from orchestrator.config import ABLATIONS, METHOD_MODEL, METHODS, Config, atomic_write_text, load_config
+from orchestrator.config import ABLATIONS, BASELINES, METHOD_MODEL, METHODS, Config, atomic_write_text, load_config
 from orchestrator.evaluate import METRIC_NAMES, format_metric
 from orchestrator.tracked import tracked_evaluate, tracked_train
+from orchestrator.train import write_initial_model
 from workers.data import list_categories
 
 # ABLATIONS (Tables 3-4, Fig. 5, Section 3.3) live beside the config schema: `ours` retrained with one change.
@@ -73,12 +74,18 @@ def run_loo(
         held_out = [f"data.exclude=[{category}]"]
         base = list(overrides) + held_out
         plan: list[tuple[str, str, str]] = []  # (row name, evaluation method, model variant)
-        if any(METHOD_MODEL[m] == "ours" for m in methods) or ablations:
+        trains_ours = any(METHOD_MODEL[m] == "ours" and m not in BASELINES for m in methods) or bool(ablations)
+        if trains_ours:
             log(f"[{category}] meta-training ours (held out: {category})")
             _train_variant(data_root, out / "models" / category / "ours", config_path, base, progress, tracking_uri)
+        elif any(m in BASELINES for m in methods):
+            # the baselines alone need no meta-training: the initial Ψ and the config are all they read
+            initial = out / "models" / category / "initial"
+            if not (initial / WEIGHTS).is_file():
+                write_initial_model(load_config(config_path, base), data_root, initial)
         for method in methods:
             if METHOD_MODEL[method] == "ours":
-                plan.append((method, method, "ours"))
+                plan.append((method, method, "ours" if trains_ours else "initial"))
         if "maml_ae" in methods:
             log(f"[{category}] meta-training maml_ae")
             _train_variant(data_root, out / "models" / category / "maml_ae", config_path,

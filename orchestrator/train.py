@@ -83,6 +83,49 @@ def _fold(cfg: Config, splits) -> str | None:
     return cfg.data.exclude[0]
 
 
+def _split_categories(source, cfg: Config) -> tuple[list[str], list[str]]:
+    """(training categories, validation categories) of a run: the validation ones are set aside."""
+    categories = training_categories(source, cfg)
+    val_categories = validation_categories(cfg, source.categories())
+    categories = [c for c in categories if c not in val_categories]
+    if not categories:
+        raise InputError(f"no training categories left once train.val_categories={val_categories} are set aside")
+    return categories, val_categories
+
+
+def _model_meta(cfg: Config, source, categories: list[str], val_categories: list[str], manifest) -> dict[str, Any]:
+    return {
+        "method": cfg.train.method,
+        "train_categories": categories,
+        "held_out": list(cfg.data.exclude),
+        "data_root": str(source),
+        "image_size": cfg.data.image_size,
+        "manifest": str(manifest) if manifest is not None else None,
+        "manifest_sha256": source.content_sha256,  # traces the model to its exact data
+        "splits_sha256": source.splits.content_sha256 if getattr(source, "splits", None) else None,
+        "val_categories": val_categories,
+    }
+
+
+def write_initial_model(cfg: Config, data_root: str | Path, out: str | Path) -> dict[str, Any]:
+    """A model directory with Ψ at its initialisation (the seed `train` starts from) and no episode run.
+
+    What the baselines need and nothing more: `untrained` and `knn_untrained` rebuild Ψ from the config's
+    seed and `nosupport` uses no model, but all three read the directory's config and its record of the
+    categories seen in training. `fsad loo --methods nosupport,untrained,...` evaluates them on it without
+    meta-training. It records 0 episodes done, so `ours` and `knn` refuse it as unfinished."""
+    out = Path(out)
+    source = open_source(data_root, None, None)
+    _prepare_out(out, resume=False)
+    categories, val_categories = _split_categories(source, cfg)
+    torch.manual_seed(cfg.train.seed)
+    model = build_model(cfg)
+    meta = {**_model_meta(cfg, source, categories, val_categories, None), "episodes_done": 0, "history": [],
+            "initial": True}
+    save_checkpoint(out, 0, model_writers(model, cfg, meta, {"episode": 0}))
+    return {"out": str(out), "episodes": 0, "categories": categories}
+
+
 def _prepare_out(out: Path, resume: bool) -> None:
     if out.exists() and not out.is_dir():
         raise InputError(f"--out {out} exists and is not a directory")
@@ -117,11 +160,7 @@ def train(
     source = open_source(data_root, manifest, splits, fold=_fold(cfg, splits))
     _prepare_out(out, resume)
     device = resolve_device(cfg.train.device)
-    categories = training_categories(source, cfg)
-    val_categories = validation_categories(cfg, source.categories())
-    categories = [c for c in categories if c not in val_categories]
-    if not categories:
-        raise InputError(f"no training categories left once train.val_categories={val_categories} are set aside")
+    categories, val_categories = _split_categories(source, cfg)
     normals = load_normals(source, categories, cfg.data.image_size)
     sampler = EpisodeSampler(
         normals, cfg.train.shots, cfg.train.queries, (cfg.inpaint.min_frac, cfg.inpaint.max_frac),
@@ -150,17 +189,7 @@ def train(
         history = saved_meta.get("history", [])[:start]
         if selector is not None:
             restore_selection(selector, saved_meta.get("selection"), out / BEST)
-    meta = {
-        "method": cfg.train.method,
-        "train_categories": categories,
-        "held_out": list(cfg.data.exclude),
-        "data_root": str(source),
-        "image_size": cfg.data.image_size,
-        "manifest": str(manifest) if manifest is not None else None,
-        "manifest_sha256": source.content_sha256,  # traces the model to its exact data
-        "splits_sha256": source.splits.content_sha256 if getattr(source, "splits", None) else None,
-        "val_categories": val_categories,
-    }
+    meta = _model_meta(cfg, source, categories, val_categories, manifest)
 
     def checkpoint(episode: int) -> None:
         meta_now = {**meta, "episodes_done": episode, "history": history}

@@ -253,6 +253,25 @@ def test_loo(small_real_root, tmp_path, capsys):
         assert HELD_OUT not in meta["train_categories"]
     assert not stray_tmp(out)
 
+    # The baselines alone need no meta-training: they run on the initial Ψ's directory, with the numbers
+    # they had beside the trained model (they read only the config and its seed).
+    alone = tmp_path / "loo-baselines"
+    code, _, err = cli(capsys, "loo", "--data", small_real_root, "--shots", 2, "--seeds", 2,
+                       "--categories", HELD_OUT, "--methods", "nosupport,untrained,knn_untrained",
+                       "--out", alone, "--quiet", *tiny_sets())
+    assert code == 0, err
+    assert not (alone / "models" / HELD_OUT / "ours").exists()
+    meta = json.loads((alone / "models" / HELD_OUT / "initial" / "meta.json").read_text())
+    assert meta["episodes_done"] == 0 and meta["initial"] and HELD_OUT not in meta["train_categories"]
+    again = {(r["category"], r["method"]): r for r in json.loads((alone / "results.json").read_text())["rows"]}
+    for method in ("nosupport", "untrained", "knn_untrained"):
+        for name in METRICS:
+            assert again[(HELD_OUT, method)][name]["mean"] == rows[(HELD_OUT, method)][name]["mean"], (method, name)
+    # the initial directory is no trained model: ours refuses it as unfinished
+    code, _, err = cli(capsys, *eval_args(alone / "models" / HELD_OUT / "initial", small_real_root,
+                                          tmp_path / "eval-initial", HELD_OUT))
+    assert_bad_input(code, err, "unfinished")
+
 
 # --------------------------------------------------------------------------------------------------
 # Resume
