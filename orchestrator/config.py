@@ -58,7 +58,7 @@ class BackboneConfig:
     width: int = 32
     depth: int = 4
     stride: int = 4  # 128 px / 4 = 32×32 positions: a cell is 4×4 px, smaller than tire's smallest defects
-    out_dim: int = 32
+    out_dim: int = 128  # chosen on screw and pcb_deeppcb over 32 (docs/benchmarks.md, "Feature width")
     max_width: int = 128
     weights: str = ""  # optional local state dict (.safetensors or torch file, weights_only)
 
