@@ -81,6 +81,8 @@ def run_loo(
         elif any(m in BASELINES for m in methods):
             # the baselines alone need no meta-training: the initial Ψ and the config are all they read
             initial = out / "models" / category / "initial"
+            if has_checkpoint(initial):
+                recover(initial)  # killed while writing: its consistent checkpoint, published
             if not (initial / WEIGHTS).is_file():
                 write_initial_model(load_config(config_path, base), data_root, initial)
         for method in methods:
