@@ -118,7 +118,7 @@ def speed(data_root: Path, device: torch.device) -> dict:
     def run_solver():
         with torch.no_grad():
             fista_energy(flat, dictionary.atoms, spec.lam_star, spec.max_steps, spec.shrink, spec.tau,
-                         spec.top_k_atoms, spec.tol, dictionary.gram)
+                         spec.top_k_atoms, spec.tol)
         sync()
 
     def run_matmul():

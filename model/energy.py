@@ -158,7 +158,7 @@ class AdaptiveEBM(nn.Module):
         spec = self.sparse
         if spec.solver == "fista" and spec.top_k_atoms > 0:
             energy = fista_energy(flat, dictionary.atoms, spec.lam_star, spec.max_steps, spec.shrink, spec.tau,
-                                  spec.top_k_atoms, spec.tol, dictionary.gram)  # (B·h'w',)
+                                  spec.top_k_atoms, spec.tol)  # (B·h'w',)
             return energy.reshape(B, h, w)  # (B, h', w')
         if spec.solver == "fista":
             recon = fista_code(flat, dictionary.atoms, spec.lam_star, spec.max_steps, spec.shrink, spec.tau,

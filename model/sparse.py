@@ -209,16 +209,15 @@ def fista_energy(
     tau: float = 20.0,
     top_k: int = 16,
     tol: float = 1e-4,
-    gram: torch.Tensor | None = None,
     chunk_bytes: int = 16 * 2**20,  # similarity blocks that stay near the cache: ~1.5x faster than 128 MiB on CPU
 ) -> torch.Tensor:
     """Eq. 8's residual ‖z − Dα*‖² per signal, α* the FISTA solution over each signal's top_k atoms.
 
     signals (n, m), atoms (m, A) -> (n,). With c = Dₖᵀz (the top_k similarities themselves) and the local
     Gram Gₖ = Dₖᵀ Dₖ, ‖z − Dₖα‖² = ‖z‖² − 2αᵀc + αᵀGₖα. Gₖ is built from each signal's k gathered atoms
-    (r·k·m values per chunk, no more than the (r, A) similarity block while k·m ≤ A), or gathered from a
-    precomputed task Gram `gram` (A, A) when one is given. Not precomputing it keeps adaptation to the
-    backbone pass: the full Gram of K = 10 shots at 128 px has 10 240² entries (400 MB).
+    (r·k·m values per chunk, no more than the (r, A) similarity block while k·m ≤ A) rather than gathered
+    from a task Gram: that keeps adaptation to the backbone pass (the full Gram of K = 10 shots at 128 px
+    has 10 240² entries, 400 MB).
     Differentiable in signals and atoms (through the similarities and the Gram); the choice of the k atoms
     is not (a selection).
     """
@@ -230,11 +229,8 @@ def fista_energy(
     out = []
     for chunk in signals.split(rows):
         corr, index = (chunk @ atoms).topk(k, dim=1)  # (r, k) similarities Dₖᵀz and which atoms
-        if gram is None:
-            local = atom_rows[index]  # (r, k, m): each signal's k atoms
-            local_gram = local @ local.transpose(1, 2)  # (r, k, k)
-        else:
-            local_gram = gram[index.unsqueeze(2), index.unsqueeze(1)]  # (r, k, k)
+        local = atom_rows[index]  # (r, k, m): each signal's k atoms
+        local_gram = local @ local.transpose(1, 2)  # (r, k, k)
         codes = fista_solve(local_gram, corr, lam, max_steps, kind, tau, tol)  # (r, k)
         quad = (codes.unsqueeze(1) @ local_gram @ codes.unsqueeze(2)).reshape(-1)  # (r,) αᵀGα
         energy = chunk.pow(2).sum(1) - 2 * (codes * corr).sum(1) + quad  # (r,)
@@ -315,14 +311,11 @@ class TaskDictionary:
     scale: torch.Tensor  # () ‖atoms‖₂
     shots: int
     center: torch.Tensor | None = None  # (m,) mean support volume subtracted from signals, or None
-    gram: torch.Tensor | None = None  # (A, A) atomsᵀ atoms, kept for the top-k FISTA solver, or None
 
     def to(self, device) -> "TaskDictionary":
         move = lambda t: None if t is None else t.to(device)  # noqa: E731
-        return TaskDictionary(self.atoms.to(device), self.scale.to(device), self.shots, move(self.center),
-                              move(self.gram))
+        return TaskDictionary(self.atoms.to(device), self.scale.to(device), self.shots, move(self.center))
 
     def detach(self) -> "TaskDictionary":
         free = lambda t: None if t is None else t.detach()  # noqa: E731
-        return TaskDictionary(self.atoms.detach(), self.scale.detach(), self.shots, free(self.center),
-                              free(self.gram))
+        return TaskDictionary(self.atoms.detach(), self.scale.detach(), self.shots, free(self.center))

@@ -112,8 +112,8 @@ class Calibration:
 def state_without(scorer, state, drop, shots: int):
     """The scorer's state for the K shots minus shot(s) `drop` (an index or a list of them), cut out of
     the full state when that is exactly what adapting to the other shots gives (ours without centring or
-    support augmentation: the atoms and Gram of the other shots; kNN: the other shots' bank rows); None
-    otherwise. Saves K − 1 backbone passes and Gram products (tests/test_calibration.py checks the equality)."""
+    support augmentation: the atoms of the other shots; kNN: the other shots' bank rows); None
+    otherwise. Saves K − 1 backbone passes (tests/test_calibration.py checks the equality)."""
     from model.knn import KnnScorer
     from model.sparse import TaskDictionary, spectral_norm
     from orchestrator.evaluate import OursScorer
@@ -129,8 +129,7 @@ def state_without(scorer, state, drop, shots: int):
         P = state.atoms.shape[1] // shots  # atoms per shot: columns are shot-major
         keep = torch.cat([torch.arange(k * P, (k + 1) * P) for k in kept_shots]).to(state.atoms.device)
         atoms = state.atoms[:, keep]  # (m, kept·P)
-        gram = state.gram[keep][:, keep] if state.gram is not None else None  # (kept·P, kept·P)
-        return TaskDictionary(atoms=atoms, scale=spectral_norm(atoms), shots=len(kept_shots), center=None, gram=gram)
+        return TaskDictionary(atoms=atoms, scale=spectral_norm(atoms), shots=len(kept_shots), center=None)
     return None
 
 
