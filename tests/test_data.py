@@ -1,4 +1,5 @@
-"""workers/data/ (images, mvtec, elpv, video frames) on the real data in ../shared/data (read-only; bad files are planted in tmp copies)."""
+"""workers/data/ (images, mvtec, elpv, video frames) on the real data in ../shared/data (read-only; bad files
+are planted in tmp copies)."""
 
 from __future__ import annotations
 
