@@ -168,7 +168,7 @@ def package(data: Path, work: Path) -> Path:
     from orchestrator.artifacts import load_model_dir
     from orchestrator.pyfunc import save_dictionary, save_package
     from orchestrator.registry import adapt
-    from workers.data import load_images
+    from workers.data.folders import load_images
 
     model_dir = work / "uninterrupted"
     if not (model_dir / "model.safetensors").is_file():

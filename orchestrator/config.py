@@ -23,10 +23,10 @@ from model.energy import MAP_MODES, SparseSpec
 from model.errors import InputError
 from model.inpaint import CORRUPTIONS
 from model.langevin import validate_langevin
-from workers.data import DEFAULT_MAX_PIXELS
+from workers.data.images import DEFAULT_MAX_PIXELS
 from workers.episodes import AUGMENT_MODES
 from workers.files import temp_file_beside
-from workers.paths import plain_name
+from workers.data.paths import plain_name
 
 # Evaluation methods. The last three are baselines with no learning or no support set (model/baselines.py):
 # untrained = ours with a freshly initialised Ψ, knn_untrained = kNN on that Ψ, nosupport = the blurred

@@ -24,10 +24,10 @@ from model.errors import InputError
 from orchestrator.artifacts import load_model_dir, resolve_device
 from orchestrator.calibration import CalibrationSpec, calibrate
 from orchestrator.config import BASELINES, METHODS, Config, atomic_write_text, with_values
-from workers.data import set_max_pixels, stack_items
-from workers.manifest import as_source, open_source
+from workers.data.images import set_max_pixels, stack_items
+from workers.data.sources import as_source, open_source
 from workers.episodes import dihedral
-from workers.paths import category_key, plain_name
+from workers.data.paths import category_key, plain_name
 
 METRIC_NAMES = ("image_auroc", "pixel_auroc", "pro", "miou")
 # At each draw's calibrated threshold: normal test images flagged, anomalous test images flagged.
@@ -125,7 +125,7 @@ class TestSet:
 
 
 def load_test_set(root, category: str, image_size: int) -> TestSet:
-    """root: a folder or a workers.manifest source (support pool = train/good sorted by path)."""
+    """root: a folder or a workers.data.sources source (support pool = train/good sorted by path)."""
     source = as_source(root)
     train_items = source.load(category, image_size, split="train")
     test_items = source.load(category, image_size, split="test")

@@ -19,7 +19,7 @@ from orchestrator.config import ABLATIONS, BASELINES, METHOD_MODEL, METHODS, Con
 from orchestrator.evaluate import METRIC_NAMES, format_metric
 from orchestrator.tracked import tracked_evaluate, tracked_train
 from orchestrator.train import write_initial_model
-from workers.data import list_categories
+from workers.data.mvtec import list_categories
 
 # ABLATIONS (Tables 3-4, Fig. 5, Section 3.3) live beside the config schema: `ours` retrained with one change.
 

@@ -134,7 +134,7 @@ def images_from_input(model_input: Any, image_size: int, image_root: Path | None
     if isinstance(model_input, (list, tuple)) and not model_input:
         raise bad_input("no images given; expected an array (B, C, H, W) or image paths")
     if isinstance(model_input, (list, tuple)) and all(isinstance(p, str) for p in model_input):
-        from workers.data import load_images
+        from workers.data.folders import load_images
 
         files = confined_paths(list(model_input), image_root)
         try:

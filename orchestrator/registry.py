@@ -28,7 +28,8 @@ from orchestrator.config import Config, with_values
 from orchestrator.evaluate import METRIC_NAMES, draw_metrics, load_test_set, make_scorer, score_batches, support_draws
 from orchestrator.tracking import (client_for, data_version, ensure_experiment, error_line, fast_fail, redact,
                                    sha256_file)
-from workers.data import list_categories, load_images
+from workers.data.folders import load_images
+from workers.data.mvtec import list_categories
 
 PREFIX = "fsad-"
 CHAMPION, CHALLENGER = "champion", "challenger"
@@ -359,7 +360,7 @@ def _move_aliases(client, name: str, version: str, metric: str, value: float | N
 
 
 def _with_settings(cfg: Config, settings: dict[str, Any] | None) -> Config:
-    from workers.data import set_max_pixels
+    from workers.data.images import set_max_pixels
 
     cfg = with_values(cfg, settings) if settings else cfg
     set_max_pixels(cfg.data.max_pixels)

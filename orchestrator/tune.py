@@ -52,7 +52,7 @@ from orchestrator.config import (
     with_values,
 )
 from orchestrator.tracking import TrackedRun, check_database_reachable, end_running_runs, redact
-from workers.data import set_max_pixels
+from workers.data.images import set_max_pixels
 
 HEARTBEAT_ATTR = "fsad:heartbeat"
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
@@ -153,7 +153,7 @@ class Plan:
 
 def make_plan(cfg: Config, data_root, target: str) -> Plan:
     """Training and validation categories, and the data checks that need counts (K vs images)."""
-    from workers.manifest import as_source
+    from workers.data.sources import as_source
 
     if cfg.train.method != "ours":
         raise InputError(f"train.method={cfg.train.method!r}: fsad tune searches the `ours` model's knobs")

@@ -24,7 +24,7 @@ import yaml
 from orchestrator.cli import main
 from tests.conftest import REPO
 from tests.s3_server import FAKE_CREDENTIALS, s3_client, start_moto, upload_tree
-from workers.manifest import read_manifest
+from workers.data.manifest import read_manifest
 
 pytestmark = pytest.mark.slow
 

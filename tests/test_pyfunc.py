@@ -54,7 +54,7 @@ def package(trained_model, small_real_root, tmp_path_factory) -> Path:
     from orchestrator.artifacts import load_model_dir
     from orchestrator.pyfunc import save_dictionary, save_package
     from orchestrator.registry import adapt
-    from workers.data import load_images
+    from workers.data.folders import load_images
 
     folder = tmp_path_factory.mktemp("package")
     model, cfg, _ = load_model_dir(trained_model)
@@ -242,7 +242,7 @@ def test_image_paths_are_refused_unless_the_operator_names_a_root(package, small
 
 def test_image_paths_are_read_only_under_the_root(package, small_real_root, tmp_path, monkeypatch):
     from orchestrator.pyfunc import load
-    from workers.data import load_images
+    from workers.data.folders import load_images
 
     root = tmp_path / "served"
     good = root / "good"
