@@ -10,7 +10,8 @@ A registered version holds no code and nothing pickled:
                               and calibration.json: the threshold, its target false-alarm rate and K
 MLflow imports the loader module named in MLmodel and calls its `_load_pyfunc(data_path)`, which is
 `load_data_folder` here: it reads the files above (safetensors, YAML with safe_load, JSON) and nothing
-else: a Python file planted beside them is never run. `load` is the stricter entry point: it also refuses an MLmodel that names other code.
+else: a Python file planted beside them is never run. `load` is the stricter entry point: it also
+refuses an MLmodel that names other code.
 
 Versions registered before this format ran `pyfunc_entry.py` stored with them on load; loading one
 now stops with a one-line message (`OLD_FORMAT`) and `fsad adapt --model models:/NAME/N` re-registers it
