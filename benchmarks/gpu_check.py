@@ -75,7 +75,7 @@ def prepare(out: Path, size: int) -> dict:
 
 def parity(data: Path, device: str) -> dict:
     """The same weights and images on CPU and CUDA: scores, maps and one training loss agree to float32 rounding."""
-    from orchestrator.artifacts import build_model
+    from orchestrator.tracking.artifacts import build_model
     from orchestrator.config import load_config
     from orchestrator.evaluate import load_test_set
     from orchestrator.train import episode_step, load_normals

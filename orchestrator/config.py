@@ -268,7 +268,7 @@ TUNE_KEYS = {"lam_max": "model.lam_max", "lam_star": "model.lam_star", "tau": "m
 
 @dataclass
 class TuneConfig:
-    """`fsad tune` (orchestrator/tune.py): search space, validation protocol, pruner, resume."""
+    """`fsad tune` (orchestrator/tuning/): search space, validation protocol, pruner, resume."""
 
     space: TuneSpace = field(default_factory=TuneSpace)
     validation: list[str] = field(default_factory=list)  # validation categories; empty: the last non-target one

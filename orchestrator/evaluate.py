@@ -21,7 +21,7 @@ from model import metrics
 from model.calibration import check_fpr
 from model.energy import AdaptiveEBM
 from model.errors import InputError
-from orchestrator.artifacts import load_model_dir, resolve_device
+from orchestrator.tracking.artifacts import load_model_dir, resolve_device
 from orchestrator.calibration import CalibrationSpec, calibrate
 from orchestrator.config import BASELINES, METHODS, Config, atomic_write_text, with_values
 from workers.data.images import set_max_pixels, stack_items
@@ -60,7 +60,7 @@ class OursScorer:
 
 def untrained_model(cfg: Config) -> torch.nn.Module:
     """The same network as cfg's `ours` model at its initialisation (the seed training starts from)."""
-    from orchestrator.artifacts import build_model
+    from orchestrator.tracking.artifacts import build_model
 
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(cfg.train.seed)

@@ -28,7 +28,7 @@ from tqdm import tqdm
 
 from model.calibration import check_fpr
 from model.errors import InputError
-from orchestrator.artifacts import load_model_dir, resolve_device
+from orchestrator.tracking.artifacts import load_model_dir, resolve_device
 from orchestrator.calibration import ANOMALOUS, Calibration, CalibrationSpec, calibrate
 from orchestrator.config import atomic_path, atomic_write_text, check_writable_dir, with_values
 from orchestrator.evaluate import make_scorer

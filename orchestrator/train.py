@@ -17,7 +17,7 @@ from tqdm import tqdm
 
 from model.energy import AdaptiveEBM
 from model.errors import InputError
-from orchestrator.artifacts import META, STATE, WEIGHTS, build_model, model_writers, resolve_device
+from orchestrator.tracking.artifacts import build_model, META, model_writers, resolve_device, STATE, WEIGHTS
 from orchestrator.checkpoint import has_checkpoint, recover, save_checkpoint
 from orchestrator.config import Config
 from orchestrator.learner import step_spec

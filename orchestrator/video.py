@@ -48,7 +48,7 @@ from tqdm import tqdm
 
 from model import metrics
 from model.errors import InputError
-from orchestrator.artifacts import WEIGHTS, load_model_dir, resolve_device
+from orchestrator.tracking.artifacts import load_model_dir, resolve_device, WEIGHTS
 from orchestrator.config import Config, atomic_write_text
 from orchestrator.evaluate import make_scorer, score_batches, support_draws
 from orchestrator.ingest import MANIFEST

@@ -301,7 +301,7 @@ def test_config_that_is_not_a_mapping(tmp_path, content):
     ("failed: GET http://h/x?api_key=k3y12345; retry", "k3y12345"),
 ])
 def test_redact_masks_secret_query_parameters(text, secret):
-    from orchestrator.tracking import redact
+    from orchestrator.tracking.server import redact
 
     masked = redact(text)
     assert secret not in masked and "***" in masked
@@ -309,6 +309,6 @@ def test_redact_masks_secret_query_parameters(text, secret):
 
 
 def test_redact_keeps_harmless_query_parameters():
-    from orchestrator.tracking import redact
+    from orchestrator.tracking.server import redact
 
     assert redact("http://h:5000/#/experiments/1?runs=3&view=list") == "http://h:5000/#/experiments/1?runs=3&view=list"

@@ -173,7 +173,7 @@ def check_scores(path: Path, scene: str, n: int) -> None:
 
 
 def test_video_cli_end_to_end(small_real_root, tmp_path, capsys):
-    from orchestrator.artifacts import load_model_dir
+    from orchestrator.tracking.artifacts import load_model_dir
     from orchestrator.video import load_target, score_shots
 
     out = tmp_path / "ped2"

@@ -19,7 +19,7 @@ def add_arguments(p):
 
 
 def run(args) -> int:
-    from orchestrator.tracked import tracked_video
+    from orchestrator.tracking.tracked import tracked_video
     from workers.data.sources import open_source
 
     extra = [f"experiments.video_root={args.video_root}"] if args.video_root else []
