@@ -20,7 +20,7 @@ from tqdm import tqdm
 from model import metrics
 from model.calibration import check_fpr
 from model.errors import InputError
-from model.methods import Scorer, ScoringOptions, get_method
+from model.methods import OURS, Scorer, ScoringOptions, get_method
 from orchestrator.artifacts import load_model_dir, resolve_device
 from orchestrator.calibration import CalibrationSpec, calibrate
 from orchestrator.config import Config, atomic_write_text, with_values
@@ -211,7 +211,7 @@ class PreparedEvaluation:
 
 
 def prepare_evaluation(model_dir: str | Path, data_root: str | Path, category: str, shots: int, draws: int,
-                       method: str = "ours", seed: int | None = None, manifest: str | Path | None = None,
+                       method: str = OURS.name, seed: int | None = None, manifest: str | Path | None = None,
                        splits: str | Path | None = None, allow_partial: bool = False,
                        settings: dict[str, Any] | None = None, fpr: float | None = None) -> PreparedEvaluation:
     """Load the model and the test set and check every input (InputError, one line) without scoring."""
@@ -247,7 +247,7 @@ def prepare_evaluation(model_dir: str | Path, data_root: str | Path, category: s
 
 
 def evaluate(model_dir: str | Path, data_root: str | Path, category: str, shots: int, draws: int, out: str | Path,
-             method: str = "ours", seed: int | None = None, progress: bool = True,
+             method: str = OURS.name, seed: int | None = None, progress: bool = True,
              overlays: int | None = None, on_draw=None, manifest: str | Path | None = None,
              splits: str | Path | None = None, allow_partial: bool = False,
              settings: dict[str, Any] | None = None, prepared: PreparedEvaluation | None = None,
