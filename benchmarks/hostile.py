@@ -507,7 +507,7 @@ def tracking_uri_with_token(ws: Workspace) -> Result:
 
 @case
 def s3_keys_leaving_the_tree(ws: Workspace) -> Result:
-    from tests.s3_server import FAKE_CREDENTIALS, s3_client, start_moto, upload_tree
+    from benchmarks.fixtures import FAKE_CREDENTIALS, s3_client, start_moto, upload_tree
 
     folder = ws.fresh("s3_keys")
     escape = Path("/train/good/x.png")  # where `ds//train/good/x.png` used to be written

@@ -25,7 +25,7 @@ from model.sparse import fista_energy
 from orchestrator.tracking.artifacts import build_model
 from orchestrator.config import load_config
 from orchestrator.evaluate import make_scorer, score_batches
-from orchestrator.loo import _means as loo_means, results_table, run_loo
+from orchestrator.loo import method_means, results_table, run_loo
 from orchestrator.train import episode_step, load_normals
 from workers.episodes import EpisodeSampler
 
@@ -216,7 +216,7 @@ def main(argv=None) -> int:
         ablated = run_loo(data, loo_dir, 10, 5, ("ours",), ablation_targets, BENCH_ABLATIONS, None, budget,
                           progress=False)
         results["rows"] += [r for r in ablated["rows"] if r["method"].startswith("ours[")]
-        results["mean"] = loo_means(results["rows"])
+        results["mean"] = method_means(results["rows"])
         minutes = (time.perf_counter() - t0) / 60
         sections.append(
             "## Quality: leave-one-category-out on fsad-real (K = 10, 5 support draws)\n\n"
