@@ -63,7 +63,7 @@ def train_args(data: Path, out: Path, *extra) -> list:
 
 
 def eval_args(model: Path, data: Path, out: Path, *extra) -> list:
-    return ["evaluate", "--model", model, "--data", data, "--category", HELD_OUT, "--shots", 2, "--seeds", 1,
+    return ["evaluate", "--model", model, "--data", data, "--target", HELD_OUT, "--shots", 2, "--draws", 1,
             "--out", out, "--quiet", *extra]
 
 

@@ -220,11 +220,11 @@ def main(argv=None) -> int:
         minutes = (time.perf_counter() - t0) / 60
         sections.append(
             "## Quality: leave-one-category-out on fsad-real (K = 10, 5 support draws)\n\n"
-            f"Command: `{command}` (runs `fsad loo --data {data} --shots 10 --seeds 5 "
+            f"Command: `{command}` (runs `fsad loo --data {data} --shots 10 --draws 5 "
             f"--methods {','.join(QUALITY_METHODS)} "
-            + (f"--categories {args.categories} " if args.categories else "")
+            + (f"--target {args.categories} " if args.categories else "")
             + " ".join(f"--set {b}" for b in budget) + "`; ablations: `fsad loo ... --methods ours --ablations "
-            f"{','.join(BENCH_ABLATIONS)} --categories {','.join(ablation_targets or ['all'])} "
+            f"{','.join(BENCH_ABLATIONS)} --target {','.join(ablation_targets or ['all'])} "
             + " ".join(f"--set {b}" for b in budget) + "`)  \n"
             f"Training budget: {' '.join(budget) or 'params.yaml defaults'} per model; "
             f"this run took {minutes:.0f} min (finished models under {args.out}/loo are reused).  \n"
