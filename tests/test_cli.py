@@ -581,6 +581,17 @@ def test_old_spellings_parse_with_one_deprecation_line(verb, old, new, value, ca
     assert capsys.readouterr().err.splitlines() == [f"fsad: {old} is deprecated; use {new}"]
 
 
+def test_pipeline_stages_take_config_and_the_old_params_still_parses(capsys):
+    from pipelines._entry import main as stage_main
+
+    seen = []
+    assert stage_main(lambda args: seen.append(args.params), "a stage", argv=["--config", "a.yaml"]) == 0
+    assert stage_main(lambda args: seen.append(args.params), "a stage", argv=["--params", "b.yaml"]) == 0
+    assert stage_main(lambda args: seen.append(args.params), "a stage", argv=[]) == 0
+    assert seen == ["a.yaml", "b.yaml", "params.yaml"]
+    assert capsys.readouterr().err.splitlines() == ["fsad: --params is deprecated; use --config"]
+
+
 @pytest.mark.parametrize("verb", [v for v in VERBS if v != "train"])  # train's flags: training's part of issue 13
 def test_one_grammar_no_verb_offers_an_old_spelling(verb):
     from orchestrator.cli import build_parser
