@@ -167,7 +167,7 @@ def speed_markdown(s: dict, command: str) -> str:
             f"Images {s['image_size']}×{s['image_size']}, default config (params.yaml).\n\n{table}\n")
 
 
-def main(argv=None) -> int:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", default=str(DEFAULT_DATA))
     parser.add_argument("--out", default=str(REPO / "bench_out"))
@@ -180,7 +180,11 @@ def main(argv=None) -> int:
     parser.add_argument("--ablation-categories", default="",
                         help="comma list of categories that also get the ablations (default: all targets)")
     parser.add_argument("--doc", default=str(REPO / "docs" / "benchmarks.md"))
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
     command = "python -m benchmarks.run " + " ".join(shlex.quote(a) for a in (argv or sys.argv[1:]))
     data = Path(args.data)
     if not data.is_dir():
