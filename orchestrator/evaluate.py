@@ -100,7 +100,7 @@ def support_draws(pool_size: int, shots: int, draws: int, seed: int, category: s
     if shots < 1:
         raise InputError(f"--shots {shots}: expected K >= 1")
     if draws < 1:
-        raise InputError(f"--seeds {draws}: expected at least one support draw")
+        raise InputError(f"--draws {draws}: expected at least one support draw")
     if shots > pool_size:
         raise InputError(f"--shots {shots} is larger than the {pool_size} normal training images of {category!r}")
     out = []
@@ -229,7 +229,7 @@ def prepare_evaluation(model_dir: str | Path, data_root: str | Path, category: s
                          f"finish it with `fsad train --resume --out {model_dir}` or pass --allow-partial")
     device = resolve_device(cfg.train.device)
     model.to(device)
-    plain_name(category, "--category")  # kolektor/ or ../../elsewhere/tire are no held-out category
+    plain_name(category, "--target")  # kolektor/ or ../../elsewhere/tire are no held-out category
     # validation categories chose the checkpoint: as good as seen in training
     seen = {category_key(c): c for c in meta.get("train_categories", []) + meta.get("val_categories", [])}
     if category_key(category) in seen:

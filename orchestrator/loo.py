@@ -112,13 +112,13 @@ def run_loo(
             rows.append({"category": category, "method": row, **{m: record[m] for m in METRIC_NAMES},
                          "score_gap": record.get("score_gap"), "metrics": str(metrics_file)})
     results = {"data_root": str(data_root), "shots": shots, "draws": draws, "rows": rows,
-               "mean": _means(rows), "overrides": list(overrides)}
+               "mean": method_means(rows), "overrides": list(overrides)}
     atomic_write_text(out / "results.json", json.dumps(results, indent=2))
     atomic_write_text(out / "results.md", results_markdown(results))
     return results
 
 
-def _means(rows: list[dict[str, Any]]) -> dict[str, dict[str, float | None]]:
+def method_means(rows: list[dict[str, Any]]) -> dict[str, dict[str, float | None]]:
     """Mean over categories of each method's per-category mean."""
     out: dict[str, dict[str, float | None]] = {}
     for method in dict.fromkeys(r["method"] for r in rows):
