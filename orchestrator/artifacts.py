@@ -21,7 +21,7 @@ from safetensors.torch import load_file, save_file
 from model.backbone import build_backbone
 from model.energy import AdaptiveEBM
 from model.errors import InputError
-from orchestrator.checkpoint import CONFIG, MANIFEST, META, STATE, WEIGHTS, Writer, verify_model_files  # noqa: F401 - re-exported
+from orchestrator.training.checkpoint import CONFIG, MANIFEST, META, STATE, WEIGHTS, Writer, verify_model_files  # noqa: F401 - re-exported
 from orchestrator.config import Config, config_from_dict, save_config
 
 
@@ -43,7 +43,7 @@ def build_model(cfg: Config) -> torch.nn.Module:
 
 
 def model_writers(model: torch.nn.Module, cfg: Config, meta: dict[str, Any], state: dict[str, Any]) -> dict[str, Writer]:
-    """The files of one checkpoint for orchestrator.checkpoint.save_checkpoint, weights first (the crash
+    """The files of one checkpoint for orchestrator.training.checkpoint.save_checkpoint, weights first (the crash
     hooks name the point after the first file)."""
     tensors = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     return {

@@ -14,11 +14,11 @@ from typing import Any
 
 from model.errors import InputError
 from orchestrator.artifacts import META, WEIGHTS
-from orchestrator.checkpoint import has_checkpoint, recover
+from orchestrator.training.checkpoint import has_checkpoint, recover
 from orchestrator.config import ABLATIONS, BASELINES, METHOD_MODEL, METHODS, Config, atomic_write_text, load_config
 from orchestrator.evaluate import METRIC_NAMES, format_metric
 from orchestrator.tracked import tracked_evaluate, tracked_train
-from orchestrator.train import write_initial_model
+from orchestrator.training.inputs import write_initial_model
 from workers.data import list_categories
 
 # ABLATIONS (Tables 3-4, Fig. 5, Section 3.3) live beside the config schema: `ours` retrained with one change.

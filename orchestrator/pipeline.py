@@ -29,7 +29,7 @@ from model.errors import InputError
 from orchestrator.config import METHOD_MODEL, Config, atomic_write_text, load_config
 from orchestrator.evaluate import METRIC_NAMES, evaluate
 from orchestrator.ingest import FILES, MANIFEST, ingest, is_local_source, make_splits
-from orchestrator.train import train
+from orchestrator.training.loop import train
 
 PARAMS = "params.yaml"
 SPLITS = "splits.parquet"

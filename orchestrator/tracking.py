@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import Any, Iterable
 
 from model.errors import InputError
-from orchestrator.checkpoint import sha256_of
+from orchestrator.training.checkpoint import sha256_of
 from orchestrator.config import atomic_write_text
 
 DEFAULT_URI = "sqlite:///mlflow.db"

@@ -1,4 +1,4 @@
-"""`fsad train --workers N --address ...`: the options and the hand-off to orchestrator/distributed.py."""
+"""`fsad train --workers N --address ...`: the options and the hand-off to the training loop with Ray workers."""
 from __future__ import annotations
 
 import argparse
@@ -25,7 +25,7 @@ def distributed_overrides(args: argparse.Namespace) -> list[str]:
     if args.workers is not None and args.workers < 1:
         raise InputError(f"--workers {args.workers}: expected N >= 1 Langevin workers")
     if args.resume and not wants_distributed(args):
-        from orchestrator.distributed import checkpoint_is_distributed
+        from orchestrator.training.inputs import checkpoint_is_distributed
 
         if checkpoint_is_distributed(args.out):
             raise InputError(f"--resume: {args.out} holds a distributed checkpoint; resume it with --workers N")
@@ -43,18 +43,22 @@ def _flat(record: dict) -> dict:
     return out
 
 
-def run_distributed(args: argparse.Namespace, cfg, uri: str | None = None, data_root=None) -> int:
-    """Per-update metrics as JSON lines on stdout (unless --quiet) and, with a tracking URI, to MLflow."""
+def run_distributed(args: argparse.Namespace, cfg, uri: str | None = None, data_root=None, manifest=None,
+                    splits=None) -> int:
+    """Per-update metrics as JSON lines on stdout (unless --quiet) and, with a tracking URI, to MLflow.
+
+    manifest/splits: the images the run trains on, as for the in-process run."""
     from pathlib import Path
 
-    from orchestrator.distributed import train_distributed
+    from orchestrator.training.loop import train_distributed
 
     data_root = args.data if data_root is None else data_root
     tracker = None
-    if uri is not None and Path(data_root).exists():  # bad input fails in training before any run exists
+    exists = Path(data_root).exists() if data_root is not None else manifest is not None and Path(manifest).exists()
+    if uri is not None and exists:  # bad input fails in training before any run exists
         from orchestrator.tracked import TrainingTracker
 
-        tracker = TrainingTracker(uri, cfg, data_root, args.out, args.resume)
+        tracker = TrainingTracker(uri, cfg, data_root, args.out, args.resume, manifest)
 
     def log(record):
         if not args.quiet:
@@ -64,7 +68,8 @@ def run_distributed(args: argparse.Namespace, cfg, uri: str | None = None, data_
 
     try:
         summary = train_distributed(cfg, data_root, args.out, address=args.address, resume=args.resume,
-                                    progress=not args.quiet and sys.stderr.isatty(), on_log=log)
+                                    progress=not args.quiet and sys.stderr.isatty(), on_log=log,
+                                    manifest=manifest, splits=splits)
     except KeyboardInterrupt:
         if tracker is not None:
             tracker.finish(None, "KILLED")
