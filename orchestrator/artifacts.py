@@ -5,7 +5,7 @@ A model directory holds
     config.yaml         the resolved config it was trained with
     meta.json           method, training categories, held-out categories, episodes, data root
 and, from training, `state.pt` (optimizer + RNG states, read back with weights_only=True) and
-`checkpoint.json` (the episode and the sha256 of every file: orchestrator/checkpoint.py writes them as one
+`checkpoint.json` (the episode and the sha256 of every file: orchestrator/training/checkpoint.py writes them as one
 unit and `load_model_dir` refuses a directory whose files disagree with it).
 """
 from __future__ import annotations

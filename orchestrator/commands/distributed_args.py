@@ -10,7 +10,7 @@ from model.errors import InputError
 
 def add_distributed_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--workers", type=int, default=None, metavar="N",
-                        help="train on Ray with N Langevin workers (default: the in-process trainer)")
+                        help="train on Ray with N Langevin workers (default: one in-process worker)")
     parser.add_argument("--address", default=None, metavar="ADDR",
                         help="Ray cluster to join: auto, HOST:PORT or ray://HOST:10001 "
                              "(default with --workers: start Ray in-process)")
