@@ -4,6 +4,7 @@ accounting, three SIGKILLed workers, GPU placement, and too many GPUs failing wi
 from __future__ import annotations
 
 import copy
+import json
 import os
 import signal
 import time
@@ -13,7 +14,7 @@ import torch
 
 from model.errors import InputError
 from orchestrator.artifacts import build_model, load_model_dir
-from orchestrator.training.loop import train_distributed
+from orchestrator.training.loop import train, train_distributed
 from orchestrator.training.learner import Learner, episode_step, step_spec
 from orchestrator.training.inputs import load_normals
 from orchestrator.training.cluster import actor_pool
@@ -147,3 +148,15 @@ def test_more_gpus_than_the_cluster_has_fails_within_the_timeout(ray_local, smal
     finally:
         pool.shutdown()
     assert time.perf_counter() - began < 20
+
+
+def test_an_in_process_checkpoint_resumes_on_ray_workers(ray_local, small_real_root, tmp_path):
+    """One checkpoint format: 4 in-process episodes, then 2 more with a Ray worker from that checkpoint."""
+    cfg = tiny_config("train.episodes=4", "data.exclude=[tire]")
+    train(cfg, small_real_root, tmp_path / "m", progress=False)
+    more = tiny_config("train.episodes=6", "data.exclude=[tire]", "distributed.workers=1", "distributed.mode=sync")
+    summary = train_distributed(more, small_real_root, tmp_path / "m", resume=True, progress=False)
+    c = check_accounting(summary, 6)
+    assert c["issued"] == 6 and c["failed"] == 0
+    meta = json.loads((tmp_path / "m" / "meta.json").read_text())
+    assert meta["episodes_done"] == 6 and [h["episode"] for h in meta["history"]] == list(range(6))

@@ -21,14 +21,13 @@ def wants_distributed(args: argparse.Namespace) -> bool:
 
 
 def distributed_overrides(args: argparse.Namespace) -> list[str]:
-    """Config overrides from --workers; refuses an in-process --resume of a distributed checkpoint."""
+    """Config overrides from --workers; refuses an in-process --resume of a Ray checkpoint (before tracking)."""
     if args.workers is not None and args.workers < 1:
         raise InputError(f"--workers {args.workers}: expected N >= 1 Langevin workers")
-    if args.resume and not wants_distributed(args):
-        from orchestrator.training.inputs import checkpoint_is_distributed
+    if args.resume:
+        from orchestrator.training.inputs import refuse_resume_across
 
-        if checkpoint_is_distributed(args.out):
-            raise InputError(f"--resume: {args.out} holds a distributed checkpoint; resume it with --workers N")
+        refuse_resume_across(args.out, wants_distributed(args))
     return [f"distributed.workers={args.workers}"] if args.workers is not None else []
 
 

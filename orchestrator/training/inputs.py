@@ -119,6 +119,13 @@ def checkpoint_is_distributed(out: str | Path) -> bool | None:
     return bool(state.get("distributed", False))
 
 
+def refuse_resume_across(out: str | Path, distributed: bool) -> None:
+    """An in-process checkpoint continues on Ray workers (its episodes count as issued and applied); a Ray
+    one has no sampler state for the in-process worker to continue from."""
+    if not distributed and checkpoint_is_distributed(out):
+        raise InputError(f"--resume: {out} holds a checkpoint written with Ray workers; resume it with --workers N")
+
+
 def write_initial_model(cfg: Config, data_root: str | Path, out: str | Path) -> dict[str, Any]:
     """A model directory with Ψ at its initialisation (the seed `train` starts from) and no episode run.
 

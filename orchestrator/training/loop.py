@@ -20,7 +20,7 @@ from model.errors import InputError
 from orchestrator.artifacts import META, STATE, WEIGHTS, build_model, model_writers, resolve_device
 from orchestrator.config import Config
 from orchestrator.training.checkpoint import recover, save_checkpoint
-from orchestrator.training.inputs import RunInputs, checkpoint_is_distributed, model_meta, open_inputs, prepare_out
+from orchestrator.training.inputs import RunInputs, model_meta, open_inputs, prepare_out, refuse_resume_across
 from orchestrator.training.learner import Learner, NonFiniteLoss, step_spec
 from orchestrator.training.local import LocalWorkers
 from orchestrator.training.selection import (
@@ -88,12 +88,7 @@ def _open_run(cfg: Config, data_root, out: Path, resume: bool, manifest, splits,
         prepare_out(out, resume)
         if resume:
             recover(out)  # the newest consistent checkpoint, verified (or a one-line refusal)
-            written_distributed = checkpoint_is_distributed(out)
-            if written_distributed is not None and written_distributed != distributed:
-                how = "with --workers N" if written_distributed else "without --workers"
-                raise InputError(f"--resume: {out / STATE} was written "
-                                 f"{'with Ray workers' if written_distributed else 'by the in-process workers'}; "
-                                 f"resume it {how}")
+            refuse_resume_across(out, distributed)
 
     return open_inputs(cfg, data_root, manifest, splits, before_categories=check_out)
 

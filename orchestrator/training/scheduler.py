@@ -75,6 +75,11 @@ class Scheduler:
                 "staleness_hist": {str(k): v for k, v in self.staleness_hist.items()}}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
+        """A Ray run's state, or an in-process one (`episode` updates, each issued, applied at staleness 0)."""
+        if "counters" not in state:
+            done = int(state["episode"])
+            state = {"counters": asdict(Counters(issued=done, completed=done, applied=done)), "in_flight": 0,
+                     "next_index": done, "staleness_hist": {"0": done} if done else {}}
         self.counters = Counters(**state["counters"])
         self.counters.abandoned += int(state["in_flight"])  # requests that died with the previous driver
         self.next_index = int(state["next_index"])
