@@ -23,19 +23,11 @@ from model.energy import MAP_MODES, SparseSpec
 from model.errors import InputError
 from model.inpaint import CORRUPTIONS
 from model.langevin import validate_langevin
-from workers.data import DEFAULT_MAX_PIXELS
+from model.methods import METHODS  # the evaluation methods, registered once in model/methods/
+from workers.data.images import DEFAULT_MAX_PIXELS
 from workers.episodes import AUGMENT_MODES
 from workers.files import temp_file_beside
-from workers.paths import plain_name
-
-# Evaluation methods. The last three are baselines with no learning or no support set (model/baselines.py):
-# untrained = ours with a freshly initialised Ψ, knn_untrained = kNN on that Ψ, nosupport = the blurred
-# image-gradient map. Every quality table shows them beside the learnt methods.
-METHODS = ("ours", "knn", "maml_ae", "untrained", "knn_untrained", "nosupport")
-BASELINES = ("untrained", "knn_untrained", "nosupport")
-# The trained model directory each method reads (baselines read only its config, never its weights).
-METHOD_MODEL = {"ours": "ours", "knn": "ours", "maml_ae": "maml_ae", "untrained": "ours", "knn_untrained": "ours",
-                "nosupport": "ours"}
+from workers.data.paths import plain_name
 
 
 # Images are resized to at most this: the largest source images (MVTec) are 1024 px, and every
@@ -268,7 +260,7 @@ TUNE_KEYS = {"lam_max": "model.lam_max", "lam_star": "model.lam_star", "tau": "m
 
 @dataclass
 class TuneConfig:
-    """`fsad tune` (orchestrator/tune.py): search space, validation protocol, pruner, resume."""
+    """`fsad tune` (orchestrator/tuning/): search space, validation protocol, pruner, resume."""
 
     space: TuneSpace = field(default_factory=TuneSpace)
     validation: list[str] = field(default_factory=list)  # validation categories; empty: the last non-target one

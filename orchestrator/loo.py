@@ -13,13 +13,14 @@ from pathlib import Path
 from typing import Any
 
 from model.errors import InputError
-from orchestrator.artifacts import META, WEIGHTS
+from orchestrator.tracking.artifacts import META, WEIGHTS
+from model.methods import BY_NAME, METHODS, MODEL_KINDS, OURS
 from orchestrator.training.checkpoint import has_checkpoint, recover
-from orchestrator.config import ABLATIONS, BASELINES, METHOD_MODEL, METHODS, Config, atomic_write_text, load_config
+from orchestrator.config import ABLATIONS, Config, atomic_write_text, load_config
 from orchestrator.evaluate import METRIC_NAMES, format_metric
-from orchestrator.tracked import tracked_evaluate, tracked_train
+from orchestrator.tracking.tracked import tracked_evaluate, tracked_train
 from orchestrator.training.inputs import write_initial_model
-from workers.data import list_categories
+from workers.data.mvtec import list_categories
 
 # ABLATIONS (Tables 3-4, Fig. 5, Section 3.3) live beside the config schema: `ours` retrained with one change.
 
@@ -69,35 +70,37 @@ def run_loo(
         if category not in available:
             raise InputError(f"category {category!r} not found under {data_root}; available: {', '.join(available)}")
     load_config(config_path, list(overrides))  # validate once, before any work
+    chosen = [BY_NAME[m] for m in methods]
     rows: list[dict[str, Any]] = []
     for category in targets:
         held_out = [f"data.exclude=[{category}]"]
         base = list(overrides) + held_out
         plan: list[tuple[str, str, str]] = []  # (row name, evaluation method, model variant)
-        trains_ours = any(METHOD_MODEL[m] == "ours" and m not in BASELINES for m in methods) or bool(ablations)
+        trains_ours = any(m.model == OURS.model and not m.baseline for m in chosen) or bool(ablations)
         if trains_ours:
             log(f"[{category}] meta-training ours (held out: {category})")
-            _train_variant(data_root, out / "models" / category / "ours", config_path, base, progress, tracking_uri)
-        elif any(m in BASELINES for m in methods):
+            _train_variant(data_root, out / "models" / category / OURS.model, config_path, base, progress,
+                           tracking_uri)
+        elif any(m.baseline for m in chosen):
             # the baselines alone need no meta-training: the initial Ψ and the config are all they read
             initial = out / "models" / category / "initial"
             if has_checkpoint(initial):
                 recover(initial)  # killed while writing: its consistent checkpoint, published
             if not (initial / WEIGHTS).is_file():
                 write_initial_model(load_config(config_path, base), data_root, initial)
-        for method in methods:
-            if METHOD_MODEL[method] == "ours":
-                plan.append((method, method, "ours" if trains_ours else "initial"))
-        if "maml_ae" in methods:
-            log(f"[{category}] meta-training maml_ae")
-            _train_variant(data_root, out / "models" / category / "maml_ae", config_path,
-                           base + ["train.method=maml_ae"], progress, tracking_uri)
-            plan.append(("maml_ae", "maml_ae", "maml_ae"))
+        plan += [(m.name, m.name, OURS.model if trains_ours else "initial") for m in chosen if m.model == OURS.model]
+        for kind in (k for k in MODEL_KINDS if k != OURS.model):  # another model, trained once for its methods
+            readers = list(dict.fromkeys(m.name for m in chosen if m.model == kind))
+            if readers:
+                log(f"[{category}] meta-training {kind}")
+                _train_variant(data_root, out / "models" / category / kind, config_path,
+                               base + [f"train.method={kind}"], progress, tracking_uri)
+                plan += [(name, name, kind) for name in readers]
         for name in ablations:
             log(f"[{category}] meta-training ablation {name}: {' '.join(ABLATIONS[name])}")
             _train_variant(data_root, out / "models" / category / name, config_path, base + ABLATIONS[name], progress,
                            tracking_uri)
-            plan.append((f"ours[{name}]", "ours", name))
+            plan.append((f"{OURS.name}[{name}]", OURS.name, name))
         for row, method, variant in plan:
             eval_dir = out / "eval" / category / row.replace("[", "_").replace("]", "")
             metrics_file = eval_dir / "metrics.json"

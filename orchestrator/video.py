@@ -4,7 +4,7 @@ For a target scene T:
 
 1. **Meta-train** `ours` with the ordinary episodic training (orchestrator.training.loop.train) on every other
    scene's training frames (one task each, ``scene:<name>``) plus every image category of the image
-   source (workers.video.SceneTaskSource). cfg.data.categories / exclude do not apply here; the model is
+   source (workers.data.video.SceneTaskSource). cfg.data.categories / exclude do not apply here; the model is
    always `ours` (cfg.train.method is ignored). Training frames: every experiments.video_train_every-th.
 2. **Adapt and score**, for each K in experiments.video_shots and each of experiments.video_draws support
    draws: the dictionary is built from K normal training frames of T (orchestrator.evaluate.support_draws
@@ -16,7 +16,7 @@ For a target scene T:
    README), per draw; mean ± std (population) over draws per K.
 
 With experiments.video_temporal every scene frame (training task, support, test) carries the motion cue
-of workers.video (luma, luma, frame difference); image categories stay RGB.
+of workers.data.video (luma, luma, frame difference); image categories stay RGB.
 
 Outputs under out_dir:
 
@@ -48,15 +48,22 @@ from tqdm import tqdm
 
 from model import metrics
 from model.errors import InputError
-from orchestrator.artifacts import WEIGHTS, load_model_dir, resolve_device
+from orchestrator.tracking.artifacts import load_model_dir, resolve_device, WEIGHTS
+from model.methods import OURS
 from orchestrator.config import Config, atomic_write_text
 from orchestrator.evaluate import make_scorer, score_batches, support_draws
 from orchestrator.ingest import MANIFEST
 from orchestrator.pipeline import RESULTS, TRAINED_CONFIG, data_dir, image_root, repo_path
 from orchestrator.training.loop import train
-from workers.data import list_scenes
-from workers.manifest import as_source, open_source
-from workers.video import SceneTaskSource, check_scene, files_sha256, load_frames, scene_files
+from workers.data.sources import as_source, open_source
+from workers.data.video import (
+    SceneTaskSource,
+    check_scene,
+    files_sha256,
+    list_scenes,
+    load_frames,
+    scene_files,
+)
 
 METRICS, SCORES, MODEL = "metrics.json", "scores.csv", "model"
 VIDEO_RESULTS = RESULTS / "video"
@@ -121,7 +128,7 @@ def training_source(cfg: Config, target: str, image_source) -> SceneTaskSource:
 def training_config(cfg: Config) -> Config:
     """cfg for meta-training: `ours` on every task of the source (no category selection, nothing held out)."""
     out = copy.deepcopy(cfg)
-    out.data.categories, out.data.exclude, out.train.method = [], [], "ours"
+    out.data.categories, out.data.exclude, out.train.method = [], [], OURS.model
     return out.validate()
 
 
@@ -133,7 +140,7 @@ def score_shots(model_dir: Path, test: SceneTest, cfg: Config, progress: bool = 
     model.to(device).eval()
     scoring = copy.deepcopy(saved)
     scoring.model = dataclasses.replace(scoring.model, anomaly_map="energy", map_smooth_sigma=0.0)
-    scorer = make_scorer("ours", model, scoring, augment_support=cfg.eval.augment_support)
+    scorer = make_scorer(OURS.name, model, scoring, augment_support=cfg.eval.augment_support)
     e = cfg.experiments
     shots, first = {}, None
     jobs = [(k, d) for k in sorted(e.video_shots) for d in range(e.video_draws)]
@@ -177,7 +184,7 @@ def run_video(cfg: Config, target_scene: str, out_dir: str | Path, image_source=
               progress: bool = False) -> dict[str, Any]:
     """The Section 4.2 protocol for one target scene; writes out_dir/{model/, metrics.json, scores.csv}.
 
-    image_source: a folder, a workers.manifest source, or None for cfg.pipeline.source.
+    image_source: a folder, a workers.data.sources source, or None for cfg.pipeline.source.
     Returns the metrics.json record.
     """
     began = time.perf_counter()

@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from model.errors import InputError
-from orchestrator.artifacts import build_model, load_model_dir
+from orchestrator.tracking.artifacts import build_model, load_model_dir
 from orchestrator.training.loop import train, train_distributed
 from orchestrator.training.learner import Learner, episode_step, step_spec
 from orchestrator.training.inputs import load_normals

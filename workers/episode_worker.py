@@ -11,9 +11,9 @@ from __future__ import annotations
 import torch
 
 from model.errors import InputError
-from workers.data import set_max_pixels
+from workers.data.images import set_max_pixels
 from workers.episodes import Episode, EpisodeSampler
-from workers.manifest import open_source
+from workers.data.sources import open_source
 
 
 class EpisodeWorker:

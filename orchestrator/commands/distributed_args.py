@@ -55,7 +55,7 @@ def run_distributed(args: argparse.Namespace, cfg, uri: str | None = None, data_
     tracker = None
     exists = Path(data_root).exists() if data_root is not None else manifest is not None and Path(manifest).exists()
     if uri is not None and exists:  # bad input fails in training before any run exists
-        from orchestrator.tracked import TrainingTracker
+        from orchestrator.tracking.tracked import TrainingTracker
 
         tracker = TrainingTracker(uri, cfg, data_root, args.out, args.resume, manifest)
 

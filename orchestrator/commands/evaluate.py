@@ -3,8 +3,8 @@ from __future__ import annotations
 
 import json
 
+from model.methods import METHODS, OURS
 from orchestrator.commands.common import add_config_arguments, add_data_arguments, data_root, runtime_settings
-from orchestrator.config import METHODS
 from orchestrator.commands.tracking_args import add_tracking_arguments, tracking_uri
 
 HELP = "evaluate a model on a held-out category (Alg. 2, K shots × S support draws)"
@@ -17,7 +17,7 @@ def add_arguments(p):
     p.add_argument("--shots", type=int, default=10, help="K normal support images (default 10)")
     p.add_argument("--seeds", type=int, default=5, help="number of support draws S (default 5)")
     p.add_argument("--seed", type=int, default=None, help="base seed of the draws (default eval.seed)")
-    p.add_argument("--method", choices=METHODS, default="ours",
+    p.add_argument("--method", choices=METHODS, default=OURS.name,
                    help="untrained / knn_untrained: ours / kNN with a freshly initialised Ψ (the model's config); "
                         "nosupport: the blurred image-gradient map, no support set")
     p.add_argument("--fpr", type=float, default=None,
@@ -36,7 +36,7 @@ def add_arguments(p):
 def run(args) -> int:
     from orchestrator.config import check_writable_dir
     from orchestrator.evaluate import METRIC_NAMES, format_metric
-    from orchestrator.tracked import tracked_evaluate
+    from orchestrator.tracking.tracked import tracked_evaluate
 
     from model.calibration import check_fpr
 

@@ -1,8 +1,9 @@
 """fsad loo: the whole leave-one-category-out table (train one model per held-out category, evaluate)."""
 from __future__ import annotations
 
+from model.methods import BASELINES, METHODS
 from orchestrator.commands.common import add_config_arguments, config_file, config_from_args
-from orchestrator.config import ABLATIONS, METHODS
+from orchestrator.config import ABLATIONS
 from orchestrator.commands.tracking_args import add_tracking_arguments, tracking_uri
 
 HELP = "leave-one-category-out table: ours vs kNN vs MAML-AE vs the baselines (and ablations)"
@@ -13,7 +14,7 @@ def add_arguments(p):
     p.add_argument("--shots", type=int, default=10)
     p.add_argument("--seeds", type=int, default=5, help="support draws per category")
     p.add_argument("--methods", default=",".join(METHODS),
-                   help=f"comma list of {','.join(METHODS)} (the last three are the no-learning/no-support baselines)")
+                   help=f"comma list of {','.join(METHODS)} (the no-learning/no-support baselines: {','.join(BASELINES)})")
     p.add_argument("--ablations", default="", help=f"comma list of {','.join(ABLATIONS)} (ours retrained with one change)")
     p.add_argument("--categories", default="", help="comma list of target categories (default: all)")
     p.add_argument("--out", required=True, help="output directory (models/, eval/, results.md, results.json)")

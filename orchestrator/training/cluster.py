@@ -20,7 +20,7 @@ from typing import Any
 import ray
 
 from model.errors import InputError
-from orchestrator.artifacts import build_model
+from orchestrator.tracking.artifacts import build_model
 from orchestrator.config import Config, config_from_dict
 from orchestrator.training.learner import step_spec
 from workers.pool import ActorPool, PoolResources

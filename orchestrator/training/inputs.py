@@ -8,18 +8,18 @@ from typing import Any, Callable
 import torch
 
 from model.errors import InputError
-from orchestrator.artifacts import STATE, WEIGHTS, build_model, model_writers
+from orchestrator.tracking.artifacts import STATE, WEIGHTS, build_model, model_writers
 from orchestrator.config import Config
 from orchestrator.training.checkpoint import has_checkpoint, newest_state, save_checkpoint
 from orchestrator.training.selection import validation_categories
-from workers.manifest import as_source, open_source
+from workers.data.sources import as_source, open_source
 
 
 @dataclass
 class RunInputs:
     """One run's data: the opened source, its training and validation categories, how it was named."""
 
-    source: Any  # workers.manifest FolderSource / ManifestSource, or a ready source object
+    source: Any  # workers.data.sources FolderSource / ManifestSource, or a ready source object
     categories: list[str]
     val_categories: list[str]
     data_root: str | Path | None
@@ -29,7 +29,7 @@ class RunInputs:
 
 
 def load_normals(root, categories: list[str], image_size: int) -> dict[str, torch.Tensor]:
-    """{category: train/good images (N, 3, S, S)}; root: a folder or a workers.manifest source."""
+    """{category: train/good images (N, 3, S, S)}; root: a folder or a workers.data.sources source."""
     source = as_source(root)
     normals = {}
     for category in categories:

@@ -12,6 +12,7 @@ from typing import Any, Iterator
 
 import torch
 
+from model.methods import MAML_AE
 from model.objective import episode_loss
 from orchestrator.config import Config
 from orchestrator.training.checkpoint import Writer
@@ -44,7 +45,7 @@ class LocalWorkers:
         cfg = self.cfg
         for _ in range(start, cfg.train.episodes):
             episode = self.sampler.sample()
-            if cfg.train.method == "maml_ae":
+            if cfg.train.method == MAML_AE.model:
                 stats = learner.apply_maml(episode, cfg.maml.inner_steps, cfg.maml.inner_lr)
             else:
                 stats = learner.apply_loss(episode_loss(learner.model, episode, learner.spec, self.generator,

@@ -17,7 +17,8 @@ import torch
 from tqdm import tqdm
 
 from model.errors import InputError
-from orchestrator.artifacts import META, STATE, WEIGHTS, build_model, model_writers, resolve_device
+from model.methods import MAML_AE, OURS
+from orchestrator.tracking.artifacts import META, STATE, WEIGHTS, build_model, model_writers, resolve_device
 from orchestrator.config import Config
 from orchestrator.training.checkpoint import recover, save_checkpoint
 from orchestrator.training.inputs import RunInputs, model_meta, open_inputs, prepare_out, refuse_resume_across
@@ -79,7 +80,7 @@ class TrainingRun:
 
 def _open_run(cfg: Config, data_root, out: Path, resume: bool, manifest, splits, distributed: bool) -> RunInputs:
     """Input checks in the order a user fixes them: method, data, --out, the checkpoint's kind, categories."""
-    if distributed and cfg.train.method != "ours":
+    if distributed and cfg.train.method != OURS.model:
         raise InputError(f"train.method={cfg.train.method!r}: distributed training (--workers) supports ours only")
     if distributed and data_root is not None and not isinstance(data_root, (str, Path)):
         raise InputError("distributed training (--workers) reads a data folder or a manifest, not a source object")
@@ -117,7 +118,7 @@ def train(
     """Meta-train on every category of `data_root` except cfg.data.exclude; returns a summary.
 
     data_root: a folder, or a ready source object (categories(), load(), content_sha256; e.g.
-    workers.video.SceneTaskSource; in-process only). With `manifest` the images are the manifest's
+    workers.data.video.SceneTaskSource; in-process only). With `manifest` the images are the manifest's
     (data_root, if given, overrides its image root); with `splits` too, exactly the training rows of the
     fold of the one held-out category. `distributed`: cfg.distributed.workers Ray workers (joining
     `address`, or a Ray started here) instead of the in-process worker.
@@ -127,7 +128,7 @@ def train(
     device = resolve_device(cfg.train.device)
     workers = _worker_set(cfg, inputs, device, distributed, address)  # the in-process one loads its images here
     torch.manual_seed(cfg.train.seed)
-    lr = cfg.maml.outer_lr if cfg.train.method == "maml_ae" else cfg.train.lr
+    lr = cfg.maml.outer_lr if cfg.train.method == MAML_AE.model else cfg.train.lr
     learner = Learner(build_model(cfg), lr, cfg.train.grad_clip, step_spec(cfg), device)
     meta = model_meta(cfg, inputs)
     if distributed:
