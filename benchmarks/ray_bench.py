@@ -26,7 +26,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from orchestrator.artifacts import build_model  # noqa: E402
-from orchestrator.config import load_config  # noqa: E402
+from orchestrator.config import load_config, parse_overrides  # noqa: E402
 from orchestrator.learner import Learner, step_spec  # noqa: E402
 from orchestrator.train import train  # noqa: E402
 from tests.conftest import REAL_ROOT, copy_small  # noqa: E402
@@ -37,8 +37,8 @@ CATEGORIES = ("juice_bottle", "kolektor", "tire")
 
 
 def config(episodes: int, *extra: str):
-    return load_config(None, [f"train.episodes={episodes}", "train.checkpoint_every=1000",
-                              "distributed.object_store_mb=256", *extra])
+    return load_config(None, parse_overrides([f"train.episodes={episodes}", "train.checkpoint_every=1000",
+                              "distributed.object_store_mb=256", *extra]))
 
 
 class StorePeak(threading.Thread):

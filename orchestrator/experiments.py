@@ -17,7 +17,8 @@ from pathlib import Path
 from typing import Any
 
 from model.errors import InputError
-from orchestrator.config import ABLATIONS, Config, atomic_write_text, parse_override, with_values
+from orchestrator.config import ABLATIONS, Config, describe, with_values
+from workers.files import atomic_write_text
 from orchestrator.evaluate import METRIC_NAMES, evaluate
 from orchestrator.ingest import MANIFEST
 from orchestrator.pipeline import RESULTS, SPLITS, data_dir, image_root
@@ -30,8 +31,7 @@ def variant_config(cfg: Config, name: str, target: str) -> Config:
     """cfg with the ablation's overrides, `ours`, and the target held out."""
     if name not in ABLATIONS:
         raise InputError(f"ablation {name!r}: expected one of {', '.join(ABLATIONS)}")
-    values = dict(parse_override(text) for text in ABLATIONS[name])
-    return with_values(cfg, {**values, "data.exclude": [target], "train.method": "ours"})
+    return with_values(cfg, {**ABLATIONS[name], "data.exclude": [target], "train.method": "ours"})
 
 
 def stage_ablations(cfg: Config, progress: bool = False, log=print) -> list[dict[str, Any]]:
@@ -51,14 +51,14 @@ def stage_ablations(cfg: Config, progress: bool = False, log=print) -> list[dict
             folder = ABLATION_DIR / target / name
             if folder.exists():
                 shutil.rmtree(folder)  # dvc removes outputs before a stage runs; a manual run starts afresh too
-            log(f"[{target}] ablation {name} ({' '.join(ABLATIONS[name])}): meta-training")
+            log(f"[{target}] ablation {name} ({' '.join(describe(ABLATIONS[name]))}): meta-training")
             summary = train(variant, image_root(cfg), folder / "model", progress=progress, manifest=manifest, splits=splits)
             log(f"[{target}] ablation {name}: evaluating K={shots}, {cfg.eval.draws} draws")
             record = evaluate(folder / "model", image_root(cfg), target, shots, cfg.eval.draws, folder, method="ours",
                               progress=progress, overlays=0, manifest=manifest, splits=splits)
-            record.update(ablation=name, overrides=ABLATIONS[name], train_seconds=summary["seconds"])
+            record.update(ablation=name, overrides=describe(ABLATIONS[name]), train_seconds=summary["seconds"])
             atomic_write_text(folder / "metrics.json", json.dumps(record, indent=2))
-            rows.append({"target": target, "ablation": name, "overrides": ABLATIONS[name],
+            rows.append({"target": target, "ablation": name, "overrides": describe(ABLATIONS[name]),
                          **{m: record[m] for m in METRIC_NAMES + ("score_gap",)},
                          "manifest_sha256": record["manifest_sha256"], "splits_sha256": record["splits_sha256"]})
     atomic_write_text(ABLATION_DIR / "summary.json", json.dumps({"shots": shots, "draws": cfg.eval.draws,

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from model.errors import InputError
-from orchestrator.config import atomic_write_text
+from workers.files import atomic_write_text, chmod_like_new
 from workers.manifest import (
     build_rows,
     commit,
@@ -30,7 +30,6 @@ from workers.manifest import (
     splits_table,
     staged_parquet,
 )
-from workers.files import chmod_like_new
 from workers.paths import relative_key
 
 MANIFEST = "manifest.parquet"

@@ -10,12 +10,13 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
+from typing import Any, Mapping
 
 from model.errors import InputError
 from orchestrator.artifacts import META, WEIGHTS
 from orchestrator.checkpoint import has_checkpoint, recover
-from orchestrator.config import ABLATIONS, BASELINES, METHOD_MODEL, METHODS, Config, atomic_write_text, load_config
+from orchestrator.config import ABLATIONS, BASELINES, METHOD_MODEL, METHODS, Config, describe, load_config
+from workers.files import atomic_write_text
 from orchestrator.evaluate import METRIC_NAMES, format_metric
 from orchestrator.tracked import tracked_evaluate, tracked_train
 from orchestrator.train import write_initial_model
@@ -31,7 +32,7 @@ def _trained(model_dir: Path, cfg: Config) -> bool:
     return meta.get("episodes_done") == cfg.train.episodes
 
 
-def _train_variant(data_root, model_dir: Path, config_path, overrides: list[str], progress: bool,
+def _train_variant(data_root, model_dir: Path, config_path, overrides: dict[str, Any], progress: bool,
                    uri: str | None = None) -> None:
     cfg = load_config(config_path, overrides)
     if has_checkpoint(model_dir):
@@ -51,7 +52,7 @@ def run_loo(
     categories: list[str] | None = None,
     ablations: tuple[str, ...] = (),
     config_path: str | None = None,
-    overrides: list[str] = (),
+    overrides: Mapping[str, Any] | None = None,
     progress: bool = True,
     log=print,
     tracking_uri: str | None = None,
@@ -68,11 +69,11 @@ def run_loo(
     for category in targets:
         if category not in available:
             raise InputError(f"category {category!r} not found under {data_root}; available: {', '.join(available)}")
-    load_config(config_path, list(overrides))  # validate once, before any work
+    overrides = dict(overrides or {})
+    load_config(config_path, overrides)  # validate once, before any work
     rows: list[dict[str, Any]] = []
     for category in targets:
-        held_out = [f"data.exclude=[{category}]"]
-        base = list(overrides) + held_out
+        base = {**overrides, "data.exclude": [category]}
         plan: list[tuple[str, str, str]] = []  # (row name, evaluation method, model variant)
         trains_ours = any(METHOD_MODEL[m] == "ours" and m not in BASELINES for m in methods) or bool(ablations)
         if trains_ours:
@@ -91,11 +92,11 @@ def run_loo(
         if "maml_ae" in methods:
             log(f"[{category}] meta-training maml_ae")
             _train_variant(data_root, out / "models" / category / "maml_ae", config_path,
-                           base + ["train.method=maml_ae"], progress, tracking_uri)
+                           {**base, "train.method": "maml_ae"}, progress, tracking_uri)
             plan.append(("maml_ae", "maml_ae", "maml_ae"))
         for name in ablations:
-            log(f"[{category}] meta-training ablation {name}: {' '.join(ABLATIONS[name])}")
-            _train_variant(data_root, out / "models" / category / name, config_path, base + ABLATIONS[name], progress,
+            log(f"[{category}] meta-training ablation {name}: {' '.join(describe(ABLATIONS[name]))}")
+            _train_variant(data_root, out / "models" / category / name, config_path, {**base, **ABLATIONS[name]}, progress,
                            tracking_uri)
             plan.append((f"ours[{name}]", "ours", name))
         for row, method, variant in plan:
@@ -109,7 +110,7 @@ def run_loo(
             rows.append({"category": category, "method": row, **{m: record[m] for m in METRIC_NAMES},
                          "score_gap": record.get("score_gap"), "metrics": str(metrics_file)})
     results = {"data_root": str(data_root), "shots": shots, "draws": draws, "rows": rows,
-               "mean": _means(rows), "overrides": list(overrides)}
+               "mean": _means(rows), "overrides": describe(overrides)}
     atomic_write_text(out / "results.json", json.dumps(results, indent=2))
     atomic_write_text(out / "results.md", results_markdown(results))
     return results

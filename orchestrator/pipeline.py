@@ -26,7 +26,8 @@ from typing import Any
 
 from model import metrics
 from model.errors import InputError
-from orchestrator.config import METHOD_MODEL, Config, atomic_write_text, load_config
+from orchestrator.config import METHOD_MODEL, Config, load_config
+from workers.files import atomic_write_text
 from orchestrator.evaluate import METRIC_NAMES, evaluate
 from orchestrator.ingest import FILES, MANIFEST, ingest, is_local_source, make_splits
 from orchestrator.train import train
@@ -40,8 +41,8 @@ RECORDED_PARAMS = ("data.image_size", "model.lam_max", "model.lam_star", "model.
                    "langevin.steps", "langevin.step_size", "train.episodes", "train.lr", "eval.draws")
 
 
-def load_params(path: str | Path = PARAMS, overrides: list[str] = ()) -> Config:
-    return load_config(path, list(overrides))
+def load_params(path: str | Path = PARAMS, overrides: dict[str, Any] | None = None) -> Config:
+    return load_config(path, overrides)
 
 
 def data_dir(cfg: Config) -> Path:

@@ -34,7 +34,7 @@ from typing import Any, Iterable
 
 from model.errors import InputError
 from orchestrator.checkpoint import sha256_of
-from orchestrator.config import atomic_write_text
+from workers.files import atomic_write_text
 
 DEFAULT_URI = "sqlite:///mlflow.db"
 SPOOL_ENV = "FSAD_SPOOL_DIR"
@@ -73,7 +73,7 @@ def resolve_tracking_uri(cli_uri: str | None = None, no_track: bool = False) -> 
 def _check_store_outlives_run(uri: str, cli_uri: str | None) -> None:
     """A Ray job runs in a temporary copy of its working directory: a sqlite file there (the default
     sqlite:///mlflow.db included) vanishes with it, and nobody could browse the run."""
-    from orchestrator.config import temporary_workdir
+    from workers.files import temporary_workdir
 
     temp = temporary_workdir()
     path = local_store_path(uri)
@@ -243,7 +243,7 @@ def spool_root(root: str | Path | None = None) -> Path:
     the default moves to ~/.cache/fsad/mlflow-spool, so journals waiting for the server outlive the job."""
     if root or os.environ.get(SPOOL_ENV):
         return Path(root or os.environ[SPOOL_ENV]).resolve()
-    from orchestrator.config import temporary_workdir
+    from workers.files import temporary_workdir
 
     if temporary_workdir() is not None:
         cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
@@ -398,7 +398,7 @@ class Replayer:
     def _experiment_id(self, name: str) -> str:
         location = None
         if self.uri.startswith("sqlite:"):
-            from orchestrator.config import temporary_workdir
+            from workers.files import temporary_workdir
 
             if temporary_workdir() is not None:  # mlflow's default, ./mlruns, would vanish with the job
                 location = (local_store_path(self.uri).parent / "mlruns").as_uri()

@@ -49,7 +49,8 @@ from tqdm import tqdm
 from model import metrics
 from model.errors import InputError
 from orchestrator.artifacts import WEIGHTS, load_model_dir, resolve_device
-from orchestrator.config import Config, atomic_write_text
+from orchestrator.config import Config
+from workers.files import atomic_write_text
 from orchestrator.evaluate import make_scorer, score_batches, support_draws
 from orchestrator.ingest import MANIFEST
 from orchestrator.pipeline import RESULTS, TRAINED_CONFIG, data_dir, image_root, repo_path

@@ -535,11 +535,11 @@ def write_params(folder: Path, tree: dict) -> Path:
 
 def tiny_tree(**changes) -> dict:
     """The tiny budget (tests/conftest.py TINY) as a params.yaml tree."""
-    from orchestrator.config import _set_path
+    from orchestrator.config.loading import set_path
 
     tree: dict = {}
     for key, value in {**TINY, **changes}.items():
-        _set_path(tree, key, value)
+        set_path(tree, key, value)
     return tree
 
 

@@ -15,7 +15,7 @@ import torch
 from model.errors import InputError
 from orchestrator.artifacts import build_model
 from orchestrator.cli import main
-from orchestrator.config import load_config
+from orchestrator.config import load_config, parse_overrides
 from orchestrator.distributed import episode_plan
 from orchestrator.learner import Learner, step_spec
 from orchestrator.pool import resolve_address
@@ -28,7 +28,7 @@ TRAINED_ON = sorted(c for c in SMALL_CATEGORIES if c != HELD_OUT)
 
 
 def tiny_config(*extra: str):
-    return load_config(None, [f"{k}={v}" for k, v in TINY.items()] + list(extra))
+    return load_config(None, parse_overrides([f"{k}={v}" for k, v in TINY.items()] + list(extra)))
 
 
 def in_process_update(model, episode, cfg, seed):

@@ -20,7 +20,7 @@ def wants_distributed(args: argparse.Namespace) -> bool:
     return args.workers is not None or args.address is not None
 
 
-def distributed_overrides(args: argparse.Namespace) -> list[str]:
+def distributed_overrides(args: argparse.Namespace) -> dict[str, int]:
     """Config overrides from --workers; refuses an in-process --resume of a distributed checkpoint."""
     if args.workers is not None and args.workers < 1:
         raise InputError(f"--workers {args.workers}: expected N >= 1 Langevin workers")
@@ -29,7 +29,7 @@ def distributed_overrides(args: argparse.Namespace) -> list[str]:
 
         if checkpoint_is_distributed(args.out):
             raise InputError(f"--resume: {args.out} holds a distributed checkpoint; resume it with --workers N")
-    return [f"distributed.workers={args.workers}"] if args.workers is not None else []
+    return {"distributed.workers": args.workers} if args.workers is not None else {}
 
 
 def _flat(record: dict) -> dict:

@@ -34,7 +34,7 @@ def add_arguments(p):
 
 
 def run(args) -> int:
-    from orchestrator.config import check_writable_dir
+    from workers.files import check_writable_dir
     from orchestrator.evaluate import METRIC_NAMES, format_metric
     from orchestrator.tracked import tracked_evaluate
 

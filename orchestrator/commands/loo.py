@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from orchestrator.commands.common import add_config_arguments, config_file, config_from_args
-from orchestrator.config import ABLATIONS, METHODS
+from orchestrator.config import ABLATIONS, METHODS, parse_overrides
 from orchestrator.commands.tracking_args import add_tracking_arguments, tracking_uri
 
 HELP = "leave-one-category-out table: ours vs kNN vs MAML-AE vs the baselines (and ablations)"
@@ -33,7 +33,7 @@ def run(args) -> int:
     path = config_file(args)
     results = run_loo(args.data, args.out, args.shots, args.seeds, tuple(_split(args.methods)),
                       _split(args.categories) or None, tuple(_split(args.ablations)),
-                      str(path) if path is not None else None, args.overrides, progress=not args.quiet, tracking_uri=tracking_uri(args))
+                      str(path) if path is not None else None, parse_overrides(args.overrides), progress=not args.quiet, tracking_uri=tracking_uri(args))
     print(results_table(results))
     print(f"wrote {args.out}/results.md and {args.out}/results.json")
     return 0
