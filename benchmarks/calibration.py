@@ -28,8 +28,8 @@ import torch
 from model.calibration import ESTIMATORS, rates, size_corrected, threshold
 from orchestrator.calibration import held_out_scores
 from orchestrator.config import load_config
-from workers.files import atomic_write_text
 from orchestrator.evaluate import load_test_set, make_scorer, score_batches, support_draws, untrained_model
+from workers.files import atomic_write_text
 
 REPO = Path(__file__).resolve().parents[1]
 TARGETS = (0.01, 0.05)

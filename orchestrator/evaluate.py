@@ -24,8 +24,8 @@ from model.errors import InputError
 from orchestrator.artifacts import load_model_dir, resolve_device
 from orchestrator.calibration import CalibrationSpec, calibrate
 from orchestrator.config import BASELINES, METHODS, Config, with_values
-from workers.files import atomic_write_text
 from workers.data import set_max_pixels, stack_items
+from workers.files import atomic_write_text
 from workers.manifest import as_source, open_source
 from workers.episodes import dihedral
 from workers.paths import category_key, plain_name

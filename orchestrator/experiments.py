@@ -18,11 +18,11 @@ from typing import Any
 
 from model.errors import InputError
 from orchestrator.config import ABLATIONS, Config, describe, with_values
-from workers.files import atomic_write_text
 from orchestrator.evaluate import METRIC_NAMES, evaluate
 from orchestrator.ingest import MANIFEST
 from orchestrator.pipeline import RESULTS, SPLITS, data_dir, image_root
 from orchestrator.train import train
+from workers.files import atomic_write_text
 
 ABLATION_DIR = RESULTS / "ablations"
 

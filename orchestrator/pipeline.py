@@ -27,10 +27,10 @@ from typing import Any
 from model import metrics
 from model.errors import InputError
 from orchestrator.config import METHOD_MODEL, Config, load_config
-from workers.files import atomic_write_text
 from orchestrator.evaluate import METRIC_NAMES, evaluate
 from orchestrator.ingest import FILES, MANIFEST, ingest, is_local_source, make_splits
 from orchestrator.train import train
+from workers.files import atomic_write_text
 
 PARAMS = "params.yaml"
 SPLITS = "splits.parquet"

@@ -31,11 +31,11 @@ from model.errors import InputError
 from orchestrator.artifacts import load_model_dir, resolve_device
 from orchestrator.calibration import ANOMALOUS, Calibration, CalibrationSpec, calibrate
 from orchestrator.config import with_values
-from workers.files import atomic_path, atomic_write_text, check_writable_dir
 from orchestrator.evaluate import make_scorer
 from orchestrator.gallery import INDEX, write_gallery
 from orchestrator.plots import color_limit, overlay_png
 from workers.data import image_files, load_images, set_max_pixels
+from workers.files import atomic_path, atomic_write_text, check_writable_dir
 
 SCORES = "scores.jsonl"
 CALIBRATION = "calibration.json"

@@ -29,9 +29,9 @@ import numpy as np  # noqa: E402
 
 from model.errors import InputError  # noqa: E402
 from orchestrator.config import ABLATIONS, PROFILES, Config, describe  # noqa: E402
-from workers.files import atomic_write_text
 from orchestrator.evaluate import METRIC_NAMES  # noqa: E402
 from orchestrator.plots import save_png  # noqa: E402
+from workers.files import atomic_write_text  # noqa: E402
 
 METRIC_LABELS = {"image_auroc": "image AUROC", "pixel_auroc": "pixel AUROC", "pro": "PRO", "miou": "mIoU"}
 METHOD_LABELS = {"ours": "ours", "knn": "kNN", "maml_ae": "MAML-AE", "untrained": "ours, untrained Ψ",

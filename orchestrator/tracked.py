@@ -22,10 +22,10 @@ from typing import Any
 from model import metrics
 from orchestrator.artifacts import CONFIG, MANIFEST, META, STATE, WEIGHTS
 from orchestrator.config import Config
-from workers.files import atomic_write_text
 from orchestrator.evaluate import CALIBRATION_NAMES, METRIC_NAMES, evaluate, prepare_evaluation
 from orchestrator.tracking import TrackedRun, data_version, spool_root, uri_key
 from orchestrator.train import train
+from workers.files import atomic_write_text
 
 TRACKING_FILE = "tracking.json"
 

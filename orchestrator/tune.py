@@ -43,9 +43,9 @@ from optuna.trial import TrialState
 
 from model.errors import InputError
 from orchestrator.config import TUNE_KEYS, Config, FloatRange, config_from_dict, save_config, with_values
-from workers.files import atomic_write_text
 from orchestrator.tracking import TrackedRun, check_database_reachable, end_running_runs, redact
 from workers.data import set_max_pixels
+from workers.files import atomic_write_text
 
 HEARTBEAT_ATTR = "fsad:heartbeat"
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)

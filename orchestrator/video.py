@@ -50,12 +50,12 @@ from model import metrics
 from model.errors import InputError
 from orchestrator.artifacts import WEIGHTS, load_model_dir, resolve_device
 from orchestrator.config import Config
-from workers.files import atomic_write_text
 from orchestrator.evaluate import make_scorer, score_batches, support_draws
 from orchestrator.ingest import MANIFEST
 from orchestrator.pipeline import RESULTS, TRAINED_CONFIG, data_dir, image_root, repo_path
 from orchestrator.train import train
 from workers.data import list_scenes
+from workers.files import atomic_write_text
 from workers.manifest import as_source, open_source
 from workers.video import SceneTaskSource, check_scene, files_sha256, load_frames, scene_files
 
