@@ -1,7 +1,7 @@
 """The paper's ablations as a DVC stage (experiments/dvc.yaml `ablations`; report in docs/results.md).
 
 For every target of experiments.ablation_targets and every name of experiments.ablations (ABLATIONS in
-orchestrator/config.py), `ours` is meta-trained on the target's fold with that one change and evaluated
+orchestrator/config/profiles.py), `ours` is meta-trained on the target's fold with that one change and evaluated
 at the largest K of pipeline.shots on the splits' support draws: the same images the default model of
 the `evaluate@<target>` stage was scored with, so each row compares with the default on equal terms.
 

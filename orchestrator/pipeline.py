@@ -14,7 +14,6 @@ Every metrics file records the manifest's and the splits' content hashes and the
 """
 from __future__ import annotations
 
-import copy
 import csv
 import hashlib
 import io
@@ -26,7 +25,7 @@ from typing import Any
 
 from model import metrics
 from model.errors import InputError
-from orchestrator.config import METHOD_MODEL, Config, load_config
+from orchestrator.config import METHOD_MODEL, Config, load_config, with_values
 from orchestrator.evaluate import METRIC_NAMES, evaluate
 from orchestrator.ingest import FILES, MANIFEST, ingest, is_local_source, make_splits
 from orchestrator.train import train
@@ -97,9 +96,7 @@ def stage_train(cfg: Config, target: str, progress: bool = False) -> list[str]:
     _check_target(cfg, target)
     written = []
     for variant in _variants(cfg):
-        fold_cfg = copy.deepcopy(cfg)
-        fold_cfg.data.exclude, fold_cfg.train.method = [target], variant
-        fold_cfg.validate()
+        fold_cfg = with_values(cfg, {"data.exclude": [target], "train.method": variant})
         out = RESULTS / "models" / target / variant
         if out.exists():
             shutil.rmtree(out)  # dvc removes outputs before a stage runs; a manual run starts afresh too

@@ -49,7 +49,7 @@ from tqdm import tqdm
 from model import metrics
 from model.errors import InputError
 from orchestrator.artifacts import WEIGHTS, load_model_dir, resolve_device
-from orchestrator.config import Config
+from orchestrator.config import Config, with_values
 from orchestrator.evaluate import make_scorer, score_batches, support_draws
 from orchestrator.ingest import MANIFEST
 from orchestrator.pipeline import RESULTS, TRAINED_CONFIG, data_dir, image_root, repo_path
@@ -121,9 +121,7 @@ def training_source(cfg: Config, target: str, image_source) -> SceneTaskSource:
 
 def training_config(cfg: Config) -> Config:
     """cfg for meta-training: `ours` on every task of the source (no category selection, nothing held out)."""
-    out = copy.deepcopy(cfg)
-    out.data.categories, out.data.exclude, out.train.method = [], [], "ours"
-    return out.validate()
+    return with_values(cfg, {"data.categories": [], "data.exclude": [], "train.method": "ours"})
 
 
 def score_shots(model_dir: Path, test: SceneTest, cfg: Config, progress: bool = False

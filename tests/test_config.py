@@ -1,4 +1,4 @@
-"""orchestrator/config.py: params.yaml = the embedded defaults, override parsing, flatten, save/load, errors."""
+"""orchestrator/config/: params.yaml = the embedded defaults, override parsing, flatten, save/load, errors."""
 from __future__ import annotations
 
 import dataclasses
