@@ -22,7 +22,7 @@ from model.backbone import build_backbone
 from model.energy import AdaptiveEBM
 from model.errors import InputError
 from orchestrator.checkpoint import CONFIG, MANIFEST, META, STATE, WEIGHTS, Writer, verify_model_files  # noqa: F401 - re-exported
-from orchestrator.config import Config, backbone_spec, config_from_dict, save_config, sparse_spec
+from orchestrator.config import Config, autoencoder_spec, backbone_spec, config_from_dict, save_config, sparse_spec
 
 
 def resolve_device(name: str) -> torch.device:
@@ -34,10 +34,9 @@ def resolve_device(name: str) -> torch.device:
 def build_model(cfg: Config) -> torch.nn.Module:
     """The network for cfg.train.method: AdaptiveEBM (ours) or ConvAutoencoder (maml_ae)."""
     if cfg.train.method == "maml_ae":
-        from model.maml_ae import AESpec, ConvAutoencoder
+        from model.maml_ae import ConvAutoencoder
 
-        depth = min(3, cfg.model.backbone.stride.bit_length() - 1) or 1
-        return ConvAutoencoder(AESpec(width=cfg.maml.width, latent=cfg.maml.latent, depth=depth))
+        return ConvAutoencoder(autoencoder_spec(cfg))
     backbone = build_backbone(backbone_spec(cfg.model.backbone), cfg.model.backbone.weights or None)
     return AdaptiveEBM(backbone, sparse_spec(cfg.model))
 

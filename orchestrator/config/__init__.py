@@ -5,7 +5,7 @@
     validation.py    every range check, run once at load
     search_space.py  TuneSpace, TUNE_KEYS, validate_tune
     profiles.py      PROFILES and ABLATIONS as typed {dotted key: value} changes
-    specs.py         model-side specs (BackboneSpec, SparseSpec) built by keyword from the schema
+    specs.py         model-side specs (BackboneSpec, SparseSpec, AESpec) built by keyword from the schema
 """
 from orchestrator.config.loading import (
     config_from_dict,
@@ -37,14 +37,14 @@ from orchestrator.config.schema import (
     flatten,
 )
 from orchestrator.config.search_space import TUNE_KEYS, FloatRange, IntChoices, TuneSpace, validate_tune
-from orchestrator.config.specs import backbone_spec, sparse_spec
+from orchestrator.config.specs import autoencoder_spec, backbone_spec, sparse_spec
 from orchestrator.config.validation import validate
 
 __all__ = [
     "ABLATIONS", "BASELINES", "METHOD_MODEL", "METHODS", "PROFILES", "TUNE_KEYS", "BackboneConfig", "Config",
     "DataConfig", "DistributedConfig", "EvalConfig", "ExperimentsConfig", "FloatRange", "InpaintConfig",
     "IntChoices", "LangevinConfig", "MamlConfig", "ModelConfig", "PipelineConfig", "TrackingConfig",
-    "TrainConfig", "TuneConfig", "TuneSpace", "backbone_spec", "config_from_dict", "describe", "flatten",
+    "TrainConfig", "TuneConfig", "TuneSpace", "autoencoder_spec", "backbone_spec", "config_from_dict", "describe", "flatten",
     "load_config", "parse_override", "parse_overrides", "save_config", "sparse_spec", "validate",
     "validate_tune", "with_values",
 ]

@@ -9,9 +9,10 @@ from typing import TYPE_CHECKING
 
 from model.backbone import BackboneSpec
 from model.energy import SparseSpec
+from model.maml_ae import AESpec
 
 if TYPE_CHECKING:  # the schema imports the search space, which builds specs: hints only, no import cycle
-    from orchestrator.config.schema import BackboneConfig, ModelConfig
+    from orchestrator.config.schema import BackboneConfig, Config, ModelConfig
 
 
 def backbone_spec(backbone: "BackboneConfig") -> BackboneSpec:
@@ -26,3 +27,9 @@ def sparse_spec(model: "ModelConfig") -> SparseSpec:
         solver=model.solver, max_steps=model.max_steps, tol=model.tol, top_k_atoms=model.top_k_atoms,
         image_score=model.image_score, top_frac=model.top_frac,
     )
+
+
+def autoencoder_spec(cfg: "Config") -> AESpec:
+    """MAML-AE's autoencoder: as many stride-2 blocks as the backbone's stride has (1 to 3)."""
+    depth = min(3, cfg.model.backbone.stride.bit_length() - 1) or 1
+    return AESpec(width=cfg.maml.width, latent=cfg.maml.latent, depth=depth)
