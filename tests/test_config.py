@@ -307,3 +307,39 @@ def test_current_umask_reads_without_changing_it(umask):
 
     assert current_umask() == umask
     assert os.umask(umask) == umask  # unchanged
+
+
+# ---------------------------------------------------------------------------------------------
+# Typed values past the command line; specs checked once, at construction
+
+
+def test_ablations_are_typed_values_that_render_as_before():
+    from orchestrator.config import ABLATIONS, describe
+
+    assert ABLATIONS["istc"] == {"model.solver": "istc", "model.lam_star": 0.1}
+    # the words metrics.json, the logs and the report have always shown
+    assert describe(ABLATIONS["istc"]) == ["model.solver=istc", "model.lam_star=0.1"]
+    assert describe(ABLATIONS["noise_only"]) == ["inpaint.kinds=[noise]"]
+    assert describe(ABLATIONS["noise_init"]) == ["inpaint.min_frac=1.0", "inpaint.max_frac=1.0"]
+    for name, values in ABLATIONS.items():  # each parses back to itself, so --set gives the same variant
+        assert parse_overrides(describe(values)) == values, name
+
+
+def test_overrides_in_code_are_a_mapping_not_words():
+    assert load_config(None, {"train.episodes": 7, "model.shrink": "sigshrink"}).train.episodes == 7
+    with pytest.raises(TypeError, match="parse_overrides"):
+        load_config(None, ["train.episodes=7"])
+
+
+def test_parse_overrides_keeps_the_last_word_for_a_key():
+    assert parse_overrides(["a.b=1", "c=2", "a.b=3"]) == {"c": 2, "a.b": 3}
+    assert list(parse_overrides(["a.b=1", "c=2", "a.b=3"])) == ["c", "a.b"]
+
+
+def test_sparse_spec_is_checked_when_built():
+    from model.errors import InputError
+    from orchestrator.config import sparse_spec
+
+    model = dataclasses.replace(Config().model, lam_star=2.0)  # above lam_max
+    with pytest.raises(InputError, match="lam_star"):
+        sparse_spec(model)
