@@ -40,7 +40,7 @@ def _write_png(arr: np.ndarray, path: Path) -> None:
 
 
 def prepare(out: Path, size: int) -> dict:
-    from workers.data import _decode_image, _decode_mask
+    from workers.data.images import decode_image, decode_mask
 
     if out.exists():
         shutil.rmtree(out)
@@ -60,10 +60,10 @@ def prepare(out: Path, size: int) -> dict:
             elif suffix in (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff"):
                 is_mask = "ground_truth" in rel.parts or "test_masks" in rel.parts
                 if is_mask:
-                    arr, _ = _decode_mask(path, size)
+                    arr, _ = decode_mask(path, size)
                     _write_png(arr * 255, dst)
                 else:
-                    arr, _ = _decode_image(path, size)
+                    arr, _ = decode_image(path, size)
                     _write_png(arr, dst)
                 counts["masks" if is_mask else "images"] += 1
     return counts
@@ -75,7 +75,7 @@ def prepare(out: Path, size: int) -> dict:
 
 def parity(data: Path, device: str) -> dict:
     """The same weights and images on CPU and CUDA: scores, maps and one training loss agree to float32 rounding."""
-    from orchestrator.artifacts import build_model
+    from orchestrator.tracking.artifacts import build_model
     from orchestrator.config import load_config, parse_overrides
     from orchestrator.evaluate import load_test_set
     from orchestrator.train import episode_step, load_normals

@@ -158,17 +158,17 @@ def checkpoint_rows(data: Path, work: Path) -> list[Row]:
 
 LOAD = {
     "mlflow": "import sys, numpy as np, mlflow.pyfunc\nm = mlflow.pyfunc.load_model(sys.argv[1])\n",
-    "fsad": "import sys, numpy as np\nfrom orchestrator.pyfunc import load\nm = load(sys.argv[1])\n",
+    "fsad": "import sys, numpy as np\nfrom orchestrator.tracking.pyfunc import load\nm = load(sys.argv[1])\n",
 }
 SCORE = "print(float(m.predict(np.full((1, 3, 32, 32), 0.5, dtype=np.float32))['score'][0]))"
 
 
 def package(data: Path, work: Path) -> Path:
     """A trained, adapted and packaged model, as `fsad register` uploads it."""
-    from orchestrator.artifacts import load_model_dir
-    from orchestrator.pyfunc import save_dictionary, save_package
-    from orchestrator.registry import adapt
-    from workers.data import load_images
+    from orchestrator.tracking.artifacts import load_model_dir
+    from orchestrator.tracking.pyfunc import save_dictionary, save_package
+    from orchestrator.tracking.registry import adapt
+    from workers.data.folders import load_images
 
     model_dir = work / "uninterrupted"
     if not (model_dir / "model.safetensors").is_file():
@@ -199,7 +199,7 @@ def model_rows(data: Path, work: Path) -> list[Row]:
     for loader in ("mlflow", "fsad"):
         code, score = python(LOAD[loader] + SCORE, planted, cwd=work)
         rows.append(Row(f"registered model folder with 5 planted/tampered Python files, loaded by "
-                        f"{'`mlflow.pyfunc.load_model`' if loader == 'mlflow' else '`orchestrator.pyfunc.load`'}",
+                        f"{'`mlflow.pyfunc.load_model`' if loader == 'mlflow' else '`orchestrator.tracking.pyfunc.load`'}",
                         str(code), f"loads and scores {'as the clean copy' if score == clean_score else 'DIFFERENTLY'}",
                         f"marker files written by planted code: {len(os.listdir(markers))}"))
 
@@ -212,7 +212,7 @@ def model_rows(data: Path, work: Path) -> list[Row]:
             marker.unlink()
         code, message = python(LOAD[loader] + SCORE, rewritten, cwd=work)
         rows.append(Row(f"MLmodel rewritten to name a planted `code/` folder, loaded by "
-                        f"{'`orchestrator.pyfunc.load`' if loader == 'fsad' else '`mlflow.pyfunc.load_model` (MLflow obeys MLmodel)'}",
+                        f"{'`orchestrator.tracking.pyfunc.load`' if loader == 'fsad' else '`mlflow.pyfunc.load_model` (MLflow obeys MLmodel)'}",
                         str(code), message[:300],
                         f"marker files written by planted code: {len(os.listdir(markers))}"))
 
@@ -241,7 +241,7 @@ def serving_rows(data: Path, work: Path) -> list[Row]:
     import pandas as pd
     from mlflow.exceptions import MlflowException
 
-    from orchestrator.pyfunc import load
+    from orchestrator.tracking.pyfunc import load
 
     clean = work / "package" if (work / "package").is_dir() else package(data, work)
     real_file = next((data / HELD_OUT / "test" / "good").iterdir())

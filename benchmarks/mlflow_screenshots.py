@@ -7,7 +7,7 @@ Without --store it makes a small store of its own in a temporary folder: a 1-epi
 the category held out, then `fsad evaluate --shots 10 --seeds 2 --report` tracked in it. It starts
 `mlflow ui` on a free 127.0.0.1 port and opens the experiment in headless Chromium, each URL in a fresh
 profile (a first visit): it prints where the plain experiment URL lands (MLflow 3.17: the GenAI overview,
-whatever the experiment's tag) and where the link fsad prints lands (orchestrator.tracking.runs_page_url,
+whatever the experiment's tag) and where the link fsad prints lands (orchestrator.tracking.server.runs_page_url,
 `?workflowType=machine_learning`), and fails (exit 1) unless that link shows the runs table with the
 evaluation run in it. Then it writes mlflow_runs.png (the runs table, at that link), mlflow_eval_run.png
 (the evaluation run: metrics) and mlflow_eval_histogram.png (its score histogram with the threshold line)
@@ -74,7 +74,7 @@ def main(argv=None) -> int:
     from mlflow import MlflowClient
 
     from orchestrator.browser import dump_dom, screenshot
-    from orchestrator.tracking import RUNS_VIEW_QUERY, runs_page_url
+    from orchestrator.tracking.server import RUNS_VIEW_QUERY, runs_page_url
 
     with tempfile.TemporaryDirectory(prefix="fsad-mlflow-shots-") as tmp:
         uri = args.store or make_store(Path(tmp), args.data, args.category)

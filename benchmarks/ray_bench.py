@@ -25,7 +25,7 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from orchestrator.artifacts import build_model  # noqa: E402
+from orchestrator.tracking.artifacts import build_model  # noqa: E402
 from orchestrator.config import load_config, parse_overrides  # noqa: E402
 from orchestrator.learner import Learner, step_spec  # noqa: E402
 from orchestrator.train import train  # noqa: E402

@@ -22,7 +22,7 @@ from pathlib import Path
 import torch
 
 from model.sparse import fista_energy
-from orchestrator.artifacts import build_model
+from orchestrator.tracking.artifacts import build_model
 from orchestrator.config import load_config, parse_overrides
 from orchestrator.evaluate import make_scorer, score_batches
 from orchestrator.loo import _means as loo_means, results_table, run_loo

@@ -1,7 +1,7 @@
 """Feature extractors Ψ(x; θ): images (B, 3, H, W) in [0, 1] -> features (B, d, H/s, W/s).
 
 Nothing pretrained can be downloaded here, so Ψ is a small conv net meta-trained from scratch.
-Grey images reach Ψ as three equal channels (workers/data.py replicates them), so one network serves
+Grey images reach Ψ as three equal channels (workers/data/images.py replicates them), so one network serves
 grey and RGB categories alike; a 1-channel batch is also accepted and expanded here.
 
 `ConvBackbone` layout (width w, depth n, output stride s = 2**k, k <= n):

@@ -36,7 +36,7 @@ from typing import Callable
 from model.errors import InputError
 from workers.files import fsync_dir, fsync_file
 
-# The files of a model directory (orchestrator/artifacts.py) and of a checkpoint.
+# The files of a model directory (orchestrator/tracking/artifacts.py) and of a checkpoint.
 WEIGHTS = "model.safetensors"
 CONFIG = "config.yaml"
 META = "meta.json"

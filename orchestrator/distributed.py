@@ -31,7 +31,7 @@ import torch
 from tqdm import tqdm
 
 from model.errors import InputError
-from orchestrator.artifacts import META, STATE, WEIGHTS, build_model, model_writers, resolve_device
+from orchestrator.tracking.artifacts import build_model, META, model_writers, resolve_device, STATE, WEIGHTS
 from orchestrator.checkpoint import METRICS, newest_state, recover, save_checkpoint
 from orchestrator.config import Config
 from orchestrator.learner import Learner, NonFiniteLoss, step_spec

@@ -21,14 +21,14 @@ from model import metrics
 from model.calibration import check_fpr
 from model.energy import AdaptiveEBM
 from model.errors import InputError
-from orchestrator.artifacts import load_model_dir, resolve_device
+from orchestrator.tracking.artifacts import load_model_dir, resolve_device
 from orchestrator.calibration import CalibrationSpec, calibrate
 from orchestrator.config import BASELINES, METHODS, Config, with_values
-from workers.data import set_max_pixels, stack_items
+from workers.data.images import set_max_pixels, stack_items
+from workers.data.sources import as_source, open_source
 from workers.files import atomic_write_text
-from workers.manifest import as_source, open_source
 from workers.episodes import dihedral
-from workers.paths import category_key, plain_name
+from workers.data.paths import category_key, plain_name
 
 METRIC_NAMES = ("image_auroc", "pixel_auroc", "pro", "miou")
 # At each draw's calibrated threshold: normal test images flagged, anomalous test images flagged.
@@ -61,7 +61,7 @@ class OursScorer:
 
 def untrained_model(cfg: Config) -> torch.nn.Module:
     """The same network as cfg's `ours` model at its initialisation (the seed training starts from)."""
-    from orchestrator.artifacts import build_model
+    from orchestrator.tracking.artifacts import build_model
 
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(cfg.train.seed)
@@ -126,7 +126,7 @@ class TestSet:
 
 
 def load_test_set(root, category: str, image_size: int) -> TestSet:
-    """root: a folder or a workers.manifest source (support pool = train/good sorted by path)."""
+    """root: a folder or a workers.data.sources source (support pool = train/good sorted by path)."""
     source = as_source(root)
     train_items = source.load(category, image_size, split="train")
     test_items = source.load(category, image_size, split="test")

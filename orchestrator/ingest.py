@@ -17,8 +17,7 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from model.errors import InputError
-from workers.files import atomic_write_text, chmod_like_new
-from workers.manifest import (
+from workers.data.manifest import (
     build_rows,
     commit,
     discard,
@@ -26,11 +25,11 @@ from workers.manifest import (
     read_manifest,
     rejects_table,
     scan_layout,
-    split_rows,
-    splits_table,
     staged_parquet,
 )
-from workers.paths import relative_key
+from workers.data.paths import relative_key
+from workers.data.splits import split_rows, splits_table
+from workers.files import atomic_write_text, chmod_like_new
 
 MANIFEST = "manifest.parquet"
 REJECTS = "rejects.parquet"
@@ -104,13 +103,13 @@ def ingest(source: str, name: str, out: str | Path, endpoint_url: str | None = N
             chmod_like_new(staging)  # renamed to out/files: not mkdtemp's 0700
             recorded_root = FILES
             if kind == "s3":
-                from workers.s3 import S3Tree
+                from workers.data.s3 import S3Tree
 
                 tree = S3Tree(source, endpoint_url)
                 keys = tree.keys()
                 read = _mirroring_reader(tree.read, staging)
             else:
-                from workers.data import materialize_elpv
+                from workers.data.elpv import materialize_elpv
 
                 materialize_elpv(staging)
                 keys = _local_keys(staging)

@@ -13,13 +13,13 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from model.errors import InputError
-from orchestrator.artifacts import META, WEIGHTS
+from orchestrator.tracking.artifacts import META, WEIGHTS
 from orchestrator.checkpoint import has_checkpoint, recover
 from orchestrator.config import ABLATIONS, BASELINES, METHOD_MODEL, METHODS, Config, describe, load_config
 from orchestrator.evaluate import METRIC_NAMES, format_metric
-from orchestrator.tracked import tracked_evaluate, tracked_train
+from orchestrator.tracking.tracked import tracked_evaluate, tracked_train
 from orchestrator.train import write_initial_model
-from workers.data import list_categories
+from workers.data.mvtec import list_categories
 from workers.files import atomic_write_text
 
 # ABLATIONS (Tables 3-4, Fig. 5, Section 3.3) live beside the config schema: `ours` retrained with one change.

@@ -34,7 +34,7 @@ from ray.exceptions import (
 )
 
 from model.errors import InputError
-from orchestrator.artifacts import build_model
+from orchestrator.tracking.artifacts import build_model
 from orchestrator.config import Config, config_from_dict
 from orchestrator.learner import step_spec
 from workers.episode_worker import EpisodeWorker

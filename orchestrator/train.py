@@ -17,7 +17,7 @@ from tqdm import tqdm
 
 from model.energy import AdaptiveEBM
 from model.errors import InputError
-from orchestrator.artifacts import META, STATE, WEIGHTS, build_model, model_writers, resolve_device
+from orchestrator.tracking.artifacts import build_model, META, model_writers, resolve_device, STATE, WEIGHTS
 from orchestrator.checkpoint import has_checkpoint, recover, save_checkpoint
 from orchestrator.config import Config
 from orchestrator.learner import step_spec
@@ -30,7 +30,7 @@ from orchestrator.selection import (
     selection_record,
     validation_categories,
 )
-from workers.manifest import as_source, open_source
+from workers.data.sources import as_source, open_source
 from workers.episodes import Episode, EpisodeSampler
 from workers.negatives import EpisodeLoss, episode_loss
 
@@ -52,7 +52,7 @@ def episode_step(
 
 
 def load_normals(root, categories: list[str], image_size: int) -> dict[str, torch.Tensor]:
-    """{category: train/good images (N, 3, S, S)}; root: a folder or a workers.manifest source."""
+    """{category: train/good images (N, 3, S, S)}; root: a folder or a workers.data.sources source."""
     source = as_source(root)
     normals = {}
     for category in categories:
@@ -151,7 +151,7 @@ def train(
     """Meta-train on every category of `data_root` except cfg.data.exclude; returns a summary.
 
     data_root: a folder, or a ready source object (categories(), load(), content_sha256; e.g.
-    workers.video.SceneTaskSource).
+    workers.data.video.SceneTaskSource).
 
     With `manifest` the images are the manifest's (data_root, if given, overrides its image root);
     with `splits` too, exactly the training rows of the fold of the one held-out category.

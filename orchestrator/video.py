@@ -4,7 +4,7 @@ For a target scene T:
 
 1. **Meta-train** `ours` with the ordinary episodic training (orchestrator.train.train) on every other
    scene's training frames (one task each, ``scene:<name>``) plus every image category of the image
-   source (workers.video.SceneTaskSource). cfg.data.categories / exclude do not apply here; the model is
+   source (workers.data.video.SceneTaskSource). cfg.data.categories / exclude do not apply here; the model is
    always `ours` (cfg.train.method is ignored). Training frames: every experiments.video_train_every-th.
 2. **Adapt and score**, for each K in experiments.video_shots and each of experiments.video_draws support
    draws: the dictionary is built from K normal training frames of T (orchestrator.evaluate.support_draws
@@ -16,7 +16,7 @@ For a target scene T:
    README), per draw; mean ± std (population) over draws per K.
 
 With experiments.video_temporal every scene frame (training task, support, test) carries the motion cue
-of workers.video (luma, luma, frame difference); image categories stay RGB.
+of workers.data.video (luma, luma, frame difference); image categories stay RGB.
 
 Outputs under out_dir:
 
@@ -48,16 +48,22 @@ from tqdm import tqdm
 
 from model import metrics
 from model.errors import InputError
-from orchestrator.artifacts import WEIGHTS, load_model_dir, resolve_device
+from orchestrator.tracking.artifacts import load_model_dir, resolve_device, WEIGHTS
 from orchestrator.config import Config, with_values
 from orchestrator.evaluate import make_scorer, score_batches, support_draws
 from orchestrator.ingest import MANIFEST
 from orchestrator.pipeline import RESULTS, TRAINED_CONFIG, data_dir, image_root, repo_path
 from orchestrator.train import train
-from workers.data import list_scenes
+from workers.data.sources import as_source, open_source
+from workers.data.video import (
+    SceneTaskSource,
+    check_scene,
+    files_sha256,
+    list_scenes,
+    load_frames,
+    scene_files,
+)
 from workers.files import atomic_write_text
-from workers.manifest import as_source, open_source
-from workers.video import SceneTaskSource, check_scene, files_sha256, load_frames, scene_files
 
 METRICS, SCORES, MODEL = "metrics.json", "scores.csv", "model"
 VIDEO_RESULTS = RESULTS / "video"
@@ -176,7 +182,7 @@ def run_video(cfg: Config, target_scene: str, out_dir: str | Path, image_source=
               progress: bool = False) -> dict[str, Any]:
     """The Section 4.2 protocol for one target scene; writes out_dir/{model/, metrics.json, scores.csv}.
 
-    image_source: a folder, a workers.manifest source, or None for cfg.pipeline.source.
+    image_source: a folder, a workers.data.sources source, or None for cfg.pipeline.source.
     Returns the metrics.json record.
     """
     began = time.perf_counter()

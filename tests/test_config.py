@@ -281,8 +281,8 @@ def umask(request):
 def test_atomic_writes_get_the_mode_of_a_plain_write(umask, tmp_path):
     import pyarrow as pa
 
+    from workers.data.manifest import write_parquet
     from workers.files import atomic_write_text
-    from workers.manifest import write_parquet
 
     plain = tmp_path / "plain.txt"
     plain.write_text("x")

@@ -1,4 +1,5 @@
-"""workers/data.py on the real data in ../shared/data (read-only; bad files are planted in tmp copies)."""
+"""workers/data/ (images, mvtec, elpv, video frames) on the real data in ../shared/data (read-only; bad files
+are planted in tmp copies)."""
 
 from __future__ import annotations
 
@@ -12,7 +13,10 @@ import torch
 from PIL import Image, ImageFile
 
 from tests.conftest import expect_error
-from workers import data as D
+from workers.data.elpv import load_elpv, materialize_elpv
+from workers.data.images import clear_cache, stack_items
+from workers.data.mvtec import list_categories, load_category
+from workers.data.video import list_scenes, load_scene
 
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 REAL = DATA / "fsad-real"
@@ -55,26 +59,26 @@ def mini_category(tmp_path: Path, cat: str = "kolektor", n: int = 3) -> Path:
 
 
 def test_list_categories():
-    assert D.list_categories(REAL) == CATEGORIES
+    assert list_categories(REAL) == CATEGORIES
 
 
 @pytest.mark.parametrize("cat", CATEGORIES)
 def test_real_category(cat):
     src = REAL / cat
-    train = D.load_category(REAL, cat, S, "train")
+    train = load_category(REAL, cat, S, "train")
     assert len(train) == len(files(src / "train" / "good"))
     assert [Path(it.path).name for it in train] == [p.name for p in files(src / "train" / "good")]
     assert all(it.label == 0 and it.mask is None and it.defect_type == "good" and it.category == cat
                for it in train)
 
-    test = D.load_category(REAL, cat, S, "test")
+    test = load_category(REAL, cat, S, "test")
     on_disk = {t.name: len(files(t)) for t in (src / "test").iterdir() if t.is_dir()}
     assert Counter(it.defect_type for it in test) == Counter(on_disk)
     for it in test:
         assert it.label == (0 if it.defect_type == "good" else 1)
         assert Path(it.path).parent.name == it.defect_type
 
-    images, masks, labels = D.stack_items(test)
+    images, masks, labels = stack_items(test)
     assert images.shape == (len(test), 3, S, S) and images.dtype == torch.float32
     assert masks is not None and masks.shape == (len(test), S, S) and masks.dtype == torch.float32
     assert labels.tolist() == [it.label for it in test]
@@ -88,7 +92,7 @@ def test_real_category(cat):
         src / "ground_truth" / it.defect_type / f"{Path(it.path).stem}_mask.png")) > 127).any()]
     assert all("/uneven/" in p for p in empty) and len(empty) <= 5
 
-    all_images = torch.cat([images, D.stack_items(train)[0]])
+    all_images = torch.cat([images, stack_items(train)[0]])
     assert all_images.min() >= 0 and all_images.max() <= 1
     assert all_images.max() > 0.5  # not accidentally scaled twice
     same = torch.equal(all_images[:, 0], all_images[:, 1]) and torch.equal(all_images[:, 1], all_images[:, 2])
@@ -99,15 +103,15 @@ def test_readme_counts_and_cache():
     expected = {"kolektor": (235, 98, 50), "magnetic_tile": (666, 286, 392), "juice_bottle": (335, 54, 142),
                 "tire": (239, 25, 87)}
     for cat, (n_train, n_good, n_bad) in expected.items():
-        assert len(D.load_category(REAL, cat, S, "train")) == n_train  # cached after test_real_category
-        test = D.load_category(REAL, cat, S, "test")
+        assert len(load_category(REAL, cat, S, "train")) == n_train  # cached after test_real_category
+        test = load_category(REAL, cat, S, "test")
         assert sum(it.label == 0 for it in test) == n_good and sum(it.label for it in test) == n_bad
 
 
 def test_resize_is_square_and_independent_of_cache():
-    a = D.load_category(REAL, "kolektor", 16, "train")[0].image
-    D.clear_cache()
-    b = D.load_category(REAL, "kolektor", 16, "train")[0].image
+    a = load_category(REAL, "kolektor", 16, "train")[0].image
+    clear_cache()
+    b = load_category(REAL, "kolektor", 16, "train")[0].image
     assert a.shape == (3, 16, 16) and torch.equal(a, b)
 
 
@@ -118,25 +122,25 @@ def test_resize_is_square_and_independent_of_cache():
 
 def test_nonexistent_root(tmp_path):
     missing = tmp_path / "no_such_root"
-    expect_error(lambda: D.list_categories(missing), missing, "does not exist")
-    expect_error(lambda: D.load_category(missing, "kolektor", S), missing, "does not exist")
-    expect_error(lambda: D.list_scenes(missing), missing, "does not exist")
+    expect_error(lambda: list_categories(missing), missing, "does not exist")
+    expect_error(lambda: load_category(missing, "kolektor", S), missing, "does not exist")
+    expect_error(lambda: list_scenes(missing), missing, "does not exist")
 
 
 def test_root_without_categories(tmp_path):
-    expect_error(lambda: D.list_categories(tmp_path), tmp_path)
+    expect_error(lambda: list_categories(tmp_path), tmp_path)
 
 
 def test_unknown_category():
-    expect_error(lambda: D.load_category(REAL, "no_such_cat", S), "no_such_cat", "kolektor", "tire")
+    expect_error(lambda: load_category(REAL, "no_such_cat", S), "no_such_cat", "kolektor", "tire")
 
 
 def test_bad_arguments():
-    expect_error(lambda: D.load_category(REAL, "kolektor", 0), "image_size")
-    expect_error(lambda: D.load_category(REAL, "kolektor", S, split="val"), "val")
-    expect_error(lambda: D.load_scene(VIDEO, "ucsd_ped2", S, "train", every=0), "every")
-    expect_error(lambda: D.load_scene(VIDEO, "no_scene", S), "no_scene", "ucsd_ped2")
-    expect_error(lambda: D.load_scene(VIDEO, "ucsd_ped2", S, "test", clips=["99"]), "99")
+    expect_error(lambda: load_category(REAL, "kolektor", 0), "image_size")
+    expect_error(lambda: load_category(REAL, "kolektor", S, split="val"), "val")
+    expect_error(lambda: load_scene(VIDEO, "ucsd_ped2", S, "train", every=0), "every")
+    expect_error(lambda: load_scene(VIDEO, "no_scene", S), "no_scene", "ucsd_ped2")
+    expect_error(lambda: load_scene(VIDEO, "ucsd_ped2", S, "test", clips=["99"]), "99")
 
 
 def test_empty_train_good(tmp_path):
@@ -145,14 +149,14 @@ def test_empty_train_good(tmp_path):
     for f in good.iterdir():
         f.unlink()
     (good / "notes.txt").write_text("not an image")
-    expect_error(lambda: D.load_category(root, "kolektor", S), good, "has no images", "expected normal training")
+    expect_error(lambda: load_category(root, "kolektor", S), good, "has no images", "expected normal training")
 
 
 def test_corrupt_image(tmp_path):
     root = mini_category(tmp_path)
     bad = root / "kolektor" / "train" / "good" / "zz_corrupt.jpg"
     bad.write_bytes(np.random.default_rng(0).integers(0, 256, 4096, dtype=np.uint8).tobytes())
-    expect_error(lambda: D.load_category(root, "kolektor", S), bad)
+    expect_error(lambda: load_category(root, "kolektor", S), bad)
 
 
 def test_truncated_jpeg(tmp_path):
@@ -163,8 +167,8 @@ def test_truncated_jpeg(tmp_path):
     bad = good / "zz_truncated.jpg"
     data = real.read_bytes()
     bad.write_bytes(data[: len(data) // 2])
-    D.load_category(root, "kolektor", S, "train")  # the rest is fine
-    expect_error(lambda: D.load_category(root, "kolektor", S, "test"), bad)
+    load_category(root, "kolektor", S, "train")  # the rest is fine
+    expect_error(lambda: load_category(root, "kolektor", S, "test"), bad)
 
 
 def test_missing_mask(tmp_path):
@@ -173,17 +177,17 @@ def test_missing_mask(tmp_path):
     img = files(crack)[1]
     mask = root / "kolektor" / "ground_truth" / "crack" / f"{img.stem}_mask.png"
     mask.unlink()
-    expect_error(lambda: D.load_category(root, "kolektor", S, "test"), img, mask, "missing")
-    items = D.load_category(root, "kolektor", S, "test", require_masks=False)
+    expect_error(lambda: load_category(root, "kolektor", S, "test"), img, mask, "missing")
+    items = load_category(root, "kolektor", S, "test", require_masks=False)
     assert [it.mask is None for it in items].count(True) == 1
 
 
 def test_no_ground_truth_means_image_level_labels(tmp_path):
     root = mini_category(tmp_path)
     shutil.rmtree(root / "kolektor" / "ground_truth")
-    items = D.load_category(root, "kolektor", S, "test")
+    items = load_category(root, "kolektor", S, "test")
     assert all(it.mask is None for it in items) and {it.label for it in items} == {0, 1}
-    assert D.stack_items(items)[1] is None
+    assert stack_items(items)[1] is None
 
 
 def test_mask_of_another_size(tmp_path):
@@ -193,7 +197,7 @@ def test_mask_of_another_size(tmp_path):
     w, h = Image.open(img).size
     mask = root / "kolektor" / "ground_truth" / "crack" / f"{img.stem}_mask.png"
     Image.open(mask).resize((w // 2, h // 2), Image.Resampling.NEAREST).save(mask)
-    expect_error(lambda: D.load_category(root, "kolektor", S, "test"), mask, f"{w // 2}x{h // 2}", f"{w}x{h}")
+    expect_error(lambda: load_category(root, "kolektor", S, "test"), mask, f"{w // 2}x{h // 2}", f"{w}x{h}")
 
 
 @pytest.mark.parametrize("mode", ["RGBA", "LA"])
@@ -203,7 +207,7 @@ def test_unsupported_channels(tmp_path, mode):
     bad = good / f"zz_{mode}.png"
     Image.open(files(good)[0]).convert(mode).save(bad)
     assert Image.open(bad).mode == mode
-    expect_error(lambda: D.load_category(root, "juice_bottle", S), bad, "expected 1 (grey) or 3 (RGB) channels")
+    expect_error(lambda: load_category(root, "juice_bottle", S), bad, "expected 1 (grey) or 3 (RGB) channels")
 
 
 def test_palette_and_grey_png_accepted(tmp_path):
@@ -212,14 +216,14 @@ def test_palette_and_grey_png_accepted(tmp_path):
     src = Image.open(files(good)[0])
     src.convert("P").save(good / "zz_p.png")
     src.convert("L").save(good / "zz_l.png")
-    items = {Path(it.path).name: it for it in D.load_category(root, "juice_bottle", S)}
+    items = {Path(it.path).name: it for it in load_category(root, "juice_bottle", S)}
     assert items["zz_p.png"].image.shape == (3, S, S)
     grey = items["zz_l.png"].image
     assert torch.equal(grey[0], grey[1]) and torch.equal(grey[1], grey[2])
 
 
 def test_stack_items_errors():
-    expect_error(lambda: D.stack_items([]), "no items")
+    expect_error(lambda: stack_items([]), "no items")
 
 
 # ------------------------------------------------------------------------------------------------
@@ -234,15 +238,15 @@ def test_elpv_materialize_and_load(tmp_path):
     probs, types = labels["probability"], np.char.decode(labels["type"])
 
     out = tmp_path / "elpv"
-    assert D.materialize_elpv(out, image_size=16) == out
-    assert D.list_categories(out) == ["elpv_mono", "elpv_poly"]
+    assert materialize_elpv(out, image_size=16) == out
+    assert list_categories(out) == ["elpv_mono", "elpv_poly"]
     assert not [p for p in out.iterdir() if p.name.startswith(".")]  # no temp folders left behind
     for kind in ("mono", "poly"):
         cat = f"elpv_{kind}"
         n_normal = int(((types == kind) & (probs == 0.0)).sum())
         n_bad = int(((types == kind) & (probs >= 0.5)).sum())
-        train = D.load_category(out, cat, 16, "train")
-        test = D.load_category(out, cat, 16, "test")
+        train = load_category(out, cat, 16, "train")
+        test = load_category(out, cat, 16, "test")
         assert len(train) == round(0.7 * n_normal)
         assert sum(it.label == 0 for it in test) == n_normal - len(train)
         assert sum(it.label for it in test) == n_bad
@@ -254,16 +258,16 @@ def test_elpv_materialize_and_load(tmp_path):
 
     # second call with the same settings keeps the files; other settings replace them
     stamp = next((out / "elpv_mono" / "train" / "good").iterdir()).stat().st_mtime_ns
-    D.materialize_elpv(out, image_size=16)
+    materialize_elpv(out, image_size=16)
     assert next((out / "elpv_mono" / "train" / "good").iterdir()).stat().st_mtime_ns == stamp
     first_train = sorted(p.name for p in (out / "elpv_mono" / "train" / "good").iterdir())
 
     # load_elpv gives the same split as the materialized folders (deterministic, seed 0)
-    loaded = D.load_elpv(8)
+    loaded = load_elpv(8)
     assert sorted(Path(it.path).name for it in loaded["elpv_mono"]["train"]) == first_train
     assert loaded["elpv_poly"]["train"][0].image.shape == (3, 8, 8)
 
-    D.materialize_elpv(out, image_size=12)  # other settings: replaced atomically
+    materialize_elpv(out, image_size=12)  # other settings: replaced atomically
     assert Image.open(next((out / "elpv_poly" / "test" / "defect").iterdir())).size == (12, 12)
     assert sorted(p.name for p in out.iterdir()) == ["elpv_mono", "elpv_poly"]
 
@@ -276,15 +280,15 @@ VIDEO_COUNTS = {"ucsd_ped2": (850, 2010, 1648), "avenue": (389, 1353, 1061)}
 
 
 def test_list_scenes():
-    assert D.list_scenes(VIDEO) == ["avenue", "ucsd_ped2"]
+    assert list_scenes(VIDEO) == ["avenue", "ucsd_ped2"]
 
 
 @pytest.mark.parametrize("scene", sorted(VIDEO_COUNTS))
 def test_video_scene(scene):
     n_train, n_test, n_bad = VIDEO_COUNTS[scene]
-    train = D.load_scene(VIDEO, scene, S, "train")
+    train = load_scene(VIDEO, scene, S, "train")
     assert len(train) == n_train and all(it.label == 0 and it.mask is None for it in train)
-    test = D.load_scene(VIDEO, scene, S, "test")
+    test = load_scene(VIDEO, scene, S, "test")
     assert len(test) == n_test and sum(it.label for it in test) == n_bad
     assert all(it.category == scene for it in test)
 
@@ -297,7 +301,7 @@ def test_video_scene(scene):
         stems = [int(Path(it.path).stem) for it in test if it.defect_type == clip]
         assert stems == sorted(stems)
 
-    images, masks, labels = D.stack_items(test)
+    images, masks, labels = stack_items(test)
     assert images.shape == (n_test, 3, S, S) and 0 <= images.min() and images.max() <= 1
     assert set(torch.unique(masks).tolist()) <= {0.0, 1.0}
     assert masks[labels == 0].sum() == 0  # normal frames have empty masks
@@ -309,14 +313,14 @@ def test_video_scene(scene):
         m = VIDEO / scene / "test_masks" / it.defect_type / f"{Path(it.path).stem}.png"
         assert (np.asarray(Image.open(m)) > 127).any() == bool(it.label), m
 
-    every = D.load_scene(VIDEO, scene, S, "test", every=5)
+    every = load_scene(VIDEO, scene, S, "test", every=5)
     assert len(every) == sum((n + 4) // 5 for n in per_clip.values())
 
 
 def test_video_masks_match_labels_on_subset():
     # at 128 px no small anomaly mask vanishes in nearest-neighbour resizing
     for scene, clips in {"ucsd_ped2": ["06", "12"], "avenue": ["19", "21"]}.items():
-        items = D.load_scene(VIDEO, scene, 128, "test", clips=clips)
+        items = load_scene(VIDEO, scene, 128, "test", clips=clips)
         assert {it.defect_type for it in items} == set(clips)
         for it in items:
             assert bool(it.mask.sum() > 0) == bool(it.label), it.path
@@ -337,14 +341,14 @@ def mini_scene(tmp_path: Path, n: int = 5) -> Path:
 
 def test_video_label_count_mismatch(tmp_path):
     root = mini_scene(tmp_path)
-    assert len(D.load_scene(root, "ucsd_ped2", S, "test")) == 5
+    assert len(load_scene(root, "ucsd_ped2", S, "test")) == 5
     label_file = root / "ucsd_ped2" / "test_labels" / "01.txt"
     label_file.write_text("0\n0\n0\n0\n")
-    expect_error(lambda: D.load_scene(root, "ucsd_ped2", S, "test"), label_file, "4", "5")
+    expect_error(lambda: load_scene(root, "ucsd_ped2", S, "test"), label_file, "4", "5")
     label_file.write_text("0\n0\n2\n0\n0\n")
-    expect_error(lambda: D.load_scene(root, "ucsd_ped2", S, "test"), label_file, "line 3")
+    expect_error(lambda: load_scene(root, "ucsd_ped2", S, "test"), label_file, "line 3")
     label_file.unlink()
-    expect_error(lambda: D.load_scene(root, "ucsd_ped2", S, "test"), label_file, "missing")
+    expect_error(lambda: load_scene(root, "ucsd_ped2", S, "test"), label_file, "missing")
 
 
 def test_video_frame_order_is_numeric(tmp_path):
@@ -353,6 +357,6 @@ def test_video_frame_order_is_numeric(tmp_path):
     first = sorted(clip.iterdir())[0]
     shutil.copy(first, clip / "10000.jpg")  # numerically last
     shutil.copy(first, clip / "7.jpg")  # sorts after 10000.jpg by name, before it by number
-    names = [Path(it.path).name for it in D.load_scene(root, "ucsd_ped2", S, "train")]
+    names = [Path(it.path).name for it in load_scene(root, "ucsd_ped2", S, "train")]
     assert [int(n.split(".")[0]) for n in names] == sorted(int(n.split(".")[0]) for n in names)
     assert names[-1] == "10000.jpg"

@@ -24,7 +24,7 @@ import yaml
 from orchestrator.cli import main
 from tests.conftest import REPO
 from tests.s3_server import FAKE_CREDENTIALS, s3_client, start_moto, upload_tree
-from workers.manifest import read_manifest
+from workers.data.manifest import read_manifest
 
 pytestmark = pytest.mark.slow
 
@@ -286,12 +286,13 @@ def test_dvc_repro_experiments_runs_ablations_video_and_the_report(dvc_repo):
 
 
 def test_fsad_tune_best_params_drive_dvc_exp_run(dvc_repo, tmp_path):
-    """What `fsad tune` writes runs the pipeline: best_params.yaml (built as orchestrator/tune.py builds it,
-    the repository's params with tuned values) copied over params.yaml, then `dvc exp run`; and best.json's
+    """What `fsad tune` writes runs the pipeline: best_params.yaml (built as orchestrator/tuning/results.py
+    builds it, the repository's params with tuned values) copied over params.yaml, then `dvc exp run`; and best.json's
     `dvc_exp_run` arguments (-S k=v ...) given to `dvc exp run` as they stand. Each run's stage metrics and
     saved config record the tuned values. Afterwards the workspace is back at the committed `dvc repro`."""
     from orchestrator.config import load_config, save_config
-    from orchestrator.tune import apply_params, set_arguments
+    from orchestrator.tuning.objective import apply_params
+    from orchestrator.tuning.results import set_arguments
 
     repo, env, _ = dvc_repo
     dvc = str(BIN / "dvc")

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from model.errors import InputError
-from workers.data import load_category
+from workers.data.mvtec import load_category
 from workers.episodes import AUGMENT_MODES, EpisodeSampler, dihedral
 
 SIZE = 16

@@ -1,7 +1,10 @@
 """Golden reference for reshaping the code (issue 13): a fixed-seed `fsad train` + `fsad evaluate` on the
-small real subset must give the same weights and the same metrics as the recorded reference, bit for bit.
+small real subset must give the same weights and the same metrics as the recorded reference.
 
-The reference (tests/golden/) was recorded before any reshaping, on 2 CPU cores with torch 2.13.0+cpu.
+The reference (tests/golden/) was recorded before any reshaping, on 2 CPU cores with torch 2.13.0+cpu. On the
+machine that recorded it the run is equal bit for bit; another CPU (other SIMD kernels) sums floats in another
+order, which moves weights by ~1e-7 and metrics by ~1e-5 (measured), so the comparison allows WEIGHT_ATOL and
+METRIC_RTOL: a behaviour change (another seed, an episode more, a different loss) moves them by orders more.
 A change that is meant to change the numbers (a new default, a new model) re-records it on purpose:
 
     .venv/bin/python -m tests.test_golden    # rewrites tests/golden/*, then commit it with the change
@@ -22,6 +25,8 @@ from tests.conftest import HELD_OUT, REAL_ROOT, copy_small, tiny_sets
 GOLDEN = Path(__file__).resolve().parent / "golden"
 WEIGHTS_FILE = GOLDEN / "tiny_ours.safetensors"
 METRICS_FILE = GOLDEN / "tiny_ours_metrics.json"
+WEIGHT_ATOL = 1e-5  # float-order noise across CPUs measured at <= 4.2e-7
+METRIC_RTOL = 1e-4  # measured at <= 1.1e-5 relative (a calibration threshold)
 
 
 def numbers(record, prefix: str = "") -> dict[str, float]:
@@ -76,11 +81,12 @@ def test_train_and_evaluate_match_the_golden_reference(small_real_root, tmp_path
     reference = load_file(str(WEIGHTS_FILE))
     assert sorted(weights) == sorted(reference)
     for name, tensor in reference.items():
-        assert torch.equal(weights[name], tensor), (
+        assert torch.allclose(weights[name], tensor, rtol=0.0, atol=WEIGHT_ATOL), (
             f"weights {name} differ from the golden reference by up to {(weights[name] - tensor).abs().max():.3g}")
     expected = json.loads(METRICS_FILE.read_text())
     assert sorted(found) == sorted(expected)
-    changed = {k: (found[k], v) for k, v in expected.items() if found[k] != v}
+    changed = {k: (found[k], v) for k, v in expected.items()
+               if abs(found[k] - v) > METRIC_RTOL * max(abs(v), 1e-3)}
     assert not changed, f"metrics differ from the golden reference (found, recorded): {changed}"
 
 

@@ -118,3 +118,14 @@ def test_import_linter_contracts():
     proc = subprocess.run([str(exe)], cwd=REPO, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-2000:]
     assert "broken" in proc.stdout and "0 broken" in proc.stdout
+
+
+def test_data_imports_no_worker_code():
+    """workers/data/ sits below the worker code: within workers/ it imports only itself and workers.files."""
+    violations = []
+    for path in sorted((REPO / "workers" / "data").rglob("*.py")):
+        for imported in imported_modules(path):
+            inside = imported == "workers.data" or imported.startswith("workers.data.")
+            if imported.split(".")[0] == "workers" and not inside and imported != "workers.files":
+                violations.append(f"{path.relative_to(REPO)} imports {imported}")
+    assert not violations, "\n".join(violations)

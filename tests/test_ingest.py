@@ -16,12 +16,9 @@ from PIL import Image
 
 from orchestrator.cli import main
 from tests.conftest import HELD_OUT, IMAGE_EXTENSIONS, cli, one_error_line, tiny_sets
-from workers.manifest import (
-    MANIFEST_FIELDS,
-    FolderSource,
-    read_manifest,
-    read_splits,
-)
+from workers.data.manifest import MANIFEST_FIELDS, read_manifest
+from workers.data.sources import FolderSource
+from workers.data.splits import read_splits
 
 pytestmark = pytest.mark.slow
 
@@ -302,7 +299,7 @@ def test_a_changed_image_is_refused_by_its_hash(small_real_copy, tmp_path, capsy
 
 
 def test_schema_metadata_round_trip(tmp_path):
-    from workers.manifest import manifest_table, write_parquet
+    from workers.data.manifest import manifest_table, write_parquet
 
     row = {"category": "a", "split": "train", "defect_type": "good", "label": 0, "image_path": "a/train/good/x.png",
            "mask_path": None, "sha256": "0" * 64, "mask_sha256": None, "height": 4, "width": 5, "channels": 1}

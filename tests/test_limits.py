@@ -1,5 +1,5 @@
 """Hostile input below the CLI: image bombs and the pixel cap, 16-bit images without float64 copies,
-non-binary masks, unreadable folders, names and keys that could leave their root (workers.paths, S3
+non-binary masks, unreadable folders, names and keys that could leave their root (workers.data.paths, S3
 keys, manifest rows), config bounds and secrets in query strings."""
 from __future__ import annotations
 
@@ -17,18 +17,19 @@ from PIL import Image, ImageFile
 from benchmarks.bomb_memory import write_grey_png
 from model.errors import InputError
 from tests.conftest import REPO, expect_error
-from workers import data as D
-from workers.manifest import manifest_table, read_manifest, scan_layout, write_parquet
-from workers.paths import category_key, plain_name, relative_key, unsafe_key_reason
+from workers.data.images import PixelBudget, clear_cache, decode_image, max_pixels, set_max_pixels
+from workers.data.manifest import manifest_table, read_manifest, scan_layout, write_parquet
+from workers.data.mvtec import load_category
+from workers.data.paths import category_key, plain_name, relative_key, unsafe_key_reason
 
 
 @pytest.fixture
 def pixel_limit():
     """Restore the process-wide limit after a test changes it."""
-    before = D.max_pixels()
-    yield D.set_max_pixels
-    D.set_max_pixels(before)
-    D.clear_cache()
+    before = max_pixels()
+    yield set_max_pixels
+    set_max_pixels(before)
+    clear_cache()
 
 
 def grey_category(root: Path, name: str = "cat", n: int = 3, side: int = 40) -> Path:
@@ -51,8 +52,8 @@ def test_a_bomb_is_refused_from_its_header_without_decoding(tmp_path, monkeypatc
     decoded = []
     real_load = ImageFile.ImageFile.load
     monkeypatch.setattr(ImageFile.ImageFile, "load", lambda im: decoded.append(im.size) or real_load(im))
-    D.clear_cache()
-    expect_error(lambda: D.load_category(tmp_path, "cat", 32, "train"), bomb, "data.max_pixels", "refused before decoding")
+    clear_cache()
+    expect_error(lambda: load_category(tmp_path, "cat", 32, "train"), bomb, "data.max_pixels", "refused before decoding")
     assert (13000, 13000) not in decoded
 
 
@@ -64,12 +65,12 @@ def test_images_over_the_configured_cap_are_refused_undecoded(tmp_path, pixel_li
     decoded = []
     real_load = ImageFile.ImageFile.load
     monkeypatch.setattr(ImageFile.ImageFile, "load", lambda im: decoded.append(im.size) or real_load(im))
-    D.clear_cache()
-    expect_error(lambda: D.load_category(tmp_path, "cat", 32, "train"), big, "60x50", "at most 0.0016 M pixels",
+    clear_cache()
+    expect_error(lambda: load_category(tmp_path, "cat", 32, "train"), big, "60x50", "at most 0.0016 M pixels",
                  "data.max_pixels")
     assert (60, 50) not in decoded
     pixel_limit(3000)
-    assert len(D.load_category(tmp_path, "cat", 32, "train")) == 4
+    assert len(load_category(tmp_path, "cat", 32, "train")) == 4
 
 
 def test_decompression_bomb_warning_is_an_error_once_workers_data_is_imported(tmp_path):
@@ -89,7 +90,7 @@ def test_pixel_limit_bounds(limit, pixel_limit):
 
 
 def test_ingest_refuses_a_bomb_as_a_reject(tmp_path):
-    from workers.manifest import inspect_image
+    from workers.data.manifest import inspect_image
 
     bomb = write_grey_png(tmp_path / "bomb.png", 7000, 7000)  # 49 M pixels: under PIL's limit, over ours
     with pytest.raises(ValueError, match="49.0 M pixels.*data.max_pixels"):
@@ -106,14 +107,14 @@ def test_sixteen_bit_grey_is_scaled_in_float32_without_a_float64_copy(tmp_path):
     tracemalloc.start()
     try:
         tracemalloc.reset_peak()
-        small, orig = D._decode_image(path, 32)
+        small, orig = decode_image(path, 32)
         _, peak = tracemalloc.get_traced_memory()
     finally:
         tracemalloc.stop()
     assert orig == (side, side) and small.dtype == np.float32 and small.shape == (32, 32)
     # numpy's buffers (PIL's own are not traced): the 16-bit copy and one float32 copy, never a float64 one
     assert peak < 8 * side * side, f"{peak / side ** 2:.1f} bytes per pixel: a float64 copy was made"
-    full, _ = D._decode_image(path, None)  # exactly v / 65535, as the float64 formula gave
+    full, _ = decode_image(path, None)  # exactly v / 65535, as the float64 formula gave
     assert np.array_equal(full, (values.astype(np.float64) / 65535.0).astype(np.float32))
 
 
@@ -122,7 +123,7 @@ def test_decoding_threads_share_a_pixel_budget(pixel_limit):
     import threading
 
     pixel_limit(1000)
-    budget = D._PixelBudget()
+    budget = PixelBudget()
     inside, most, lock = [0], [0], threading.Lock()
 
     def decode():
@@ -163,7 +164,7 @@ def test_binary_masks_load(tmp_path, on):
     mask = np.zeros((40, 40), np.uint8)
     mask[10:20, 10:20] = on
     mask_category(tmp_path, mask)
-    items = D.load_category(tmp_path, "cat", 40, "test")
+    items = load_category(tmp_path, "cat", 40, "test")
     assert items[0].mask.sum() == 100 and set(items[0].mask.unique().tolist()) == {0.0, 1.0}
 
 
@@ -173,8 +174,8 @@ def test_non_binary_masks_are_an_error(tmp_path, values):
     for i, v in enumerate(values):
         mask[i * 5:(i + 1) * 5] = v
     path = mask_category(tmp_path, mask)
-    D.clear_cache()
-    expect_error(lambda: D.load_category(tmp_path, "cat", 32, "test"), path, "not binary",
+    clear_cache()
+    expect_error(lambda: load_category(tmp_path, "cat", 32, "test"), path, "not binary",
                  ", ".join(str(v) for v in sorted(values)))
 
 
@@ -189,7 +190,7 @@ def test_an_unlistable_folder_is_an_input_error(tmp_path, monkeypatch):
         return real_iterdir(self)
 
     monkeypatch.setattr(Path, "iterdir", iterdir)
-    expect_error(lambda: D.load_category(tmp_path, "cat", 32, "train"), folder, "Permission denied")
+    expect_error(lambda: load_category(tmp_path, "cat", 32, "train"), folder, "Permission denied")
 
 
 # --------------------------------------------------------------------------------------------------
@@ -234,8 +235,8 @@ def test_scan_layout_rejects_keys_outside_the_tree():
 def test_category_folder_outside_the_root_is_refused(tmp_path):
     grey_category(tmp_path / "inside")
     grey_category(tmp_path, name="outside")
-    expect_error(lambda: D.load_category(tmp_path / "inside", "../outside", 32, "train"), "not a plain folder name")
-    expect_error(lambda: D.load_category(tmp_path / "inside", "cat/", 32, "train"), "not a plain folder name")
+    expect_error(lambda: load_category(tmp_path / "inside", "../outside", 32, "train"), "not a plain folder name")
+    expect_error(lambda: load_category(tmp_path / "inside", "cat/", 32, "train"), "not a plain folder name")
 
 
 @pytest.mark.parametrize("field, value", [("image_path", "../../../../elsewhere/x.png"),
@@ -251,7 +252,7 @@ def test_manifest_rows_pointing_outside_the_root_are_refused(tmp_path, field, va
 
 
 def test_s3_reader_refuses_unsafe_keys_before_any_request():
-    from workers.s3 import S3Tree, S3Url
+    from workers.data.s3 import S3Tree, S3Url
 
     tree = S3Tree.__new__(S3Tree)  # no client: a refused key must never reach one
     tree.url, tree.client, tree.endpoint = S3Url("bucket", "ds/"), None, None
@@ -300,7 +301,7 @@ def test_config_that_is_not_a_mapping(tmp_path, content):
     ("failed: GET http://h/x?api_key=k3y12345; retry", "k3y12345"),
 ])
 def test_redact_masks_secret_query_parameters(text, secret):
-    from orchestrator.tracking import redact
+    from orchestrator.tracking.server import redact
 
     masked = redact(text)
     assert secret not in masked and "***" in masked
@@ -308,6 +309,6 @@ def test_redact_masks_secret_query_parameters(text, secret):
 
 
 def test_redact_keeps_harmless_query_parameters():
-    from orchestrator.tracking import redact
+    from orchestrator.tracking.server import redact
 
     assert redact("http://h:5000/#/experiments/1?runs=3&view=list") == "http://h:5000/#/experiments/1?runs=3&view=list"

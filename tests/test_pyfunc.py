@@ -1,8 +1,8 @@
-"""The packaged model (orchestrator/pyfunc.py) is data only and loading it runs no code from it.
+"""The packaged model (orchestrator/tracking/pyfunc.py) is data only and loading it runs no code from it.
 
 A package is written with `save_package` (what `fsad register` uploads) into a temporary folder, so no
 tracking store is needed. Planted Python files (would create a marker file when run) stay unrun by
-`mlflow.pyfunc.load_model` and `orchestrator.pyfunc.load` alike, in a fresh interpreter; an MLmodel
+`mlflow.pyfunc.load_model` and `orchestrator.tracking.pyfunc.load` alike, in a fresh interpreter; an MLmodel
 rewritten to name code is refused by `load`; an old-format (models-from-code) package stops with one
 line; image paths are read only under the operator's FSAD_SERVE_IMAGE_ROOT and every path outside it
 gets the same answer whether or not the file exists.
@@ -51,10 +51,10 @@ mlflow_version: 3.17.2
 @pytest.fixture(scope="module")
 def package(trained_model, small_real_root, tmp_path_factory) -> Path:
     """trained_model adapted to HELD_OUT with SHOTS images and packaged as `fsad register` does."""
-    from orchestrator.artifacts import load_model_dir
-    from orchestrator.pyfunc import save_dictionary, save_package
-    from orchestrator.registry import adapt
-    from workers.data import load_images
+    from orchestrator.tracking.artifacts import load_model_dir
+    from orchestrator.tracking.pyfunc import save_dictionary, save_package
+    from orchestrator.tracking.registry import adapt
+    from workers.data.folders import load_images
 
     folder = tmp_path_factory.mktemp("package")
     model, cfg, _ = load_model_dir(trained_model)
@@ -86,7 +86,7 @@ def load_and_score(package: Path, images: np.ndarray, cwd: Path, loader: str) ->
     """Load `package` in a fresh interpreter (nothing imported yet that a planted file could shadow)."""
     np.save(cwd / "images.npy", images)
     load = {"mlflow": "import mlflow.pyfunc; m = mlflow.pyfunc.load_model(sys.argv[1])",
-            "fsad": "from orchestrator.pyfunc import load; m = load(sys.argv[1])"}[loader]
+            "fsad": "from orchestrator.tracking.pyfunc import load; m = load(sys.argv[1])"}[loader]
     code = (f"import json, sys, numpy as np\n{load}\n"
             "print(json.dumps(m.predict(np.load('images.npy'))['score'].tolist()))")
     env = dict(os.environ, PYTHONPATH=str(REPO))
@@ -119,7 +119,7 @@ def test_mlflow_and_fsad_loaders_score_like_the_evaluation_scorer(package, image
     import torch
 
     from orchestrator.evaluate import make_scorer
-    from orchestrator.pyfunc import load, load_dictionary
+    from orchestrator.tracking.pyfunc import load, load_dictionary
 
     by_fsad = load(str(package))
     by_mlflow = mlflow.pyfunc.load_model(str(package))
@@ -158,7 +158,7 @@ def test_planted_and_tampered_python_files_are_never_run(loader, package, images
 
 def test_fsad_load_refuses_an_mlmodel_rewritten_to_name_code(package, tmp_path):
     """mlflow obeys MLmodel (it would put code/ on sys.path); fsad's loader checks the flavor first."""
-    from orchestrator.pyfunc import load
+    from orchestrator.tracking.pyfunc import load
 
     tampered = copy_package(package, tmp_path / "tampered")
     marker = tmp_path / "ran"
@@ -195,8 +195,8 @@ def old_format_package(package: Path, folder: Path, entry: str = OLD_ENTRY) -> P
 def test_old_format_gives_a_one_line_message(package, tmp_path):
     import mlflow.pyfunc
 
-    from orchestrator.pyfunc import load
-    from orchestrator.registry import package_weights
+    from orchestrator.tracking.pyfunc import load
+    from orchestrator.tracking.fetch import package_weights
 
     old = old_format_package(package, tmp_path / "old")
     with pytest.raises(Exception) as info:
@@ -230,7 +230,7 @@ def message_of(model, model_input) -> str:
 
 
 def test_image_paths_are_refused_unless_the_operator_names_a_root(package, small_real_root, monkeypatch):
-    from orchestrator.pyfunc import load
+    from orchestrator.tracking.pyfunc import load
 
     monkeypatch.delenv("FSAD_SERVE_IMAGE_ROOT", raising=False)
     model = load(str(package))
@@ -241,8 +241,8 @@ def test_image_paths_are_refused_unless_the_operator_names_a_root(package, small
 
 
 def test_image_paths_are_read_only_under_the_root(package, small_real_root, tmp_path, monkeypatch):
-    from orchestrator.pyfunc import load
-    from workers.data import load_images
+    from orchestrator.tracking.pyfunc import load
+    from workers.data.folders import load_images
 
     root = tmp_path / "served"
     good = root / "good"
@@ -270,7 +270,7 @@ def test_image_paths_are_read_only_under_the_root(package, small_real_root, tmp_
 
 
 def test_a_root_that_is_not_a_folder_fails_at_load(package, tmp_path, monkeypatch):
-    from orchestrator.pyfunc import load
+    from orchestrator.tracking.pyfunc import load
 
     monkeypatch.setenv("FSAD_SERVE_IMAGE_ROOT", str(tmp_path / "nope"))
     with pytest.raises(InputError, match="FSAD_SERVE_IMAGE_ROOT"):

@@ -217,7 +217,7 @@ def test_ray_job_run_lands_in_the_tracking_server(head, working_dir, tracking_se
     """The documented submit (docs/cluster.md): `ray job submit` of `fsad train --address auto` trains on the
     cluster; the run is on the server the user browses, complete, and --out/tracking.json names it, with
     nothing pointing into Ray's temporary copy of the working directory."""
-    from orchestrator.tracking import client_for
+    from orchestrator.tracking.server import client_for
 
     out = tmp_path / "job_model"
     proc = submit(head, working_dir, "train", "--data", str(small_real_root), "--exclude", HELD_OUT, "--out", str(out), "--quiet",

@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from model.errors import InputError
-from orchestrator.artifacts import build_model, load_model_dir
+from orchestrator.tracking.artifacts import build_model, load_model_dir
 from orchestrator.distributed import train_distributed
 from orchestrator.learner import Learner, step_spec
 from orchestrator.train import episode_step, load_normals

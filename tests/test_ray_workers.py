@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from model.errors import InputError
-from orchestrator.artifacts import build_model
+from orchestrator.tracking.artifacts import build_model
 from orchestrator.cli import main
 from orchestrator.config import load_config, parse_overrides
 from orchestrator.distributed import episode_plan

@@ -39,7 +39,7 @@ def store(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def client(store):
-    from orchestrator.tracking import client_for
+    from orchestrator.tracking.server import client_for
 
     return client_for(store["uri"])
 
@@ -105,7 +105,7 @@ def artifact_paths(client, run_id: str, path: str | None = None) -> set[str]:
 
 
 def test_tracking_uri_precedence(monkeypatch, tmp_path):
-    from orchestrator.tracking import resolve_tracking_uri
+    from orchestrator.tracking.server import resolve_tracking_uri
 
     monkeypatch.chdir(tmp_path)
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
@@ -121,7 +121,7 @@ def test_tracking_uri_precedence(monkeypatch, tmp_path):
 
 
 def test_redact_masks_uri_passwords_and_secret_environment(monkeypatch):
-    from orchestrator.tracking import redact
+    from orchestrator.tracking.server import redact
 
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "wJalrXUtnFEMIK7MDENGbPxRfiCYSECRETKEY")
     text = redact("postgresql://postgres:hunter2pw@db:5432/x and wJalrXUtnFEMIK7MDENGbPxRfiCYSECRETKEY")
@@ -149,7 +149,8 @@ def test_a_ray_jobs_temporary_working_directory_is_no_place_for_runs(small_real_
     are refused with one line naming the way out; an absolute store elsewhere is accepted, and the spool
     moves out of the copy. (tests/test_ray_cluster.py submits real jobs.)"""
     from orchestrator.cli import main
-    from orchestrator.tracking import resolve_tracking_uri, spool_root
+    from orchestrator.tracking.server import resolve_tracking_uri
+    from orchestrator.tracking.spool import spool_root
 
     job_dir = tmp_path / "session_1" / "runtime_resources" / "working_dir_files" / "_ray_pkg_0123abcd"
     job_dir.mkdir(parents=True)
@@ -185,7 +186,7 @@ def test_a_ray_jobs_temporary_working_directory_is_no_place_for_runs(small_real_
 
 def test_training_run_logs_config_data_metrics_checkpoints(client, trained, data_with_manifest):
     from orchestrator.config import load_config
-    from orchestrator.tracking import sha256_file
+    from orchestrator.tracking.data_version import sha256_file
 
     out, run_id = trained
     run = client.get_run(run_id)
@@ -315,7 +316,7 @@ def test_registered_mlmodel_names_the_installed_loader_and_no_local_path(client,
 
 
 def test_beats_rule():
-    from orchestrator.registry import beats
+    from orchestrator.tracking.registry import beats
 
     assert beats(None, None, has_champion=False)  # the first version is champion
     assert beats(0.7, 0.6, True) and not beats(0.6, 0.6, True) and not beats(0.5, 0.6, True)
@@ -324,7 +325,7 @@ def test_beats_rule():
 
 
 def test_alias_moves_only_on_improvement(client, store, trained, registered, monkeypatch):
-    import orchestrator.registry as registry
+    import orchestrator.tracking.registry as registry
 
     uri = store["uri"]
     champion = client.get_model_version_by_alias(f"fsad-{HELD_OUT}", "champion")
@@ -351,9 +352,9 @@ def test_pyfunc_round_trip_equals_direct_scoring(store, trained, data_with_manif
     """models:/fsad-tire@<version> scores exactly like the evaluation scorer built from the same shots."""
     import mlflow.pyfunc
 
-    from orchestrator.artifacts import load_model_dir
+    from orchestrator.tracking.artifacts import load_model_dir
     from orchestrator.evaluate import load_test_set, make_scorer, support_draws
-    from orchestrator.registry import register
+    from orchestrator.tracking.registry import register
 
     model, cfg, _ = load_model_dir(trained[0])
     test = load_test_set(data_with_manifest, HELD_OUT, cfg.data.image_size)
@@ -371,7 +372,7 @@ def test_pyfunc_round_trip_equals_direct_scoring(store, trained, data_with_manif
     np.testing.assert_allclose(out["score"], scores.numpy(), rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(out["anomaly_map"], maps.numpy(), rtol=1e-4, atol=1e-6)
     # the columns `fsad predict` writes: threshold, verdict, target and mask from the version's calibration
-    from orchestrator.registry import calibrate_support
+    from orchestrator.tracking.registry import calibrate_support
 
     expected = calibrate_support(model, cfg, support)
     # K = 2: one degree of freedom, t_{0.99,1} ≈ 32 multiplies the log-score spread, so float noise in the
@@ -528,7 +529,7 @@ def test_fsad_video_is_one_tracked_run_with_frame_auroc_and_pictures(client, sto
 
 
 def test_runs_page_url_opens_the_model_training_view_and_drops_credentials():
-    from orchestrator.tracking import runs_page_url
+    from orchestrator.tracking.server import runs_page_url
 
     assert runs_page_url("http://fsad:s3cret@127.0.0.1:5000/", "4") == \
         "http://127.0.0.1:5000/#/experiments/4?workflowType=machine_learning"

@@ -197,7 +197,7 @@ def through_server(server, small_real_root, tmp_path_factory):
 
 
 def test_server_mode_train_evaluate_register_with_artifacts_in_s3(server, s3, through_server):
-    from orchestrator.tracking import client_for
+    from orchestrator.tracking.server import client_for
 
     assert through_server["codes"][:3] == [0, 0, 0], through_server["output"][-3000:]
     client = client_for(server["url"])
@@ -222,7 +222,7 @@ def test_server_mode_train_evaluate_register_with_artifacts_in_s3(server, s3, th
 
 
 def test_no_secret_in_params_tags_artifacts_or_output(server, s3, through_server):
-    from orchestrator.tracking import client_for
+    from orchestrator.tracking.server import client_for
 
     assert through_server["codes"][3:] == [2, 2]  # the unreachable stores: one-line errors ...
     output = through_server["output"]
@@ -314,12 +314,12 @@ def outage_server(tmp_path):
 
 def _train_with_outage(monkeypatch, srv, data, out, restart_at: int | None, episodes: int = 7):
     from orchestrator.cli import main
-    from orchestrator.tracked import TrainingTracker
+    from orchestrator.tracking.tracked import TrainingTracker
 
     # Try the server on every event: with the production pacing (a flush every 2 s, a retry 5 s after
     # a failure) a fast run can cross the whole outage without trying once, and then nothing is warned.
-    monkeypatch.setattr("orchestrator.tracking.FLUSH_EVERY_S", 0.0)
-    monkeypatch.setattr("orchestrator.tracking.RETRY_AFTER_S", 0.0)
+    monkeypatch.setattr("orchestrator.tracking.runs.FLUSH_EVERY_S", 0.0)
+    monkeypatch.setattr("orchestrator.tracking.runs.RETRY_AFTER_S", 0.0)
     original = TrainingTracker.on_log
 
     def on_log(self, record):
@@ -335,7 +335,7 @@ def _train_with_outage(monkeypatch, srv, data, out, restart_at: int | None, epis
 
 
 def _assert_complete(url: str, run_id: str, episodes: int = 7) -> None:
-    from orchestrator.tracking import client_for
+    from orchestrator.tracking.server import client_for
 
     client = client_for(url)
     run = client.get_run(run_id)

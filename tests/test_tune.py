@@ -172,7 +172,8 @@ def test_parent_run_is_reopened_by_its_key_also_when_logged_offline(tmp_path, mo
     reaches the server, so an invocation that started while the server was down joins the same run."""
     from mlflow import MlflowClient
 
-    from orchestrator.tracking import Replayer, TrackedRun, sync_runs
+    from orchestrator.tracking.runs import TrackedRun
+    from orchestrator.tracking.spool import Replayer, sync_runs
 
     uri, spool = f"sqlite:///{tmp_path / 'mlflow.db'}", tmp_path / "spool"
 
@@ -206,8 +207,9 @@ def test_runs_left_running_by_failed_trials_are_killed_and_an_unreachable_server
     running trial's); against a dead server it warns and returns."""
     from mlflow import MlflowClient
 
-    from orchestrator.tracking import TrackedRun
-    from orchestrator.tune import KilledTrialRuns, TrialSpec
+    from orchestrator.tracking.runs import TrackedRun
+    from orchestrator.tuning.objective import TrialSpec
+    from orchestrator.tuning.runner import KilledTrialRuns
 
     uri, spool = f"sqlite:///{tmp_path / 'mlflow.db'}", tmp_path / "spool"
     study = optuna.create_study(study_name="f", storage=journal(tmp_path / "j.log"))
@@ -358,7 +360,8 @@ def test_concurrent_processes_draw_their_own_parameters_reproducibly(tmp_path):
     """Two processes' samplers on one storage (as two Ray tasks) with the same tune.sampler_seed: trials
     asked at the same time get different parameters, in the random start-up phase and under TPE; a new
     study with the same seed draws the same start-up trials again."""
-    from orchestrator.tune import make_sampler, suggest
+    from orchestrator.tuning.objective import suggest
+    from orchestrator.tuning.sampler import make_sampler
 
     cfg = load_config(None, parse_overrides(["tune.startup_trials=2"]))
 
@@ -493,7 +496,7 @@ def test_partial_override_of_a_range_keeps_its_other_bounds():
 @pytest.mark.parametrize("name,kind", [("median", "MedianPruner"), ("hyperband", "HyperbandPruner"),
                                        ("none", "NopPruner")])
 def test_pruner_choice(name, kind):
-    from orchestrator.tune import make_pruner
+    from orchestrator.tuning.sampler import make_pruner
 
     assert type(make_pruner(load_config(None, parse_overrides([f"tune.pruner={name}"])))).__name__ == kind
 
@@ -501,7 +504,7 @@ def test_pruner_choice(name, kind):
 @pytest.mark.parametrize("storage", ["tune/journal.log", "sqlite:///tune/db/tune.db"])
 def test_missing_storage_folder_is_created(storage, tmp_path, monkeypatch):
     """docs/tuning.md's first command on a fresh clone: --storage tune/journal.log with no tune/ yet."""
-    from orchestrator.tune import open_storage
+    from orchestrator.tuning.storage import open_storage
 
     monkeypatch.chdir(tmp_path)
     store = open_storage(storage, load_config(None))

@@ -1,7 +1,7 @@
 """The scene-adaptive video protocol (paper Section 4.2) on the real scenes in ../shared/data/fsad-video.
 
 load_scene itself (frame and label counts per clip, masks vs labels at native resolution, every=) is
-tested in tests/test_data.py; here: workers/video.py (listing, motion cue, files hashed, the combined
+tested in tests/test_data.py; here: workers/data/video.py (listing, motion cue, files hashed, the combined
 training source), orchestrator/video.py end to end on a tiny budget, the CLI verb and the DVC entry.
 """
 from __future__ import annotations
@@ -18,9 +18,9 @@ import yaml
 from PIL import Image
 
 from tests.conftest import TINY, expect_error, tiny_sets
-from workers import video as V
-from workers.data import load_scene
-from workers.manifest import FolderSource, as_source, open_source
+from workers.data import video as V
+from workers.data.sources import FolderSource, as_source, open_source
+from workers.data.video import load_scene
 
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 VIDEO = DATA / "fsad-video"
@@ -173,7 +173,7 @@ def check_scores(path: Path, scene: str, n: int) -> None:
 
 
 def test_video_cli_end_to_end(small_real_root, tmp_path, capsys):
-    from orchestrator.artifacts import load_model_dir
+    from orchestrator.tracking.artifacts import load_model_dir
     from orchestrator.video import load_target, score_shots
 
     out = tmp_path / "ped2"

@@ -10,7 +10,8 @@ from __future__ import annotations
 import torch
 
 from model.errors import InputError
-from workers.data import load_category, set_max_pixels
+from workers.data.images import set_max_pixels
+from workers.data.mvtec import load_category
 from workers.episodes import Episode, EpisodeSampler
 
 

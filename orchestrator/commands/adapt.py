@@ -21,7 +21,7 @@ def add_arguments(p):
 
 def run(args) -> int:
     from model.calibration import check_fpr
-    from orchestrator.registry import adapt_and_register
+    from orchestrator.tracking.registry import adapt_and_register
 
     if args.fpr is not None:
         check_fpr(args.fpr)

@@ -56,7 +56,7 @@ def config_from_args(args: argparse.Namespace, extra: dict[str, Any] | None = No
 
     `path` "rule": config_file(args), named on stderr; else that file (a resumed run's saved config.yaml)
     or None (the embedded defaults), which the caller names if it wants to."""
-    from workers.data import set_max_pixels
+    from workers.data.images import set_max_pixels
 
     by_rule = path == "rule"
     path = config_file(args) if by_rule else path
@@ -101,7 +101,7 @@ def add_data_arguments(parser: argparse.ArgumentParser, splits_help: str) -> Non
 def data_root(args: argparse.Namespace):
     """--data, else the image root recorded in --manifest (None when neither is given)."""
     if args.data is None and args.manifest is not None:
-        from workers.manifest import read_manifest
+        from workers.data.manifest import read_manifest
 
         return str(read_manifest(args.manifest).root)
     return args.data

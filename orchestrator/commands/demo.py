@@ -34,7 +34,7 @@ def add_arguments(p):
 
 def run(args) -> int:
     from orchestrator.loo import results_table, run_loo
-    from workers.data import materialize_elpv
+    from workers.data.elpv import materialize_elpv
 
     began = time.perf_counter()
     # The demo's figures are the README's: it runs on the embedded defaults, not on a ./params.yaml that
@@ -50,7 +50,7 @@ def run(args) -> int:
         print("../shared/data/fsad-real not found: using the ELPV solar-cell images (pip package elpv-dataset)")
         root, holdout = materialize_elpv(Path("data") / "elpv"), args.holdout or "elpv_poly"
     if holdout is None:
-        from workers.data import list_categories
+        from workers.data.mvtec import list_categories
 
         holdout = list_categories(root)[-1]
     print(f"data: {root}; held-out category: {holdout}; K={args.shots} shots × {args.seeds} support draws")

@@ -52,7 +52,7 @@ def run_distributed(args: argparse.Namespace, cfg, uri: str | None = None, data_
     data_root = args.data if data_root is None else data_root
     tracker = None
     if uri is not None and Path(data_root).exists():  # bad input fails in training before any run exists
-        from orchestrator.tracked import TrainingTracker
+        from orchestrator.tracking.tracked import TrainingTracker
 
         tracker = TrainingTracker(uri, cfg, data_root, args.out, args.resume)
 

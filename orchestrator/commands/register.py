@@ -24,7 +24,7 @@ def add_arguments(p):
 
 def run(args) -> int:
     from model.calibration import check_fpr
-    from orchestrator.registry import register_from_run
+    from orchestrator.tracking.registry import register_from_run
 
     if args.fpr is not None:
         check_fpr(args.fpr)

@@ -12,7 +12,7 @@ def add_arguments(p):
 
 
 def run(args) -> int:
-    from orchestrator.tracking import spool_root, sync_runs
+    from orchestrator.tracking.spool import spool_root, sync_runs
 
     counts = sync_runs(tracking_uri(args, required=True), args.spool)
     print(f"{counts['synced']} runs uploaded, {counts['pending']} still waiting, "

@@ -1,4 +1,4 @@
-"""--tracking-uri / --no-track, shared by every verb that talks to MLflow (see orchestrator/tracking.py)."""
+"""--tracking-uri / --no-track, shared by every verb that talks to MLflow (see orchestrator/tracking/)."""
 from __future__ import annotations
 
 import argparse
@@ -14,12 +14,12 @@ def add_tracking_arguments(parser: argparse.ArgumentParser, optional: bool = Tru
 
 def tracking_uri(args: argparse.Namespace, required: bool = False) -> str | None:
     """The URI to log to, or None when tracking is off (registry verbs always need one)."""
-    from orchestrator.tracking import resolve_tracking_uri
+    from orchestrator.tracking.server import resolve_tracking_uri
 
     if required:
         import os
 
-        from orchestrator.tracking import DEFAULT_URI
+        from orchestrator.tracking.server import DEFAULT_URI
 
         return resolve_tracking_uri(args.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_URI)
     return resolve_tracking_uri(args.tracking_uri, getattr(args, "no_track", False))

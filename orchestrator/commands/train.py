@@ -30,9 +30,9 @@ def add_arguments(p):
 def run(args) -> int:
     from pathlib import Path
 
-    from orchestrator.artifacts import read_meta
+    from orchestrator.tracking.artifacts import read_meta
+    from orchestrator.tracking.tracked import tracked_train
     from workers.files import check_writable_dir
-    from orchestrator.tracked import tracked_train
 
     check_writable_dir(args.out)  # before any loading or training: checkpoints are written there
     if args.resume and Path(args.out).is_dir():

@@ -27,7 +27,7 @@ def add_arguments(p):
 
 
 def run(args) -> int:
-    from orchestrator.tune import tune
+    from orchestrator.tuning.runner import tune
 
     cfg = config_from_args(args)
     summary = tune(cfg, args.data, args.target, args.storage, args.study, args.trials, args.out,

@@ -19,8 +19,8 @@ def add_arguments(p):
 
 
 def run(args) -> int:
-    from orchestrator.tracked import tracked_video
-    from workers.manifest import open_source
+    from orchestrator.tracking.tracked import tracked_video
+    from workers.data.sources import open_source
 
     extra = {"experiments.video_root": args.video_root} if args.video_root else {}
     cfg = config_from_args(args, extra)

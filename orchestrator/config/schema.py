@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from orchestrator.config.search_space import TuneSpace
-from workers.data import DEFAULT_MAX_PIXELS
+from workers.data.images import DEFAULT_MAX_PIXELS
 
 # Evaluation methods. The last three are baselines with no learning or no support set (model/baselines.py):
 # untrained = ours with a freshly initialised Ψ, knn_untrained = kNN on that Ψ, nosupport = the blurred
@@ -183,7 +183,7 @@ class DistributedConfig:
 
 @dataclass
 class TuneConfig:
-    """`fsad tune` (orchestrator/tune.py): search space, validation protocol, pruner, resume."""
+    """`fsad tune` (orchestrator/tuning/): search space, validation protocol, pruner, resume."""
 
     space: TuneSpace = field(default_factory=TuneSpace)
     validation: list[str] = field(default_factory=list)  # validation categories; empty: the last non-target one

@@ -24,8 +24,8 @@ from orchestrator.config.schema import (
 )
 from orchestrator.config.search_space import validate_tune
 from orchestrator.config.specs import sparse_spec
+from workers.data.paths import plain_name
 from workers.episodes import AUGMENT_MODES
-from workers.paths import plain_name
 
 # Images are resized to at most this: the largest source images (MVTec) are 1024 px, and every
 # training image is held in memory at this size (3 × S² float32), so larger values only exhaust memory.

@@ -1,7 +1,14 @@
 """Video scenes as few-shot tasks (paper Section 4.2): frames of a scene, an optional motion cue, the
 files behind them, and a training source that mixes image categories with scenes.
 
-Frames come from `workers.data.load_scene` (same channels, size, label and mask conventions). On top:
+* **Frames** (`list_scenes`, `load_scene`): a video root holds scene folders
+
+      <scene>/train/<clip>/<frame>.jpg       normal frames
+      <scene>/test/<clip>/<frame>.jpg        labels in <scene>/test_labels/<clip>.txt, one 0/1 per frame
+      <scene>/test_masks/<clip>/<frame>.png  optional pixel labels
+
+  decoded with workers.data.images' conventions (channels, size, values, limits); frames are ordered by
+  the integer in their stem when every stem is numeric, else by name.
 
 * **Motion cue** (``temporal=True``, paper App. B.4 "simple temporal information"). The network keeps its
   3 input channels, because the image categories trained alongside are RGB. A frame becomes
@@ -19,7 +26,7 @@ Frames come from `workers.data.load_scene` (same channels, size, label and mask 
   so image tasks (RGB) and scene tasks (luma, luma, motion) do not mix.
 * **Files used** (`scene_files`): every file a run reads from a scene (frames kept, their predecessors
   with the motion cue, the label files of test clips), for the content hash `files_sha256`.
-* **`SceneTaskSource`**: image categories (a `workers.manifest` source) plus scenes' training frames as
+* **`SceneTaskSource`**: image categories (a `workers.data.sources` source) plus scenes' training frames as
   categories named ``scene:<name>``, with the interface training uses: categories(), load(category,
   image_size, split), content_sha256, str().
 """
@@ -35,15 +42,126 @@ import numpy as np
 import torch
 
 from model.errors import InputError
-from workers.data import ImageItem, _check_root, _frame_files, _load_image, _subdirs, list_scenes, load_scene
-from workers.manifest import as_source, sha256_bytes
+from workers.data.folders import check_root, check_split, folder_images, parallel_map, subfolders
+from workers.data.images import ImageItem, check_image_size, load_image, load_mask
+from workers.data.manifest import sha256_bytes
+from workers.data.paths import plain_name
+from workers.data.sources import as_source
 
 SCENE_PREFIX = "scene:"
 MOTION_GAIN = 4.0
 LUMA = (0.299, 0.587, 0.114)
 
-__all__ = ["SCENE_PREFIX", "MOTION_GAIN", "scene_category", "check_scene", "frame_gap", "load_frames", "motion_image",
-           "scene_files", "files_sha256", "SceneTaskSource"]
+__all__ = ["SCENE_PREFIX", "MOTION_GAIN", "list_scenes", "load_scene", "scene_category", "check_scene", "frame_gap",
+           "load_frames", "motion_image", "scene_files", "files_sha256", "SceneTaskSource"]
+
+
+def list_scenes(root) -> list[str]:
+    """Scene folders (those with a train/ or test/ folder) under a video root, sorted by name."""
+    root = check_root(root)
+    scenes = [p.name for p in subfolders(root) if (p / "train").is_dir() or (p / "test").is_dir()]
+    if not scenes:
+        raise InputError(f"data root {root} has no scenes; expected folders with <scene>/train/<clip>/ frames")
+    return scenes
+
+
+def _frame_files(clip: Path) -> list[Path]:
+    files = folder_images(clip)
+    stems = [p.stem for p in files]
+    if files and all(s.isdigit() for s in stems):
+        return sorted(files, key=lambda p: (int(p.stem), p.name))
+    return files
+
+
+def _read_labels(path: Path, n_frames: int) -> list[int]:
+    if not path.is_file():
+        raise InputError(f"label file {path} is missing; expected one 0/1 line per test frame")
+    try:
+        lines = path.read_text().splitlines()
+    except (OSError, UnicodeDecodeError) as e:
+        raise InputError(f"cannot read label file {path}: {e}; expected a text file of 0/1 lines") from None
+    while lines and not lines[-1].strip():
+        lines.pop()
+    labels = []
+    for i, line in enumerate(lines, 1):
+        s = line.strip()
+        if s not in ("0", "1"):
+            raise InputError(f"label file {path} line {i} is {s!r}; expected 0 or 1")
+        labels.append(int(s))
+    if len(labels) != n_frames:
+        raise InputError(
+            f"label file {path} has {len(labels)} labels but the clip has {n_frames} frames; expected one per frame"
+        )
+    return labels
+
+
+def load_scene(root, scene: str, image_size: int, split: str = "train", every: int = 1,
+               clips: Sequence[str] | None = None) -> list[ImageItem]:
+    """Load a video scene's frames as ImageItems (clips by name, frames in frame order).
+
+        <scene>/train/<clip>/<frame>.jpg     normal frames (label 0, mask None)
+        <scene>/test/<clip>/<frame>.jpg      labels from <scene>/test_labels/<clip>.txt (one 0/1 per frame)
+        <scene>/test_masks/<clip>/<frame>.png
+
+    category = scene, defect_type = clip name. every=k keeps every k-th frame of each clip (after the
+    label count is validated against all frames). clips, when given, restricts loading to those clips
+    (an unknown clip name is an InputError). Test masks: when the scene has a test_masks folder,
+    a frame's mask is read from it when present, a normal frame without one gets zeros, and an
+    anomalous frame without one is an InputError; without a test_masks folder every mask is None.
+    """
+    check_image_size(image_size)
+    check_split(split)
+    if isinstance(every, bool) or not isinstance(every, (int, np.integer)) or every < 1:
+        raise InputError(f"every {every!r} is invalid; expected a positive integer")
+    root = check_root(root)
+    plain_name(scene, "scene")
+    folder = root / str(scene)
+    if not folder.is_dir():
+        avail = ", ".join(p.name for p in subfolders(root) if (p / "train").is_dir() or (p / "test").is_dir())
+        raise InputError(f"scene {scene!r} not found under {root}; available: {avail or 'none'}")
+    split_dir = folder / split
+    if not split_dir.is_dir():
+        raise InputError(f"scene folder {folder} has no {split} folder; expected {split_dir}/<clip>/ frames")
+    clip_dirs = subfolders(split_dir)
+    if clips is not None:
+        if isinstance(clips, str):
+            clips = [clips]
+        known = {c.name for c in clip_dirs}
+        missing = [str(c) for c in clips if str(c) not in known]
+        if missing:
+            raise InputError(f"clip(s) {', '.join(missing)} not found in {split_dir}; "
+                             f"available: {', '.join(sorted(known)) or 'none'}")
+        wanted = {str(c) for c in clips}
+        clip_dirs = [c for c in clip_dirs if c.name in wanted]
+    mask_root = folder / "test_masks"
+    has_masks = split == "test" and mask_root.is_dir()
+    jobs = []
+    for clip in clip_dirs:
+        frames = _frame_files(clip)
+        if split == "test":
+            labels = _read_labels(folder / "test_labels" / f"{clip.name}.txt", len(frames))
+        else:
+            labels = [0] * len(frames)
+        jobs += [(f, clip.name, lab) for f, lab in list(zip(frames, labels))[::every]]
+    if not jobs:
+        raise InputError(f"{split_dir} has no frames; expected {split_dir}/<clip>/<frame>.jpg")
+
+    def item(job) -> ImageItem:
+        path, clip, label = job
+        image, orig = load_image(path, image_size)
+        mask = None
+        if has_masks:
+            mp = mask_root / clip / f"{path.stem}.png"
+            if mp.is_file():
+                mask = load_mask(mp, image_size, orig)
+            elif label == 0:
+                mask = torch.zeros(image_size, image_size, dtype=torch.float32)
+            else:
+                raise InputError(f"mask for anomalous frame {path} is missing; expected {mp}")
+        return ImageItem(image=image, mask=mask, label=label, category=str(scene), defect_type=clip,
+                         path=str(path))
+
+    return parallel_map(item, jobs)
 
 
 def scene_category(scene: str) -> str:
@@ -56,7 +174,7 @@ def check_scene(root, scene: str) -> Path:
     if not Path(root).exists():
         raise InputError(f"video root {root} does not exist; expected a folder of scenes "
                          "(<scene>/train/<clip>/<frame>.jpg), e.g. experiments.video_root")
-    root = _check_root(root)
+    root = check_root(root)
     scenes = list_scenes(root)
     if scene not in scenes:
         raise InputError(f"unknown scene {scene!r} under {root}; available: {', '.join(scenes)}")
@@ -68,7 +186,7 @@ def _clips(root: Path, scene: str, split: str) -> list[tuple[str, list[Path]]]:
     folder = root / scene / split
     if not folder.is_dir():
         raise InputError(f"scene folder {root / scene} has no {split} folder; expected {folder}/<clip>/ frames")
-    return [(clip.name, _frame_files(clip)) for clip in _subdirs(folder)]
+    return [(clip.name, _frame_files(clip)) for clip in subfolders(folder)]
 
 
 def _index(path: Path, position: int, numeric: bool) -> int:
@@ -135,7 +253,7 @@ def load_frames(root, scene: str, image_size: int, split: str = "train", every: 
     if [str(f) for _, f, _ in kept] != [it.path for it in items]:  # the two listings must agree
         raise RuntimeError(f"frame listing of {scene}/{split} disagrees with load_scene")
     for it, (_, _, prev) in zip(items, kept):
-        previous, _ = _load_image(prev, image_size)
+        previous, _ = load_image(prev, image_size)
         it.image = motion_image(it.image, previous)
     return items
 
@@ -167,7 +285,7 @@ def files_sha256(root, files: Sequence[Path]) -> str:
 class SceneTaskSource:
     """Image categories plus the training frames of video scenes, one task each (``scene:<name>``).
 
-    images: a folder or a workers.manifest source. Scene frames: every `every`-th training frame of each
+    images: a folder or a workers.data.sources source. Scene frames: every `every`-th training frame of each
     clip, with the motion cue when `temporal`. content_sha256 covers both: the image source's content
     hash and the scene files used (`scene_files`).
     """

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from urllib.parse import urlsplit, urlunsplit
 
 from model.errors import InputError
-from workers.paths import relative_key
+from workers.data.paths import relative_key
 
 _CREDENTIAL_CODES = {"InvalidAccessKeyId", "SignatureDoesNotMatch", "AccessDenied", "ExpiredToken",
                      "InvalidToken", "AuthorizationHeaderMalformed", "403", "Forbidden", "UnrecognizedClientException"}
@@ -87,7 +87,7 @@ class S3Tree:
         """Every key under the prefix, relative to it, sorted; folder markers (ending in /) are skipped.
 
         Keys are returned as stored, unsafe ones included (``ds//x.png`` gives ``/x.png``), so that
-        workers.manifest.scan_layout can list them as rejects; nothing joins them to a path unchecked."""
+        workers.data.manifest.scan_layout can list them as rejects; nothing joins them to a path unchecked."""
         from botocore.exceptions import BotoCoreError, ClientError
 
         out = []
@@ -105,7 +105,7 @@ class S3Tree:
         return sorted(out)
 
     def read(self, key: str) -> bytes:
-        """The bytes of one key from keys(); keys that could leave the tree (workers.paths) are refused."""
+        """The bytes of one key from keys(); keys that could leave the tree (workers.data.paths) are refused."""
         from botocore.exceptions import BotoCoreError, ClientError
 
         relative_key(key, f"S3 key under {self.url}")

@@ -23,12 +23,14 @@ from typing import Any
 import torch
 
 from model.errors import InputError
-from orchestrator.artifacts import WEIGHTS, load_model_dir, resolve_device
 from orchestrator.config import Config, with_values
 from orchestrator.evaluate import METRIC_NAMES, draw_metrics, load_test_set, make_scorer, score_batches, support_draws
-from orchestrator.tracking import (client_for, data_version, ensure_experiment, error_line, fast_fail, redact,
-                                   sha256_file)
-from workers.data import list_categories, load_images
+from orchestrator.tracking.artifacts import load_model_dir, resolve_device
+from orchestrator.tracking.data_version import data_version, sha256_file
+from orchestrator.tracking.fetch import fetch_run_weights, fetch_weights, mlflow_call
+from orchestrator.tracking.server import client_for, ensure_experiment, error_line, fast_fail, redact
+from workers.data.folders import load_images
+from workers.data.mvtec import list_categories
 
 PREFIX = "fsad-"
 CHAMPION, CHALLENGER = "champion", "challenger"
@@ -60,116 +62,6 @@ def model_name(category: str) -> str:
     if not NAME_RE.match(category):
         raise InputError(f"category name {category!r}: expected letters, digits, '_', '.' or '-'")
     return PREFIX + category
-
-
-def _mlflow_call(what: str, fn, *args, **kwargs):
-    """Run a registry call; server trouble becomes a one-line InputError without secrets."""
-    try:
-        return fn(*args, **kwargs)
-    except InputError:
-        raise
-    except Exception as exc:  # noqa: BLE001 - MlflowException, connection and database errors alike
-        raise InputError(f"{what} failed: {error_line(exc)}") from None
-
-
-# ---------------------------------------------------------------------------------------------
-# Resolving the model to adapt
-
-
-def parse_models_uri(uri: str) -> tuple[str, str | None, str | None]:
-    """models:/NAME@ALIAS -> (NAME, ALIAS, None); models:/NAME/VERSION -> (NAME, None, VERSION)."""
-    match = re.match(r"^models:/([^/@]+)(?:@([^/]+)|/([^/]+))$", uri)
-    if not match:
-        raise InputError(f"model URI {uri!r}: expected models:/NAME@ALIAS or models:/NAME/VERSION")
-    return match.group(1), match.group(2), match.group(3)
-
-
-def resolve_model_version(client, uri: str):
-    from mlflow.exceptions import MlflowException
-
-    name, alias, version = parse_models_uri(uri)
-    try:
-        client.get_registered_model(name)
-    except Exception as exc:  # noqa: BLE001
-        if not isinstance(exc, MlflowException) or exc.error_code != "RESOURCE_DOES_NOT_EXIST":
-            raise InputError(f"looking up {uri} failed: {error_line(exc)}") from None
-        known = sorted(m.name for m in client.search_registered_models(max_results=100))
-        raise InputError(f"no registered model named {name!r}; registered: {', '.join(known) or 'none'}") from None
-    try:
-        return client.get_model_version_by_alias(name, alias) if alias else client.get_model_version(name, version)
-    except MlflowException as exc:
-        if exc.error_code not in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE"):
-            raise InputError(f"looking up {uri} failed: {error_line(exc)}") from None
-        model = client.get_registered_model(name)
-        if alias:
-            aliases = sorted(getattr(model, "aliases", {}) or {})
-            raise InputError(f"registered model {name!r} has no alias {alias!r}; aliases: {', '.join(aliases) or 'none'}") from None
-        raise InputError(f"registered model {name!r} has no version {version!r}") from None
-
-
-def _download(uri: str, artifact_uri: str, dst: Path) -> Path:
-    import mlflow.artifacts
-
-    return Path(_mlflow_call(f"downloading {artifact_uri}", mlflow.artifacts.download_artifacts,
-                             artifact_uri=artifact_uri, dst_path=str(dst), tracking_uri=uri))
-
-
-def package_weights(package: Path) -> Path | None:
-    """The model directory inside a registered package: data/fsad_model/, or artifacts/weights/ of the old
-    format (read here as data only, so `fsad adapt` can re-register an old version in the new format)."""
-    from orchestrator.pyfunc import DATA_DIR
-
-    for folder in (package / "data" / DATA_DIR, package / "artifacts" / "weights"):
-        if (folder / WEIGHTS).is_file():
-            return folder
-    return None
-
-
-def fetch_weights(uri: str, model: str, workdir: Path) -> tuple[Path, dict[str, str]]:
-    """A model directory (weights + config + meta) from models:/NAME@ALIAS, models:/NAME/N, a pyfunc
-    directory or an `fsad train` directory; plus tags describing where it came from."""
-    if model.startswith("models:/"):
-        parse_models_uri(model)
-        client = _mlflow_call("connecting to the tracking store", client_for, uri)
-        version = resolve_model_version(client, model)
-        local = _download(uri, version.source, workdir / "source")
-        weights = package_weights(local)
-        if weights is None:
-            raise InputError(f"{model} is not an fsad model (no data/fsad_model/{WEIGHTS})")
-        source = {"fsad.source_model": f"models:/{version.name}/{version.version}"}
-        if version.tags.get("fsad.train_run_id"):
-            source["fsad.train_run_id"] = version.tags["fsad.train_run_id"]
-        return weights, source
-    path = Path(model)
-    if package_weights(path) is not None:
-        return package_weights(path), {"fsad.source_model": str(path.resolve())}
-    if (path / WEIGHTS).is_file():
-        return path, {"fsad.source_model": str(path.resolve())}
-    if not path.exists():
-        raise InputError(f"--model {model}: no such directory; expected models:/NAME@ALIAS or a model directory")
-    raise InputError(f"--model {model}: no {WEIGHTS} here; expected the output of `fsad train` or a registered model")
-
-
-def fetch_run_weights(uri: str, run_id: str, workdir: Path) -> Path:
-    """The final model/ of a training run."""
-    from mlflow.exceptions import MlflowException
-
-    client = _mlflow_call("connecting to the tracking store", client_for, uri)
-    try:
-        client.get_run(run_id)
-    except Exception as exc:  # noqa: BLE001
-        if not isinstance(exc, MlflowException):
-            raise InputError(f"--run {run_id}: {error_line(exc)}") from None
-        if exc.error_code in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE"):
-            raise InputError(f"--run {run_id}: no such run on the tracking server") from None
-        raise InputError(f"--run {run_id}: {error_line(exc)}") from None
-    try:
-        local = _download(uri, f"runs:/{run_id}/model", workdir / "run")
-    except InputError:
-        raise InputError(f"--run {run_id} has no model/ artifact; expected a training run logged by `fsad train`") from None
-    if not (local / WEIGHTS).is_file():
-        raise InputError(f"--run {run_id} has no model/{WEIGHTS}; expected a training run logged by `fsad train`")
-    return local
 
 
 # ---------------------------------------------------------------------------------------------
@@ -236,7 +128,7 @@ def register(uri: str, weights_dir: Path, category: str, support: torch.Tensor, 
     """Adapt `weights_dir` to `category` with `support` (K, 3, S, S), package it as a pyfunc, log it in a
     registration run, create a version of fsad-<category> and move the aliases. `settings`: run-time keys
     (eval.*, tracking.*, data.max_pixels, train.device) over the model's config for this registration."""
-    from orchestrator.pyfunc import save_dictionary, save_package
+    from orchestrator.tracking.pyfunc import save_dictionary, save_package
 
     name = model_name(category)
     model, cfg, meta = load_model_dir(weights_dir, device="cpu")
@@ -266,7 +158,7 @@ def register(uri: str, weights_dir: Path, category: str, support: torch.Tensor, 
         tags["fsad.train_run_id"] = parent_run_id
     tags = {k: redact(v)[:5000] for k, v in tags.items()}
 
-    client = _mlflow_call("connecting to the tracking store", client_for, uri)
+    client = mlflow_call("connecting to the tracking store", client_for, uri)
     with tempfile.TemporaryDirectory(prefix="fsad-register-") as tmp:
         tmp = Path(tmp)
         save_dictionary(dictionary, tmp / "dictionary.safetensors", category)
@@ -278,7 +170,7 @@ def register(uri: str, weights_dir: Path, category: str, support: torch.Tensor, 
         run_tags["fsad.kind"] = "register"
         if parent_run_id and _run_exists(client, parent_run_id):
             run_tags["mlflow.parentRunId"] = parent_run_id
-        run = _mlflow_call("creating the registration run", client.create_run, experiment_id,
+        run = mlflow_call("creating the registration run", client.create_run, experiment_id,
                            tags=run_tags, run_name=f"register {name}")
         run_id = run.info.run_id
         from mlflow.entities import Metric
@@ -289,12 +181,12 @@ def register(uri: str, weights_dir: Path, category: str, support: torch.Tensor, 
             metrics_out += [Metric("threshold", calibration.threshold, stamp, 0),
                             Metric("target_fpr", calibration.target_fpr, stamp, 0),
                             Metric("calibration_seconds", calibration.seconds, stamp, 0)]
-        _mlflow_call("logging metrics", client.log_batch, run_id, metrics=metrics_out)
-        _mlflow_call("uploading the model", client.log_artifacts, run_id, str(tmp / "model"), "model")
-        _mlflow_call("closing the registration run", client.set_terminated, run_id, "FINISHED")
+        mlflow_call("logging metrics", client.log_batch, run_id, metrics=metrics_out)
+        mlflow_call("uploading the model", client.log_artifacts, run_id, str(tmp / "model"), "model")
+        mlflow_call("closing the registration run", client.set_terminated, run_id, "FINISHED")
     _ensure_registered_model(client, name, category)
     description = redact(version_description(category, support, support_info, calibration))[:5000]
-    version = _mlflow_call(f"creating a version of {name}", client.create_model_version, name,
+    version = mlflow_call(f"creating a version of {name}", client.create_model_version, name,
                            f"{run.info.artifact_uri}/model", run_id=run_id, tags=tags, description=description)
     alias, previous = _move_aliases(client, name, version.version, metric, value)
     return Registration(name, version.version, alias, run_id, metric, value, previous, seconds,
@@ -302,7 +194,7 @@ def register(uri: str, weights_dir: Path, category: str, support: torch.Tensor, 
 
 
 def _experiment(client, name: str) -> str:
-    return _mlflow_call("looking up the experiment", ensure_experiment, client, name)
+    return mlflow_call("looking up the experiment", ensure_experiment, client, name)
 
 
 def _run_exists(client, run_id: str) -> bool:
@@ -350,7 +242,7 @@ def _move_aliases(client, name: str, version: str, metric: str, value: float | N
     if champion is not None and f"metric.{metric}" in champion.tags:
         champion_value = float(champion.tags[f"metric.{metric}"])
     alias = CHAMPION if beats(value, champion_value, champion is not None) else CHALLENGER
-    _mlflow_call(f"setting {name}@{alias}", client.set_registered_model_alias, name, alias, version)
+    mlflow_call(f"setting {name}@{alias}", client.set_registered_model_alias, name, alias, version)
     return alias, champion.version if champion is not None else None
 
 
@@ -359,7 +251,7 @@ def _move_aliases(client, name: str, version: str, metric: str, value: float | N
 
 
 def _with_settings(cfg: Config, settings: dict[str, Any] | None) -> Config:
-    from workers.data import set_max_pixels
+    from workers.data.images import set_max_pixels
 
     cfg = with_values(cfg, settings) if settings else cfg
     set_max_pixels(cfg.data.max_pixels)

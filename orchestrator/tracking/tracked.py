@@ -20,10 +20,13 @@ from pathlib import Path
 from typing import Any
 
 from model import metrics
-from orchestrator.artifacts import CONFIG, MANIFEST, META, STATE, WEIGHTS
 from orchestrator.config import Config
 from orchestrator.evaluate import CALIBRATION_NAMES, METRIC_NAMES, evaluate, prepare_evaluation
-from orchestrator.tracking import TrackedRun, data_version, spool_root, uri_key
+from orchestrator.tracking.artifacts import CONFIG, MANIFEST, META, STATE, WEIGHTS
+from orchestrator.tracking.data_version import data_version
+from orchestrator.tracking.runs import TrackedRun
+from orchestrator.tracking.server import uri_key
+from orchestrator.tracking.spool import spool_root, synced_run_id
 from orchestrator.train import train
 from workers.files import atomic_write_text
 
@@ -104,9 +107,7 @@ def training_parent(model_dir: str | Path, uri: str) -> str | None:
         return None
     if info.get("run_id"):
         return info["run_id"]
-    from orchestrator.tracking import _synced_run_id
-
-    return _synced_run_id(spool_root(info.get("spool")), info.get("local_id", ""))
+    return synced_run_id(spool_root(info.get("spool")), info.get("local_id", ""))
 
 
 def tracked_train(cfg: Config, data_root, out, resume: bool = False, progress: bool = True,
@@ -132,6 +133,87 @@ def tracked_train(cfg: Config, data_root, out, resume: bool = False, progress: b
     return summary
 
 
+class EvaluationRuns:
+    """The summary run of one `fsad evaluate` and, through `on_draw`, one child run per support draw."""
+
+    def __init__(self, uri: str, prepared, model_dir, data_root, category: str, shots: int, draws: int,
+                 method: str, seed: int | None, out: Path, options: dict[str, Any]):
+        cfg = prepared.cfg
+        self.uri, self.experiment, self.out = uri, cfg.tracking.experiment, out
+        self.category, self.shots, self.method = category, shots, method
+        parent = training_parent(model_dir, uri)
+        self.base_tags = {"fsad.category": category, "fsad.shots": shots, "fsad.method": method,
+                          "fsad.model_dir": str(Path(model_dir).resolve())}
+        if parent:
+            self.base_tags["fsad.train_run_id"] = parent
+        self.summary = TrackedRun(uri, f"eval {category} K={shots} {method}", self.experiment,
+                                  {**self.base_tags, "fsad.kind": "eval"}, parent=parent)
+        version = data_version(options.get("manifest") or data_root)
+        self.summary.set_tags({"data.hash": version["hash"], "data.hash_kind": version["kind"]})
+        if "dataset" in version:
+            self.summary.log_input(version["dataset"], "evaluation")
+        self.target_fpr = options.get("fpr") if options.get("fpr") is not None else cfg.eval.fpr
+        self.summary.log_params({"category": category, "shots": shots, "draws": draws, "method": method,
+                                 "seed": cfg.eval.seed if seed is None else seed, "data.root": str(data_root),
+                                 "target_fpr": self.target_fpr, "calibration": cfg.eval.calibration,
+                                 "calibration_augment": ",".join(cfg.eval.calibration_augment),
+                                 "calibration_size_correction": cfg.eval.calibration_size_correction})
+        self.rocs: list = []
+        self.pros: list = []
+        self.first_hist: list[Path] = []
+
+    def on_draw(self, record: dict[str, Any], scores, maps, test) -> None:
+        from orchestrator.plots import histogram_png, pro_png, roc_png
+
+        draw, category, shots, method, plots = record["draw"], self.category, self.shots, self.method, self.out / "plots"
+        child = TrackedRun(self.uri, f"eval {category} K={shots} {method} draw {draw}", self.experiment,
+                           {**self.base_tags, "fsad.kind": "eval_draw", "fsad.draw": draw}, parent=self.summary)
+        child.log_params({"category": category, "shots": shots, "draw": draw, "method": method,
+                          "support": json.dumps(record["support"])})
+        child.log_metrics({k: v for k, v in record.items()
+                           if k in METRIC_NAMES + CALIBRATION_NAMES + ("score_gap",) and v is not None})
+        pictures = []
+        histogram_png(plots / f"scores_draw{draw}.png", scores.numpy(), test.labels.numpy(),
+                      record.get("threshold"), f"{category} K={shots} {method} draw {draw}: image scores",
+                      record.get("calibration_samples"), self.target_fpr)
+        pictures.append(plots / f"scores_draw{draw}.png")
+        if draw == 0:
+            self.first_hist.append(plots / f"scores_draw{draw}.png")
+        fpr, tpr = metrics.roc_curve_points(scores, test.labels)
+        self.rocs.append((f"draw {draw}", fpr, tpr))
+        roc_png(plots / f"roc_draw{draw}.png", [self.rocs[-1]], f"{category} K={shots} draw {draw}: image ROC")
+        pictures.append(plots / f"roc_draw{draw}.png")
+        curve = metrics.pro_curve(maps, test.masks) if test.masks is not None else None
+        if curve is not None:
+            self.pros.append((f"draw {draw}", *curve))
+            pro_png(plots / f"pro_draw{draw}.png", [self.pros[-1]], f"{category} K={shots} draw {draw}: PRO")
+            pictures.append(plots / f"pro_draw{draw}.png")
+        child.log_artifacts(pictures, "plots")
+        child.end()
+
+    def finish(self, record: dict[str, Any]) -> None:
+        """The summary's mean/std metrics, every draw's curves in one picture, the report files; then end."""
+        from orchestrator.plots import pro_png, roc_png
+
+        out, title = self.out, f"{self.category} K={self.shots} {self.method}"
+        values: dict[str, float] = {"adapt_seconds": record["adapt_seconds"]}
+        for name in METRIC_NAMES + CALIBRATION_NAMES + ("score_gap",):
+            if record.get(name):
+                values[f"{name}_mean"] = record[name]["mean"]
+                values[f"{name}_std"] = record[name]["std"]
+        self.summary.log_metrics({k: v for k, v in values.items() if v is not None})
+        roc_png(out / "plots" / "roc.png", self.rocs, f"{title}: image ROC, every draw")
+        pictures = [out / "plots" / "roc.png"]
+        if self.pros:
+            pro_png(out / "plots" / "pro.png", self.pros, f"{title}: PRO, every draw")
+            pictures.append(out / "plots" / "pro.png")
+        self.summary.log_artifacts(pictures + self.first_hist, "plots")
+        self.summary.log_artifacts([out / "overlays"], "")
+        # the gallery links overlays/ relatively: beside them it opens from the artifact store too
+        self.summary.log_artifacts([out / "metrics.json"] + ([Path(record["report"])] if record.get("report") else []), "")
+        self.summary.end()
+
+
 def tracked_evaluate(model_dir, data_root, category: str, shots: int, draws: int, out, method: str = "ours",
                      seed: int | None = None, progress: bool = True, overlays: int | None = None,
                      uri: str | None = None, **kwargs) -> dict[str, Any]:
@@ -140,84 +222,20 @@ def tracked_evaluate(model_dir, data_root, category: str, shots: int, draws: int
     if uri is None:
         return evaluate(model_dir, data_root, category, shots, draws, out, method=method, seed=seed,
                         progress=progress, overlays=overlays, **kwargs)
-    from orchestrator.plots import histogram_png, pro_png, roc_png
-
     # every input check (model, data, category, K, draws) before the run exists: bad input leaves no FAILED run
     prepared = prepare_evaluation(model_dir, data_root, category, shots, draws, method, seed,
                                   **{k: kwargs[k] for k in ("manifest", "splits", "allow_partial", "settings", "fpr")
                                      if k in kwargs})
-    cfg = prepared.cfg
-    experiment = cfg.tracking.experiment
     out = Path(out)
-    parent = training_parent(model_dir, uri)
-    base_tags = {"fsad.category": category, "fsad.shots": shots, "fsad.method": method,
-                 "fsad.model_dir": str(Path(model_dir).resolve())}
-    if parent:
-        base_tags["fsad.train_run_id"] = parent
-    summary_run = TrackedRun(uri, f"eval {category} K={shots} {method}", experiment,
-                             {**base_tags, "fsad.kind": "eval"}, parent=parent)
-    version = data_version(kwargs.get("manifest") or data_root)
-    summary_run.set_tags({"data.hash": version["hash"], "data.hash_kind": version["kind"]})
-    if "dataset" in version:
-        summary_run.log_input(version["dataset"], "evaluation")
-    target_fpr = kwargs.get("fpr") if kwargs.get("fpr") is not None else cfg.eval.fpr
-    summary_run.log_params({"category": category, "shots": shots, "draws": draws, "method": method,
-                            "seed": cfg.eval.seed if seed is None else seed, "data.root": str(data_root),
-                            "target_fpr": target_fpr, "calibration": cfg.eval.calibration,
-                            "calibration_augment": ",".join(cfg.eval.calibration_augment),
-                            "calibration_size_correction": cfg.eval.calibration_size_correction})
-    rocs, pros, first_hist = [], [], []
-
-    def on_draw(record: dict[str, Any], scores, maps, test) -> None:
-        draw = record["draw"]
-        child = TrackedRun(uri, f"eval {category} K={shots} {method} draw {draw}", experiment,
-                           {**base_tags, "fsad.kind": "eval_draw", "fsad.draw": draw}, parent=summary_run)
-        child.log_params({"category": category, "shots": shots, "draw": draw, "method": method,
-                          "support": json.dumps(record["support"])})
-        child.log_metrics({k: v for k, v in record.items()
-                           if k in METRIC_NAMES + CALIBRATION_NAMES + ("score_gap",) and v is not None})
-        pictures = []
-        histogram_png(out / "plots" / f"scores_draw{draw}.png", scores.numpy(), test.labels.numpy(),
-                      record.get("threshold"), f"{category} K={shots} {method} draw {draw}: image scores",
-                      record.get("calibration_samples"), target_fpr)
-        pictures.append(out / "plots" / f"scores_draw{draw}.png")
-        if draw == 0:
-            first_hist.append(out / "plots" / f"scores_draw{draw}.png")
-        fpr, tpr = metrics.roc_curve_points(scores, test.labels)
-        rocs.append((f"draw {draw}", fpr, tpr))
-        roc_png(out / "plots" / f"roc_draw{draw}.png", [rocs[-1]], f"{category} K={shots} draw {draw}: image ROC")
-        pictures.append(out / "plots" / f"roc_draw{draw}.png")
-        curve = metrics.pro_curve(maps, test.masks) if test.masks is not None else None
-        if curve is not None:
-            pros.append((f"draw {draw}", *curve))
-            pro_png(out / "plots" / f"pro_draw{draw}.png", [pros[-1]], f"{category} K={shots} draw {draw}: PRO")
-            pictures.append(out / "plots" / f"pro_draw{draw}.png")
-        child.log_artifacts(pictures, "plots")
-        child.end()
-
+    runs = EvaluationRuns(uri, prepared, model_dir, data_root, category, shots, draws, method, seed, out, kwargs)
     try:
         record = evaluate(model_dir, data_root, category, shots, draws, out, method=method, seed=seed,
-                          progress=progress, overlays=overlays, on_draw=on_draw, prepared=prepared, **kwargs)
+                          progress=progress, overlays=overlays, on_draw=runs.on_draw, prepared=prepared, **kwargs)
     except BaseException:
-        summary_run.end("FAILED")
+        runs.summary.end("FAILED")
         raise
-    values: dict[str, float] = {"adapt_seconds": record["adapt_seconds"]}
-    for name in METRIC_NAMES + CALIBRATION_NAMES + ("score_gap",):
-        if record.get(name):
-            values[f"{name}_mean"] = record[name]["mean"]
-            values[f"{name}_std"] = record[name]["std"]
-    summary_run.log_metrics({k: v for k, v in values.items() if v is not None})
-    roc_png(out / "plots" / "roc.png", rocs, f"{category} K={shots} {method}: image ROC, every draw")
-    pictures = [out / "plots" / "roc.png"]
-    if pros:
-        pro_png(out / "plots" / "pro.png", pros, f"{category} K={shots} {method}: PRO, every draw")
-        pictures.append(out / "plots" / "pro.png")
-    summary_run.log_artifacts(pictures + first_hist, "plots")
-    summary_run.log_artifacts([out / "overlays"], "")
-    # the gallery links overlays/ relatively: beside them it opens from the artifact store too
-    summary_run.log_artifacts([out / "metrics.json"] + ([Path(record["report"])] if record.get("report") else []), "")
-    summary_run.end()
-    record["run_id"] = summary_run.run_id
+    runs.finish(record)
+    record["run_id"] = runs.summary.run_id
     return record
 
 
