@@ -225,7 +225,7 @@ def train_args(data: Path, out: Path, *extra: str) -> list:
 
 
 def eval_args(ws: Workspace, data: Path, out: Path, category: str = HELD_OUT) -> list:
-    return ["evaluate", "--model", ws.model, "--data", data, "--category", category, "--shots", 2, "--seeds", 1,
+    return ["evaluate", "--model", ws.model, "--data", data, "--target", category, "--shots", 2, "--draws", 1,
             "--out", out, "--quiet", "--no-track"]
 
 
@@ -405,7 +405,7 @@ def category_trailing_slash(ws: Workspace) -> Result:
     out = ws.fresh("category_slash") / "eval"
     args = eval_args(ws, ws.data, out, "kolektor/")
     proc, peak = ws.run(args)
-    return ws.result("`fsad evaluate --category kolektor/` (a training category, spelled with a slash)", args,
+    return ws.result("`fsad evaluate --target kolektor/` (a training category, spelled with a slash)", args,
                      proc, peak, listing(out), expect_words=["kolektor/", "not a plain folder name"],
                      must_not_exist=[out])
 
@@ -419,7 +419,7 @@ def category_outside_data(ws: Workspace) -> Result:
     out = folder / "eval"
     args = eval_args(ws, other / "root", out, f"../{HELD_OUT}")
     proc, peak = ws.run(args)
-    return ws.result(f"`fsad evaluate --category ../{HELD_OUT}` (a folder outside --data)", args, proc, peak,
+    return ws.result(f"`fsad evaluate --target ../{HELD_OUT}` (a folder outside --data)", args, proc, peak,
                      listing(out), expect_words=[f"../{HELD_OUT}", "not a plain folder name"], must_not_exist=[out])
 
 
@@ -431,7 +431,7 @@ def category_alias(ws: Workspace) -> Result:
     out = folder / "eval"
     args = eval_args(ws, data, out, "kolektor_v2")
     proc, peak = ws.run(args)
-    return ws.result("`fsad evaluate --category kolektor_v2`, a symlink to the training category kolektor", args,
+    return ws.result("`fsad evaluate --target kolektor_v2`, a symlink to the training category kolektor", args,
                      proc, peak, listing(out), expect_words=["kolektor_v2", "training category 'kolektor'"],
                      must_not_exist=[out])
 
@@ -507,7 +507,7 @@ def tracking_uri_with_token(ws: Workspace) -> Result:
 
 @case
 def s3_keys_leaving_the_tree(ws: Workspace) -> Result:
-    from tests.s3_server import FAKE_CREDENTIALS, s3_client, start_moto, upload_tree
+    from benchmarks.fixtures import FAKE_CREDENTIALS, s3_client, start_moto, upload_tree
 
     folder = ws.fresh("s3_keys")
     escape = Path("/train/good/x.png")  # where `ds//train/good/x.png` used to be written

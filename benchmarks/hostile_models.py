@@ -63,7 +63,7 @@ def train_args(data: Path, out: Path, *extra) -> list:
 
 
 def eval_args(model: Path, data: Path, out: Path, *extra) -> list:
-    return ["evaluate", "--model", model, "--data", data, "--category", HELD_OUT, "--shots", 2, "--seeds", 1,
+    return ["evaluate", "--model", model, "--data", data, "--target", HELD_OUT, "--shots", 2, "--draws", 1,
             "--out", out, "--quiet", *extra]
 
 
@@ -283,7 +283,7 @@ def all_rows(data: Path | None = None, work: Path | None = None) -> list[Row]:
         work = Path(work or scratch)
         if data is None:
             sys.path.insert(0, str(REPO))
-            from tests.conftest import REAL_ROOT, copy_small
+            from benchmarks.fixtures import REAL_ROOT, copy_small
 
             data = copy_small(REAL_ROOT, work / "data")
         rows = checkpoint_rows(data, work) + model_rows(data, work) + serving_rows(data, work)

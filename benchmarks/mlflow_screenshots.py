@@ -4,7 +4,7 @@
         [--store sqlite:///PATH/mlflow.db] [--out docs/figures]
 
 Without --store it makes a small store of its own in a temporary folder: a 1-episode `fsad train` with
-the category held out, then `fsad evaluate --shots 10 --seeds 2 --report` tracked in it. It starts
+the category held out, then `fsad evaluate --shots 10 --draws 2 --report` tracked in it. It starts
 `mlflow ui` on a free 127.0.0.1 port and opens the experiment in headless Chromium, each URL in a fresh
 profile (a first visit): it prints where the plain experiment URL lands (MLflow 3.17: the GenAI overview,
 whatever the experiment's tag) and where the link fsad prints lands (orchestrator.tracking.server.runs_page_url,
@@ -46,8 +46,8 @@ def make_store(folder: Path, data: str, category: str) -> str:
     uri = f"sqlite:///{folder / 'mlflow.db'}"
     fsad("train", "--data", data, "--exclude", category, "--out", str(folder / "model"), "--quiet",
          "--set", "train.episodes=1", "--tracking-uri", uri)
-    fsad("evaluate", "--model", str(folder / "model"), "--data", data, "--category", category, "--shots", "10",
-         "--seeds", "2", "--report", "--out", str(folder / "eval"), "--quiet", "--tracking-uri", uri)
+    fsad("evaluate", "--model", str(folder / "model"), "--data", data, "--target", category, "--shots", "10",
+         "--draws", "2", "--report", "--out", str(folder / "eval"), "--quiet", "--tracking-uri", uri)
     return uri
 
 

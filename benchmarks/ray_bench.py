@@ -25,11 +25,11 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from benchmarks.fixtures import REAL_ROOT, copy_small  # noqa: E402
 from orchestrator.tracking.artifacts import build_model  # noqa: E402
 from orchestrator.config import load_config, parse_overrides  # noqa: E402
 from orchestrator.learner import Learner, step_spec  # noqa: E402
 from orchestrator.train import train  # noqa: E402
-from tests.conftest import REAL_ROOT, copy_small  # noqa: E402
 from workers.episode_worker import EpisodeWorker  # noqa: E402
 from workers.negatives import LangevinWorker  # noqa: E402
 

@@ -25,7 +25,7 @@ from model.sparse import fista_energy
 from orchestrator.tracking.artifacts import build_model
 from orchestrator.config import load_config, parse_overrides
 from orchestrator.evaluate import make_scorer, score_batches
-from orchestrator.loo import _means as loo_means, results_table, run_loo
+from orchestrator.loo import method_means, results_table, run_loo
 from orchestrator.train import episode_step, load_normals
 from workers.episodes import EpisodeSampler
 
@@ -167,7 +167,7 @@ def speed_markdown(s: dict, command: str) -> str:
             f"Images {s['image_size']}×{s['image_size']}, default config (params.yaml).\n\n{table}\n")
 
 
-def main(argv=None) -> int:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", default=str(DEFAULT_DATA))
     parser.add_argument("--out", default=str(REPO / "bench_out"))
@@ -180,7 +180,11 @@ def main(argv=None) -> int:
     parser.add_argument("--ablation-categories", default="",
                         help="comma list of categories that also get the ablations (default: all targets)")
     parser.add_argument("--doc", default=str(REPO / "docs" / "benchmarks.md"))
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
     command = "python -m benchmarks.run " + " ".join(shlex.quote(a) for a in (argv or sys.argv[1:]))
     data = Path(args.data)
     if not data.is_dir():
@@ -217,15 +221,15 @@ def main(argv=None) -> int:
         ablated = run_loo(data, loo_dir, 10, 5, ("ours",), ablation_targets, BENCH_ABLATIONS, None, parse_overrides(budget),
                           progress=False)
         results["rows"] += [r for r in ablated["rows"] if r["method"].startswith("ours[")]
-        results["mean"] = loo_means(results["rows"])
+        results["mean"] = method_means(results["rows"])
         minutes = (time.perf_counter() - t0) / 60
         sections.append(
             "## Quality: leave-one-category-out on fsad-real (K = 10, 5 support draws)\n\n"
-            f"Command: `{command}` (runs `fsad loo --data {data} --shots 10 --seeds 5 "
+            f"Command: `{command}` (runs `fsad loo --data {data} --shots 10 --draws 5 "
             f"--methods {','.join(QUALITY_METHODS)} "
-            + (f"--categories {args.categories} " if args.categories else "")
+            + (f"--target {args.categories} " if args.categories else "")
             + " ".join(f"--set {b}" for b in budget) + "`; ablations: `fsad loo ... --methods ours --ablations "
-            f"{','.join(BENCH_ABLATIONS)} --categories {','.join(ablation_targets or ['all'])} "
+            f"{','.join(BENCH_ABLATIONS)} --target {','.join(ablation_targets or ['all'])} "
             + " ".join(f"--set {b}" for b in budget) + "`)  \n"
             f"Training budget: {' '.join(budget) or 'params.yaml defaults'} per model; "
             f"this run took {minutes:.0f} min (finished models under {args.out}/loo are reused).  \n"

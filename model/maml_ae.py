@@ -7,6 +7,8 @@ MAML (FOMAML): the outer gradient is the query-loss gradient at the adapted weig
 initial weights, without differentiating through the inner loop (no second-order terms, memory flat
 in the number of inner steps).
 
+Scoring (the reconstruction error after adaptation) is the method's side: model/methods/maml_ae.py.
+
 The inner loop is functional (`torch.func.functional_call` on a name -> tensor dict), so adapting
 never touches the module's own parameters and one AE serves any number of tasks.
 """
@@ -20,7 +22,6 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.func import functional_call
 
-from model.energy import gaussian_blur
 from model.errors import InputError
 
 
@@ -89,7 +90,7 @@ def check_images(images: torch.Tensor, depth: int, what: str) -> None:
         )
 
 
-def _check_inner(steps: int, lr: float) -> None:
+def check_inner(steps: int, lr: float) -> None:
     if int(steps) != steps or steps < 0:
         raise InputError(f"maml_ae.inner_steps={steps}: expected an integer >= 0")
     if not math.isfinite(lr) or lr <= 0:
@@ -105,7 +106,7 @@ def _adapt(
     ae: ConvAutoencoder, support: torch.Tensor, steps: int, lr: float
 ) -> tuple[dict[str, torch.Tensor], float]:
     """Inner loop; returns the adapted (detached) params and the support loss before adaptation."""
-    _check_inner(steps, lr)
+    check_inner(steps, lr)
     check_images(support, ae.spec.depth, "support batch")
     params = {name: p.detach().clone() for name, p in ae.named_parameters()}
     first_loss = math.nan
@@ -161,44 +162,3 @@ def meta_train_step(
         named[name].grad = grad.detach()  # FOMAML: dL/dφ ≈ dL/dφ' (inner-loop Jacobian taken as I)
     optimizer.step()
     return {"loss": loss.item(), "support_loss": support_loss}
-
-
-@torch.no_grad()
-def score(
-    ae: ConvAutoencoder, params: dict[str, torch.Tensor], images: torch.Tensor, smooth_sigma: float = 0.0
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Reconstruction-error scores (B,) and maps (B, H, W) for images (B, 3, H, W) under `params`.
-
-    map = squared error per pixel averaged over channels, optionally Gaussian-blurred (σ in pixels);
-    score = mean of the unblurred map, i.e. the image's MSE (blurring is for localisation only and
-    would only move the mean by border effects).
-    """
-    if not math.isfinite(smooth_sigma) or smooth_sigma < 0:
-        raise InputError(f"maml_ae.smooth_sigma={smooth_sigma}: expected a finite value >= 0")
-    check_images(images, ae.spec.depth, "query batch")
-    recon = functional_call(ae, params, (images,))  # (B, 3, H, W)
-    errors = (recon - images).pow(2).mean(1)  # (B, H, W)
-    scores = errors.flatten(1).mean(1)  # (B,)
-    maps = gaussian_blur(errors, smooth_sigma) if smooth_sigma > 0 else errors
-    return scores, maps
-
-
-class MamlAEScorer:
-    """Scorer interface (adapt, score) around a meta-trained ConvAutoencoder."""
-
-    def __init__(self, ae: ConvAutoencoder, inner_steps: int, inner_lr: float, smooth_sigma: float = 0.0):
-        _check_inner(inner_steps, inner_lr)
-        if not math.isfinite(smooth_sigma) or smooth_sigma < 0:
-            raise InputError(f"maml_ae.smooth_sigma={smooth_sigma}: expected a finite value >= 0")
-        self.ae = ae
-        self.inner_steps = int(inner_steps)
-        self.inner_lr = float(inner_lr)
-        self.smooth_sigma = float(smooth_sigma)
-
-    def adapt(self, support: torch.Tensor) -> dict[str, torch.Tensor]:
-        """support (K, 3, H, W) -> adapted params."""
-        return adapt(self.ae, support, self.inner_steps, self.inner_lr)
-
-    def score(self, images: torch.Tensor, params: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
-        """images (B, 3, H, W) -> scores (B,), maps (B, H, W)."""
-        return score(self.ae, params, images, self.smooth_sigma)

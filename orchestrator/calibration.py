@@ -27,6 +27,9 @@ import torch.nn.functional as F
 
 from model.calibration import ESTIMATORS, check_fpr, size_corrected, size_step, threshold
 from model.errors import InputError
+from model.methods import OURS
+from model.methods.knn import KnnScorer
+from model.methods.ours import OursScorer
 
 AUGMENTS = ("hflip", "vflip", "shift")
 SHIFT_FRACTION = 1 / 32  # 4 px at 128 px: about one feature cell at output stride 4
@@ -60,7 +63,7 @@ class CalibrationSpec:
     fpr: float
     estimator: str = "normal_t"
     augment: tuple[str, ...] = ("hflip", "vflip", "shift")
-    method: str = "ours"
+    method: str = OURS.name
     size_correction: bool = True
 
     @classmethod
@@ -114,9 +117,7 @@ def state_without(scorer, state, drop, shots: int):
     the full state when that is exactly what adapting to the other shots gives (ours without centring or
     support augmentation: the atoms of the other shots; kNN: the other shots' bank rows); None
     otherwise. Saves K − 1 backbone passes (tests/test_calibration.py checks the equality)."""
-    from model.knn import KnnScorer
     from model.sparse import TaskDictionary, spectral_norm
-    from orchestrator.evaluate import OursScorer
 
     dropped = {int(drop)} if isinstance(drop, int) else {int(d) for d in drop}
     kept_shots = [k for k in range(shots) if k not in dropped]
@@ -135,9 +136,6 @@ def state_without(scorer, state, drop, shots: int):
 
 def can_cut(scorer) -> bool:
     """Whether state_without may find a shortcut for this scorer (then the full state is worth building)."""
-    from model.knn import KnnScorer
-    from orchestrator.evaluate import OursScorer
-
     return isinstance(scorer, KnnScorer) or (isinstance(scorer, OursScorer) and not scorer.augment_support)
 
 

@@ -1,5 +1,9 @@
 """`fsad` command line: a registry of verbs, one thin module each under orchestrator/commands/.
 
+One grammar: `--config`/`--set` on every verb that reads config, `--target` for the held-out/target category,
+`--draws` for support draws. A verb module's RENAMED ({old option: new option}) keeps old spellings parsing
+for one release, each with one deprecation line on stderr.
+
 Exit codes: 0 ok; 2 bad input (one line on stderr: `fsad: error: ...`); 3 training diverged; 130 interrupted.
 """
 from __future__ import annotations
@@ -27,12 +31,42 @@ VERBS = {
 }
 
 
+def rename_options(argv: list[str], renamed: dict[str, str]) -> list[str]:
+    """argv with each old option spelling (`--old V` or `--old=V`) replaced by its new name; one stderr
+    line per old spelling used. Tokens after `--` are values, left alone."""
+    out, warned = [], set()
+    for i, token in enumerate(argv):
+        if token == "--":
+            return out + argv[i:]
+        name, eq, value = token.partition("=")
+        if name in renamed:
+            if name not in warned:
+                print(f"fsad: {name} is deprecated; use {renamed[name]}", file=sys.stderr)
+                warned.add(name)
+            token = renamed[name] + eq + value
+        out.append(token)
+    return out
+
+
+class VerbParser(argparse.ArgumentParser):
+    """A verb's parser: the old option spellings in `renamed` still parse, as their new names."""
+
+    def __init__(self, *args, renamed: dict[str, str] | None = None, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.renamed = dict(renamed or {})
+
+    def parse_known_args(self, args=None, namespace=None):
+        if self.renamed:
+            args = rename_options(list(sys.argv[1:] if args is None else args), self.renamed)
+        return super().parse_known_args(args, namespace)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="fsad", description="Few-shot fast-adaptive anomaly detection")
-    sub = parser.add_subparsers(dest="verb", required=True, metavar="VERB")
+    sub = parser.add_subparsers(dest="verb", required=True, metavar="VERB", parser_class=VerbParser)
     for verb, module_name in VERBS.items():
         module = importlib.import_module(module_name)
-        p = sub.add_parser(verb, help=module.HELP, description=module.HELP)
+        p = sub.add_parser(verb, help=module.HELP, description=module.HELP, renamed=getattr(module, "RENAMED", None))
         module.add_arguments(p)
         p.set_defaults(run=module.run)
     return parser

@@ -32,6 +32,7 @@ from tqdm import tqdm
 
 from model.errors import InputError
 from orchestrator.tracking.artifacts import build_model, META, model_writers, resolve_device, STATE, WEIGHTS
+from model.methods import OURS
 from orchestrator.checkpoint import METRICS, newest_state, recover, save_checkpoint
 from orchestrator.config import Config
 from orchestrator.learner import Learner, NonFiniteLoss, step_spec
@@ -95,7 +96,7 @@ def train_distributed(
     """Meta-train with cfg.distributed.workers Langevin workers on Ray; -> a summary (counters, timing)."""
     out, data_root = Path(out), Path(data_root)
     d = cfg.distributed
-    if cfg.train.method != "ours":
+    if cfg.train.method != OURS.model:
         raise InputError(f"train.method={cfg.train.method!r}: distributed training (--workers) supports ours only")
     if not data_root.is_dir():
         raise InputError(f"data root {data_root} does not exist")
@@ -132,7 +133,7 @@ def train_distributed(
         history = json.loads((out / META).read_text()).get("history", [])[: c.applied]
         if (out / METRICS).is_file():
             metrics = [json.loads(line) for line in (out / METRICS).read_text().splitlines() if line.strip()][: c.applied]
-    meta = {"method": "ours", "train_categories": categories, "held_out": list(cfg.data.exclude),
+    meta = {"method": OURS.model, "train_categories": categories, "held_out": list(cfg.data.exclude),
             "data_root": str(data_root), "image_size": cfg.data.image_size, "distributed": asdict(d)}
 
     in_flight: dict[Any, Ticket] = {}

@@ -2,7 +2,7 @@
 training images, score the whole test set, repeat for S support draws, report mean ± std.
 
 Every method is a scorer with `adapt(support) -> state` and `score(images, state) -> (scores (B,),
-maps (B, H, W))`; `make_scorer` builds ours / knn / maml_ae from a model directory.
+maps (B, H, W))`; `make_scorer` builds any registered method (model/methods/) from a model directory.
 """
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 import numpy as np
 import torch
@@ -19,44 +19,19 @@ from tqdm import tqdm
 
 from model import metrics
 from model.calibration import check_fpr
-from model.energy import AdaptiveEBM
 from model.errors import InputError
 from orchestrator.tracking.artifacts import load_model_dir, resolve_device
+from model.methods import OURS, Scorer, ScoringOptions, get_method
 from orchestrator.calibration import CalibrationSpec, calibrate
-from orchestrator.config import BASELINES, METHODS, Config, with_values
+from orchestrator.config import Config, with_values
 from workers.data.images import set_max_pixels, stack_items
 from workers.data.sources import as_source, open_source
 from workers.files import atomic_write_text
-from workers.episodes import dihedral
 from workers.data.paths import category_key, plain_name
 
 METRIC_NAMES = ("image_auroc", "pixel_auroc", "pro", "miou")
 # At each draw's calibrated threshold: normal test images flagged, anomalous test images flagged.
 CALIBRATION_NAMES = ("false_alarm_rate", "recall", "threshold")
-
-
-class Scorer(Protocol):
-    def adapt(self, support: torch.Tensor) -> Any: ...
-
-    def score(self, images: torch.Tensor, state: Any) -> tuple[torch.Tensor, torch.Tensor]: ...
-
-
-class OursScorer:
-    """The adaptive EBM: state = the task dictionary built from the shots."""
-
-    def __init__(self, model: AdaptiveEBM, smooth_sigma: float = 0.0, augment_support: bool = False,
-                 map_mode: str = "gradient"):
-        self.model, self.smooth_sigma, self.augment_support = model, smooth_sigma, augment_support
-        self.map_mode = map_mode
-
-    def adapt(self, support: torch.Tensor):
-        if self.augment_support:
-            support = torch.cat([dihedral(support, t) for t in range(8)])  # (8K, C, H, W)
-        with torch.no_grad():
-            return self.model.build_dictionary(support)
-
-    def score(self, images: torch.Tensor, dictionary) -> tuple[torch.Tensor, torch.Tensor]:
-        return self.model.score_and_map(images, dictionary, self.smooth_sigma, self.map_mode)
 
 
 def untrained_model(cfg: Config) -> torch.nn.Module:
@@ -68,40 +43,23 @@ def untrained_model(cfg: Config) -> torch.nn.Module:
         return build_model(cfg).eval()
 
 
-def make_scorer(method: str, model: torch.nn.Module, cfg: Config, augment_support: bool | None = None) -> Scorer:
-    trained = cfg.train.method
-    sigma = cfg.model.map_smooth_sigma
+def scoring_options(cfg: Config, augment_support: bool | None = None) -> ScoringOptions:
+    """What the scorers read from a model's config; augment_support, if given, replaces eval.augment_support."""
     augment = cfg.eval.augment_support if augment_support is None else augment_support
-    if method in BASELINES:
-        if trained != "ours":
-            raise InputError(f"--method {method} reads the config of an `ours` model; this one is {trained}")
-        if method == "nosupport":
-            from model.baselines import NoSupportScorer
+    return ScoringOptions(smooth_sigma=cfg.model.map_smooth_sigma, augment_support=augment,
+                          anomaly_map=cfg.model.anomaly_map, top_frac=cfg.model.top_frac,
+                          inner_steps=cfg.maml.inner_steps, inner_lr=cfg.maml.inner_lr)
 
-            return NoSupportScorer(sigma, cfg.model.top_frac)
-        fresh = untrained_model(cfg).to(next(model.parameters()).device)
-        if method == "untrained":
-            return OursScorer(fresh, sigma, augment, cfg.model.anomaly_map)
-        from model.knn import KnnScorer
 
-        return KnnScorer(fresh.backbone, receptive_field=1, smooth_sigma=sigma)
-    if method == "ours":
-        if trained != "ours":
-            raise InputError(f"--method ours needs a model trained with method ours; this one is {trained}")
-        return OursScorer(model, sigma, augment, cfg.model.anomaly_map)
-    if method == "knn":
-        if trained != "ours":
-            raise InputError(f"--method knn uses the backbone of an `ours` model; this one is {trained}")
-        from model.knn import KnnScorer
-
-        return KnnScorer(model.backbone, receptive_field=1, smooth_sigma=sigma)
-    if method == "maml_ae":
-        if trained != "maml_ae":
-            raise InputError(f"--method maml_ae needs a model trained with --method maml_ae; this one is {trained}")
-        from model.maml_ae import MamlAEScorer
-
-        return MamlAEScorer(model, cfg.maml.inner_steps, cfg.maml.inner_lr, smooth_sigma=sigma)
-    raise InputError(f"--method {method!r}: expected one of {', '.join(METHODS)}")
+def make_scorer(method: str, model: torch.nn.Module, cfg: Config, augment_support: bool | None = None) -> Scorer:
+    """The registered method's scorer on `model` (or, for the untrained baselines, on the network cfg's
+    training starts from); InputError when the model directory is not the kind the method reads."""
+    chosen = get_method(method)
+    trained = cfg.train.method
+    if trained != chosen.model:
+        raise InputError(f"--method {chosen.name} {chosen.model_use}; this one is {trained}")
+    network = untrained_model(cfg).to(next(model.parameters()).device) if chosen.untrained else model
+    return chosen.build(network, scoring_options(cfg, augment_support))
 
 
 def score_batches(scorer: Scorer, state: Any, images: torch.Tensor, batch_size: int, device: torch.device,
@@ -143,7 +101,7 @@ def support_draws(pool_size: int, shots: int, draws: int, seed: int, category: s
     if shots < 1:
         raise InputError(f"--shots {shots}: expected K >= 1")
     if draws < 1:
-        raise InputError(f"--seeds {draws}: expected at least one support draw")
+        raise InputError(f"--draws {draws}: expected at least one support draw")
     if shots > pool_size:
         raise InputError(f"--shots {shots} is larger than the {pool_size} normal training images of {category!r}")
     out = []
@@ -254,7 +212,7 @@ class PreparedEvaluation:
 
 
 def prepare_evaluation(model_dir: str | Path, data_root: str | Path, category: str, shots: int, draws: int,
-                       method: str = "ours", seed: int | None = None, manifest: str | Path | None = None,
+                       method: str = OURS.name, seed: int | None = None, manifest: str | Path | None = None,
                        splits: str | Path | None = None, allow_partial: bool = False,
                        settings: dict[str, Any] | None = None, fpr: float | None = None) -> PreparedEvaluation:
     """Load the model and the test set and check every input (InputError, one line) without scoring."""
@@ -266,13 +224,13 @@ def prepare_evaluation(model_dir: str | Path, data_root: str | Path, category: s
     set_max_pixels(cfg.data.max_pixels)
     done, planned = meta.get("episodes_done"), cfg.train.episodes
     # the baselines use no trained weights: how far training got does not change their numbers
-    partial = isinstance(done, int) and done < planned and method not in BASELINES
+    partial = isinstance(done, int) and done < planned and not get_method(method).baseline
     if partial and not allow_partial:
         raise InputError(f"model {model_dir} is unfinished: {done} of {planned} training episodes done; "
                          f"finish it with `fsad train --resume --out {model_dir}` or pass --allow-partial")
     device = resolve_device(cfg.train.device)
     model.to(device)
-    plain_name(category, "--category")  # kolektor/ or ../../elsewhere/tire are no held-out category
+    plain_name(category, "--target")  # kolektor/ or ../../elsewhere/tire are no held-out category
     # validation categories chose the checkpoint: as good as seen in training
     seen = {category_key(c): c for c in meta.get("train_categories", []) + meta.get("val_categories", [])}
     if category_key(category) in seen:
@@ -290,7 +248,7 @@ def prepare_evaluation(model_dir: str | Path, data_root: str | Path, category: s
 
 
 def evaluate(model_dir: str | Path, data_root: str | Path, category: str, shots: int, draws: int, out: str | Path,
-             method: str = "ours", seed: int | None = None, progress: bool = True,
+             method: str = OURS.name, seed: int | None = None, progress: bool = True,
              overlays: int | None = None, on_draw=None, manifest: str | Path | None = None,
              splits: str | Path | None = None, allow_partial: bool = False,
              settings: dict[str, Any] | None = None, prepared: PreparedEvaluation | None = None,

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from model.errors import InputError
+from model.methods import OURS
 from orchestrator.config import ABLATIONS, Config, describe, with_values
 from orchestrator.evaluate import METRIC_NAMES, evaluate
 from orchestrator.ingest import MANIFEST
@@ -31,7 +32,7 @@ def variant_config(cfg: Config, name: str, target: str) -> Config:
     """cfg with the ablation's overrides, `ours`, and the target held out."""
     if name not in ABLATIONS:
         raise InputError(f"ablation {name!r}: expected one of {', '.join(ABLATIONS)}")
-    return with_values(cfg, {**ABLATIONS[name], "data.exclude": [target], "train.method": "ours"})
+    return with_values(cfg, {**ABLATIONS[name], "data.exclude": [target], "train.method": OURS.model})
 
 
 def stage_ablations(cfg: Config, progress: bool = False, log=print) -> list[dict[str, Any]]:
@@ -54,8 +55,8 @@ def stage_ablations(cfg: Config, progress: bool = False, log=print) -> list[dict
             log(f"[{target}] ablation {name} ({' '.join(describe(ABLATIONS[name]))}): meta-training")
             summary = train(variant, image_root(cfg), folder / "model", progress=progress, manifest=manifest, splits=splits)
             log(f"[{target}] ablation {name}: evaluating K={shots}, {cfg.eval.draws} draws")
-            record = evaluate(folder / "model", image_root(cfg), target, shots, cfg.eval.draws, folder, method="ours",
-                              progress=progress, overlays=0, manifest=manifest, splits=splits)
+            record = evaluate(folder / "model", image_root(cfg), target, shots, cfg.eval.draws, folder,
+                              method=OURS.name, progress=progress, overlays=0, manifest=manifest, splits=splits)
             record.update(ablation=name, overrides=describe(ABLATIONS[name]), train_seconds=summary["seconds"])
             atomic_write_text(folder / "metrics.json", json.dumps(record, indent=2))
             rows.append({"target": target, "ablation": name, "overrides": describe(ABLATIONS[name]),

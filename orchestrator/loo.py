@@ -14,8 +14,9 @@ from typing import Any, Mapping
 
 from model.errors import InputError
 from orchestrator.tracking.artifacts import META, WEIGHTS
+from model.methods import BY_NAME, METHODS, MODEL_KINDS, OURS
 from orchestrator.checkpoint import has_checkpoint, recover
-from orchestrator.config import ABLATIONS, BASELINES, METHOD_MODEL, METHODS, Config, describe, load_config
+from orchestrator.config import ABLATIONS, Config, describe, load_config
 from orchestrator.evaluate import METRIC_NAMES, format_metric
 from orchestrator.tracking.tracked import tracked_evaluate, tracked_train
 from orchestrator.train import write_initial_model
@@ -71,34 +72,36 @@ def run_loo(
             raise InputError(f"category {category!r} not found under {data_root}; available: {', '.join(available)}")
     overrides = dict(overrides or {})
     load_config(config_path, overrides)  # validate once, before any work
+    chosen = [BY_NAME[m] for m in methods]
     rows: list[dict[str, Any]] = []
     for category in targets:
         base = {**overrides, "data.exclude": [category]}
         plan: list[tuple[str, str, str]] = []  # (row name, evaluation method, model variant)
-        trains_ours = any(METHOD_MODEL[m] == "ours" and m not in BASELINES for m in methods) or bool(ablations)
+        trains_ours = any(m.model == OURS.model and not m.baseline for m in chosen) or bool(ablations)
         if trains_ours:
             log(f"[{category}] meta-training ours (held out: {category})")
-            _train_variant(data_root, out / "models" / category / "ours", config_path, base, progress, tracking_uri)
-        elif any(m in BASELINES for m in methods):
+            _train_variant(data_root, out / "models" / category / OURS.model, config_path, base, progress,
+                           tracking_uri)
+        elif any(m.baseline for m in chosen):
             # the baselines alone need no meta-training: the initial Ψ and the config are all they read
             initial = out / "models" / category / "initial"
             if has_checkpoint(initial):
                 recover(initial)  # killed while writing: its consistent checkpoint, published
             if not (initial / WEIGHTS).is_file():
                 write_initial_model(load_config(config_path, base), data_root, initial)
-        for method in methods:
-            if METHOD_MODEL[method] == "ours":
-                plan.append((method, method, "ours" if trains_ours else "initial"))
-        if "maml_ae" in methods:
-            log(f"[{category}] meta-training maml_ae")
-            _train_variant(data_root, out / "models" / category / "maml_ae", config_path,
-                           {**base, "train.method": "maml_ae"}, progress, tracking_uri)
-            plan.append(("maml_ae", "maml_ae", "maml_ae"))
+        plan += [(m.name, m.name, OURS.model if trains_ours else "initial") for m in chosen if m.model == OURS.model]
+        for kind in (k for k in MODEL_KINDS if k != OURS.model):  # another model, trained once for its methods
+            readers = list(dict.fromkeys(m.name for m in chosen if m.model == kind))
+            if readers:
+                log(f"[{category}] meta-training {kind}")
+                _train_variant(data_root, out / "models" / category / kind, config_path,
+                               {**base, "train.method": kind}, progress, tracking_uri)
+                plan += [(name, name, kind) for name in readers]
         for name in ablations:
             log(f"[{category}] meta-training ablation {name}: {' '.join(describe(ABLATIONS[name]))}")
             _train_variant(data_root, out / "models" / category / name, config_path, {**base, **ABLATIONS[name]}, progress,
                            tracking_uri)
-            plan.append((f"ours[{name}]", "ours", name))
+            plan.append((f"{OURS.name}[{name}]", OURS.name, name))
         for row, method, variant in plan:
             eval_dir = out / "eval" / category / row.replace("[", "_").replace("]", "")
             metrics_file = eval_dir / "metrics.json"
@@ -110,13 +113,13 @@ def run_loo(
             rows.append({"category": category, "method": row, **{m: record[m] for m in METRIC_NAMES},
                          "score_gap": record.get("score_gap"), "metrics": str(metrics_file)})
     results = {"data_root": str(data_root), "shots": shots, "draws": draws, "rows": rows,
-               "mean": _means(rows), "overrides": describe(overrides)}
+               "mean": method_means(rows), "overrides": describe(overrides)}
     atomic_write_text(out / "results.json", json.dumps(results, indent=2))
     atomic_write_text(out / "results.md", results_markdown(results))
     return results
 
 
-def _means(rows: list[dict[str, Any]]) -> dict[str, dict[str, float | None]]:
+def method_means(rows: list[dict[str, Any]]) -> dict[str, dict[str, float | None]]:
     """Mean over categories of each method's per-category mean."""
     out: dict[str, dict[str, float | None]] = {}
     for method in dict.fromkeys(r["method"] for r in rows):

@@ -25,7 +25,8 @@ from typing import Any
 
 from model import metrics
 from model.errors import InputError
-from orchestrator.config import METHOD_MODEL, Config, load_config, with_values
+from model.methods import MODEL_KINDS, get_method
+from orchestrator.config import Config, load_config, with_values
 from orchestrator.evaluate import METRIC_NAMES, evaluate
 from orchestrator.ingest import FILES, MANIFEST, ingest, is_local_source, make_splits
 from orchestrator.train import train
@@ -77,7 +78,7 @@ def _check_target(cfg: Config, target: str) -> None:
 def _variants(cfg: Config) -> list[str]:
     """Model variants to train: ours (kNN's backbone and the baselines' config too) and maml_ae when it is
     a method."""
-    return [v for v in ("ours", "maml_ae") if v in {METHOD_MODEL[m] for m in cfg.pipeline.methods}]
+    return [v for v in MODEL_KINDS if v in {get_method(m).model for m in cfg.pipeline.methods}]
 
 
 def stage_ingest(cfg: Config) -> dict[str, Any]:
@@ -113,7 +114,7 @@ def stage_evaluate(cfg: Config, target: str, progress: bool = False) -> dict[str
     top = max(cfg.pipeline.shots)
     record: dict[str, Any] = {"category": target}
     for method in cfg.pipeline.methods:
-        variant = METHOD_MODEL[method]
+        variant = get_method(method).model
         model_dir = RESULTS / "models" / target / variant
         record[method] = {}
         for k in sorted(cfg.pipeline.shots):

@@ -28,18 +28,19 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 from model.errors import InputError  # noqa: E402
+from model.methods import MAML_AE, MODEL_KINDS, OURS, REGISTRY  # noqa: E402
 from orchestrator.config import ABLATIONS, PROFILES, Config, describe  # noqa: E402
 from orchestrator.evaluate import METRIC_NAMES  # noqa: E402
 from orchestrator.plots import save_png  # noqa: E402
 from workers.files import atomic_write_text  # noqa: E402
 
 METRIC_LABELS = {"image_auroc": "image AUROC", "pixel_auroc": "pixel AUROC", "pro": "PRO", "miou": "mIoU"}
-METHOD_LABELS = {"ours": "ours", "knn": "kNN", "maml_ae": "MAML-AE", "untrained": "ours, untrained Ψ",
-                 "knn_untrained": "kNN, untrained Ψ", "nosupport": "no support (image gradient)"}
+METHOD_LABELS = {m.name: m.label for m in REGISTRY}
 # Paper, Table 2: frame-level AUROC (%) with 1 / 5 / 10 shots, trained on ShanghaiTech's 13 scenes.
 PAPER_VIDEO = {
-    "ucsd_ped2": {"ours": (91.22, 92.00, 92.45), "maml_ae": (78.24, 82.04, 83.30), "r-GAN MAML": (91.19, 91.80, 92.80)},
-    "avenue": {"ours": (80.68, 83.41, 84.46), "maml_ae": (68.72, 69.67, 70.01), "r-GAN MAML": (76.58, 77.10, 78.79)},
+    "ucsd_ped2": {OURS.name: (91.22, 92.00, 92.45), MAML_AE.name: (78.24, 82.04, 83.30),
+                  "r-GAN MAML": (91.19, 91.80, 92.80)},
+    "avenue": {OURS.name: (80.68, 83.41, 84.46), MAML_AE.name: (68.72, 69.67, 70.01), "r-GAN MAML": (76.58, 77.10, 78.79)},
 }
 PIPELINE_COMMAND = "dvc repro experiments/dvc.yaml"  # runs the root pipeline's stages first
 
@@ -74,7 +75,7 @@ def load_results(cfg: Config, results: Path) -> dict[str, Any]:
         industrial[target] = per_method
     histories = {}
     for target in cfg.pipeline.targets:
-        for variant in ("ours", "maml_ae"):
+        for variant in MODEL_KINDS:
             meta = results / "models" / target / variant / "meta.json"
             if meta.is_file():
                 histories[(target, variant)] = _json(meta).get("history", [])
@@ -172,7 +173,7 @@ def fig_loss_curves(data: dict, cfg: Config, path: Path) -> list[str]:
              ("noise_init", "inpainting vs noise-initialised negatives"))
     panels = []
     for target, variants in data["ablations"].items():
-        default = data["histories"].get((target, "ours"))
+        default = data["histories"].get((target, OURS.model))
         for name, title in pairs:
             if name in variants and default:
                 panels.append((target, name, title, default, variants[name]["history"]))
@@ -205,7 +206,7 @@ def fig_overlay_grid(results: Path, cfg: Config, top: int, path: Path, per_targe
     """The evaluate stage's overlay PNGs (image | heat map, ground-truth contours) of `ours`, a few per target."""
     rows = []
     for target in cfg.pipeline.targets:
-        files = sorted((results / "eval" / target / "ours" / f"K{top}" / "overlays").glob("*.png"))
+        files = sorted((results / "eval" / target / OURS.name / f"K{top}" / "overlays").glob("*.png"))
         normal = [f for f in files if f.name.startswith("good_")]  # overlays are named <defect type>_<stem>.png
         anomalous = [f for f in files if f not in normal]
         chosen = anomalous[: per_target - 1] + normal[:1] if normal else anomalous[:per_target]
@@ -284,8 +285,9 @@ def claims(data: dict, cfg: Config) -> list[tuple[str, str, str]]:
     mean = {m: {n: _mean([_metric(ind[t][m][top], n) for t in ind]) for n in METRIC_NAMES} for m in cfg.pipeline.methods}
 
     # Table 1: few-shot localisation, ours vs few-shot baselines
-    if {"ours", "maml_ae"} <= set(mean):
-        wins = [n for n in ("pixel_auroc", "miou") if mean["ours"][n] > max(mean[m][n] for m in mean if m != "ours")]
+    if {OURS.name, MAML_AE.name} <= set(mean):
+        wins = [n for n in ("pixel_auroc", "miou")
+                if mean[OURS.name][n] > max(mean[m][n] for m in mean if m != OURS.name)]
         status = "reproduced" if len(wins) == 2 else "not reproduced"
         evidence = ", ".join(f"{METRIC_LABELS[n]}: " + " / ".join(f"{METHOD_LABELS[m]} {mean[m][n]:.3f}" for m in mean)
                              for n in ("pixel_auroc", "miou"))
@@ -294,9 +296,10 @@ def claims(data: dict, cfg: Config) -> list[tuple[str, str, str]]:
                     f"mean over {len(ind)} held-out categories at K={top}: {evidence}. The paper's numbers are on "
                     "MVTec-AD, which is not available here; only the ranking is compared."))
     # More shots help (Table 2, and the few-shot premise)
-    if "ours" in mean and len(data["shots"]) > 1:
+    if OURS.name in mean and len(data["shots"]) > 1:
         lo, hi = data["shots"][0], top
-        gains = {t: _metric(ind[t]["ours"][hi], "image_auroc") - _metric(ind[t]["ours"][lo], "image_auroc") for t in ind}
+        gains = {t: _metric(ind[t][OURS.name][hi], "image_auroc") - _metric(ind[t][OURS.name][lo], "image_auroc")
+                 for t in ind}
         up = sum(g > 0 for g in gains.values())
         out.append((f"More shots help: ours improves from K={lo} to K={hi} (industrial, image AUROC)",
                     "reproduced" if up > len(gains) / 2 else "not reproduced",
@@ -313,8 +316,8 @@ def _ablation_claims(data: dict, cfg: Config) -> list[tuple[str, str, str]]:
     top = f"K{data['shots'][-1]}"
     rows = []
     for target, variants in data["ablations"].items():
-        default = data["industrial"][target]["ours"][data["shots"][-1]]
-        rows.append((target, default, variants, data["histories"].get((target, "ours"), [])))
+        default = data["industrial"][target][OURS.name][data["shots"][-1]]
+        rows.append((target, default, variants, data["histories"].get((target, OURS.model), [])))
     if not rows:
         return [("Tables 3-4, Fig. 5 (ablations)", "not testable here", "the ablation stage has not run")]
 
@@ -374,12 +377,12 @@ def _video_claims(data: dict) -> list[tuple[str, str, str]]:
     for scene, paper in PAPER_VIDEO.items():
         record = data["video"].get(scene)
         if not record:
-            out.append((f"Table 2: {scene} frame AUROC {paper['ours']}", "not testable here",
+            out.append((f"Table 2: {scene} frame AUROC {paper[OURS.name]}", "not testable here",
                         "the video stage has not run for this scene"))
             continue
         ours = {int(k[1:]): v["frame_auroc"] for k, v in record["metrics"]["shots"].items()}
         ks = sorted(ours)
-        paper_at = dict(zip((1, 5, 10), paper["ours"]))
+        paper_at = dict(zip((1, 5, 10), paper[OURS.name]))
         compared = [k for k in ks if k in paper_at]
         within = all(ours[k] * 100 >= paper_at[k] - 2.0 for k in compared)
         out.append((f"Table 2: {scene} frame AUROC " + " / ".join(f"{paper_at[k]:.2f}" for k in compared)
@@ -505,8 +508,8 @@ def _ablation_section(data: dict, cfg: Config, figures: dict[str, str]) -> list[
              "| target | variant | change | image AUROC | pixel AUROC | PRO | mIoU | energy gap | final loss |",
              "|---|---|---|---|---|---|---|---|---|"]
     for target, variants in data["ablations"].items():
-        default = data["industrial"][target]["ours"][top]
-        history = data["histories"].get((target, "ours"), [])
+        default = data["industrial"][target][OURS.name][top]
+        history = data["histories"].get((target, OURS.model), [])
         lines.append(f"| {target} | default | {_variant_label(cfg, None)} | "
                      + " | ".join(_cell(default.get(n)) for n in METRIC_NAMES)
                      + f" | {_metric(default, 'score_gap'):.2e} | {_late_loss(history):.4f} |")

@@ -18,6 +18,7 @@ from tqdm import tqdm
 from model.energy import AdaptiveEBM
 from model.errors import InputError
 from orchestrator.tracking.artifacts import build_model, META, model_writers, resolve_device, STATE, WEIGHTS
+from model.methods import MAML_AE
 from orchestrator.checkpoint import has_checkpoint, recover, save_checkpoint
 from orchestrator.config import Config
 from orchestrator.learner import step_spec
@@ -168,7 +169,7 @@ def train(
     )
     torch.manual_seed(cfg.train.seed)
     model = build_model(cfg).to(device)
-    is_maml = cfg.train.method == "maml_ae"
+    is_maml = cfg.train.method == MAML_AE.model
     lr = cfg.maml.outer_lr if is_maml else cfg.train.lr
     optimizer = torch.optim.Adam(model.parameters(), lr=lr)
     generator = torch.Generator(device=device).manual_seed(cfg.train.seed + 1)

@@ -49,6 +49,7 @@ from tqdm import tqdm
 from model import metrics
 from model.errors import InputError
 from orchestrator.tracking.artifacts import load_model_dir, resolve_device, WEIGHTS
+from model.methods import OURS
 from orchestrator.config import Config, with_values
 from orchestrator.evaluate import make_scorer, score_batches, support_draws
 from orchestrator.ingest import MANIFEST
@@ -127,7 +128,7 @@ def training_source(cfg: Config, target: str, image_source) -> SceneTaskSource:
 
 def training_config(cfg: Config) -> Config:
     """cfg for meta-training: `ours` on every task of the source (no category selection, nothing held out)."""
-    return with_values(cfg, {"data.categories": [], "data.exclude": [], "train.method": "ours"})
+    return with_values(cfg, {"data.categories": [], "data.exclude": [], "train.method": OURS.model})
 
 
 def score_shots(model_dir: Path, test: SceneTest, cfg: Config, progress: bool = False
@@ -138,7 +139,7 @@ def score_shots(model_dir: Path, test: SceneTest, cfg: Config, progress: bool = 
     model.to(device).eval()
     scoring = copy.deepcopy(saved)
     scoring.model = dataclasses.replace(scoring.model, anomaly_map="energy", map_smooth_sigma=0.0)
-    scorer = make_scorer("ours", model, scoring, augment_support=cfg.eval.augment_support)
+    scorer = make_scorer(OURS.name, model, scoring, augment_support=cfg.eval.augment_support)
     e = cfg.experiments
     shots, first = {}, None
     jobs = [(k, d) for k in sorted(e.video_shots) for d in range(e.video_draws)]

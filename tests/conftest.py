@@ -14,6 +14,18 @@ from pathlib import Path
 
 import pytest
 
+# tests import these names from here; they live in benchmarks/fixtures.py, shared with the benchmarks
+from benchmarks.fixtures import (  # noqa: F401
+    IMAGE_EXTENSIONS,
+    N_ANOMALOUS,
+    N_TEST_GOOD,
+    N_TRAIN,
+    REAL_ROOT,
+    REPO,
+    SMALL_CATEGORIES,
+    copy_small,
+    image_files,
+)
 from model.errors import InputError
 
 # The CLI tests run untracked (no ./mlflow.db); tests/test_tracking*.py pass --tracking-uri explicitly.
@@ -23,14 +35,8 @@ os.environ.setdefault("FSAD_TRACKING", "0")
 # (tests/test_cli.py) remove this variable.
 os.environ.setdefault("FSAD_PARAMS", "0")
 
-REPO = Path(__file__).resolve().parents[1]
-REAL_ROOT = REPO.parent / "shared" / "data" / "fsad-real"
-IMAGE_EXTENSIONS = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff"}
-
-# The categories of the small copy (grey and RGB); HELD_OUT is the target category of CLI tests.
-SMALL_CATEGORIES = ("juice_bottle", "kolektor", "tire")
+# HELD_OUT is the target category of CLI tests (one of SMALL_CATEGORIES).
 HELD_OUT = "tire"
-N_TRAIN, N_TEST_GOOD, N_ANOMALOUS = 12, 4, 4
 
 # Tiny budgets: every CLI run finishes in seconds on 2 CPU cores.
 TINY = {
@@ -62,40 +68,6 @@ def tiny_sets(**changes) -> list[str]:
     for key, value in values.items():
         args += ["--set", f"{key}={value}"]
     return args
-
-
-def image_files(folder: Path) -> list[Path]:
-    return sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)
-
-
-def copy_small(src_root: Path, dst_root: Path, categories=SMALL_CATEGORIES, n_train: int = N_TRAIN,
-               n_test_good: int = N_TEST_GOOD, n_anomalous: int = N_ANOMALOUS) -> Path:
-    """Copy a few images of each category (MVTec layout, masks included) from src_root to dst_root.
-
-    Anomalous images are taken in defect-type order (first type first) until n_anomalous are copied;
-    every copied anomalous image brings its ground-truth mask.
-    """
-    for category in categories:
-        src, dst = src_root / category, dst_root / category
-        for rel, n in (("train/good", n_train), ("test/good", n_test_good)):
-            (dst / rel).mkdir(parents=True, exist_ok=True)
-            for f in image_files(src / rel)[:n]:
-                shutil.copy2(f, dst / rel / f.name)
-        left = n_anomalous
-        for defect in sorted(p.name for p in (src / "test").iterdir() if p.is_dir() and p.name != "good"):
-            if left <= 0:
-                break
-            chosen = image_files(src / "test" / defect)[:left]
-            if not chosen:
-                continue
-            (dst / "test" / defect).mkdir(parents=True, exist_ok=True)
-            (dst / "ground_truth" / defect).mkdir(parents=True, exist_ok=True)
-            for f in chosen:
-                shutil.copy2(f, dst / "test" / defect / f.name)
-                mask = src / "ground_truth" / defect / f"{f.stem}_mask.png"
-                shutil.copy2(mask, dst / "ground_truth" / defect / mask.name)
-            left -= len(chosen)
-    return dst_root
 
 
 def copy_worktree(dst: Path) -> Path:

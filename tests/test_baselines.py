@@ -1,4 +1,5 @@
-"""Tests for the baselines: kNN memory bank (model/knn.py) and MAML-AE (model/maml_ae.py)."""
+"""Tests for the baselines: kNN memory bank (model/methods/knn.py) and MAML-AE (model/maml_ae.py,
+model/methods/maml_ae.py)."""
 
 import copy
 
@@ -8,16 +9,15 @@ import torch
 
 from model.backbone import BackboneSpec, build_backbone
 from model.errors import InputError
-from model.knn import KnnScorer, nearest_distances
 from model.maml_ae import (
     AESpec,
     ConvAutoencoder,
-    MamlAEScorer,
     adapt,
     meta_train_step,
     reconstruction_loss,
-    score,
 )
+from model.methods.knn import KnnScorer, nearest_distances
+from model.methods.maml_ae import MamlAEScorer, score
 
 SIZE = 32
 

@@ -38,7 +38,7 @@ def train_args(data: Path, out: Path, *extra, episodes: int = TOTAL) -> list:
 
 
 def eval_args(model: Path, data: Path, out: Path, *extra) -> list:
-    return ["evaluate", "--model", model, "--data", data, "--category", HELD_OUT, "--shots", 2, "--seeds", 1,
+    return ["evaluate", "--model", model, "--data", data, "--target", HELD_OUT, "--shots", 2, "--draws", 1,
             "--out", out, "--quiet", *extra]
 
 
@@ -160,7 +160,7 @@ def test_kill_during_the_first_write_leaves_nothing_a_new_run_trips_on(small_rea
 def test_loo_killed_while_publishing_a_fold_finishes_on_rerun(small_real_root, uninterrupted, tmp_path, capsys):
     """`fsad loo` run again after a kill: the fold's committed checkpoint is published, then resumed."""
     out = tmp_path / "loo"
-    args = ["loo", "--data", small_real_root, "--shots", 2, "--seeds", 1, "--categories", HELD_OUT,
+    args = ["loo", "--data", small_real_root, "--shots", 2, "--draws", 1, "--target", HELD_OUT,
             "--methods", "ours", "--out", out, "--quiet",
             *tiny_sets(train__episodes=TOTAL, train__checkpoint_every=EVERY)]
     killed(args, "publish", KILL_AT)

@@ -20,8 +20,8 @@ import torch
 from PIL import Image
 from safetensors.torch import load_file
 
+from model.methods import METHODS
 from orchestrator.cli import VERBS, main
-from orchestrator.config import METHODS
 from tests.conftest import HELD_OUT, REPO, SMALL_CATEGORIES, TINY, cli, image_files, tiny_sets
 
 pytestmark = pytest.mark.slow
@@ -68,7 +68,7 @@ def train_args(data: Path, out: Path, *extra, exclude: str = HELD_OUT, **budget)
 
 
 def eval_args(model: Path, data: Path, out: Path, category: str = HELD_OUT, *extra) -> list:
-    return ["evaluate", "--model", model, "--data", data, "--category", category, "--shots", 2, "--seeds", 2,
+    return ["evaluate", "--model", model, "--data", data, "--target", category, "--shots", 2, "--draws", 2,
             "--out", out, "--quiet", *extra]
 
 
@@ -234,8 +234,8 @@ def test_method_mismatch_is_bad_input(trained_model, trained_maml, small_real_ro
 
 def test_loo(small_real_root, tmp_path, capsys):
     out = tmp_path / "loo"
-    code, stdout, err = cli(capsys, "loo", "--data", small_real_root, "--shots", 2, "--seeds", 2,
-                            "--categories", HELD_OUT, "--out", out, "--quiet", *tiny_sets())
+    code, stdout, err = cli(capsys, "loo", "--data", small_real_root, "--shots", 2, "--draws", 2,
+                            "--target", HELD_OUT, "--out", out, "--quiet", *tiny_sets())
     assert code == 0, err
     results = json.loads((out / "results.json").read_text())
     rows = {(r["category"], r["method"]): r for r in results["rows"]}
@@ -256,8 +256,8 @@ def test_loo(small_real_root, tmp_path, capsys):
     # The baselines alone need no meta-training: they run on the initial Ψ's directory, with the numbers
     # they had beside the trained model (they read only the config and its seed).
     alone = tmp_path / "loo-baselines"
-    code, _, err = cli(capsys, "loo", "--data", small_real_root, "--shots", 2, "--seeds", 2,
-                       "--categories", HELD_OUT, "--methods", "nosupport,untrained,knn_untrained",
+    code, _, err = cli(capsys, "loo", "--data", small_real_root, "--shots", 2, "--draws", 2,
+                       "--target", HELD_OUT, "--methods", "nosupport,untrained,knn_untrained",
                        "--out", alone, "--quiet", *tiny_sets())
     assert code == 0, err
     assert not (alone / "models" / HELD_OUT / "ours").exists()
@@ -375,8 +375,8 @@ def test_empty_train_good(small_real_copy, tmp_path, capsys):
 
 def test_shots_larger_than_pool(trained_model, small_real_root, tmp_path, capsys):
     out = tmp_path / "eval"
-    code, _, err = cli(capsys, "evaluate", "--model", trained_model, "--data", small_real_root, "--category",
-                       HELD_OUT, "--shots", 9999, "--seeds", 2, "--out", out, "--quiet")
+    code, _, err = cli(capsys, "evaluate", "--model", trained_model, "--data", small_real_root, "--target",
+                       HELD_OUT, "--shots", 9999, "--draws", 2, "--out", out, "--quiet")
     assert_bad_input(code, err, "9999")
     assert_no_output(out)
 
@@ -502,7 +502,7 @@ def test_bad_hyper_parameter(override, needle, small_real_root, tmp_path, capsys
 @pytest.mark.parametrize("override", ["model.lam_max=0", "train.nope=1"])
 def test_loo_bad_hyper_parameter(override, small_real_root, tmp_path, capsys):
     out = tmp_path / "loo"
-    code, _, err = cli(capsys, "loo", "--data", small_real_root, "--shots", 2, "--seeds", 2, "--categories",
+    code, _, err = cli(capsys, "loo", "--data", small_real_root, "--shots", 2, "--draws", 2, "--target",
                        HELD_OUT, "--out", out, "--quiet", *tiny_sets(), "--set", override)
     assert_bad_input(code, err, override.split("=")[0].split(".")[-1])
     assert_no_output(out)
@@ -510,7 +510,7 @@ def test_loo_bad_hyper_parameter(override, small_real_root, tmp_path, capsys):
 
 def test_loo_category_not_found(small_real_root, tmp_path, capsys):
     out = tmp_path / "loo"
-    code, _, err = cli(capsys, "loo", "--data", small_real_root, "--categories", "nope", "--out", out, "--quiet",
+    code, _, err = cli(capsys, "loo", "--data", small_real_root, "--target", "nope", "--out", out, "--quiet",
                        *tiny_sets())
     assert_bad_input(code, err, "'nope'")
     assert_no_output(out)
@@ -558,6 +558,66 @@ def test_every_verb_that_reads_config_takes_config_and_set(verb):
     sub = next(a for a in build_parser()._actions if isinstance(a, __import__("argparse")._SubParsersAction))
     options = {s for action in sub.choices[verb]._actions for s in action.option_strings}
     assert {"--config", "--set"} <= options, verb
+
+
+# The old spellings of the one grammar's options: (verb, old, new, a value)
+OLD_SPELLINGS = [("evaluate", "--category", "--target", "tire"), ("evaluate", "--seeds", "--draws", "3"),
+                 ("register", "--category", "--target", "tire"), ("loo", "--seeds", "--draws", "3"),
+                 ("loo", "--categories", "--target", "tire"), ("demo", "--holdout", "--target", "tire"),
+                 ("demo", "--seeds", "--draws", "3"), ("report", "--params", "--config", "p.yaml")]
+MINIMAL = {"evaluate": ["--model", "m", "--out", "o", "--target", "x"], "register": ["--run", "r", "--draw", "0",
+           "--target", "x"], "loo": ["--data", "d", "--out", "o"], "demo": [], "report": []}
+
+
+@pytest.mark.parametrize("verb,old,new,value", OLD_SPELLINGS)
+def test_old_spellings_parse_with_one_deprecation_line(verb, old, new, value, capsys):
+    from orchestrator.cli import build_parser
+
+    dest = {"--target": "targets" if verb == "loo" else "target", "--draws": "draws", "--config": "config"}[new]
+    args = build_parser().parse_args([verb, *MINIMAL[verb], old, value])
+    assert str(getattr(args, dest)) in (value, str([value]))
+    assert capsys.readouterr().err.splitlines() == [f"fsad: {old} is deprecated; use {new}"]
+    build_parser().parse_args([verb, *MINIMAL[verb], f"{old}={value}", old, value])  # --old=V too; warned once
+    assert capsys.readouterr().err.splitlines() == [f"fsad: {old} is deprecated; use {new}"]
+
+
+def test_pipeline_stages_take_config_and_the_old_params_still_parses(capsys):
+    from pipelines._entry import main as stage_main
+
+    seen = []
+    assert stage_main(lambda args: seen.append(args.params), "a stage", argv=["--config", "a.yaml"]) == 0
+    assert stage_main(lambda args: seen.append(args.params), "a stage", argv=["--params", "b.yaml"]) == 0
+    assert stage_main(lambda args: seen.append(args.params), "a stage", argv=[]) == 0
+    assert seen == ["a.yaml", "b.yaml", "params.yaml"]
+    assert capsys.readouterr().err.splitlines() == ["fsad: --params is deprecated; use --config"]
+
+
+@pytest.mark.parametrize("verb", [v for v in VERBS if v != "train"])  # train's flags: training's part of issue 13
+def test_one_grammar_no_verb_offers_an_old_spelling(verb):
+    from orchestrator.cli import build_parser
+
+    sub = next(a for a in build_parser()._actions if isinstance(a, __import__("argparse")._SubParsersAction))
+    options = {s for action in sub.choices[verb]._actions for s in action.option_strings}
+    assert not options & {"--category", "--holdout", "--exclude", "--categories", "--seeds", "--params"}, verb
+
+
+def test_shots_and_draws_defaults_come_from_the_config(monkeypatch):
+    """evaluate/loo/demo: unset --shots/--draws are eval.shots/eval.draws of the config, and --help shows the
+    schema's values (not numbers written again in argparse)."""
+    from orchestrator.cli import main
+    from orchestrator.commands import loo
+
+    seen = {}
+    monkeypatch.setattr("orchestrator.loo.run_loo", lambda root, out, shots, draws, *a, **k: seen.update(
+        shots=shots, draws=draws) or {"rows": []})
+    monkeypatch.setattr("orchestrator.loo.results_table", lambda results: "")
+    assert main(["loo", "--data", "d", "--out", "o", "--set", "eval.shots=3", "eval.draws=4"]) == 0
+    assert seen == {"shots": 3, "draws": 4}
+    assert main(["loo", "--data", "d", "--out", "o", "--shots", "2", "--set", "eval.draws=4"]) == 0
+    assert seen == {"shots": 2, "draws": 4}
+    parser = __import__("argparse").ArgumentParser()
+    loo.add_arguments(parser)
+    assert "default eval.shots = 10" in parser.format_help() and "default eval.draws = 5" in parser.format_help()
 
 
 def test_readme_names_the_verbs_that_read_no_config():
@@ -611,7 +671,7 @@ def test_a_bad_params_yaml_is_one_line_naming_it(reads_params, small_real_root, 
 def test_demo_runs_on_the_embedded_defaults_and_says_so(reads_params, capsys):
     """fsad demo ignores ./params.yaml (its figures are the README's); a broken one is not even read."""
     (reads_params / "params.yaml").write_text("train: [unclosed\n")
-    code, _, err = cli(capsys, "demo", "--data", reads_params / "absent", "--holdout", "x")
+    code, _, err = cli(capsys, "demo", "--data", reads_params / "absent", "--target", "x")
     assert code == 2
     assert "fsad: config: embedded defaults (fsad demo does not read ./params.yaml" in err
     assert "not valid YAML" not in err
@@ -621,8 +681,8 @@ def test_evaluate_takes_run_time_keys_from_params_yaml_and_set(reads_params, tra
     """evaluate: eval.* from ./params.yaml (the model's config.yaml for the model), --set on top; a --set of
     a key that shaped the model is refused before any work."""
     write_params(reads_params, {"eval": {"overlays": 1}, "model": {"lam_star": 0.3}})
-    args = ["evaluate", "--model", trained_model, "--data", small_real_root, "--category", HELD_OUT,
-            "--shots", 2, "--seeds", 1, "--quiet"]
+    args = ["evaluate", "--model", trained_model, "--data", small_real_root, "--target", HELD_OUT,
+            "--shots", 2, "--draws", 1, "--quiet"]
     code, _, err = cli(capsys, *args, "--out", "e1")
     assert code == 0, err
     assert any(line.startswith("fsad: config: ./params.yaml (eval, tracking") for line in err.splitlines())
@@ -652,7 +712,7 @@ def test_predict_takes_set_for_run_time_keys(trained_model, small_real_root, tmp
 
 @pytest.mark.parametrize("verb", ["register", "adapt"])
 def test_registry_verbs_take_set_for_run_time_keys_only(verb, tmp_path, capsys):
-    base = (["register", "--run", "0" * 32, "--category", "tire", "--draw", "0"] if verb == "register" else
+    base = (["register", "--run", "0" * 32, "--target", "tire", "--draw", "0"] if verb == "register" else
             ["adapt", "--model", "models:/fsad-tire@champion", "--support", tmp_path, "--name", "x"])
     code, _, err = cli(capsys, *base, "--tracking-uri", f"sqlite:///{tmp_path / 'm.db'}", "--set", "model.tau=3")
     assert_bad_input(code, err, "--set model.tau", "fixed by the trained model")

@@ -14,9 +14,9 @@ from scipy.stats import spearmanr
 from sklearn.linear_model import Lasso
 
 from model.backbone import BackboneSpec, build_backbone
-from model.baselines import NoSupportScorer, gradient_magnitude, top_mean
-from model.energy import AdaptiveEBM, SparseSpec, image_score, participation_ratio
+from model.energy import AdaptiveEBM, SparseSpec, image_score, participation_ratio, top_mean
 from model.errors import InputError
+from model.methods.baselines import NoSupportScorer, gradient_magnitude
 from model.sparse import fista, fista_code, fista_energy, lasso_objective, local_atoms
 
 FISTA = dict(solver="fista", shrink="hard", lam_star=0.05, max_steps=200, tol=1e-6, top_k_atoms=16,

@@ -84,7 +84,7 @@ SKIPPED = {
 # Literal budget values of the docs -> tiny ones (ports are added per run: fixed ports may be taken).
 SUBSTITUTIONS = {
     "--trials 40": "--trials 2",
-    "--seeds 5": "--seeds 1",
+    "--draws 5": "--draws 1",
 }
 PORTS = ("6380", "8265", "10011", "5000", "8080")
 SET_VERBS = ("train", "tune", "loo", "demo", "video")

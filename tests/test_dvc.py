@@ -16,20 +16,32 @@ import shlex
 import shutil
 import subprocess
 import sys
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
 import yaml
 
+from benchmarks.fixtures import FAKE_CREDENTIALS, MotoServerMissing, s3_client, upload_tree
+from benchmarks.fixtures import start_moto as start_moto_server
 from orchestrator.cli import main
 from tests.conftest import REPO
-from tests.s3_server import FAKE_CREDENTIALS, s3_client, start_moto, upload_tree
 from workers.data.manifest import read_manifest
 
 pytestmark = pytest.mark.slow
 
 BIN = Path(sys.executable).parent
 TARGET = "tire"
+
+
+@contextmanager
+def start_moto(log_dir: Path, auth: bool = False):
+    """A moto_server for the test (benchmarks/fixtures.py); the test is skipped where none is installed."""
+    try:
+        with start_moto_server(log_dir, auth) as endpoint:
+            yield endpoint
+    except MotoServerMissing as exc:
+        pytest.skip(str(exc))
 
 
 @pytest.fixture(scope="module")

@@ -6,9 +6,10 @@ import numpy as np
 import pytest
 import torch
 
+from model.augment import dihedral
 from model.errors import InputError
 from workers.data.mvtec import load_category
-from workers.episodes import AUGMENT_MODES, EpisodeSampler, dihedral
+from workers.episodes import AUGMENT_MODES, EpisodeSampler
 
 SIZE = 16
 CATEGORIES = ("juice_bottle", "kolektor", "tire")

@@ -104,8 +104,8 @@ def test_target_rate_outside_zero_to_half_is_one_line_error(fpr, trained_model, 
                        small_real_root / HELD_OUT / "test" / "good", "--fpr", fpr, "--out", out)
     one_error_line(code, err, "--fpr", "(0, 0.5]")
     assert not out.exists() or not any(out.iterdir())
-    code, _, err = cli(capsys, "evaluate", "--model", trained_model, "--data", small_real_root, "--category",
-                       HELD_OUT, "--shots", 2, "--seeds", 1, "--fpr", fpr, "--out", tmp_path / "e", "--quiet")
+    code, _, err = cli(capsys, "evaluate", "--model", trained_model, "--data", small_real_root, "--target",
+                       HELD_OUT, "--shots", 2, "--draws", 1, "--fpr", fpr, "--out", tmp_path / "e", "--quiet")
     one_error_line(code, err, "--fpr", "(0, 0.5]")
     assert not (tmp_path / "e").exists()
 
@@ -123,8 +123,8 @@ def test_one_support_image_gives_scores_without_verdicts(trained_model, small_re
 def test_evaluate_reports_realised_false_alarms_and_recall_and_a_gallery(trained_model, small_real_root, tmp_path,
                                                                          capsys):
     out = tmp_path / "e"
-    code, stdout, err = cli(capsys, "evaluate", "--model", trained_model, "--data", small_real_root, "--category",
-                            HELD_OUT, "--shots", 4, "--seeds", 2, "--fpr", 0.05, "--report", "--out", out, "--quiet")
+    code, stdout, err = cli(capsys, "evaluate", "--model", trained_model, "--data", small_real_root, "--target",
+                            HELD_OUT, "--shots", 4, "--draws", 2, "--fpr", 0.05, "--report", "--out", out, "--quiet")
     assert code == 0, err
     record = json.loads((out / "metrics.json").read_text())
     assert record["target_fpr"] == 0.05

@@ -266,7 +266,7 @@ def test_train_and_evaluate_read_the_manifest_and_splits(small_data, tmp_path, c
     for method in ("ours", "knn"):
         out = tmp_path / f"eval_{method}"
         code, _, err = cli(capsys, "evaluate", "--model", model, "--manifest", manifest, "--splits", splits,
-                           "--category", HELD_OUT, "--shots", 2, "--seeds", 3, "--method", method,
+                           "--target", HELD_OUT, "--shots", 2, "--draws", 3, "--method", method,
                            "--out", out, "--quiet", "--no-track")
         assert code == 0, err
         records[method] = json.loads((out / "metrics.json").read_text())
@@ -278,7 +278,7 @@ def test_train_and_evaluate_read_the_manifest_and_splits(small_data, tmp_path, c
         assert record["splits_sha256"] == meta["splits_sha256"]
     # K not in the splits, a splits file of another manifest: one line, exit 2
     code, _, err = cli(capsys, "evaluate", "--model", model, "--manifest", manifest, "--splits", splits,
-                       "--category", HELD_OUT, "--shots", 3, "--seeds", 2, "--out", tmp_path / "e3", "--quiet",
+                       "--target", HELD_OUT, "--shots", 3, "--draws", 2, "--out", tmp_path / "e3", "--quiet",
                        "--no-track")
     one_error_line(code, err, "K=3", "1, 2, 4")
     assert not (tmp_path / "e3").exists()

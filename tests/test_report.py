@@ -113,7 +113,7 @@ def test_fsad_report_cli_and_missing_results(tmp_path, capsys):
                 "--set", "experiments.ablation_targets=[a]", "--set", "experiments.ablations=[l3,sigshrink,nosparsity,noise_init]"]
     make_results(tmp_path / "results", ours_better=True, video=False)
     out = tmp_path / "r.md"
-    assert main(["report", "--params", str(Path(__file__).parents[1] / "params.yaml"), "--results",
+    assert main(["report", "--config", str(Path(__file__).parents[1] / "params.yaml"), "--results",
                  str(tmp_path / "results"), "--out", str(out), *cfg_args]) == 0
     assert "not testable here" in out.read_text()  # no video results
     assert "wrote" in capsys.readouterr().out

@@ -87,8 +87,8 @@ def test_a_validation_category_is_not_a_held_out_target(small_real_root, tmp_pat
                  *tiny_sets(train__episodes=2, train__val_every=1, train__val_images=4, eval__shots=2),
                  "--set", "train.val_categories=[kolektor]"]) == 0
     capsys.readouterr()
-    code = main(["evaluate", "--model", str(model), "--data", str(small_real_root), "--category", "kolektor",
-                 "--shots", "2", "--seeds", "1", "--out", str(tmp_path / "eval"), "--quiet"])
+    code = main(["evaluate", "--model", str(model), "--data", str(small_real_root), "--target", "kolektor",
+                 "--shots", "2", "--draws", "1", "--out", str(tmp_path / "eval"), "--quiet"])
     assert code == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "kolektor" in err[0] and "seen in training" in err[0]

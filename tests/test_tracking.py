@@ -76,18 +76,18 @@ def evaluated(store, trained, data_with_manifest, tmp_path_factory):
     from orchestrator.cli import main
 
     out = tmp_path_factory.mktemp("tracked_eval") / "eval"
-    code = main(["evaluate", "--model", str(trained[0]), "--data", str(data_with_manifest), "--category", HELD_OUT,
-                 "--shots", str(SHOTS), "--seeds", "2", "--out", str(out), "--quiet", "--tracking-uri", store["uri"]])
+    code = main(["evaluate", "--model", str(trained[0]), "--data", str(data_with_manifest), "--target", HELD_OUT,
+                 "--shots", str(SHOTS), "--draws", "2", "--out", str(out), "--quiet", "--tracking-uri", store["uri"]])
     assert code == 0
     return out
 
 
 @pytest.fixture(scope="module")
 def registered(store, trained, data_with_manifest):
-    """fsad register --run RUN --category tire --draw 0: the first version, so @champion."""
+    """fsad register --run RUN --target tire --draw 0: the first version, so @champion."""
     from orchestrator.cli import main
 
-    code = main(["register", "--run", trained[1], "--category", HELD_OUT, "--draw", "0", "--shots", str(SHOTS),
+    code = main(["register", "--run", trained[1], "--target", HELD_OUT, "--draw", "0", "--shots", str(SHOTS),
                  "--data", str(data_with_manifest), "--tracking-uri", store["uri"]])
     assert code == 0
     return f"models:/fsad-{HELD_OUT}@champion"
@@ -252,11 +252,11 @@ def test_evaluation_runs_nest_under_training_with_pictures(client, store, traine
 
 
 @pytest.mark.parametrize("args,needle", [
-    (["--category", "no_such_category"], "no_such_category"),
-    (["--category", HELD_OUT, "--shots", "999"], "--shots 999"),
-    (["--category", HELD_OUT, "--seeds", "0"], "--seeds 0"),
-    (["--category", "kolektor"], "seen in training"),
-    (["--category", HELD_OUT, "--set", "eval.batch_size=0"], "eval.batch_size"),
+    (["--target", "no_such_category"], "no_such_category"),
+    (["--target", HELD_OUT, "--shots", "999"], "--shots 999"),
+    (["--target", HELD_OUT, "--draws", "0"], "--draws 0"),
+    (["--target", "kolektor"], "seen in training"),
+    (["--target", HELD_OUT, "--set", "eval.batch_size=0"], "eval.batch_size"),
 ])
 def test_bad_input_evaluate_leaves_no_run_behind(args, needle, client, store, trained, data_with_manifest, tmp_path,
                                                 capsys):
@@ -456,7 +456,7 @@ def test_adapt_unknown_model_or_alias_is_one_line_error(store, registered, tmp_p
 def test_register_unknown_run_is_one_line_error(store, capsys):
     from orchestrator.cli import main
 
-    code = main(["register", "--run", "0" * 32, "--category", HELD_OUT, "--draw", "0", "--tracking-uri", store["uri"]])
+    code = main(["register", "--run", "0" * 32, "--target", HELD_OUT, "--draw", "0", "--tracking-uri", store["uri"]])
     err = capsys.readouterr().err
     assert code == 2 and "no such run" in err and len(err.strip().splitlines()) == 1, err
 

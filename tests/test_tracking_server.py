@@ -175,11 +175,11 @@ def through_server(server, small_real_root, tmp_path_factory):
             codes = [
                 main(["train", "--data", str(small_real_root), "--exclude", HELD_OUT, "--out", str(folder / "m"),
                       "--quiet", "--tracking-uri", uri, *tiny_sets()]),
-                main(["evaluate", "--model", str(folder / "m"), "--data", str(small_real_root), "--category", HELD_OUT,
-                      "--shots", "2", "--seeds", "1", "--out", str(folder / "e"), "--quiet", "--tracking-uri", uri]),
+                main(["evaluate", "--model", str(folder / "m"), "--data", str(small_real_root), "--target", HELD_OUT,
+                      "--shots", "2", "--draws", "1", "--out", str(folder / "e"), "--quiet", "--tracking-uri", uri]),
             ]
             run_id = json.loads((folder / "m" / "tracking.json").read_text())["run_id"]
-            codes.append(main(["register", "--run", run_id, "--category", HELD_OUT, "--draw", "0", "--shots", "2",
+            codes.append(main(["register", "--run", run_id, "--target", HELD_OUT, "--draw", "0", "--shots", "2",
                                "--data", str(small_real_root), "--tracking-uri", uri]))
             # unreachable stores whose URIs hold passwords: the errors must not show them
             for dead in (f"postgresql+psycopg2://postgres:{DB_PASSWORD}@127.0.0.1:1/nodb",

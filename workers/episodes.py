@@ -12,17 +12,11 @@ from dataclasses import dataclass
 
 import torch
 
+from model.augment import dihedral
 from model.errors import InputError
 from model.inpaint import corrupt, noise_patch
 
 AUGMENT_MODES = ("none", "episode", "image")
-
-
-def dihedral(images: torch.Tensor, index: int) -> torch.Tensor:
-    """One of the 8 flips/90° rotations of (..., H, W) images: index = 4·flip + rotations."""
-    if index >= 4:
-        images = images.flip(-1)
-    return torch.rot90(images, index % 4, dims=(-2, -1))
 
 
 @dataclass

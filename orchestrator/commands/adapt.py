@@ -1,7 +1,7 @@
 """fsad adapt: K images of a new category -> its dictionary -> registered fsad-NAME, in one call."""
 from __future__ import annotations
 
-from orchestrator.commands.common import add_config_arguments, runtime_settings
+from orchestrator.commands.common import add_config_arguments, runtime_settings, schema_default
 from orchestrator.commands.tracking_args import add_tracking_arguments, tracking_uri
 
 HELP = "adapt a model to a new category from K normal images and register fsad-NAME"
@@ -14,7 +14,7 @@ def add_arguments(p):
     p.add_argument("--data", default=None, help="data root holding NAME's test set, to measure the new version")
     p.add_argument("--fpr", type=float, default=None,
                    help="target false-alarm rate of the version's threshold, calibrated on the K shots alone, "
-                        "in (0, 0.5] (default eval.fpr = 0.01)")
+                        f"in (0, 0.5] (default eval.fpr = {schema_default('eval.fpr')})")
     add_config_arguments(p, runtime_only=True)
     add_tracking_arguments(p, optional=False)
 

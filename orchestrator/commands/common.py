@@ -23,6 +23,15 @@ PARAMS = Path("params.yaml")
 RUNTIME_KEYS = ("eval.", "tracking.", "data.max_pixels", "train.device")
 
 
+def schema_default(key: str) -> Any:
+    """The config schema's default of a dotted key (e.g. eval.shots): what --help shows and a verb falls
+    back to, so no flag default repeats a number the schema holds."""
+    value: Any = Config()
+    for part in key.split("."):
+        value = getattr(value, part)
+    return value
+
+
 def add_config_arguments(parser: argparse.ArgumentParser, runtime_only: bool = False) -> None:
     what = ("the run-time keys eval.*, tracking.*, data.max_pixels, train.device; the model's config.yaml fixes "
             "the rest" if runtime_only else "the whole config")

@@ -2,7 +2,8 @@
 scores, verdicts, masks and overlays (and with --report a browsable index.html)."""
 from __future__ import annotations
 
-from orchestrator.commands.common import add_config_arguments, runtime_settings
+from model.methods import LEARNT
+from orchestrator.commands.common import add_config_arguments, runtime_settings, schema_default
 
 HELP = "score images against K normal support images (one forward pass adaptation) and give verdicts"
 
@@ -11,10 +12,11 @@ def add_arguments(p):
     p.add_argument("--model", required=True, help="model directory written by fsad train")
     p.add_argument("--support", required=True, nargs="+", help="normal images (files or a folder); K >= 2 for verdicts")
     p.add_argument("--images", required=True, nargs="+", help="images to score (files or folders)")
-    p.add_argument("--method", choices=["ours", "knn", "maml_ae"], default=None,
+    p.add_argument("--method", choices=LEARNT, default=None,
                    help="default: the method the model was trained with")
     p.add_argument("--fpr", type=float, default=None,
-                   help="target false-alarm rate of the threshold, in (0, 0.5] (default eval.fpr = 0.01)")
+                   help=f"target false-alarm rate of the threshold, in (0, 0.5] (default eval.fpr = "
+                        f"{schema_default('eval.fpr')})")
     p.add_argument("--report", action="store_true",
                    help="also write index.html: every image sorted by score with its verdict, overlay and mask")
     p.add_argument("--out", required=True,

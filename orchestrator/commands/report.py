@@ -1,18 +1,16 @@
 """fsad report: docs/results.md and its figures from the pipelines' outputs under results/."""
 from __future__ import annotations
 
-import argparse
-
 from orchestrator.commands.common import add_config_arguments, config_from_args
 
 HELP = "write docs/results.md (tables, figures, the paper's claims) from results/ of dvc repro experiments/dvc.yaml"
+RENAMED = {"--params": "--config"}  # the old spelling, for one release
 
 
 def add_arguments(p):
     p.add_argument("--results", default="results", help="the pipelines' output folder (default results)")
     p.add_argument("--out", default="docs/results.md", help="report to write; figures go beside it in figures/")
     add_config_arguments(p)
-    p.add_argument("--params", dest="config", help=argparse.SUPPRESS)  # the old name of --config
 
 
 def run(args) -> int:

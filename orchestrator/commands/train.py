@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 
+from model.methods import MODEL_KINDS
 from orchestrator.commands.common import add_config_arguments, add_data_arguments, config_from_args, data_root
 from orchestrator.commands.distributed_args import (
     add_distributed_arguments,
@@ -18,7 +19,7 @@ HELP = "meta-train a model (Alg. 1), leaving --exclude categories out"
 def add_arguments(p):
     add_data_arguments(p, "splits.parquet from fsad split: train on the fold of the one --exclude category")
     p.add_argument("--exclude", action="append", default=[], metavar="CAT", help="held-out category (repeatable)")
-    p.add_argument("--method", choices=["ours", "maml_ae"], help="what to train (default: train.method)")
+    p.add_argument("--method", choices=MODEL_KINDS, help="what to train (default: train.method)")
     p.add_argument("--out", required=True, help="model directory to write")
     p.add_argument("--resume", action="store_true", help="continue from the last checkpoint in --out")
     p.add_argument("--quiet", action="store_true", help="no progress bar")

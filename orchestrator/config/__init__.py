@@ -17,9 +17,6 @@ from orchestrator.config.loading import (
 )
 from orchestrator.config.profiles import ABLATIONS, PROFILES, describe
 from orchestrator.config.schema import (
-    BASELINES,
-    METHOD_MODEL,
-    METHODS,
     BackboneConfig,
     Config,
     DataConfig,
@@ -41,7 +38,7 @@ from orchestrator.config.specs import autoencoder_spec, backbone_spec, sparse_sp
 from orchestrator.config.validation import validate
 
 __all__ = [
-    "ABLATIONS", "BASELINES", "METHOD_MODEL", "METHODS", "PROFILES", "TUNE_KEYS", "BackboneConfig", "Config",
+    "ABLATIONS", "PROFILES", "TUNE_KEYS", "BackboneConfig", "Config",
     "DataConfig", "DistributedConfig", "EvalConfig", "ExperimentsConfig", "FloatRange", "InpaintConfig",
     "IntChoices", "LangevinConfig", "MamlConfig", "ModelConfig", "PipelineConfig", "TrackingConfig",
     "TrainConfig", "TuneConfig", "TuneSpace", "autoencoder_spec", "backbone_spec", "config_from_dict", "describe", "flatten",

@@ -9,18 +9,9 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
+from model.methods import METHODS  # the evaluation methods, registered once in model/methods/
 from orchestrator.config.search_space import TuneSpace
 from workers.data.images import DEFAULT_MAX_PIXELS
-
-# Evaluation methods. The last three are baselines with no learning or no support set (model/baselines.py):
-# untrained = ours with a freshly initialised Ψ, knn_untrained = kNN on that Ψ, nosupport = the blurred
-# image-gradient map. Every quality table shows them beside the learnt methods.
-METHODS = ("ours", "knn", "maml_ae", "untrained", "knn_untrained", "nosupport")
-BASELINES = ("untrained", "knn_untrained", "nosupport")
-# The trained model directory each method reads (baselines read only its config, never its weights).
-METHOD_MODEL = {"ours": "ours", "knn": "ours", "maml_ae": "maml_ae", "untrained": "ours", "knn_untrained": "ours",
-                "nosupport": "ours"}
-
 
 @dataclass
 class DataConfig:

@@ -12,10 +12,10 @@ from model.energy import MAP_MODES
 from model.errors import InputError
 from model.inpaint import CORRUPTIONS
 from model.langevin import validate_langevin
+from model.methods import METHODS
 from orchestrator.config.checks import check_finite
 from orchestrator.config.profiles import ABLATIONS, PROFILES
 from orchestrator.config.schema import (
-    METHODS,
     Config,
     DistributedConfig,
     ExperimentsConfig,

@@ -21,6 +21,7 @@ from safetensors.torch import load_file, save_file
 from model.backbone import build_backbone
 from model.energy import AdaptiveEBM
 from model.errors import InputError
+from model.methods import MAML_AE
 from orchestrator.checkpoint import CONFIG, MANIFEST, META, STATE, WEIGHTS, Writer, verify_model_files  # noqa: F401 - re-exported
 from orchestrator.config import Config, autoencoder_spec, backbone_spec, config_from_dict, save_config, sparse_spec
 
@@ -33,7 +34,7 @@ def resolve_device(name: str) -> torch.device:
 
 def build_model(cfg: Config) -> torch.nn.Module:
     """The network for cfg.train.method: AdaptiveEBM (ours) or ConvAutoencoder (maml_ae)."""
-    if cfg.train.method == "maml_ae":
+    if cfg.train.method == MAML_AE.model:
         from model.maml_ae import ConvAutoencoder
 
         return ConvAutoencoder(autoencoder_spec(cfg))

@@ -21,14 +21,14 @@ def data_version(data_root: Any, manifest: str | Path | None = None) -> dict[str
     """{"hash", "kind", "dataset"?}: the manifest's sha256 when there is one (kind=manifest), else a
     listing hash of the relative paths and sizes of every file under the root (kind=listing).
 
-    data_root: a folder, a manifest .parquet file, or a workers.manifest source (folder or manifest)."""
+    data_root: a folder, a manifest .parquet file, or a workers.data.sources source (folder or manifest)."""
     if data_root is None and manifest is not None:  # images named by the manifest alone
         data_root = Path(manifest)
     if not isinstance(data_root, (str, Path)):
         source_manifest = getattr(data_root, "manifest", None)
-        if source_manifest is not None:  # a workers.manifest.ManifestSource
+        if source_manifest is not None:  # a workers.data.sources.ManifestSource
             data_root, manifest = source_manifest.root, source_manifest.path
-        else:  # a workers.manifest.FolderSource
+        else:  # a workers.data.sources.FolderSource
             data_root = data_root.root
     root = Path(data_root)
     if root.suffix == ".parquet" and root.is_file():

@@ -44,6 +44,7 @@ import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 
+from model.methods import OURS
 from model.errors import InputError
 from model.sparse import TaskDictionary
 
@@ -188,7 +189,7 @@ class FsadPyfunc:
         self.model, self.cfg, self.meta = load_model_dir(folder, device="cpu")
         self.dictionary = load_dictionary(folder / DICTIONARY)
         self.calibration = load_calibration(folder / CALIBRATION)
-        self.scorer = make_scorer("ours", self.model, self.cfg)  # scores exactly as `fsad evaluate` does
+        self.scorer = make_scorer(OURS.name, self.model, self.cfg)  # scores exactly as `fsad evaluate` does
         self.image_root = image_root_from_env()  # read once, when the server loads the model
 
     def score(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

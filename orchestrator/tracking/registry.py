@@ -23,6 +23,7 @@ from typing import Any
 import torch
 
 from model.errors import InputError
+from model.methods import OURS
 from orchestrator.config import Config, with_values
 from orchestrator.evaluate import METRIC_NAMES, draw_metrics, load_test_set, make_scorer, score_batches, support_draws
 from orchestrator.tracking.artifacts import load_model_dir, resolve_device
@@ -79,9 +80,9 @@ def calibrate_support(model, cfg: Config, support: torch.Tensor, fpr: float | No
 
     if support.shape[0] < 2:
         return None
-    scorer = make_scorer("ours", model, cfg)
+    scorer = make_scorer(OURS.name, model, cfg)
     device = next(model.parameters()).device  # where the model was put: calibrate beside it
-    return calibrate(scorer, support, CalibrationSpec.from_config(cfg, "ours", fpr), cfg.eval.batch_size, device,
+    return calibrate(scorer, support, CalibrationSpec.from_config(cfg, OURS.name, fpr), cfg.eval.batch_size, device,
                      dictionary)
 
 
@@ -106,7 +107,7 @@ def version_description(category: str, support: torch.Tensor, info: dict[str, An
 
 def adapt(model, cfg: Config, support: torch.Tensor):
     """The category's task dictionary from K support images (K, 3, S, S); returns (dictionary, seconds)."""
-    scorer = make_scorer("ours", model, cfg)
+    scorer = make_scorer(OURS.name, model, cfg)
     began = time.perf_counter()
     dictionary = scorer.adapt(support)
     return dictionary, time.perf_counter() - began
@@ -115,7 +116,7 @@ def adapt(model, cfg: Config, support: torch.Tensor):
 def category_metrics(model, cfg: Config, dictionary, data_root: Path, category: str) -> dict[str, float]:
     """Metrics of one adapted dictionary on the category's test set."""
     test = load_test_set(data_root, category, cfg.data.image_size)
-    scorer = make_scorer("ours", model, cfg)
+    scorer = make_scorer(OURS.name, model, cfg)
     scores, maps = score_batches(scorer, dictionary, test.images, cfg.eval.batch_size, resolve_device("cpu"))
     found = draw_metrics(scores, maps, test)
     return {k: float(v) for k, v in found.items() if v is not None}
@@ -133,7 +134,7 @@ def register(uri: str, weights_dir: Path, category: str, support: torch.Tensor, 
     name = model_name(category)
     model, cfg, meta = load_model_dir(weights_dir, device="cpu")
     cfg = _with_settings(cfg, settings)
-    if cfg.train.method != "ours":
+    if cfg.train.method != OURS.model:
         raise InputError(f"only `ours` models can be registered; this one is {cfg.train.method}")
     dictionary, seconds = adapt(model, cfg, support)
     calibration = calibrate_support(model, cfg, support, fpr, dictionary)

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from model import metrics
+from model.methods import OURS
 from orchestrator.config import Config
 from orchestrator.evaluate import CALIBRATION_NAMES, METRIC_NAMES, evaluate, prepare_evaluation
 from orchestrator.tracking.artifacts import CONFIG, MANIFEST, META, STATE, WEIGHTS
@@ -214,7 +215,7 @@ class EvaluationRuns:
         self.summary.end()
 
 
-def tracked_evaluate(model_dir, data_root, category: str, shots: int, draws: int, out, method: str = "ours",
+def tracked_evaluate(model_dir, data_root, category: str, shots: int, draws: int, out, method: str = OURS.name,
                      seed: int | None = None, progress: bool = True, overlays: int | None = None,
                      uri: str | None = None, **kwargs) -> dict[str, Any]:
     """`evaluate` inside an evaluation summary run with one child run per support draw; kwargs (e.g.

@@ -14,6 +14,7 @@ import optuna
 import torch
 from optuna.storages import RetryHeartbeatStaleTrialCallback
 
+from model.methods import OURS
 from model.errors import InputError
 from orchestrator.config import TUNE_KEYS, Config, FloatRange, config_from_dict, with_values
 from orchestrator.tracking.runs import TrackedRun
@@ -35,7 +36,7 @@ def make_plan(cfg: Config, data_root, target: str) -> Plan:
     """Training and validation categories, and the data checks that need counts (K vs images)."""
     from workers.data.sources import as_source
 
-    if cfg.train.method != "ours":
+    if cfg.train.method != OURS.model:
         raise InputError(f"train.method={cfg.train.method!r}: fsad tune searches the `ours` model's knobs")
     if data_root is None or (isinstance(data_root, (str, Path)) and not Path(data_root).is_dir()):
         raise InputError(f"--data {data_root}: not a directory")
@@ -126,7 +127,7 @@ def validation_score(model_dir: Path, sets: list, cfg: Config) -> dict[str, floa
     model, model_cfg, _ = load_model_dir(model_dir)
     device = resolve_device(model_cfg.train.device)
     model.to(device).eval()
-    scorer = make_scorer("ours", model, model_cfg)
+    scorer = make_scorer(OURS.name, model, model_cfg)
     per_category, images, pixels = [], [], []
     for test in sets:
         result = evaluate_scorer(scorer, test, cfg.tune.eval_shots, cfg.tune.eval_draws, cfg.eval.seed,

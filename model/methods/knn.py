@@ -1,4 +1,4 @@
-"""kNN baseline (PatchCore without coreset subsampling) on the features Ψ of a trained model.
+"""knn: the kNN baseline (PatchCore without coreset subsampling) on the features Ψ of a trained model.
 
 Adaptation stores every feature position of the K support images as one row of a memory bank; a
 query position scores its Euclidean distance to the nearest bank row, an image scores its largest
@@ -16,6 +16,7 @@ import torch.nn.functional as F
 
 from model.energy import gaussian_blur
 from model.errors import InputError
+from model.methods.base import Method, ScoringOptions
 from model.sparse import feature_volumes
 
 DEFAULT_CHUNK_BYTES = 256 * 2**20  # upper bound on one distance block
@@ -104,3 +105,12 @@ class KnnScorer:
         if self.smooth_sigma > 0:
             maps = gaussian_blur(maps, self.smooth_sigma)
         return scores, maps
+
+
+def build(network: nn.Module, options: ScoringOptions) -> KnnScorer:
+    """kNN on the features Ψ of an `ours` model (its backbone)."""
+    return KnnScorer(network.backbone, receptive_field=1, smooth_sigma=options.smooth_sigma)
+
+
+METHOD = Method(name="knn", label="kNN", model="ours", model_use="uses the backbone of an `ours` model",
+                baseline=False, untrained=False, build=build)

@@ -1,20 +1,25 @@
 """Baselines with no learning and no support set: what a quality number must beat to be evidence.
 
+untrained = ours with a freshly initialised Ψ, knn_untrained = kNN on that Ψ (the caller builds the
+network from the model's own config and passes it, as Method.untrained says), nosupport = the map below.
+
 `NoSupportScorer` draws a map from the image alone: the blurred magnitude of its grey-level gradient
 (edges, specks and scratches light up whatever the category). Its image score is the mean of the top
 `top_frac` map values. It ignores the support set entirely, so any method whose maps do not beat it
-has not shown that it uses the K normal shots. (The untrained baselines, the same model and kNN with a
-freshly initialised Ψ, are built by the caller from the model's own config.)
+has not shown that it uses the K normal shots. Every quality table shows these beside the learnt methods.
 """
 from __future__ import annotations
 
 import math
 
 import torch
+import torch.nn as nn
 import torch.nn.functional as F
 
 from model.energy import gaussian_blur, top_mean
 from model.errors import InputError
+from model.methods import knn, ours
+from model.methods.base import Method, ScoringOptions
 
 
 def gradient_magnitude(images: torch.Tensor) -> torch.Tensor:
@@ -44,3 +49,19 @@ class NoSupportScorer:
         if self.smooth_sigma > 0:
             maps = gaussian_blur(maps, self.smooth_sigma)
         return top_mean(maps, self.top_frac), maps
+
+
+def build_nosupport(network: nn.Module, options: ScoringOptions) -> NoSupportScorer:
+    return NoSupportScorer(options.smooth_sigma, options.top_frac)  # the network is not used
+
+
+# Baselines read the config of an `ours` model, never its weights.
+_READS_CONFIG = "reads the config of an `ours` model"
+METHODS = (
+    Method(name="untrained", label="ours, untrained Ψ", model="ours", model_use=_READS_CONFIG, baseline=True,
+           untrained=True, build=ours.build),
+    Method(name="knn_untrained", label="kNN, untrained Ψ", model="ours", model_use=_READS_CONFIG, baseline=True,
+           untrained=True, build=knn.build),
+    Method(name="nosupport", label="no support (image gradient)", model="ours", model_use=_READS_CONFIG,
+           baseline=True, untrained=False, build=build_nosupport),
+)

@@ -1,0 +1,44 @@
+"""What every evaluation method is: a Scorer (adapt to K shots, then score images) and the Method
+record the registry (model/methods/__init__.py) holds for it."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Callable, Protocol
+
+import torch
+import torch.nn as nn
+
+
+class Scorer(Protocol):
+    def adapt(self, support: torch.Tensor) -> Any: ...
+
+    def score(self, images: torch.Tensor, state: Any) -> tuple[torch.Tensor, torch.Tensor]: ...
+
+
+@dataclass(frozen=True)
+class ScoringOptions:
+    """The settings scorers read (filled from model.*, maml.* and eval.* of a model's config)."""
+
+    smooth_sigma: float = 0.0  # Gaussian σ (pixels) on the anomaly maps; 0 = off
+    augment_support: bool = False  # ours: add the 8 dihedral copies of every shot to the dictionary
+    anomaly_map: str = "gradient"  # ours: gradient | energy
+    top_frac: float = 0.01  # nosupport: image score = mean of the top fraction of the map
+    inner_steps: int = 5  # maml_ae: SGD steps on the support
+    inner_lr: float = 0.05  # maml_ae: their step size
+
+
+# network (the trained model, or the untrained one when Method.untrained), options -> Scorer
+ScorerFactory = Callable[[nn.Module, ScoringOptions], Scorer]
+
+
+@dataclass(frozen=True)
+class Method:
+    """One evaluation method, as registered."""
+
+    name: str  # what --method / pipeline.methods call it
+    label: str  # how tables and figures show it
+    model: str  # the kind of trained model directory it reads: "ours" or "maml_ae"
+    model_use: str  # why it needs that model, for the error when the directory holds another kind
+    baseline: bool  # needs no training: its numbers do not depend on trained weights
+    untrained: bool  # scores with the freshly initialised network instead of the trained one
+    build: ScorerFactory

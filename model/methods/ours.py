@@ -1,0 +1,36 @@
+"""ours: the adaptive sparse-coding EBM (Alg. 2). Adapting builds the task dictionary from the shots;
+scoring is the image energy and its anomaly map."""
+from __future__ import annotations
+
+import torch
+
+from model.augment import DIHEDRAL_SIZE, dihedral
+from model.energy import AdaptiveEBM
+from model.methods.base import Method, ScoringOptions
+from model.sparse import TaskDictionary
+
+
+class OursScorer:
+    """The adaptive EBM: state = the task dictionary built from the shots."""
+
+    def __init__(self, model: AdaptiveEBM, smooth_sigma: float = 0.0, augment_support: bool = False,
+                 map_mode: str = "gradient"):
+        self.model, self.smooth_sigma, self.augment_support = model, smooth_sigma, augment_support
+        self.map_mode = map_mode
+
+    def adapt(self, support: torch.Tensor) -> TaskDictionary:
+        if self.augment_support:
+            support = torch.cat([dihedral(support, t) for t in range(DIHEDRAL_SIZE)])  # (8K, C, H, W)
+        with torch.no_grad():
+            return self.model.build_dictionary(support)
+
+    def score(self, images: torch.Tensor, dictionary: TaskDictionary) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.model.score_and_map(images, dictionary, self.smooth_sigma, self.map_mode)
+
+
+def build(network: AdaptiveEBM, options: ScoringOptions) -> OursScorer:
+    return OursScorer(network, options.smooth_sigma, options.augment_support, options.anomaly_map)
+
+
+METHOD = Method(name="ours", label="ours", model="ours", model_use="needs a model trained with method ours",
+                baseline=False, untrained=False, build=build)

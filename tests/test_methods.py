@@ -1,0 +1,84 @@
+"""The method registry (model/methods/): one entry per method in table order, each builds a scorer that
+adapts to a tiny synthetic task and scores it; an unknown name or a model of the wrong kind is a
+one-line InputError."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from model.backbone import BackboneSpec, build_backbone
+from model.energy import AdaptiveEBM, SparseSpec
+from model.maml_ae import AESpec, ConvAutoencoder
+from model.methods import (BASELINES, BY_NAME, LEARNT, METHOD_MODEL, METHODS, MODEL_KINDS, REGISTRY, ScoringOptions,
+                           get_method)
+from tests.conftest import expect_error
+
+SIZE = 32
+TINY = ["data.image_size=32", "model.backbone.width=8", "model.backbone.out_dim=8", "maml.width=4",
+        "maml.latent=4"]
+
+
+def _task(seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    return torch.rand(3, 3, SIZE, SIZE, generator=g), torch.rand(2, 3, SIZE, SIZE, generator=g)  # support, queries
+
+
+def _network(kind: str) -> torch.nn.Module:
+    torch.manual_seed(0)
+    if kind == "maml_ae":
+        return ConvAutoencoder(AESpec(width=4, latent=4, depth=2)).eval()
+    backbone = build_backbone(BackboneSpec(width=8, depth=2, stride=4, out_dim=8))
+    return AdaptiveEBM(backbone, SparseSpec()).eval()
+
+
+def _check_scores(scorer, support, queries) -> None:
+    scores, maps = scorer.score(queries, scorer.adapt(support))
+    assert scores.shape == (queries.shape[0],) and maps.shape == (queries.shape[0], SIZE, SIZE)
+    assert torch.isfinite(scores).all() and torch.isfinite(maps).all()
+
+
+def test_the_method_list_is_the_registration_order():
+    assert METHODS == ("ours", "knn", "maml_ae", "untrained", "knn_untrained", "nosupport")
+    assert BASELINES == ("untrained", "knn_untrained", "nosupport") and LEARNT == ("ours", "knn", "maml_ae")
+    assert MODEL_KINDS == ("ours", "maml_ae")
+    assert METHOD_MODEL == {m.name: m.model for m in REGISTRY} and set(METHOD_MODEL.values()) == set(MODEL_KINDS)
+    assert all(BY_NAME[m].baseline for m in BASELINES) and all(BY_NAME[m].untrained for m in BASELINES[:2])
+
+
+@pytest.mark.parametrize("name", METHODS)
+def test_every_registered_method_builds_and_scores_a_tiny_task(name):
+    method = get_method(name)
+    support, queries = _task()
+    scorer = method.build(_network(method.model), ScoringOptions(smooth_sigma=1.0, inner_steps=1))
+    _check_scores(scorer, support, queries)
+
+
+@pytest.mark.parametrize("name", METHODS)
+def test_make_scorer_builds_every_method_from_a_model_config(name):
+    from orchestrator.config import load_config
+    from orchestrator.evaluate import make_scorer, untrained_model
+
+    cfg = load_config(None, TINY + [f"train.method={get_method(name).model}", "maml.inner_steps=1"])
+    _check_scores(make_scorer(name, untrained_model(cfg), cfg), *_task(1))
+
+
+def test_unknown_method_and_wrong_model_kind_are_one_line_errors():
+    from orchestrator.config import load_config
+    from orchestrator.evaluate import make_scorer, untrained_model
+
+    expect_error(lambda: get_method("lof"), "--method 'lof'", "expected one of", *METHODS)
+    cfg = load_config(None, TINY)
+    model = untrained_model(cfg)
+    expect_error(lambda: make_scorer("lof", model, cfg), "--method 'lof'", *METHODS)
+    expect_error(lambda: make_scorer("maml_ae", model, cfg), "--method maml_ae needs a model trained with --method "
+                 "maml_ae; this one is ours")
+    maml_cfg = load_config(None, TINY + ["train.method=maml_ae"])
+    maml = untrained_model(maml_cfg)
+    expect_error(lambda: make_scorer("knn", maml, maml_cfg), "--method knn uses the backbone of an `ours` model")
+    expect_error(lambda: make_scorer("nosupport", maml, maml_cfg), "reads the config of an `ours` model")
+
+
+def test_pipeline_methods_default_to_the_registry():
+    from orchestrator.config import load_config
+
+    assert load_config().pipeline.methods == list(METHODS)
