@@ -29,9 +29,10 @@ import numpy as np  # noqa: E402
 
 from model.errors import InputError  # noqa: E402
 from model.methods import MAML_AE, MODEL_KINDS, OURS, REGISTRY  # noqa: E402
-from orchestrator.config import ABLATIONS, PROFILES, Config, atomic_write_text  # noqa: E402
+from orchestrator.config import ABLATIONS, PROFILES, Config, describe  # noqa: E402
 from orchestrator.evaluate import METRIC_NAMES  # noqa: E402
 from orchestrator.plots import save_png  # noqa: E402
+from workers.files import atomic_write_text  # noqa: E402
 
 METRIC_LABELS = {"image_auroc": "image AUROC", "pixel_auroc": "pixel AUROC", "pro": "PRO", "miou": "mIoU"}
 METHOD_LABELS = {m.name: m.label for m in REGISTRY}
@@ -198,7 +199,7 @@ def fig_loss_curves(data: dict, cfg: Config, path: Path) -> list[str]:
 def _variant_label(cfg: Config, name: str | None) -> str:
     if name is None:
         return f"{cfg.model.shrink}, l={cfg.model.receptive_field}, J={cfg.langevin.steps}, inpainting"
-    return " ".join(ABLATIONS[name])
+    return " ".join(describe(ABLATIONS[name]))
 
 
 def fig_overlay_grid(results: Path, cfg: Config, top: int, path: Path, per_target: int = 3) -> int:
@@ -335,7 +336,7 @@ def _ablation_claims(data: dict, cfg: Config) -> list[tuple[str, str, str]]:
             evidence.append(f"{target}: " + ", ".join(f"{METRIC_LABELS[n]} {_metric(default, n):.3f} vs "
                                                       f"{_metric(variant['metrics'], n):.3f}" for n in metric_names))
         out.append((claim, "reproduced" if better > len(tested) / 2 else "not reproduced",
-                    f"holds on {better} of {len(tested)} targets. Default vs {name} ({' '.join(ABLATIONS[name])}), "
+                    f"holds on {better} of {len(tested)} targets. Default vs {name} ({' '.join(describe(ABLATIONS[name]))}), "
                     f"{top}: " + "; ".join(evidence)))
 
     # The default is l = 1 (measured on validation categories); the paper's l = 3 is the ablation row.
@@ -364,7 +365,7 @@ def _ablation_claims(data: dict, cfg: Config) -> list[tuple[str, str, str]]:
     for name in ("j1", "j10"):
         tested = [(t, d, v[name]) for t, d, v, _ in rows if name in v]
         if tested:
-            out.append((f"Langevin steps J={ABLATIONS[name][0].split('=')[1]} vs the default J={cfg.langevin.steps} "
+            out.append((f"Langevin steps J={ABLATIONS[name]['langevin.steps']} vs the default J={cfg.langevin.steps} "
                         "(a design choice the paper fixes, not a claim)", "measured",
                         "; ".join(f"{t}: pixel AUROC {_metric(d, 'pixel_auroc'):.3f} (default) vs "
                                   f"{_metric(v['metrics'], 'pixel_auroc'):.3f}" for t, d, v in tested)))
@@ -513,7 +514,7 @@ def _ablation_section(data: dict, cfg: Config, figures: dict[str, str]) -> list[
                      + " | ".join(_cell(default.get(n)) for n in METRIC_NAMES)
                      + f" | {_metric(default, 'score_gap'):.2e} | {_late_loss(history):.4f} |")
         for name, v in variants.items():
-            lines.append(f"| {target} | {name} | `{' '.join(ABLATIONS[name])}` | "
+            lines.append(f"| {target} | {name} | `{' '.join(describe(ABLATIONS[name]))}` | "
                          + " | ".join(_cell(v["metrics"].get(n)) for n in METRIC_NAMES)
                          + f" | {_metric(v['metrics'], 'score_gap'):.2e} | {_late_loss(v['history']):.4f} |")
     lines.append("")
