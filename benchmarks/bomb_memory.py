@@ -81,7 +81,7 @@ def measure(data: Path, side: int, code: Path, work: Path, cap: int) -> dict:
     sets = [arg for kv in TINY for arg in ("--set", kv)]
 
     def train(name: str) -> dict:
-        cmd = [sys.executable, "-m", "orchestrator.cli", "train", "--data", str(root), "--exclude", HELD_OUT,
+        cmd = [sys.executable, "-m", "orchestrator.cli", "train", "--data", str(root), "--target", HELD_OUT,
                "--out", str(work / name), "--quiet", *sets]
         code_, peak, last = peak_run(cmd, code, env, work / f"{name}.log")
         return {"exit": code_, "peak_mb": round(peak), "stderr": last.replace(str(work), "$WORK")}

@@ -145,7 +145,7 @@ class Workspace:
         """An `ours` model trained (tiny budget) on the copy with HELD_OUT left out."""
         if self._model is None:
             out = self.root / "model"
-            proc, _ = self.run(["train", "--data", self.data, "--exclude", HELD_OUT, "--out", out, "--quiet",
+            proc, _ = self.run(["train", "--data", self.data, "--target", HELD_OUT, "--out", out, "--quiet",
                                 *tiny_sets()])
             if proc.returncode != 0:
                 raise RuntimeError(f"training the workspace model failed: {proc.stderr[-2000:]}")
@@ -221,7 +221,7 @@ def case(fn=None, *, suite: bool = True):
 
 
 def train_args(data: Path, out: Path, *extra: str) -> list:
-    return ["train", "--data", data, "--exclude", HELD_OUT, "--out", out, "--quiet", *tiny_sets(), *extra]
+    return ["train", "--data", data, "--target", HELD_OUT, "--out", out, "--quiet", *tiny_sets(), *extra]
 
 
 def eval_args(ws: Workspace, data: Path, out: Path, category: str = HELD_OUT) -> list:
@@ -448,7 +448,7 @@ def manifest_row_outside_root(ws: Workspace) -> Result:
     shutil.copy2(_images(ws.data / "kolektor" / "train" / "good")[0], elsewhere)
     _point_a_row_at(manifest_dir / "manifest.parquet", elsewhere)
     out = folder / "model"
-    args = ["train", "--manifest", manifest_dir / "manifest.parquet", "--exclude", HELD_OUT, "--out", out, "--quiet",
+    args = ["train", "--manifest", manifest_dir / "manifest.parquet", "--target", HELD_OUT, "--out", out, "--quiet",
             *tiny_sets()]
     proc, peak = ws.run(args)
     return ws.result("a manifest row whose image_path climbs out of the image root (`../…/elsewhere/x.png`, true sha256)", args, proc, peak,

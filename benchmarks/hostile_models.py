@@ -59,7 +59,7 @@ def python(code: str, *args, cwd: Path) -> tuple[int, str]:
 
 def train_args(data: Path, out: Path, *extra) -> list:
     sets = [x for k, v in TINY.items() for x in ("--set", f"{k}={v}")]
-    return ["train", "--data", data, "--exclude", HELD_OUT, "--out", out, "--quiet", *sets, *extra]
+    return ["train", "--data", data, "--target", HELD_OUT, "--out", out, "--quiet", *sets, *extra]
 
 
 def eval_args(model: Path, data: Path, out: Path, *extra) -> list:

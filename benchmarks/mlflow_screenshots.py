@@ -44,7 +44,7 @@ def fsad(*args: str) -> None:
 
 def make_store(folder: Path, data: str, category: str) -> str:
     uri = f"sqlite:///{folder / 'mlflow.db'}"
-    fsad("train", "--data", data, "--exclude", category, "--out", str(folder / "model"), "--quiet",
+    fsad("train", "--data", data, "--target", category, "--out", str(folder / "model"), "--quiet",
          "--set", "train.episodes=1", "--tracking-uri", uri)
     fsad("evaluate", "--model", str(folder / "model"), "--data", data, "--target", category, "--shots", "10",
          "--draws", "2", "--report", "--out", str(folder / "eval"), "--quiet", "--tracking-uri", uri)

@@ -33,7 +33,7 @@ WEIGHTS, STATE, MANIFEST = "model.safetensors", "state.pt", "checkpoint.json"
 
 
 def train_args(data: Path, out: Path, *extra, episodes: int = TOTAL) -> list:
-    return ["train", "--data", data, "--exclude", HELD_OUT, "--out", out, "--quiet",
+    return ["train", "--data", data, "--target", HELD_OUT, "--out", out, "--quiet",
             *tiny_sets(train__episodes=episodes, train__checkpoint_every=EVERY), *extra]
 
 

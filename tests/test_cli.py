@@ -64,7 +64,7 @@ def assert_no_output(out: Path, *also_clean: Path) -> None:
 
 
 def train_args(data: Path, out: Path, *extra, exclude: str = HELD_OUT, **budget) -> list:
-    return ["train", "--data", data, "--exclude", exclude, "--out", out, "--quiet", *tiny_sets(**budget), *extra]
+    return ["train", "--data", data, "--target", exclude, "--out", out, "--quiet", *tiny_sets(**budget), *extra]
 
 
 def eval_args(model: Path, data: Path, out: Path, category: str = HELD_OUT, *extra) -> list:
@@ -564,9 +564,11 @@ def test_every_verb_that_reads_config_takes_config_and_set(verb):
 OLD_SPELLINGS = [("evaluate", "--category", "--target", "tire"), ("evaluate", "--seeds", "--draws", "3"),
                  ("register", "--category", "--target", "tire"), ("loo", "--seeds", "--draws", "3"),
                  ("loo", "--categories", "--target", "tire"), ("demo", "--holdout", "--target", "tire"),
-                 ("demo", "--seeds", "--draws", "3"), ("report", "--params", "--config", "p.yaml")]
+                 ("demo", "--seeds", "--draws", "3"), ("report", "--params", "--config", "p.yaml"),
+                 ("train", "--exclude", "--target", "tire")]
 MINIMAL = {"evaluate": ["--model", "m", "--out", "o", "--target", "x"], "register": ["--run", "r", "--draw", "0",
-           "--target", "x"], "loo": ["--data", "d", "--out", "o"], "demo": [], "report": []}
+           "--target", "x"], "loo": ["--data", "d", "--out", "o"], "demo": [], "report": [],
+           "train": ["--out", "m"]}
 
 
 @pytest.mark.parametrize("verb,old,new,value", OLD_SPELLINGS)
@@ -592,7 +594,7 @@ def test_pipeline_stages_take_config_and_the_old_params_still_parses(capsys):
     assert capsys.readouterr().err.splitlines() == ["fsad: --params is deprecated; use --config"]
 
 
-@pytest.mark.parametrize("verb", [v for v in VERBS if v != "train"])  # train's flags: training's part of issue 13
+@pytest.mark.parametrize("verb", VERBS)
 def test_one_grammar_no_verb_offers_an_old_spelling(verb):
     from orchestrator.cli import build_parser
 
@@ -630,7 +632,7 @@ def test_readme_names_the_verbs_that_read_no_config():
 def test_train_reads_params_yaml_in_the_working_directory(reads_params, small_real_root, capsys):
     """A user who edits params.yaml and runs `fsad train` gets what `dvc repro` would use."""
     write_params(reads_params, tiny_tree(**{"train.episodes": 2, "model.lam_star": 0.07}))
-    code, _, err = cli(capsys, "train", "--data", small_real_root, "--exclude", HELD_OUT, "--out", "m", "--quiet")
+    code, _, err = cli(capsys, "train", "--data", small_real_root, "--target", HELD_OUT, "--out", "m", "--quiet")
     assert code == 0, err
     assert "fsad: config: ./params.yaml" in err.splitlines()
     import yaml
@@ -639,7 +641,7 @@ def test_train_reads_params_yaml_in_the_working_directory(reads_params, small_re
     assert saved["train"]["episodes"] == 2 and saved["model"]["lam_star"] == 0.07
     # --config names another file: ./params.yaml is not read; --set still goes on top
     write_params(reads_params / "other", tiny_tree(**{"train.episodes": 3}))
-    code, _, err = cli(capsys, "train", "--data", small_real_root, "--exclude", HELD_OUT, "--out", "m2", "--quiet",
+    code, _, err = cli(capsys, "train", "--data", small_real_root, "--target", HELD_OUT, "--out", "m2", "--quiet",
                        "--config", "other/params.yaml", "--set", "model.lam_star=0.06")
     assert code == 0, err
     assert "fsad: config: other/params.yaml" in err.splitlines()
@@ -663,7 +665,7 @@ def test_without_params_yaml_the_embedded_defaults_and_fsad_params_0_skips_it(re
 
 def test_a_bad_params_yaml_is_one_line_naming_it(reads_params, small_real_root, capsys):
     (reads_params / "params.yaml").write_text("train: [unclosed\n")
-    code, _, err = cli(capsys, "train", "--data", small_real_root, "--exclude", HELD_OUT, "--out", "m", "--quiet")
+    code, _, err = cli(capsys, "train", "--data", small_real_root, "--target", HELD_OUT, "--out", "m", "--quiet")
     assert_bad_input(code, err, "params.yaml", "not valid YAML")
     assert not (reads_params / "m").exists()
 

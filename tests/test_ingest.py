@@ -181,7 +181,7 @@ def test_manifest_from_another_schema_version_is_refused(small_data, tmp_path, c
     out = tmp_path / "splits.parquet"
     one_error_line(*cli(capsys, "split", "--manifest", old, "--out", out)[::2], "schema version 2", "expected version 1")
     assert not out.exists() and not leftovers(tmp_path)
-    code, _, err = cli(capsys, "train", "--manifest", old, "--exclude", HELD_OUT, "--out", tmp_path / "m",
+    code, _, err = cli(capsys, "train", "--manifest", old, "--target", HELD_OUT, "--out", tmp_path / "m",
                        "--quiet", "--no-track", *tiny_sets())
     one_error_line(code, err, "schema version 2")
     assert not (tmp_path / "m").exists()
@@ -254,7 +254,7 @@ def test_split_shots_larger_than_the_normal_images_exit_2(small_data, tmp_path, 
 def test_train_and_evaluate_read_the_manifest_and_splits(small_data, tmp_path, capsys):
     manifest, splits = small_data / "manifest.parquet", small_data / "splits.parquet"
     model = tmp_path / "model"
-    code, _, err = cli(capsys, "train", "--manifest", manifest, "--splits", splits, "--exclude", HELD_OUT,
+    code, _, err = cli(capsys, "train", "--manifest", manifest, "--splits", splits, "--target", HELD_OUT,
                        "--out", model, "--quiet", "--no-track", *tiny_sets())
     assert code == 0, err
     meta = json.loads((model / "meta.json").read_text())
@@ -282,7 +282,7 @@ def test_train_and_evaluate_read_the_manifest_and_splits(small_data, tmp_path, c
                        "--no-track")
     one_error_line(code, err, "K=3", "1, 2, 4")
     assert not (tmp_path / "e3").exists()
-    code, _, err = cli(capsys, "train", "--splits", splits, "--data", small_data, "--exclude", HELD_OUT,
+    code, _, err = cli(capsys, "train", "--splits", splits, "--data", small_data, "--target", HELD_OUT,
                        "--out", tmp_path / "m2", "--quiet", "--no-track", *tiny_sets())
     one_error_line(code, err, "--splits needs --manifest")
 
@@ -292,7 +292,7 @@ def test_train_with_workers_reads_the_manifest_and_splits(small_data, tmp_path, 
     the fold of the held-out category from the manifest, as the in-process run does."""
     manifest, splits = small_data / "manifest.parquet", small_data / "splits.parquet"
     model = tmp_path / "model"
-    code, _, err = cli(capsys, "train", "--manifest", manifest, "--splits", splits, "--exclude", HELD_OUT,
+    code, _, err = cli(capsys, "train", "--manifest", manifest, "--splits", splits, "--target", HELD_OUT,
                        "--out", model, "--quiet", "--no-track", "--workers", 1, "--set", "distributed.mode=sync", *tiny_sets())
     assert code == 0, err
     meta = json.loads((model / "meta.json").read_text())
@@ -307,7 +307,7 @@ def test_a_changed_image_is_refused_by_its_hash(small_real_copy, tmp_path, capsy
     assert ingest(capsys, small_real_copy, out)[0] == 0
     victim = sorted((small_real_copy / "kolektor" / "train" / "good").iterdir())[3]
     Image.open(victim).transpose(Image.Transpose.FLIP_LEFT_RIGHT).save(victim)
-    code, _, err = cli(capsys, "train", "--manifest", out / "manifest.parquet", "--exclude", HELD_OUT,
+    code, _, err = cli(capsys, "train", "--manifest", out / "manifest.parquet", "--target", HELD_OUT,
                        "--out", tmp_path / "m", "--quiet", "--no-track", *tiny_sets())
     one_error_line(code, err, victim.name, "sha256 differs")
     assert not (tmp_path / "m").exists()

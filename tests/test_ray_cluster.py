@@ -97,7 +97,7 @@ def head(tmp_path_factory, ray_token):
 
 
 def fsad_args(data, out, *extra):
-    return ["train", "--data", str(data), "--exclude", HELD_OUT, "--out", str(out), "--quiet", "--no-track", *extra]
+    return ["train", "--data", str(data), "--target", HELD_OUT, "--out", str(out), "--quiet", "--no-track", *extra]
 
 
 def test_killed_driver_resumes_to_identical_weights(head, small_real_root, tmp_path):
@@ -220,7 +220,7 @@ def test_ray_job_run_lands_in_the_tracking_server(head, working_dir, tracking_se
     from orchestrator.tracking.server import client_for
 
     out = tmp_path / "job_model"
-    proc = submit(head, working_dir, "train", "--data", str(small_real_root), "--exclude", HELD_OUT, "--out", str(out), "--quiet",
+    proc = submit(head, working_dir, "train", "--data", str(small_real_root), "--target", HELD_OUT, "--out", str(out), "--quiet",
                   "--workers", "1", "--address", "auto", "--tracking-uri", tracking_server.url,
                   *tiny_sets(train__episodes=4), env_vars={"XDG_CACHE_HOME": str(tmp_path / "cache")})
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
@@ -243,7 +243,7 @@ def test_ray_job_refuses_a_sqlite_store_in_its_temporary_copy(head, working_dir,
     """Without --tracking-uri a job would create sqlite:///mlflow.db inside Ray's copy of the working
     directory, deleted after the job: the job fails at once with one line naming --tracking-uri."""
     out = tmp_path / "job_model"
-    proc = submit(head, working_dir, "train", "--data", str(small_real_root), "--exclude", HELD_OUT, "--out", str(out), "--quiet",
+    proc = submit(head, working_dir, "train", "--data", str(small_real_root), "--target", HELD_OUT, "--out", str(out), "--quiet",
                   "--workers", "1", "--address", "auto", *tiny_sets(train__episodes=4),
                   env_vars={"FSAD_TRACKING": "1"})
     output = proc.stdout + proc.stderr

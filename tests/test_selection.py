@@ -15,7 +15,7 @@ from orchestrator.cli import main
 
 def test_selection_keeps_the_best_validation_checkpoint_and_never_trains_on_it(small_real_root, tmp_path, capsys):
     out = tmp_path / "model"
-    code = main(["train", "--data", str(small_real_root), "--exclude", HELD_OUT, "--out", str(out), "--quiet",
+    code = main(["train", "--data", str(small_real_root), "--target", HELD_OUT, "--out", str(out), "--quiet",
                  *tiny_sets(train__episodes=4, train__val_every=2, train__val_images=6, eval__shots=2,
                             train__rank_weight=0.1),
                  "--set", "train.val_categories=[kolektor]", "--set", "inpaint.kinds=[noise,cutpaste,blend]"])
@@ -36,7 +36,7 @@ def test_selection_keeps_the_best_validation_checkpoint_and_never_trains_on_it(s
 
 def test_target_is_never_a_validation_category(small_real_root, tmp_path):
     out = tmp_path / "model"
-    code = main(["train", "--data", str(small_real_root), "--exclude", HELD_OUT, "--out", str(out), "--quiet",
+    code = main(["train", "--data", str(small_real_root), "--target", HELD_OUT, "--out", str(out), "--quiet",
                  *tiny_sets(train__episodes=2), "--set", f"train.val_categories=[{HELD_OUT}]"])
     assert code == 0
     meta = json.loads((out / "meta.json").read_text())
@@ -44,7 +44,7 @@ def test_target_is_never_a_validation_category(small_real_root, tmp_path):
 
 
 def test_unknown_validation_category_is_a_one_line_error(small_real_root, tmp_path, capsys):
-    code = main(["train", "--data", str(small_real_root), "--exclude", HELD_OUT, "--out", str(tmp_path / "m"),
+    code = main(["train", "--data", str(small_real_root), "--target", HELD_OUT, "--out", str(tmp_path / "m"),
                  "--quiet", *tiny_sets(), "--set", "train.val_categories=[nosuch]"])
     assert code == 2
     err = capsys.readouterr().err.strip().splitlines()
@@ -83,7 +83,7 @@ def test_unknown_corruption_is_rejected():
 
 def test_a_validation_category_is_not_a_held_out_target(small_real_root, tmp_path, capsys):
     model = tmp_path / "model"
-    assert main(["train", "--data", str(small_real_root), "--exclude", HELD_OUT, "--out", str(model), "--quiet",
+    assert main(["train", "--data", str(small_real_root), "--target", HELD_OUT, "--out", str(model), "--quiet",
                  *tiny_sets(train__episodes=2, train__val_every=1, train__val_images=4, eval__shots=2),
                  "--set", "train.val_categories=[kolektor]"]) == 0
     capsys.readouterr()
@@ -95,7 +95,7 @@ def test_a_validation_category_is_not_a_held_out_target(small_real_root, tmp_pat
 
 
 def test_selection_with_ray_workers_is_refused_in_one_line(small_real_root, tmp_path, capsys):
-    code = main(["train", "--data", str(small_real_root), "--exclude", HELD_OUT, "--out", str(tmp_path / "m"),
+    code = main(["train", "--data", str(small_real_root), "--target", HELD_OUT, "--out", str(tmp_path / "m"),
                  "--quiet", "--workers", "2", *tiny_sets(), "--set", "train.val_categories=[kolektor]"])
     assert code == 2
     err = capsys.readouterr().err.strip().splitlines()

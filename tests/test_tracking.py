@@ -63,7 +63,7 @@ def trained(store, data_with_manifest, tmp_path_factory):
     from orchestrator.cli import main
 
     out = tmp_path_factory.mktemp("tracked_model") / "model"
-    code = main(["train", "--data", str(data_with_manifest), "--exclude", HELD_OUT, "--out", str(out), "--quiet",
+    code = main(["train", "--data", str(data_with_manifest), "--target", HELD_OUT, "--out", str(out), "--quiet",
                  "--tracking-uri", store["uri"], *tiny_sets(train__episodes=4)])
     assert code == 0
     info = json.loads((out / "tracking.json").read_text())
@@ -136,7 +136,7 @@ def test_untracked_by_default_in_tests_leaves_no_database(small_real_root, tmp_p
     monkeypatch.chdir(tmp_path)
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     assert os.environ.get("FSAD_TRACKING") == "0"
-    code = main(["train", "--data", str(small_real_root), "--exclude", HELD_OUT, "--out", "m", "--quiet",
+    code = main(["train", "--data", str(small_real_root), "--target", HELD_OUT, "--out", "m", "--quiet",
                  *tiny_sets(train__episodes=1)])
     assert code == 0
     assert not (tmp_path / "mlflow.db").exists() and not (tmp_path / "mlflow-spool").exists()
@@ -161,14 +161,14 @@ def test_a_ray_jobs_temporary_working_directory_is_no_place_for_runs(small_real_
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
     out = tmp_path / "model"
     for given in ([], ["--tracking-uri", "sqlite:///runs.db"]):
-        code = main(["train", "--data", str(small_real_root), "--exclude", HELD_OUT, "--out", str(out), "--quiet",
+        code = main(["train", "--data", str(small_real_root), "--target", HELD_OUT, "--out", str(out), "--quiet",
                      *given, *tiny_sets(train__episodes=1)])
         err = capsys.readouterr().err
         lines = [line for line in err.splitlines() if line.strip()]
         assert code == 2 and len(lines) == 1 and lines[0].startswith("fsad: error: "), err
         assert "--tracking-uri" in lines[0] and "temporary copy" in lines[0] and "_ray_pkg_0123abcd" in lines[0]
     assert not out.exists() and sorted(p.name for p in job_dir.iterdir()) == []
-    code = main(["train", "--data", str(small_real_root), "--exclude", HELD_OUT, "--out", "model", "--quiet",
+    code = main(["train", "--data", str(small_real_root), "--target", HELD_OUT, "--out", "model", "--quiet",
                  "--no-track", *tiny_sets(train__episodes=1)])
     err = capsys.readouterr().err
     assert code == 2 and "--out model" in err and "temporary copy" in err and not (job_dir / "model").exists()
@@ -483,7 +483,7 @@ def test_distributed_training_is_tracked_with_staleness_and_throughput(client, s
     from orchestrator.cli import main
 
     out = tmp_path / "ray_model"
-    code = main(["train", "--data", str(data_with_manifest), "--exclude", HELD_OUT, "--out", str(out), "--quiet",
+    code = main(["train", "--data", str(data_with_manifest), "--target", HELD_OUT, "--out", str(out), "--quiet",
                  "--workers", "1", "--tracking-uri", store["uri"], *tiny_sets(train__episodes=3),
                  "--set", "distributed.start_timeout_s=600"])  # actor start-up is slow on a busy 2-core machine
     assert code == 0

@@ -173,7 +173,7 @@ def through_server(server, small_real_root, tmp_path_factory):
         buffer = io.StringIO()
         with contextlib.redirect_stdout(buffer), contextlib.redirect_stderr(buffer):
             codes = [
-                main(["train", "--data", str(small_real_root), "--exclude", HELD_OUT, "--out", str(folder / "m"),
+                main(["train", "--data", str(small_real_root), "--target", HELD_OUT, "--out", str(folder / "m"),
                       "--quiet", "--tracking-uri", uri, *tiny_sets()]),
                 main(["evaluate", "--model", str(folder / "m"), "--data", str(small_real_root), "--target", HELD_OUT,
                       "--shots", "2", "--draws", "1", "--out", str(folder / "e"), "--quiet", "--tracking-uri", uri]),
@@ -330,7 +330,7 @@ def _train_with_outage(monkeypatch, srv, data, out, restart_at: int | None, epis
             srv.start()
 
     monkeypatch.setattr(TrainingTracker, "on_log", on_log)
-    return main(["train", "--data", str(data), "--exclude", HELD_OUT, "--out", str(out), "--quiet",
+    return main(["train", "--data", str(data), "--target", HELD_OUT, "--out", str(out), "--quiet",
                  "--tracking-uri", srv.url, *tiny_sets(train__episodes=episodes)])
 
 

@@ -118,11 +118,11 @@ def test_best_params_round_trip_into_fsad_train(journal_study, small_real_root, 
     assert set(yaml.safe_load((base / "out" / "best_params.yaml").read_text())) == set(yaml.safe_load(
         (REPO / "params.yaml").read_text()))  # params.yaml-shaped: `dvc exp run` takes it as params.yaml
     assert main(["train", "--config", str(base / "out" / "best_params.yaml"), "--data", str(small_real_root),
-                 "--exclude", HELD_OUT, "--out", str(tmp_path / "m"), "--quiet"]) == 0
+                 "--target", HELD_OUT, "--out", str(tmp_path / "m"), "--quiet"]) == 0
     trained = yaml.safe_load((tmp_path / "m" / "config.yaml").read_text())
     assert trained["model"]["tau"] == pytest.approx(best["params"].get("model.tau", cfg.model.tau))
     sets = [a for s in best["set"] for a in ("--set", s)]  # the same values as --set arguments
-    assert main(["train", *tiny_sets(), *sets, "--data", str(small_real_root), "--exclude", HELD_OUT,
+    assert main(["train", *tiny_sets(), *sets, "--data", str(small_real_root), "--target", HELD_OUT,
                  "--out", str(tmp_path / "m2"), "--quiet"]) == 0
 
 

@@ -13,12 +13,14 @@ from orchestrator.commands.distributed_args import (
 )
 from orchestrator.commands.tracking_args import add_tracking_arguments, tracking_uri
 
-HELP = "meta-train a model (Alg. 1), leaving --exclude categories out"
+HELP = "meta-train a model (Alg. 1), leaving the --target categories out"
+RENAMED = {"--exclude": "--target"}  # the old spelling, for one release
 
 
 def add_arguments(p):
-    add_data_arguments(p, "splits.parquet from fsad split: train on the fold of the one --exclude category")
-    p.add_argument("--exclude", action="append", default=[], metavar="CAT", help="held-out category (repeatable)")
+    add_data_arguments(p, "splits.parquet from fsad split: train on the fold of the one --target category")
+    p.add_argument("--target", action="append", default=[], metavar="CAT",
+                   help="held-out (target) category, never trained on (repeatable)")
     p.add_argument("--method", choices=MODEL_KINDS, help="what to train (default: train.method)")
     p.add_argument("--out", required=True, help="model directory to write")
     p.add_argument("--resume", action="store_true", help="continue from the last checkpoint in --out")
@@ -40,8 +42,8 @@ def run(args) -> int:
         read_meta(Path(args.out))  # a damaged meta.json is reported now, not as a traceback mid-resume
     uri = tracking_uri(args)
     extra: dict = {}
-    if args.exclude:
-        extra["data.exclude"] = list(args.exclude)
+    if args.target:
+        extra["data.exclude"] = list(args.target)
     if args.method:
         extra["train.method"] = args.method
     extra.update(distributed_overrides(args))

@@ -56,7 +56,7 @@ def splits_fold(cfg: Config, splits) -> str | None:
     if splits is None:
         return None
     if len(cfg.data.exclude) != 1:
-        raise InputError(f"--splits needs exactly one held-out category (--exclude CAT); got {cfg.data.exclude}")
+        raise InputError(f"--splits needs exactly one held-out category (--target CAT); got {cfg.data.exclude}")
     return cfg.data.exclude[0]
 
 
