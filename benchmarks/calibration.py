@@ -26,9 +26,9 @@ import numpy as np
 import torch
 
 from model.calibration import ESTIMATORS, rates, size_corrected, threshold
-from orchestrator.calibration import held_out_scores
+from orchestrator.evaluation.calibration import held_out_scores
 from orchestrator.config import atomic_write_text, load_config
-from orchestrator.evaluate import load_test_set, make_scorer, score_batches, support_draws, untrained_model
+from orchestrator.evaluation.evaluate import load_test_set, make_scorer, score_batches, support_draws, untrained_model
 
 REPO = Path(__file__).resolve().parents[1]
 TARGETS = (0.01, 0.05)
@@ -126,7 +126,7 @@ def within_two(fpr: float, target: float) -> bool:
 
 
 def figure(tables: dict, path: Path, title: str) -> None:
-    from orchestrator.plots import plt, save_png
+    from orchestrator.reporting.plots import plt, save_png
 
     keys = sorted({key for table in tables.values() for key in table})
     categories = sorted({c for c, _ in keys})

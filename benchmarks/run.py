@@ -21,11 +21,11 @@ from pathlib import Path
 
 import torch
 
-from model.sparse import fista_energy
+from model.ebm.sparse import fista_energy
 from orchestrator.tracking.artifacts import build_model
 from orchestrator.config import load_config
-from orchestrator.evaluate import make_scorer, score_batches
-from orchestrator.loo import method_means, results_table, run_loo
+from orchestrator.evaluation.evaluate import make_scorer, score_batches
+from orchestrator.evaluation.loo import method_means, results_table, run_loo
 from orchestrator.train import episode_step, load_normals
 from workers.episodes import EpisodeSampler
 

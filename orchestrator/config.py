@@ -18,11 +18,11 @@ from typing import Any, Iterator, get_args, get_origin, get_type_hints
 import yaml
 from PIL import Image
 
-from model.backbone import BackboneSpec
-from model.energy import MAP_MODES, SparseSpec
+from model.ebm.backbone import BackboneSpec
+from model.ebm.energy import MAP_MODES, SparseSpec
 from model.errors import InputError
-from model.inpaint import CORRUPTIONS
-from model.langevin import validate_langevin
+from model.ebm.inpaint import CORRUPTIONS
+from model.ebm.langevin import validate_langevin
 from model.methods import METHODS  # the evaluation methods, registered once in model/methods/
 from workers.data.images import DEFAULT_MAX_PIXELS
 from workers.episodes import AUGMENT_MODES
@@ -177,7 +177,7 @@ class ExperimentsConfig:
     video_draws: int = 5
     video_test_every: int = 2  # score every n-th test frame (1: all, as the paper)
     video_train_every: int = 1  # use every n-th training frame of a scene
-    video_temporal: bool = False  # App. B.4: add a frame-difference cue (see orchestrator/video.py)
+    video_temporal: bool = False  # App. B.4: add a frame-difference cue (see orchestrator/evaluation/video.py)
 
 
 # Named budgets for `experiments.profile`: overrides applied on top of the file, under command-line --set.
@@ -506,7 +506,7 @@ def validate(cfg: Config) -> None:
     check_fpr(cfg.eval.fpr, "eval.fpr")
     if cfg.eval.calibration not in ESTIMATORS:
         raise InputError(f"eval.calibration={cfg.eval.calibration!r}: expected one of {', '.join(ESTIMATORS)}")
-    from orchestrator.calibration import AUGMENTS
+    from orchestrator.evaluation.calibration import AUGMENTS
 
     for kind in cfg.eval.calibration_augment:
         if kind not in AUGMENTS:

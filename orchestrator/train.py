@@ -15,7 +15,7 @@ from typing import Any, Callable
 import torch
 from tqdm import tqdm
 
-from model.energy import AdaptiveEBM
+from model.ebm.energy import AdaptiveEBM
 from model.errors import InputError
 from orchestrator.tracking.artifacts import build_model, META, model_writers, resolve_device, STATE, WEIGHTS
 from model.methods import MAML_AE

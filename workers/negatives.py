@@ -24,11 +24,11 @@ from typing import Callable
 import torch
 import torch.nn as nn
 
-from model.energy import AdaptiveEBM, participation_ratio
+from model.ebm.energy import AdaptiveEBM, participation_ratio
 from model.errors import InputError
-from model.langevin import langevin, validate_langevin
+from model.ebm.langevin import langevin, validate_langevin
 from model.losses import contrastive_divergence, energy_regularizer, reconstruction_loss, total_loss
-from model.sparse import TaskDictionary
+from model.ebm.sparse import TaskDictionary
 from workers.episodes import Episode
 
 

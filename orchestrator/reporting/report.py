@@ -30,8 +30,8 @@ import numpy as np  # noqa: E402
 from model.errors import InputError  # noqa: E402
 from model.methods import MAML_AE, MODEL_KINDS, OURS, REGISTRY  # noqa: E402
 from orchestrator.config import ABLATIONS, PROFILES, Config, atomic_write_text  # noqa: E402
-from orchestrator.evaluate import METRIC_NAMES  # noqa: E402
-from orchestrator.plots import save_png  # noqa: E402
+from orchestrator.evaluation.evaluate import METRIC_NAMES  # noqa: E402
+from orchestrator.reporting.plots import save_png  # noqa: E402
 
 METRIC_LABELS = {"image_auroc": "image AUROC", "pixel_auroc": "pixel AUROC", "pro": "PRO", "miou": "mIoU"}
 METHOD_LABELS = {m.name: m.label for m in REGISTRY}
@@ -418,7 +418,7 @@ def render(data: dict, cfg: Config, figures: dict[str, str], command: str) -> st
     profile = cfg.experiments.profile
     lines = [
         "# Results: reproducing Few-Shot Fast-Adaptive Anomaly Detection (Wang et al., NeurIPS 2022)", "",
-        f"Written by `{command}` (orchestrator/report.py) from the outputs of `{PIPELINE_COMMAND}`. "
+        f"Written by `{command}` (orchestrator/reporting/report.py) from the outputs of `{PIPELINE_COMMAND}`. "
         f"**Profile: `{profile}`** (`experiments.profile` in params.yaml"
         + (f"; overrides {PROFILES[profile]}" if PROFILES[profile] else "; the defaults of params.yaml") + "). ",
         f"Budget: {cfg.train.episodes} meta-training episodes per model, {cfg.data.image_size}×{cfg.data.image_size} px, "
