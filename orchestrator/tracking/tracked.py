@@ -244,7 +244,8 @@ def tracked_video(cfg: Config, target: str, out, image_source=None, progress: bo
     """`run_video` inside one MLflow run "video <scene>": the resolved config as params, the training loss
     per episode, frame AUROC mean/std per K, the frames' data hash as a tag, and metrics.json, scores.csv,
     the score-over-time picture and the model directory as artifacts."""
-    from orchestrator.reporting.report import fig_video, read_scores
+    from orchestrator.reporting.figures import fig_video
+    from orchestrator.reporting.results import read_scores
     from orchestrator.evaluation.video import load_target, run_video
 
     if uri is None:
