@@ -78,7 +78,8 @@ def parity(data: Path, device: str) -> dict:
     from orchestrator.tracking.artifacts import build_model
     from orchestrator.config import load_config
     from orchestrator.evaluation.evaluate import load_test_set
-    from orchestrator.train import episode_step, load_normals
+    from orchestrator.training.inputs import load_normals
+    from orchestrator.training.learner import episode_step
     from workers.episodes import EpisodeSampler
 
     cfg = load_config(None, [])
@@ -112,7 +113,7 @@ def full_budget_loo(data: Path, work: Path, episodes: int, deadline: float, log,
     """ours + kNN per held-out target at `episodes` episodes on CUDA; K = 1, 5, 10, 5 seeded draws each."""
     from orchestrator.config import load_config
     from orchestrator.evaluation.evaluate import evaluate
-    from orchestrator.train import train
+    from orchestrator.training.loop import train
 
     rows = []
     for target in targets:

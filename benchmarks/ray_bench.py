@@ -28,10 +28,10 @@ sys.path.insert(0, str(REPO))
 from benchmarks.fixtures import REAL_ROOT, copy_small  # noqa: E402
 from orchestrator.tracking.artifacts import build_model  # noqa: E402
 from orchestrator.config import load_config  # noqa: E402
-from orchestrator.learner import Learner, step_spec  # noqa: E402
-from orchestrator.train import train  # noqa: E402
+from orchestrator.training.learner import Learner, step_spec  # noqa: E402
+from orchestrator.training.loop import train  # noqa: E402
 from workers.episode_worker import EpisodeWorker  # noqa: E402
-from workers.negatives import LangevinWorker  # noqa: E402
+from workers.langevin_worker import LangevinWorker  # noqa: E402
 
 CATEGORIES = ("juice_bottle", "kolektor", "tire")
 
@@ -109,7 +109,7 @@ def run_in_process(cfg, data, out, threads: int) -> dict[str, float]:
 def run_ray(cfg, data, out) -> dict[str, float]:
     import ray
 
-    from orchestrator.distributed import train_distributed
+    from orchestrator.training.loop import train_distributed
 
     peak = StorePeak()
     peak.start()

@@ -26,7 +26,8 @@ from orchestrator.tracking.artifacts import build_model
 from orchestrator.config import load_config
 from orchestrator.evaluation.evaluate import make_scorer, score_batches
 from orchestrator.evaluation.loo import method_means, results_table, run_loo
-from orchestrator.train import episode_step, load_normals
+from orchestrator.training.inputs import load_normals
+from orchestrator.training.learner import episode_step
 from workers.episodes import EpisodeSampler
 
 BENCH_ABLATIONS = ("l3", "sigshrink", "istc")  # the rest (J, noise_init) are in docs/results.md

@@ -74,7 +74,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    from orchestrator.train import TrainingDiverged
+    from orchestrator.training.loop import TrainingDiverged
     from workers.data.images import max_pixels, set_max_pixels
 
     limit = max_pixels()  # a verb sets data.max_pixels for itself; callers in this process keep theirs

@@ -204,7 +204,7 @@ class TrackingConfig:
 
 @dataclass
 class DistributedConfig:
-    """Ray meta-training (`fsad train --workers N`); see orchestrator/distributed.py and docs/cluster.md."""
+    """Ray meta-training (`fsad train --workers N`); see orchestrator/training/remote.py and docs/cluster.md."""
 
     workers: int = 2  # Langevin workers (Ray actors)
     episode_workers: int = 1  # episode workers, each loading a shard of the categories

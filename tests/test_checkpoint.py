@@ -1,4 +1,4 @@
-"""Crash-consistent checkpoints (orchestrator/checkpoint.py).
+"""Crash-consistent checkpoints (orchestrator/training/checkpoint.py).
 
 Training is SIGKILLed at each step of a checkpoint save (FSAD_CRASH_AT: deterministic, no timing), then
 `--resume`d: the final weights are bit-identical to an uninterrupted run and no temporary is left.

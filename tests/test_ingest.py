@@ -287,6 +287,21 @@ def test_train_and_evaluate_read_the_manifest_and_splits(small_data, tmp_path, c
     one_error_line(code, err, "--splits needs --manifest")
 
 
+def test_train_with_workers_reads_the_manifest_and_splits(small_data, tmp_path, capsys):
+    """--workers used to drop --manifest/--splits silently and train on the folder; now the Ray run reads
+    the fold of the held-out category from the manifest, as the in-process run does."""
+    manifest, splits = small_data / "manifest.parquet", small_data / "splits.parquet"
+    model = tmp_path / "model"
+    code, _, err = cli(capsys, "train", "--manifest", manifest, "--splits", splits, "--exclude", HELD_OUT,
+                       "--out", model, "--quiet", "--no-track", "--workers", 1, "--set", "distributed.mode=sync", *tiny_sets())
+    assert code == 0, err
+    meta = json.loads((model / "meta.json").read_text())
+    assert meta["manifest_sha256"] == read_manifest(manifest).content_sha256
+    assert meta["splits_sha256"] == read_splits(splits).content_sha256
+    assert meta["manifest"] == str(manifest)
+    assert meta["train_categories"] == ["juice_bottle", "kolektor"]
+
+
 def test_a_changed_image_is_refused_by_its_hash(small_real_copy, tmp_path, capsys):
     out = tmp_path / "data"
     assert ingest(capsys, small_real_copy, out)[0] == 0

@@ -8,18 +8,11 @@ from __future__ import annotations
 import ast
 from pathlib import Path
 
-import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 SCANNED = ("model", "workers", "orchestrator", "pipelines", "benchmarks")
 REPO_MODULES = (*SCANNED, "tests")
 
-# Offenders in modules another part of issue 13 is rewriting right now (training: distributed.py goes into
-# orchestrator/training/). Its rewrite drops them; the strict test below keeps new ones out meanwhile, and
-# the xfail test passes once the list is empty (then drop the xfail and PENDING).
-PENDING = {
-    ("orchestrator/distributed.py", "orchestrator.train", "_prepare_out"),
-}
 
 
 def module_name(path: Path) -> str:
@@ -64,14 +57,9 @@ def offenders() -> set[tuple[str, str, str]]:
     return out
 
 
-@pytest.mark.xfail(strict=False, reason="names in modules other parts of issue 13 are rewriting (PENDING)")
 def test_no_module_imports_another_modules_private_names():
-    assert not offenders(), sorted(offenders())
-
-
-def test_no_private_import_beyond_the_pending_ones():
-    new = offenders() - PENDING
-    assert not new, f"make these names public where they are defined: {sorted(new)}"
+    found = offenders()
+    assert not found, f"make these names public where they are defined: {sorted(found)}"
 
 
 def test_benchmarks_do_not_import_tests():

@@ -4,6 +4,7 @@ accounting, three SIGKILLed workers, GPU placement, and too many GPUs failing wi
 from __future__ import annotations
 
 import copy
+import json
 import os
 import signal
 import time
@@ -13,10 +14,10 @@ import torch
 
 from model.errors import InputError
 from orchestrator.tracking.artifacts import build_model, load_model_dir
-from orchestrator.distributed import train_distributed
-from orchestrator.learner import Learner, step_spec
-from orchestrator.train import episode_step, load_normals
-from orchestrator.pool import ActorPool
+from orchestrator.training.loop import train, train_distributed
+from orchestrator.training.learner import Learner, episode_step, step_spec
+from orchestrator.training.inputs import load_normals
+from orchestrator.training.cluster import actor_pool
 from tests.conftest import HELD_OUT, SMALL_CATEGORIES
 from workers.episodes import EpisodeSampler
 from tests.test_ray_workers import in_process_update, tiny_config
@@ -50,7 +51,7 @@ def test_sync_update_through_ray_equals_in_process_update(ray_local, small_real_
     torch.manual_seed(0)
     reference = build_model(cfg)
     learner = Learner(copy.deepcopy(reference), cfg.train.lr, cfg.train.grad_clip, step_spec(cfg))
-    pool = ActorPool(cfg, small_real_root, TRAINED_ON)
+    pool = actor_pool(cfg, small_real_root, TRAINED_ON)
     try:
         pool.start()
         pool.broadcast(learner.packet())
@@ -125,7 +126,7 @@ def test_three_sigkilled_workers_do_not_stop_training(ray_local, small_real_root
 def test_fake_gpus_give_workers_distinct_device_ids(ray_local, small_real_root):
     cfg = tiny_config("distributed.workers=2", "distributed.num_gpus_per_worker=1", "distributed.num_cpus_per_worker=0.5",
                       "data.exclude=[tire]")
-    pool = ActorPool(cfg, small_real_root, TRAINED_ON)
+    pool = actor_pool(cfg, small_real_root, TRAINED_ON)
     try:
         infos = pool.start()
     finally:
@@ -139,7 +140,7 @@ def test_fake_gpus_give_workers_distinct_device_ids(ray_local, small_real_root):
 def test_more_gpus_than_the_cluster_has_fails_within_the_timeout(ray_local, small_real_root):
     cfg = tiny_config("distributed.workers=3", "distributed.num_gpus_per_worker=1", "distributed.num_cpus_per_worker=0",
                       "distributed.start_timeout_s=3", "data.exclude=[tire]")
-    pool = ActorPool(cfg, small_real_root, TRAINED_ON)
+    pool = actor_pool(cfg, small_real_root, TRAINED_ON)
     began = time.perf_counter()
     try:
         with pytest.raises(InputError, match=r"not placed within 3s.*1 GPU\) requested, the cluster has .* 2 GPU"):
@@ -147,3 +148,15 @@ def test_more_gpus_than_the_cluster_has_fails_within_the_timeout(ray_local, smal
     finally:
         pool.shutdown()
     assert time.perf_counter() - began < 20
+
+
+def test_an_in_process_checkpoint_resumes_on_ray_workers(ray_local, small_real_root, tmp_path):
+    """One checkpoint format: 4 in-process episodes, then 2 more with a Ray worker from that checkpoint."""
+    cfg = tiny_config("train.episodes=4", "data.exclude=[tire]")
+    train(cfg, small_real_root, tmp_path / "m", progress=False)
+    more = tiny_config("train.episodes=6", "data.exclude=[tire]", "distributed.workers=1", "distributed.mode=sync")
+    summary = train_distributed(more, small_real_root, tmp_path / "m", resume=True, progress=False)
+    c = check_accounting(summary, 6)
+    assert c["issued"] == 6 and c["failed"] == 0
+    meta = json.loads((tmp_path / "m" / "meta.json").read_text())
+    assert meta["episodes_done"] == 6 and [h["episode"] for h in meta["history"]] == list(range(6))

@@ -16,13 +16,13 @@ from model.errors import InputError
 from orchestrator.tracking.artifacts import build_model
 from orchestrator.cli import main
 from orchestrator.config import load_config
-from orchestrator.distributed import episode_plan
-from orchestrator.learner import Learner, step_spec
-from orchestrator.pool import resolve_address
-from orchestrator.train import episode_step
+from orchestrator.training.scheduler import episode_plan
+from orchestrator.training.learner import Learner, episode_step, step_spec
+from orchestrator.training.cluster import resolve_address
 from tests.conftest import HELD_OUT, REPO, SMALL_CATEGORIES, TINY, tiny_sets
 from workers.episode_worker import EpisodeWorker
-from workers.negatives import LangevinWorker, episode_loss
+from model.objective import episode_loss
+from workers.langevin_worker import LangevinWorker
 
 TRAINED_ON = sorted(c for c in SMALL_CATEGORIES if c != HELD_OUT)
 
@@ -32,7 +32,7 @@ def tiny_config(*extra: str):
 
 
 def in_process_update(model, episode, cfg, seed):
-    """orchestrator/train.py's update: episode_step, backward, clip, one Adam step (fresh Adam)."""
+    """the in-process update (orchestrator/training/learner.py): episode_step, backward, clip, one Adam step (fresh Adam)."""
     optimizer = torch.optim.Adam(model.parameters(), lr=cfg.train.lr)
     generator = torch.Generator().manual_seed(seed)
     result = episode_step(model, episode, cfg, generator, torch.device("cpu"))

@@ -1,6 +1,7 @@
 """Episode worker: loads its shard of training categories, assembles and corrupts episodes on request.
 
-A plain class; orchestrator/pool.py makes it a Ray actor. Episodes are a pure function of
+A plain class; workers/pool.py makes it a Ray actor. Its images come from a folder or a manifest (with a
+splits file: one fold's training rows), as the in-process run's do. Episodes are a pure function of
 (category, seed): the learner draws both per episode index, so a retried or resumed episode is
 bit-identical to the original whichever worker serves it. Images are loaded lazily (first `load` or
 `sample`), so an actor that Ray restarts after a crash reloads its shard by itself.
@@ -11,14 +12,14 @@ import torch
 
 from model.errors import InputError
 from workers.data.images import set_max_pixels
-from workers.data.mvtec import load_category
 from workers.episodes import Episode, EpisodeSampler
+from workers.data.sources import open_source
 
 
 class EpisodeWorker:
     def __init__(
         self,
-        root: str,
+        root: str | None,
         categories: list[str],
         image_size: int,
         shots: int,
@@ -27,22 +28,28 @@ class EpisodeWorker:
         augment: str = "episode",
         corruptions: tuple[str, ...] = ("noise",),
         max_pixels: int | None = None,
+        manifest: str | None = None,
+        splits: str | None = None,
+        fold: str | None = None,
     ):
         if max_pixels is not None:  # this actor's process decodes the images: the config's limit applies here
             set_max_pixels(max_pixels)
         if not categories:
             raise InputError("an episode worker needs at least one category")
-        self.root, self.categories, self.image_size = str(root), list(categories), image_size
+        self.root = None if root is None else str(root)  # None: the manifest's own image root
+        self.categories, self.image_size = list(categories), image_size
         self.shots, self.queries, self.patch_frac, self.augment = shots, queries, tuple(patch_frac), augment
         self.corruptions = tuple(corruptions)  # donors come from the same category (one sampler each)
+        self.manifest, self.splits, self.fold = manifest, splits, fold
         self._samplers: dict[str, EpisodeSampler] | None = None
 
     def load(self) -> dict[str, int]:
         """Decode the shard's train/good images; -> {category: number of normal images}."""
         if self._samplers is None:
             samplers, counts = {}, {}
+            source = open_source(self.root, self.manifest, self.splits, fold=self.fold)
             for category in self.categories:
-                items = load_category(self.root, category, self.image_size, split="train")
+                items = source.load(category, self.image_size, split="train")
                 images = torch.stack([item.image for item in items])  # (N, 3, S, S)
                 counts[category] = images.shape[0]
                 # One sampler per category: the learner, not the worker, picks the task's category.

@@ -1,4 +1,4 @@
-"""`fsad train --workers N --address ...`: the options and the hand-off to orchestrator/distributed.py."""
+"""`fsad train --workers N --address ...`: the options and the hand-off to the training loop with Ray workers."""
 from __future__ import annotations
 
 import argparse
@@ -10,7 +10,7 @@ from model.errors import InputError
 
 def add_distributed_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--workers", type=int, default=None, metavar="N",
-                        help="train on Ray with N Langevin workers (default: the in-process trainer)")
+                        help="train on Ray with N Langevin workers (default: one in-process worker)")
     parser.add_argument("--address", default=None, metavar="ADDR",
                         help="Ray cluster to join: auto, HOST:PORT or ray://HOST:10001 "
                              "(default with --workers: start Ray in-process)")
@@ -21,14 +21,13 @@ def wants_distributed(args: argparse.Namespace) -> bool:
 
 
 def distributed_overrides(args: argparse.Namespace) -> list[str]:
-    """Config overrides from --workers; refuses an in-process --resume of a distributed checkpoint."""
+    """Config overrides from --workers; refuses an in-process --resume of a Ray checkpoint (before tracking)."""
     if args.workers is not None and args.workers < 1:
         raise InputError(f"--workers {args.workers}: expected N >= 1 Langevin workers")
-    if args.resume and not wants_distributed(args):
-        from orchestrator.distributed import checkpoint_is_distributed
+    if args.resume:
+        from orchestrator.training.inputs import refuse_resume_across
 
-        if checkpoint_is_distributed(args.out):
-            raise InputError(f"--resume: {args.out} holds a distributed checkpoint; resume it with --workers N")
+        refuse_resume_across(args.out, wants_distributed(args))
     return [f"distributed.workers={args.workers}"] if args.workers is not None else []
 
 
@@ -43,18 +42,22 @@ def _flat(record: dict) -> dict:
     return out
 
 
-def run_distributed(args: argparse.Namespace, cfg, uri: str | None = None, data_root=None) -> int:
-    """Per-update metrics as JSON lines on stdout (unless --quiet) and, with a tracking URI, to MLflow."""
+def run_distributed(args: argparse.Namespace, cfg, uri: str | None = None, data_root=None, manifest=None,
+                    splits=None) -> int:
+    """Per-update metrics as JSON lines on stdout (unless --quiet) and, with a tracking URI, to MLflow.
+
+    manifest/splits: the images the run trains on, as for the in-process run."""
     from pathlib import Path
 
-    from orchestrator.distributed import train_distributed
+    from orchestrator.training.loop import train_distributed
 
     data_root = args.data if data_root is None else data_root
     tracker = None
-    if uri is not None and Path(data_root).exists():  # bad input fails in training before any run exists
+    exists = Path(data_root).exists() if data_root is not None else manifest is not None and Path(manifest).exists()
+    if uri is not None and exists:  # bad input fails in training before any run exists
         from orchestrator.tracking.tracked import TrainingTracker
 
-        tracker = TrainingTracker(uri, cfg, data_root, args.out, args.resume)
+        tracker = TrainingTracker(uri, cfg, data_root, args.out, args.resume, manifest)
 
     def log(record):
         if not args.quiet:
@@ -64,7 +67,8 @@ def run_distributed(args: argparse.Namespace, cfg, uri: str | None = None, data_
 
     try:
         summary = train_distributed(cfg, data_root, args.out, address=args.address, resume=args.resume,
-                                    progress=not args.quiet and sys.stderr.isatty(), on_log=log)
+                                    progress=not args.quiet and sys.stderr.isatty(), on_log=log,
+                                    manifest=manifest, splits=splits)
     except KeyboardInterrupt:
         if tracker is not None:
             tracker.finish(None, "KILLED")

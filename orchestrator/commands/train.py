@@ -54,7 +54,7 @@ def run(args) -> int:
 
             raise InputError("train.val_categories (checkpoint selection) runs in-process only for now; "
                              "drop --workers or set train.val_categories=[]")
-        return run_distributed(args, cfg, uri, data_root(args))
+        return run_distributed(args, cfg, uri, data_root(args), manifest=args.manifest, splits=args.splits)
     summary = tracked_train(cfg, data_root(args), args.out, resume=args.resume, progress=not args.quiet, uri=uri,
                             manifest=args.manifest, splits=args.splits)
     print(json.dumps({k: summary[k] for k in ("out", "episodes", "seconds", "categories", "run_id") if k in summary}))

@@ -15,11 +15,11 @@ from typing import Any
 from model.errors import InputError
 from orchestrator.tracking.artifacts import META, WEIGHTS
 from model.methods import BY_NAME, METHODS, MODEL_KINDS, OURS
-from orchestrator.checkpoint import has_checkpoint, recover
+from orchestrator.training.checkpoint import has_checkpoint, recover
 from orchestrator.config import ABLATIONS, Config, atomic_write_text, load_config
 from orchestrator.evaluation.evaluate import METRIC_NAMES, format_metric
 from orchestrator.tracking.tracked import tracked_evaluate, tracked_train
-from orchestrator.train import write_initial_model
+from orchestrator.training.inputs import write_initial_model
 from workers.data.mvtec import list_categories
 
 # ABLATIONS (Tables 3-4, Fig. 5, Section 3.3) live beside the config schema: `ours` retrained with one change.

@@ -2,7 +2,7 @@
 
 For a target scene T:
 
-1. **Meta-train** `ours` with the ordinary episodic training (orchestrator.train.train) on every other
+1. **Meta-train** `ours` with the ordinary episodic training (orchestrator.training.loop.train) on every other
    scene's training frames (one task each, ``scene:<name>``) plus every image category of the image
    source (workers.data.video.SceneTaskSource). cfg.data.categories / exclude do not apply here; the model is
    always `ours` (cfg.train.method is ignored). Training frames: every experiments.video_train_every-th.
@@ -54,7 +54,7 @@ from orchestrator.config import Config, atomic_write_text
 from orchestrator.evaluation.evaluate import make_scorer, score_batches, support_draws
 from orchestrator.stages.ingest import MANIFEST
 from orchestrator.stages.pipeline import RESULTS, TRAINED_CONFIG, data_dir, image_root, repo_path
-from orchestrator.train import train
+from orchestrator.training.loop import train
 from workers.data.sources import as_source, open_source
 from workers.data.video import (
     SceneTaskSource,

@@ -22,7 +22,7 @@ from orchestrator.config import ABLATIONS, Config, atomic_write_text, parse_over
 from orchestrator.evaluation.evaluate import METRIC_NAMES, evaluate
 from orchestrator.stages.ingest import MANIFEST
 from orchestrator.stages.pipeline import RESULTS, SPLITS, data_dir, image_root
-from orchestrator.train import train
+from orchestrator.training.loop import train
 
 ABLATION_DIR = RESULTS / "ablations"
 

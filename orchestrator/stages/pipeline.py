@@ -30,7 +30,7 @@ from model.methods import MODEL_KINDS, get_method
 from orchestrator.config import Config, atomic_write_text, load_config
 from orchestrator.evaluation.evaluate import METRIC_NAMES, evaluate
 from orchestrator.stages.ingest import FILES, MANIFEST, ingest, is_local_source, make_splits
-from orchestrator.train import train
+from orchestrator.training.loop import train
 
 PARAMS = "params.yaml"
 SPLITS = "splits.parquet"

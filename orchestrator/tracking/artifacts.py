@@ -5,7 +5,7 @@ A model directory holds
     config.yaml         the resolved config it was trained with
     meta.json           method, training categories, held-out categories, episodes, data root
 and, from training, `state.pt` (optimizer + RNG states, read back with weights_only=True) and
-`checkpoint.json` (the episode and the sha256 of every file: orchestrator/checkpoint.py writes them as one
+`checkpoint.json` (the episode and the sha256 of every file: orchestrator/training/checkpoint.py writes them as one
 unit and `load_model_dir` refuses a directory whose files disagree with it).
 """
 from __future__ import annotations
@@ -22,7 +22,7 @@ from model.ebm.backbone import build_backbone
 from model.ebm.energy import AdaptiveEBM
 from model.errors import InputError
 from model.methods import MAML_AE
-from orchestrator.checkpoint import CONFIG, MANIFEST, META, STATE, WEIGHTS, Writer, verify_model_files  # noqa: F401 - re-exported
+from orchestrator.training.checkpoint import CONFIG, MANIFEST, META, STATE, WEIGHTS, Writer, verify_model_files  # noqa: F401 - re-exported
 from orchestrator.config import Config, config_from_dict, save_config
 
 
@@ -44,7 +44,7 @@ def build_model(cfg: Config) -> torch.nn.Module:
 
 
 def model_writers(model: torch.nn.Module, cfg: Config, meta: dict[str, Any], state: dict[str, Any]) -> dict[str, Writer]:
-    """The files of one checkpoint for orchestrator.checkpoint.save_checkpoint, weights first (the crash
+    """The files of one checkpoint for orchestrator.training.checkpoint.save_checkpoint, weights first (the crash
     hooks name the point after the first file)."""
     tensors = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     return {

@@ -28,7 +28,7 @@ from orchestrator.tracking.data_version import data_version
 from orchestrator.tracking.runs import TrackedRun
 from orchestrator.tracking.server import uri_key
 from orchestrator.tracking.spool import spool_root, synced_run_id
-from orchestrator.train import train
+from orchestrator.training.loop import train
 
 TRACKING_FILE = "tracking.json"
 

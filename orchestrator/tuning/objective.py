@@ -176,7 +176,7 @@ class Objective:
         self.sets = load_validation(self.plan, self.cfg)
 
     def __call__(self, trial: optuna.Trial) -> float:
-        from orchestrator.train import TrainingDiverged, train
+        from orchestrator.training.loop import TrainingDiverged, train
 
         params = suggest(trial, self.cfg)
         trial.set_user_attr("worker", f"{socket.gethostname()}:{os.getpid()}")  # which process ran it

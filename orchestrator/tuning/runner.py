@@ -192,7 +192,7 @@ class KilledTrialRuns:
 
 
 def _connect(address: str | None, parallel: int, cfg: Config) -> bool:
-    from orchestrator.pool import connect
+    from orchestrator.training.cluster import connect
 
     c = copy.deepcopy(cfg)
     c.distributed.workers, c.distributed.num_cpus_per_worker = parallel, 1.0
@@ -204,7 +204,7 @@ def _run_round(spec: TrialSpec, need: int, parallel: int) -> None:
     """Split `need` trials over up to `parallel` Ray tasks sharing the storage."""
     import ray
 
-    from orchestrator.pool import input_error_of
+    from workers.pool import input_error_of
 
     quotas = [need // parallel + (1 if i < need % parallel else 0) for i in range(min(parallel, need))]
     task = ray.remote(num_cpus=1, max_retries=0)(run_trials)

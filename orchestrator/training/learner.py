@@ -1,19 +1,24 @@
-"""Central learner: owns θ and Adam, applies one episode's contribution per update, versions the weights.
+"""The learner: owns θ and Adam, applies one episode's contribution per update, versions the weights.
 
-The update is the in-process trainer's (orchestrator/train.py): gradient of one episode's loss, global
-norm clipped to train.grad_clip, one Adam step. The gradient arrives either ready-made from a Langevin
-worker (default mode) or is computed here from the worker's negatives (`detach_rec`, see
-workers/negatives.py). Every applied update increments `version`; `packet()` is θ at that version.
+One update rule for every worker set (orchestrator/training/loop.py): gradient of one episode's loss,
+global norm clipped to train.grad_clip, one Adam step. The gradient comes from a loss computed on the
+learner's own model (the in-process workers, `apply_loss`), ready-made from a Ray Langevin worker
+(`apply` of a WorkResult with grads), or from a worker's negatives (`detach_rec`, `apply_negatives`).
+maml_ae's outer step goes through `apply_maml`. Every applied update increments `version`; `packet()` is
+θ at that version.
 """
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 
+from model.objective import EpisodeLoss, StepSpec, episode_loss, episode_losses
 from orchestrator.config import Config
 from workers.episodes import Episode
-from workers.negatives import StepSpec, WeightsPacket, WorkResult, episode_losses
+from workers.langevin_worker import WeightsPacket, WorkResult
 
 
 def step_spec(cfg: Config) -> StepSpec:
@@ -27,6 +32,22 @@ def step_spec(cfg: Config) -> StepSpec:
         detach_rec=cfg.train.detach_rec,
         rank_weight=cfg.train.rank_weight,
     )
+
+
+def episode_step(
+    model: torch.nn.Module, episode: Episode, cfg: Config, generator: torch.Generator | None, device: torch.device
+) -> EpisodeLoss:
+    """Alg. 1 lines 7-9 for one episode: dictionary, Langevin negatives, L = η₀L_rec + η₁L_cd."""
+    return episode_loss(model, episode, step_spec(cfg), generator, device)
+
+
+@dataclass
+class Update:
+    """One applied update (what a worker set yields to the loop): the episode's category and loss terms."""
+
+    category: str
+    stats: dict[str, float]
+    detail: dict[str, Any] = field(default_factory=dict)  # worker-set facts for the log record
 
 
 class NonFiniteLoss(RuntimeError):
@@ -54,6 +75,26 @@ class Learner:
             torch.nn.utils.clip_grad_norm_(self.params, self.grad_clip)
         self.optimizer.step()
         self.version += 1
+
+    def apply_loss(self, result: EpisodeLoss) -> dict[str, float]:
+        """One update from a loss on this learner's own model (the in-process workers)."""
+        if not math.isfinite(float(result.loss.detach())):
+            raise NonFiniteLoss(result.stats)
+        self.optimizer.zero_grad(set_to_none=True)
+        result.loss.backward()
+        self._step()
+        return result.stats
+
+    def apply_maml(self, episode: Episode, inner_steps: int, inner_lr: float) -> dict[str, float]:
+        """maml_ae's outer step (its own inner loop); raises NonFiniteLoss after a non-finite step."""
+        from model.maml_ae import meta_train_step
+
+        stats = meta_train_step(self.model, self.optimizer, episode.support.to(self.device),
+                                episode.queries.to(self.device), inner_steps, inner_lr)
+        self.version += 1
+        if not math.isfinite(stats["loss"]):
+            raise NonFiniteLoss(stats)
+        return stats
 
     def apply(self, result: WorkResult, episode: Episode | None = None) -> dict[str, float]:
         """One update from a worker's result; -> the episode's loss terms. Raises NonFiniteLoss."""

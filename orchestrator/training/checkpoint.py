@@ -1,7 +1,7 @@
-"""Crash-consistent training checkpoints, shared by both trainers (orchestrator/train.py, distributed.py).
+"""Crash-consistent training checkpoints of the one training loop (orchestrator/training/loop.py).
 
 A checkpoint is one unit: the model directory's files (weights, config, meta), the resume state
-(optimizer, RNG states, counters in `state.pt`) and any extra file (the distributed trainer's
+(optimizer, RNG states, counters in `state.pt`) and any extra file (a Ray run's
 metrics.jsonl) always belong to the same episode. Saving takes three steps:
 
 1. write:   every file into a new folder `<out>/.checkpoint-<episode>.<random>.tmp/`, each fsynced, then
@@ -41,7 +41,7 @@ WEIGHTS = "model.safetensors"
 CONFIG = "config.yaml"
 META = "meta.json"
 STATE = "state.pt"
-METRICS = "metrics.jsonl"  # the distributed trainer's per-update records
+METRICS = "metrics.jsonl"  # a Ray run's per-update records
 MANIFEST = "checkpoint.json"
 FORMAT = 1
 COMMITTED = re.compile(r"^\.checkpoint-(\d+)$")

@@ -1,0 +1,119 @@
+"""The episode loss of Alg. 1 (lines 7-9, Eqs. 10-12) as pure functions of θ, one episode and a spec.
+
+What every trainer differentiates: the in-process run applies it through the learner's own model, a
+Langevin worker (workers/langevin_worker.py) on its private copy, and the learner re-evaluates L_cd from a
+worker's negatives with `episode_losses` (detach_rec). One composition, so the updates agree.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol
+
+import torch
+
+from model.ebm.energy import AdaptiveEBM, participation_ratio
+from model.ebm.langevin import langevin, validate_langevin
+from model.losses import contrastive_divergence, energy_regularizer, reconstruction_loss, total_loss
+from model.ebm.sparse import TaskDictionary
+
+
+class EpisodeTensors(Protocol):
+    """What the loss reads from an episode (workers.episodes.Episode has these)."""
+
+    support: torch.Tensor  # (K, C, S, S)
+    queries: torch.Tensor  # (M, C, S, S)
+    corrupted: torch.Tensor  # (M, C, S, S)
+
+
+@dataclass(frozen=True)
+class StepSpec:
+    """The loss and Langevin settings of one episode (plain values: model/ and workers/ import no orchestrator)."""
+
+    steps: int  # J
+    step_size: float  # β
+    noise_scale: float
+    eta_rec: float = 1.0  # η₀
+    eta_cd: float = 1.0  # η₁
+    reg_weight: float = 0.0
+    detach_rec: bool = False  # True: workers ship negatives, the learner computes L_cd
+    rank_weight: float = 0.0  # weight of −log(participation ratio of the support atoms): keeps Ψ from collapsing
+
+    def __post_init__(self) -> None:
+        validate_langevin(self.steps, self.step_size, self.noise_scale)
+
+
+@dataclass
+class EpisodeLoss:
+    loss: torch.Tensor  # () differentiable w.r.t. θ
+    stats: dict[str, float]
+
+
+def sample_negatives(
+    model: AdaptiveEBM,
+    dictionary: TaskDictionary,
+    corrupted: torch.Tensor,
+    spec: StepSpec,
+    generator: torch.Generator | None,
+) -> torch.Tensor:
+    """LD(q̂): J Langevin steps from the corrupted queries (M, C, H, W) -> negatives (M, C, H, W).
+
+    With detach_rec=False the chain stays differentiable w.r.t. θ (create_graph)."""
+    return langevin(
+        lambda x: model.energy(x, dictionary),
+        corrupted,
+        spec.steps,
+        spec.step_size,
+        spec.noise_scale,
+        generator=generator,
+        create_graph=not spec.detach_rec,
+    )
+
+
+def episode_losses(
+    model: AdaptiveEBM,
+    dictionary: TaskDictionary,
+    queries: torch.Tensor,
+    corrupted: torch.Tensor,
+    negatives: torch.Tensor,
+    spec: StepSpec,
+) -> EpisodeLoss:
+    """Eqs. 10-12 from the negatives: L = η₀·MSE(LD(q̂), q) + η₁·(E(q) − E(sg[LD(q̂)])) (+ reg)."""
+    pos_energy = model.energy(queries, dictionary)  # (M,)
+    # Contrastive divergence treats negatives as samples: no gradient through the chain (Eq. 3).
+    neg_energy = model.energy(negatives.detach(), dictionary)  # (M,)
+    l_cd = contrastive_divergence(pos_energy, neg_energy)
+    l_rec = reconstruction_loss(negatives, queries)
+    reg = energy_regularizer(pos_energy, neg_energy)
+    loss = total_loss(l_rec, l_cd, spec.eta_rec, spec.eta_cd, reg, spec.reg_weight)
+    # Effective rank of the support features (the atoms, (m, A) -> rows (A, m)); meta-training that lowers
+    # it collapses Ψ onto a few directions, and every category then looks alike to the dictionary.
+    support_rank = participation_ratio(dictionary.atoms.transpose(0, 1))
+    if spec.rank_weight:
+        loss = loss - spec.rank_weight * support_rank.log()
+    start_rec = reconstruction_loss(corrupted, queries)
+    with torch.no_grad():  # the chain should lower the corrupted query's energy (inpainting): > 0 is good
+        chain_energy_drop = model.energy(corrupted, dictionary.detach()) - neg_energy.detach()  # (M,)
+    stats = {
+        "loss": float(loss.detach()),
+        "l_rec": float(l_rec.detach()),
+        "l_cd": float(l_cd.detach()),
+        "reg": float(reg.detach()),
+        "pos_energy": float(pos_energy.detach().mean()),
+        "neg_energy": float(neg_energy.detach().mean()),
+        "inpaint_gain": float(start_rec - l_rec.detach()),  # > 0: Langevin moved towards the query
+        "chain_energy_drop": float(chain_energy_drop.mean()),
+        "support_rank": float(support_rank.detach()),
+    }
+    return EpisodeLoss(loss, stats)
+
+
+def episode_loss(
+    model: AdaptiveEBM, episode: EpisodeTensors, spec: StepSpec, generator: torch.Generator | None, device: torch.device
+) -> EpisodeLoss:
+    """Alg. 1 lines 7-9 for one episode: dictionary, Langevin negatives, L = η₀L_rec + η₁L_cd."""
+    support = episode.support.to(device)  # (K, C, S, S)
+    queries = episode.queries.to(device)  # (M, C, S, S)
+    corrupted = episode.corrupted.to(device)  # (M, C, S, S)
+    dictionary = model.build_dictionary(support)  # gradient flows into θ through D too
+    negatives = sample_negatives(model, dictionary, corrupted, spec, generator)  # (M, C, S, S)
+    return episode_losses(model, dictionary, queries, corrupted, negatives, spec)
