@@ -27,8 +27,9 @@ import torch
 
 from model.calibration import ESTIMATORS, rates, size_corrected, threshold
 from orchestrator.evaluation.calibration import held_out_scores
-from orchestrator.config import atomic_write_text, load_config
+from orchestrator.config import load_config
 from orchestrator.evaluation.evaluate import load_test_set, make_scorer, score_batches, support_draws, untrained_model
+from workers.files import atomic_write_text
 
 REPO = Path(__file__).resolve().parents[1]
 TARGETS = (0.01, 0.05)
@@ -69,7 +70,7 @@ def run_draw(scorer, support, images, batch_size) -> dict:
 
 def measure(data: Path, out: Path, categories: list[str], shots: int, draws: int, max_normal: int,
             max_anomalous: int, cached_only: bool = False) -> dict:
-    cfg = load_config(None, [])
+    cfg = load_config()
     model = untrained_model(cfg)
     results = {}
     for category in categories:
@@ -240,7 +241,7 @@ def main(argv=None) -> int:
     results = measure(data, Path(args.out), categories, args.shots, args.draws, args.max_normal, args.max_anomalous,
                       args.cached_only)
     minutes = sum(rec.get("seconds", 0.0) for rec in results.values()) / 60
-    cfg = load_config(None, [])
+    cfg = load_config()
     estimator, kinds = cfg.eval.calibration, cfg.eval.calibration_augment
     correction = args.size_correction = cfg.eval.calibration_size_correction
     tables = {t: evaluate_rates(results, estimator, kinds, t, correction) for t in TARGETS}

@@ -76,13 +76,13 @@ def prepare(out: Path, size: int) -> dict:
 def parity(data: Path, device: str) -> dict:
     """The same weights and images on CPU and CUDA: scores, maps and one training loss agree to float32 rounding."""
     from orchestrator.tracking.artifacts import build_model
-    from orchestrator.config import load_config
+    from orchestrator.config import load_config, parse_overrides
     from orchestrator.evaluation.evaluate import load_test_set
     from orchestrator.training.inputs import load_normals
     from orchestrator.training.learner import episode_step
     from workers.episodes import EpisodeSampler
 
-    cfg = load_config(None, [])
+    cfg = load_config()
     torch.manual_seed(0)
     cpu = build_model(cfg).eval()
     gpu = copy.deepcopy(cpu).to(device).eval()
@@ -96,7 +96,7 @@ def parity(data: Path, device: str) -> dict:
     out["map_max_rel_diff"] = float((m_cpu - m_gpu.cpu()).abs().max() / m_cpu.abs().max())
     out["score_rank_agreement"] = float((s_cpu.argsort() == s_gpu.cpu().argsort()).float().mean())
     # one training episode: the same episode, Langevin noise off, so only arithmetic differs
-    cfg_quiet = load_config(None, ["langevin.noise_scale=1e-12"])
+    cfg_quiet = load_config(None, parse_overrides(["langevin.noise_scale=1e-12"]))
     normals = load_normals(data, ["juice_bottle", "kolektor"], cfg.data.image_size)
     episode = EpisodeSampler(normals, 5, 4, seed=0).sample()
     cpu.train(), gpu.train()
@@ -111,7 +111,7 @@ def parity(data: Path, device: str) -> dict:
 def full_budget_loo(data: Path, work: Path, episodes: int, deadline: float, log, device: str,
                     targets=TARGETS) -> list[dict]:
     """ours + kNN per held-out target at `episodes` episodes on CUDA; K = 1, 5, 10, 5 seeded draws each."""
-    from orchestrator.config import load_config
+    from orchestrator.config import load_config, parse_overrides
     from orchestrator.evaluation.evaluate import evaluate
     from orchestrator.training.loop import train
 
@@ -121,8 +121,8 @@ def full_budget_loo(data: Path, work: Path, episodes: int, deadline: float, log,
             log(f"budget spent: {target} not run")
             rows.append({"target": target, "skipped": "time budget spent"})
             continue
-        cfg = load_config(None, [f"train.device={device}", f"train.episodes={episodes}", f"data.exclude=[{target}]",
-                                 "train.checkpoint_every=100000"])
+        cfg = load_config(None, parse_overrides([f"train.device={device}", f"train.episodes={episodes}", f"data.exclude=[{target}]",
+                                 "train.checkpoint_every=100000"]))
         t0 = time.perf_counter()
         summary = train(cfg, data, work / target, progress=False)
         row = {"target": target, "episodes": episodes, "train_s": time.perf_counter() - t0,
@@ -141,11 +141,11 @@ def full_budget_loo(data: Path, work: Path, episodes: int, deadline: float, log,
 
 
 def video(data: Path, work: Path, episodes: int, device: str, every: int) -> dict:
-    from orchestrator.config import load_config
+    from orchestrator.config import load_config, parse_overrides
     from orchestrator.evaluation.video import run_video
 
-    cfg = load_config(None, [f"train.device={device}", f"train.episodes={episodes}", "train.checkpoint_every=100000",
-                             f"experiments.video_root={data / 'fsad-video'}", f"experiments.video_test_every={every}"])
+    cfg = load_config(None, parse_overrides([f"train.device={device}", f"train.episodes={episodes}", "train.checkpoint_every=100000",
+                             f"experiments.video_root={data / 'fsad-video'}", f"experiments.video_test_every={every}"]))
     t0 = time.perf_counter()
     record = run_video(cfg, "ucsd_ped2", work / "video_ped2", image_source=data / "fsad-real")
     return {"scene": "ucsd_ped2", "episodes": episodes, "seconds": time.perf_counter() - t0,

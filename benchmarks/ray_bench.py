@@ -27,9 +27,9 @@ sys.path.insert(0, str(REPO))
 
 from benchmarks.fixtures import REAL_ROOT, copy_small  # noqa: E402
 from orchestrator.tracking.artifacts import build_model  # noqa: E402
-from orchestrator.config import load_config  # noqa: E402
-from orchestrator.training.learner import Learner, step_spec  # noqa: E402
-from orchestrator.training.loop import train  # noqa: E402
+from orchestrator.config import load_config, parse_overrides  # noqa: E402
+from orchestrator.training.learner import Learner, step_spec
+from orchestrator.training.loop import train
 from workers.episode_worker import EpisodeWorker  # noqa: E402
 from workers.langevin_worker import LangevinWorker  # noqa: E402
 
@@ -37,8 +37,8 @@ CATEGORIES = ("juice_bottle", "kolektor", "tire")
 
 
 def config(episodes: int, *extra: str):
-    return load_config(None, [f"train.episodes={episodes}", "train.checkpoint_every=1000",
-                              "distributed.object_store_mb=256", *extra])
+    return load_config(None, parse_overrides([f"train.episodes={episodes}", "train.checkpoint_every=1000",
+                              "distributed.object_store_mb=256", *extra]))
 
 
 class StorePeak(threading.Thread):

@@ -23,7 +23,7 @@ import torch
 
 from model.ebm.sparse import fista_energy
 from orchestrator.tracking.artifacts import build_model
-from orchestrator.config import load_config
+from orchestrator.config import load_config, parse_overrides
 from orchestrator.evaluation.evaluate import make_scorer, score_batches
 from orchestrator.evaluation.loo import method_means, results_table, run_loo
 from orchestrator.training.inputs import load_normals
@@ -80,7 +80,7 @@ def machine() -> str:
 
 
 def speed(data_root: Path, device: torch.device) -> dict:
-    cfg = load_config(None, [f"train.device={device.type}"])
+    cfg = load_config(None, parse_overrides([f"train.device={device.type}"]))
     torch.manual_seed(0)
     model = build_model(cfg).to(device).eval()
     normals = load_normals(data_root, ["kolektor", "tire"], cfg.data.image_size)
@@ -216,9 +216,10 @@ def main(argv=None) -> int:
             budget = [f"train.val_categories=[{','.join(VALIDATION)}]", *budget]
         ablation_targets = [c for c in args.ablation_categories.split(",") if c] or targets
         loo_dir = Path(args.out) / "loo"
-        results = run_loo(data, loo_dir, 10, 5, QUALITY_METHODS, targets, (), None, budget, progress=False)
+        results = run_loo(data, loo_dir, 10, 5, QUALITY_METHODS, targets, (), None, parse_overrides(budget),
+                          progress=False)
         # Ablations retrain ours per target: on 2 CPU cores they run on a subset of categories.
-        ablated = run_loo(data, loo_dir, 10, 5, ("ours",), ablation_targets, BENCH_ABLATIONS, None, budget,
+        ablated = run_loo(data, loo_dir, 10, 5, ("ours",), ablation_targets, BENCH_ABLATIONS, None, parse_overrides(budget),
                           progress=False)
         results["rows"] += [r for r in ablated["rows"] if r["method"].startswith("ours[")]
         results["mean"] = method_means(results["rows"])

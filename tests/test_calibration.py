@@ -156,10 +156,10 @@ def test_calibration_with_size_correction_scores_against_k_minus_2_and_applies_t
 def test_leave_one_out_cut_from_the_full_state_equals_adapting_to_the_others(method):
     """The shortcut (slice the K-shot dictionary or bank) gives the same scores as adapting to K − 1 shots."""
     from orchestrator.evaluation.calibration import state_without
-    from orchestrator.config import load_config
+    from orchestrator.config import load_config, parse_overrides
     from orchestrator.evaluation.evaluate import make_scorer, untrained_model
 
-    cfg = load_config(None, ["data.image_size=32", "model.backbone.width=8", "model.backbone.out_dim=8"])
+    cfg = load_config(None, parse_overrides(["data.image_size=32", "model.backbone.width=8", "model.backbone.out_dim=8"]))
     model = untrained_model(cfg)
     scorer = make_scorer(method, model, cfg)
     support = torch.rand(4, 3, 32, 32, generator=torch.Generator().manual_seed(1))
@@ -178,7 +178,7 @@ def test_leave_one_out_cut_from_the_full_state_equals_adapting_to_the_others(met
     torch.testing.assert_close(scorer.score(support[3:], cut)[0], scorer.score(support[3:], direct)[0],
                                rtol=1e-5, atol=1e-6)
     # centring makes the dictionary depend on every shot: no shortcut, adapt is called instead
-    centred = make_scorer(method, model, load_config(None, ["data.image_size=32", "model.backbone.width=8",
-                                                          "model.backbone.out_dim=8", "model.center=true"]))
+    centred = make_scorer(method, model, load_config(None, parse_overrides(["data.image_size=32", "model.backbone.width=8",
+                                                          "model.backbone.out_dim=8", "model.center=true"])))
     if method == "untrained":
         assert state_without(centred, centred.adapt(support), 0, 4) is None

@@ -257,7 +257,7 @@ def test_evaluate_refuses_an_unfinished_model_unless_allowed(partial_model, unin
 
 
 def test_atomic_write_fsyncs_the_file_before_renaming_and_the_folder_after(tmp_path, monkeypatch):
-    from orchestrator import config
+    from workers import files
 
     calls: list[tuple[str, str]] = []
     real_fsync, real_replace = os.fsync, os.replace
@@ -273,7 +273,7 @@ def test_atomic_write_fsyncs_the_file_before_renaming_and_the_folder_after(tmp_p
     monkeypatch.setattr(os, "fsync", fsync)
     monkeypatch.setattr(os, "replace", replace)
     target = tmp_path / "out.json"
-    config.atomic_write_text(target, "{}")
+    files.atomic_write_text(target, "{}")
     assert [c[0] for c in calls] == ["fsync", "replace", "fsync"]
     assert Path(calls[0][1]).parent == tmp_path and calls[0][1] != str(target)  # the temporary file
     assert calls[2][1] == str(tmp_path)  # then the folder holding the new name

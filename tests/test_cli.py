@@ -20,8 +20,8 @@ import torch
 from PIL import Image
 from safetensors.torch import load_file
 
+from model.methods import METHODS
 from orchestrator.cli import VERBS, main
-from orchestrator.config import METHODS
 from tests.conftest import HELD_OUT, REPO, SMALL_CATEGORIES, TINY, cli, image_files, tiny_sets
 
 pytestmark = pytest.mark.slow
@@ -535,11 +535,11 @@ def write_params(folder: Path, tree: dict) -> Path:
 
 def tiny_tree(**changes) -> dict:
     """The tiny budget (tests/conftest.py TINY) as a params.yaml tree."""
-    from orchestrator.config import _set_path
+    from orchestrator.config.loading import set_path
 
     tree: dict = {}
     for key, value in {**TINY, **changes}.items():
-        _set_path(tree, key, value)
+        set_path(tree, key, value)
     return tree
 
 

@@ -1,4 +1,4 @@
-"""orchestrator/config.py: params.yaml = the embedded defaults, override parsing, flatten, save/load, errors."""
+"""orchestrator/config/: params.yaml = the embedded defaults, override parsing, flatten, save/load, errors."""
 from __future__ import annotations
 
 import dataclasses
@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from orchestrator.config import Config, config_from_dict, flatten, load_config, parse_override, save_config
+from orchestrator.config import Config, config_from_dict, flatten, load_config, parse_override, parse_overrides, save_config
 from tests.conftest import REPO, expect_error
 
 PARAMS = REPO / "params.yaml"
@@ -69,7 +69,7 @@ def test_defaults_validate():
     ("data.exclude=[]", "data.exclude", []),
 ])
 def test_override_types(text, key, value):
-    flat = load_config(None, [text]).flatten()
+    flat = load_config(None, parse_overrides([text])).flatten()
     assert flat[key] == value
     assert type(flat[key]) is type(value)
     # nothing else changed
@@ -78,7 +78,7 @@ def test_override_types(text, key, value):
 
 
 def test_override_float_values_are_floats():
-    cfg = load_config(None, ["model.tau=3", "langevin.step_size=50"])
+    cfg = load_config(None, parse_overrides(["model.tau=3", "langevin.step_size=50"]))
     assert isinstance(cfg.model.tau, float) and cfg.model.tau == 3.0
     assert isinstance(cfg.langevin.step_size, float) and cfg.langevin.step_size == 50.0
 
@@ -86,7 +86,7 @@ def test_override_float_values_are_floats():
 def test_overrides_apply_in_order_on_top_of_a_file(tmp_path):
     path = tmp_path / "p.yaml"
     path.write_text("train:\n  episodes: 11\n  shots: 3\n")
-    cfg = load_config(path, ["train.episodes=12", "train.episodes=13"])
+    cfg = load_config(path, parse_overrides(["train.episodes=12", "train.episodes=13"]))
     assert cfg.train.episodes == 13 and cfg.train.shots == 3
     assert cfg.train.queries == Config().train.queries  # missing keys keep their defaults
 
@@ -123,11 +123,11 @@ def test_flatten_nested_dict():
 
 
 def test_save_then_load_round_trips(tmp_path):
-    cfg = load_config(None, [
+    cfg = load_config(None, parse_overrides([
         "train.episodes=17", "train.lr=0.0005", "model.normalize=false", "data.exclude=[tire,kolektor]",
         "model.backbone.width=8", "model.backbone.out_dim=8", "train.augment=image", "eval.augment_support=true",
         "model.shrink=hard", "model.lam_max=0.5", "model.lam_star=0.25",
-    ])
+    ]))
     path = tmp_path / "sub" / "config.yaml"
     save_config(cfg, path)
     assert load_config(path) == cfg
@@ -162,7 +162,7 @@ def test_save_defaults_reproduces_params_yaml_content(tmp_path):
     ("data.exclude={a: 1}", "data.exclude"),
 ])
 def test_unknown_keys_and_wrong_types(override, needle):
-    expect_error(lambda: load_config(None, [override]), needle)
+    expect_error(lambda: load_config(None, parse_overrides([override])), needle)
 
 
 @pytest.mark.parametrize("override,needle", [
@@ -205,7 +205,7 @@ def test_unknown_keys_and_wrong_types(override, needle):
     ("maml.inner_steps=-1", "maml.inner_steps"),
 ])
 def test_out_of_range_values(override, needle):
-    expect_error(lambda: load_config(None, [override]), needle)
+    expect_error(lambda: load_config(None, parse_overrides([override])), needle)
 
 
 def test_nan_never_survives_validation():
@@ -215,7 +215,7 @@ def test_nan_never_survives_validation():
     assert floats
     for key in floats:
         for bad in (".nan", ".inf", "-.inf"):
-            expect_error(lambda: load_config(None, [f"{key}={bad}"]), key.rsplit(".", 1)[-1])
+            expect_error(lambda: load_config(None, parse_overrides([f"{key}={bad}"])), key.rsplit(".", 1)[-1])
 
 
 def test_missing_config_file(tmp_path):
@@ -281,8 +281,8 @@ def umask(request):
 def test_atomic_writes_get_the_mode_of_a_plain_write(umask, tmp_path):
     import pyarrow as pa
 
-    from orchestrator.config import atomic_write_text
     from workers.data.manifest import write_parquet
+    from workers.files import atomic_write_text
 
     plain = tmp_path / "plain.txt"
     plain.write_text("x")
@@ -307,3 +307,39 @@ def test_current_umask_reads_without_changing_it(umask):
 
     assert current_umask() == umask
     assert os.umask(umask) == umask  # unchanged
+
+
+# ---------------------------------------------------------------------------------------------
+# Typed values past the command line; specs checked once, at construction
+
+
+def test_ablations_are_typed_values_that_render_as_before():
+    from orchestrator.config import ABLATIONS, describe
+
+    assert ABLATIONS["istc"] == {"model.solver": "istc", "model.lam_star": 0.1}
+    # the words metrics.json, the logs and the report have always shown
+    assert describe(ABLATIONS["istc"]) == ["model.solver=istc", "model.lam_star=0.1"]
+    assert describe(ABLATIONS["noise_only"]) == ["inpaint.kinds=[noise]"]
+    assert describe(ABLATIONS["noise_init"]) == ["inpaint.min_frac=1.0", "inpaint.max_frac=1.0"]
+    for name, values in ABLATIONS.items():  # each parses back to itself, so --set gives the same variant
+        assert parse_overrides(describe(values)) == values, name
+
+
+def test_overrides_in_code_are_a_mapping_not_words():
+    assert load_config(None, {"train.episodes": 7, "model.shrink": "sigshrink"}).train.episodes == 7
+    with pytest.raises(TypeError, match="parse_overrides"):
+        load_config(None, ["train.episodes=7"])
+
+
+def test_parse_overrides_keeps_the_last_word_for_a_key():
+    assert parse_overrides(["a.b=1", "c=2", "a.b=3"]) == {"c": 2, "a.b": 3}
+    assert list(parse_overrides(["a.b=1", "c=2", "a.b=3"])) == ["c", "a.b"]
+
+
+def test_sparse_spec_is_checked_when_built():
+    from model.errors import InputError
+    from orchestrator.config import sparse_spec
+
+    model = dataclasses.replace(Config().model, lam_star=2.0)  # above lam_max
+    with pytest.raises(InputError, match="lam_star"):
+        sparse_spec(model)

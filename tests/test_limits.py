@@ -274,9 +274,9 @@ def test_s3_reader_refuses_unsafe_keys_before_any_request():
     ("pipeline.targets=[tire,/abs]", "pipeline.targets"),
 ])
 def test_config_bounds(override, needle):
-    from orchestrator.config import load_config
+    from orchestrator.config import load_config, parse_overrides
 
-    expect_error(lambda: load_config(None, [override]), needle)
+    expect_error(lambda: load_config(None, parse_overrides([override])), needle)
 
 
 @pytest.mark.parametrize("content", ["just a string\n", "- a\n- list\n", "42\n"])

@@ -55,24 +55,24 @@ def test_every_registered_method_builds_and_scores_a_tiny_task(name):
 
 @pytest.mark.parametrize("name", METHODS)
 def test_make_scorer_builds_every_method_from_a_model_config(name):
-    from orchestrator.config import load_config
+    from orchestrator.config import load_config, parse_overrides
     from orchestrator.evaluation.evaluate import make_scorer, untrained_model
 
-    cfg = load_config(None, TINY + [f"train.method={get_method(name).model}", "maml.inner_steps=1"])
+    cfg = load_config(None, parse_overrides(TINY + [f"train.method={get_method(name).model}", "maml.inner_steps=1"]))
     _check_scores(make_scorer(name, untrained_model(cfg), cfg), *_task(1))
 
 
 def test_unknown_method_and_wrong_model_kind_are_one_line_errors():
-    from orchestrator.config import load_config
+    from orchestrator.config import load_config, parse_overrides
     from orchestrator.evaluation.evaluate import make_scorer, untrained_model
 
     expect_error(lambda: get_method("lof"), "--method 'lof'", "expected one of", *METHODS)
-    cfg = load_config(None, TINY)
+    cfg = load_config(None, parse_overrides(TINY))
     model = untrained_model(cfg)
     expect_error(lambda: make_scorer("lof", model, cfg), "--method 'lof'", *METHODS)
     expect_error(lambda: make_scorer("maml_ae", model, cfg), "--method maml_ae needs a model trained with --method "
                  "maml_ae; this one is ours")
-    maml_cfg = load_config(None, TINY + ["train.method=maml_ae"])
+    maml_cfg = load_config(None, parse_overrides(TINY + ["train.method=maml_ae"]))
     maml = untrained_model(maml_cfg)
     expect_error(lambda: make_scorer("knn", maml, maml_cfg), "--method knn uses the backbone of an `ours` model")
     expect_error(lambda: make_scorer("nosupport", maml, maml_cfg), "reads the config of an `ours` model")
@@ -81,4 +81,4 @@ def test_unknown_method_and_wrong_model_kind_are_one_line_errors():
 def test_pipeline_methods_default_to_the_registry():
     from orchestrator.config import load_config
 
-    assert load_config(None, []).pipeline.methods == list(METHODS)
+    assert load_config().pipeline.methods == list(METHODS)

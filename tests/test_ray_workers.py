@@ -15,10 +15,11 @@ import torch
 from model.errors import InputError
 from orchestrator.tracking.artifacts import build_model
 from orchestrator.cli import main
-from orchestrator.config import load_config
+from orchestrator.config import load_config, parse_overrides
 from orchestrator.training.scheduler import episode_plan
-from orchestrator.training.learner import Learner, episode_step, step_spec
+from orchestrator.training.learner import Learner, step_spec
 from orchestrator.training.cluster import resolve_address
+from orchestrator.training.learner import episode_step
 from tests.conftest import HELD_OUT, REPO, SMALL_CATEGORIES, TINY, tiny_sets
 from workers.episode_worker import EpisodeWorker
 from model.objective import episode_loss
@@ -28,7 +29,7 @@ TRAINED_ON = sorted(c for c in SMALL_CATEGORIES if c != HELD_OUT)
 
 
 def tiny_config(*extra: str):
-    return load_config(None, [f"{k}={v}" for k, v in TINY.items()] + list(extra))
+    return load_config(None, parse_overrides([f"{k}={v}" for k, v in TINY.items()] + list(extra)))
 
 
 def in_process_update(model, episode, cfg, seed):

@@ -11,7 +11,7 @@ import pytest
 
 from model.errors import InputError
 from orchestrator.cli import main
-from orchestrator.config import Config, load_config
+from orchestrator.config import Config, load_config, parse_overrides
 from orchestrator.reporting.report import build_report, claims, load_results
 
 TARGETS = ["a", "b"]
@@ -36,9 +36,9 @@ def write(path: Path, value: dict) -> None:
 
 
 def make_results(root: Path, ours_better: bool, video: bool = True) -> Config:
-    cfg = load_config(None, [f"pipeline.targets=[{','.join(TARGETS)}]", "pipeline.shots=[1,10]",
+    cfg = load_config(None, parse_overrides([f"pipeline.targets=[{','.join(TARGETS)}]", "pipeline.shots=[1,10]",
                              "pipeline.methods=[ours,knn,maml_ae]", "experiments.ablation_targets=[a]",
-                             "experiments.ablations=[l3,sigshrink,nosparsity,noise_init]"])
+                             "experiments.ablations=[l3,sigshrink,nosparsity,noise_init]"]))
     hi, lo = (0.9, 0.6) if ours_better else (0.6, 0.9)
     for target in TARGETS:
         write(root / "metrics" / f"{target}.json", {"manifest_sha256": "m" * 64, "splits_sha256": "s" * 64})
@@ -128,13 +128,13 @@ def test_fsad_report_cli_and_missing_results(tmp_path, capsys):
 
 
 def test_profiles_apply_between_file_and_command_line(tmp_path):
-    full = load_config(None, ["experiments.profile=full"])
+    full = load_config(None, parse_overrides(["experiments.profile=full"]))
     assert full.train.episodes == 1000 and full.pipeline.shots == [1, 2, 4, 8, 10]
-    assert load_config(None, ["experiments.profile=full", "train.episodes=7"]).train.episodes == 7
+    assert load_config(None, parse_overrides(["experiments.profile=full", "train.episodes=7"])).train.episodes == 7
     path = tmp_path / "p.yaml"
     path.write_text("experiments:\n  profile: full\ntrain:\n  episodes: 3\n")
     assert load_config(path).train.episodes == 1000  # the profile beats the file
     with pytest.raises(InputError, match="experiments.profile='huge'"):
-        load_config(None, ["experiments.profile=huge"])
+        load_config(None, parse_overrides(["experiments.profile=huge"]))
     with pytest.raises(InputError, match="unknown \\['l2'\\]"):
-        load_config(None, ["experiments.ablations=[l2]"])
+        load_config(None, parse_overrides(["experiments.ablations=[l2]"]))

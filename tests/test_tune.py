@@ -20,7 +20,7 @@ import pytest
 import yaml
 
 from orchestrator.cli import main
-from orchestrator.config import load_config
+from orchestrator.config import load_config, parse_overrides
 from tests.conftest import HELD_OUT, REPO, tiny_sets
 from tests.test_ray_cluster import head  # noqa: F401 - head: the real `ray start --head` fixture
 
@@ -363,7 +363,7 @@ def test_concurrent_processes_draw_their_own_parameters_reproducibly(tmp_path):
     from orchestrator.tuning.objective import suggest
     from orchestrator.tuning.sampler import make_sampler
 
-    cfg = load_config(None, ["tune.startup_trials=2"])
+    cfg = load_config(None, parse_overrides(["tune.startup_trials=2"]))
 
     def process(path):  # what run_trials opens in each Ray task
         return optuna.load_study(study_name="c", storage=journal(path), sampler=make_sampler(cfg))
@@ -489,7 +489,7 @@ def test_optuna_dashboard_opens_the_study(journal_study):
 
 
 def test_partial_override_of_a_range_keeps_its_other_bounds():
-    cfg = load_config(None, ["tune.space.tau.low=5"])
+    cfg = load_config(None, parse_overrides(["tune.space.tau.low=5"]))
     assert (cfg.tune.space.tau.low, cfg.tune.space.tau.high, cfg.tune.space.tau.log) == (5.0, 100.0, True)
 
 
@@ -498,7 +498,7 @@ def test_partial_override_of_a_range_keeps_its_other_bounds():
 def test_pruner_choice(name, kind):
     from orchestrator.tuning.sampler import make_pruner
 
-    assert type(make_pruner(load_config(None, [f"tune.pruner={name}"]))).__name__ == kind
+    assert type(make_pruner(load_config(None, parse_overrides([f"tune.pruner={name}"])))).__name__ == kind
 
 
 @pytest.mark.parametrize("storage", ["tune/journal.log", "sqlite:///tune/db/tune.db"])

@@ -236,12 +236,12 @@ def test_video_stage_temporal(small_real_root, tmp_path, monkeypatch, capsys):
 
 
 def test_video_bad_input(small_real_root, tmp_path, capsys):
-    from orchestrator.config import load_config
+    from orchestrator.config import load_config, parse_overrides
     from orchestrator.evaluation.video import pipeline_image_source, run_video
 
     def cfg(**changes):
         sets = {**TINY, **VIDEO_TINY, "experiments.video_root": str(VIDEO), **changes}
-        return load_config(None, [f"{k.replace('__', '.')}={v}" for k, v in sets.items()])
+        return load_config(None, parse_overrides([f"{k.replace('__', '.')}={v}" for k, v in sets.items()]))
 
     out = tmp_path / "out"
     expect_error(lambda: run_video(cfg(), "nope", out, small_real_root), "unknown scene 'nope'", "avenue, ucsd_ped2")

@@ -28,11 +28,12 @@ from model.errors import InputError
 
 @dataclass(frozen=True)
 class BackboneSpec:
+    # No defaults for the shape: the config schema (orchestrator/config/schema.py) holds them.
+    width: int  # channels after the stem
+    depth: int  # conv blocks after the stem
+    stride: int  # output stride (power of two, <= 2**depth)
+    out_dim: int  # feature dimension d
     name: str = "conv"
-    width: int = 32  # channels after the stem
-    depth: int = 4  # conv blocks after the stem
-    stride: int = 4  # output stride (power of two, <= 2**depth)
-    out_dim: int = 128  # feature dimension d
     max_width: int = 128
 
 

@@ -31,8 +31,8 @@ from model.ebm.sparse import (
     fista_code,
     fista_energy,
     TaskDictionary,
-    feature_volumes,
     sparse_code,
+    unfold_volumes,
     spectral_norm,
     validate_sparsity,
 )
@@ -54,6 +54,9 @@ class SparseSpec:
     top_k_atoms: int = 0  # FISTA codes each position over its k most similar atoms; 0 = all atoms
     image_score: str = "mean"  # mean | topk: image energy = mean of the top `top_frac` position energies
     top_frac: float = 0.01  # fraction of positions in the top-k image score (1 position at least)
+
+    def __post_init__(self) -> None:
+        self.validate()  # once, at construction: the forward pass trusts a built spec
 
     def validate(self) -> None:
         validate_sparsity(self.lam_max, self.lam_star, self.istc_steps, self.tau)
@@ -110,7 +113,6 @@ class AdaptiveEBM(nn.Module):
 
     def __init__(self, backbone: nn.Module, sparse: SparseSpec):
         super().__init__()
-        sparse.validate()
         self.backbone = backbone
         self.sparse = sparse
 
@@ -118,7 +120,8 @@ class AdaptiveEBM(nn.Module):
     def volumes(self, images: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int]]:
         """images (B, C, H, W) -> raw volumes (B, h'·w', m) with m = d·l², and (h', w')."""
         features = self.backbone(images)  # (B, d, h', w')
-        return feature_volumes(features, self.sparse.receptive_field), features.shape[2:]  # (B, h'w', d·l²)
+        # unchecked: the spec validated receptive_field when it was built
+        return unfold_volumes(features, self.sparse.receptive_field), features.shape[2:]  # (B, h'w', d·l²)
 
     def prepare(self, volumes: torch.Tensor, center: torch.Tensor | None) -> torch.Tensor:
         """Subtract the task centre (m,) when given, then scale every volume to unit norm."""

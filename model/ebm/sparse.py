@@ -64,6 +64,11 @@ def continuation_schedule(lam_max: float, lam_star: float, n_steps: int) -> torc
     """λ_n = λ_max · (λ_max/λ*)^(−n/N) for n = 1..N (Eq. 6): a geometric descent whose last step uses
     exactly λ*. Returns (N,) float64 so tests can compare to numpy to the last bit."""
     validate_sparsity(lam_max, lam_star, n_steps)
+    return geometric_schedule(lam_max, lam_star, n_steps)
+
+
+def geometric_schedule(lam_max: float, lam_star: float, n_steps: int) -> torch.Tensor:
+    """`continuation_schedule` without its checks, for the forward pass (a built SparseSpec made them)."""
     n = torch.arange(1, n_steps + 1, dtype=torch.float64)
     return lam_max * (lam_max / lam_star) ** (-n / n_steps)
 
@@ -122,7 +127,7 @@ def sparse_code(
     """
     scale = spectral_norm(atoms) if atom_scale is None else atom_scale
     unit_atoms = atoms / scale  # (m, A), ‖·‖₂ = 1
-    lambdas = continuation_schedule(lam_max, lam_star, n_steps).to(signals) / scale
+    lambdas = geometric_schedule(lam_max, lam_star, n_steps).to(signals) / scale
     codes = istc(signals, unit_atoms, lambdas, kind, tau * scale)  # (n, A)
     return codes @ unit_atoms.transpose(0, 1)  # (n, m)
 
@@ -296,6 +301,11 @@ def feature_volumes(features: torch.Tensor, receptive_field: int) -> torch.Tenso
     """
     if receptive_field < 1 or receptive_field % 2 == 0:
         raise InputError(f"model.receptive_field={receptive_field}: expected an odd integer >= 1")
+    return unfold_volumes(features, receptive_field)
+
+
+def unfold_volumes(features: torch.Tensor, receptive_field: int) -> torch.Tensor:
+    """`feature_volumes` without its check, for the forward pass (a built SparseSpec made it)."""
     B, d, h, w = features.shape
     if receptive_field == 1:
         return features.flatten(2).transpose(1, 2)  # (B, h·w, d)

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from model.errors import InputError
-from orchestrator.config import Config, load_config, parse_override, with_values
+from orchestrator.config import Config, load_config, parse_overrides, with_values
 
 PARAMS = Path("params.yaml")
 # What a verb that loads a trained model (evaluate, predict, register, adapt) takes from the config file
@@ -57,8 +57,11 @@ def announce(path: Path | None, note: str = "") -> None:
     print(f"fsad: config: {name}{note}", file=sys.stderr)
 
 
-def config_from_args(args: argparse.Namespace, extra: list[str] = (), path: Path | None | str = "rule") -> Config:
+def config_from_args(args: argparse.Namespace, extra: dict[str, Any] | None = None,
+                     path: Path | None | str = "rule") -> Config:
     """The config of this command; its image limit applies to every image the command decodes.
+
+    `extra` ({dotted key: value}, from the verb's own flags) goes on top of the file and of --set.
 
     `path` "rule": config_file(args), named on stderr; else that file (a resumed run's saved config.yaml)
     or None (the embedded defaults), which the caller names if it wants to."""
@@ -66,7 +69,7 @@ def config_from_args(args: argparse.Namespace, extra: list[str] = (), path: Path
 
     by_rule = path == "rule"
     path = config_file(args) if by_rule else path
-    cfg = load_config(path, list(args.overrides) + list(extra))
+    cfg = load_config(path, {**parse_overrides(args.overrides), **(extra or {})})
     if by_rule and path is not None:
         announce(path)
     set_max_pixels(cfg.data.max_pixels)
@@ -84,8 +87,7 @@ def runtime_settings(args: argparse.Namespace, verb: str) -> dict[str, Any]:
     values: dict[str, Any] = {}
     if path is not None:
         values = {k: v for k, v in load_config(path).flatten().items() if is_runtime_key(k)}
-    for text in args.overrides:
-        key, value = parse_override(text)
+    for key, value in parse_overrides(args.overrides).items():
         if not is_runtime_key(key):
             raise InputError(f"--set {key}: fixed by the trained model (its config.yaml); fsad {verb} takes "
                              "only eval.*, tracking.*, data.max_pixels and train.device (retrain to change the rest)")

@@ -10,13 +10,14 @@ from pathlib import Path
 
 from orchestrator.commands.common import add_config_arguments, announce, config_from_args, schema_default
 from orchestrator.commands.tracking_args import add_tracking_arguments, tracking_uri
+from orchestrator.config import parse_overrides
 
 HELP = ("meta-train on real data with a small budget, hold one category out, print ours vs kNN vs MAML-AE "
         "beside the no-learning and no-support baselines")
 REPO = Path(__file__).resolve().parents[2]
 SHARED_REAL = REPO.parent / "shared" / "data" / "fsad-real"
 # The demo budget: the default training budget (train.episodes), a checkpoint every 20 episodes.
-DEMO_OVERRIDES = ["train.checkpoint_every=20"]
+DEMO_OVERRIDES = {"train.checkpoint_every": 20}
 # A number is evidence only beside the baselines with no learning (untrained Ψ) and no support set.
 DEMO_METHODS = ("nosupport", "ours", "untrained", "knn", "maml_ae")
 RENAMED = {"--holdout": "--target", "--seeds": "--draws"}  # the old spellings, for one release
@@ -60,7 +61,7 @@ def run(args) -> int:
         holdout = list_categories(root)[-1]
     print(f"data: {root}; held-out category: {holdout}; K={shots} shots × {draws} support draws")
     results = run_loo(root, args.out, shots, draws, DEMO_METHODS, [holdout], (),
-                      str(path) if path else None, DEMO_OVERRIDES + list(args.overrides), tracking_uri=tracking_uri(args))
+                      str(path) if path else None, {**DEMO_OVERRIDES, **parse_overrides(args.overrides)}, tracking_uri=tracking_uri(args))
     print()
     print(results_table(results))
     print(f"anomaly-map overlays: {args.out}/eval/{holdout}/<method>/overlays/*.png")

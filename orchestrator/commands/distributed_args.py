@@ -20,15 +20,15 @@ def wants_distributed(args: argparse.Namespace) -> bool:
     return args.workers is not None or args.address is not None
 
 
-def distributed_overrides(args: argparse.Namespace) -> list[str]:
-    """Config overrides from --workers; refuses an in-process --resume of a Ray checkpoint (before tracking)."""
+def distributed_overrides(args: argparse.Namespace) -> dict[str, int]:
+    """Config overrides from --workers; refuses an in-process --resume of a distributed checkpoint."""
     if args.workers is not None and args.workers < 1:
         raise InputError(f"--workers {args.workers}: expected N >= 1 Langevin workers")
     if args.resume:
         from orchestrator.training.inputs import refuse_resume_across
 
         refuse_resume_across(args.out, wants_distributed(args))
-    return [f"distributed.workers={args.workers}"] if args.workers is not None else []
+    return {"distributed.workers": args.workers} if args.workers is not None else {}
 
 
 def _flat(record: dict) -> dict:

@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 
 from model.methods import METHODS, OURS
+from model.methods import METHODS
 from orchestrator.commands.common import (
     add_config_arguments,
     add_data_arguments,
@@ -12,7 +13,6 @@ from orchestrator.commands.common import (
     schema_default,
 )
 from orchestrator.commands.tracking_args import add_tracking_arguments, tracking_uri
-from orchestrator.config import METHODS
 
 HELP = "evaluate a model on a held-out category (Alg. 2, K shots × S support draws)"
 RENAMED = {"--category": "--target", "--seeds": "--draws"}  # the old spellings, for one release
@@ -44,7 +44,7 @@ def add_arguments(p):
 
 
 def run(args) -> int:
-    from orchestrator.config import check_writable_dir
+    from workers.files import check_writable_dir
     from orchestrator.evaluation.evaluate import METRIC_NAMES, format_metric
     from orchestrator.tracking.tracked import tracked_evaluate
 

@@ -2,8 +2,8 @@
 from __future__ import annotations
 
 from model.methods import BASELINES, METHODS
-from orchestrator.config import ABLATIONS
 from orchestrator.commands.common import add_config_arguments, config_file, config_from_args, schema_default
+from orchestrator.config import ABLATIONS, parse_overrides
 from orchestrator.commands.tracking_args import add_tracking_arguments, tracking_uri
 
 HELP = "leave-one-category-out table: ours vs kNN vs MAML-AE vs the baselines (and ablations)"
@@ -41,7 +41,7 @@ def run(args) -> int:
     targets = [t for text in args.targets for t in _split(text)]
     results = run_loo(args.data, args.out, shots, draws, tuple(_split(args.methods)),
                       targets or None, tuple(_split(args.ablations)),
-                      str(path) if path is not None else None, args.overrides, progress=not args.quiet, tracking_uri=tracking_uri(args))
+                      str(path) if path is not None else None, parse_overrides(args.overrides), progress=not args.quiet, tracking_uri=tracking_uri(args))
     print(results_table(results))
     print(f"wrote {args.out}/results.md and {args.out}/results.json")
     return 0

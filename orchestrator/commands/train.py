@@ -32,19 +32,19 @@ def run(args) -> int:
     from pathlib import Path
 
     from orchestrator.tracking.artifacts import read_meta
-    from orchestrator.config import check_writable_dir
     from orchestrator.tracking.tracked import tracked_train
+    from workers.files import check_writable_dir
 
     check_writable_dir(args.out)  # before any loading or training: checkpoints are written there
     if args.resume and Path(args.out).is_dir():
         read_meta(Path(args.out))  # a damaged meta.json is reported now, not as a traceback mid-resume
     uri = tracking_uri(args)
-    extra = []
+    extra: dict = {}
     if args.exclude:
-        extra.append("data.exclude=[" + ",".join(args.exclude) + "]")
+        extra["data.exclude"] = list(args.exclude)
     if args.method:
-        extra.append(f"train.method={args.method}")
-    extra += distributed_overrides(args)
+        extra["train.method"] = args.method
+    extra.update(distributed_overrides(args))
     saved = Path(args.out) / "config.yaml"
     # resuming continues the saved config (./params.yaml and --config are not read); --set still applies
     cfg = config_from_args(args, extra, path=saved if args.resume and saved.is_file() else "rule")

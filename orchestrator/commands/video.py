@@ -22,7 +22,7 @@ def run(args) -> int:
     from orchestrator.tracking.tracked import tracked_video
     from workers.data.sources import open_source
 
-    extra = [f"experiments.video_root={args.video_root}"] if args.video_root else []
+    extra = {"experiments.video_root": args.video_root} if args.video_root else {}
     cfg = config_from_args(args, extra)
     images = open_source(args.data, args.manifest) if (args.data or args.manifest) else None
     record = tracked_video(cfg, args.target, args.out, image_source=images, progress=not args.quiet,

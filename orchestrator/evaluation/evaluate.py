@@ -23,9 +23,10 @@ from model.errors import InputError
 from orchestrator.tracking.artifacts import load_model_dir, resolve_device
 from model.methods import OURS, Scorer, ScoringOptions, get_method
 from orchestrator.evaluation.calibration import CalibrationSpec, calibrate
-from orchestrator.config import Config, atomic_write_text, with_values
+from orchestrator.config import Config, with_values
 from workers.data.images import set_max_pixels, stack_items
 from workers.data.sources import as_source, open_source
+from workers.files import atomic_write_text
 from workers.data.paths import category_key, plain_name
 
 METRIC_NAMES = ("image_auroc", "pixel_auroc", "pro", "miou")

@@ -10,17 +10,18 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
+from typing import Any, Mapping
 
 from model.errors import InputError
 from orchestrator.tracking.artifacts import META, WEIGHTS
 from model.methods import BY_NAME, METHODS, MODEL_KINDS, OURS
 from orchestrator.training.checkpoint import has_checkpoint, recover
-from orchestrator.config import ABLATIONS, Config, atomic_write_text, load_config
+from orchestrator.config import ABLATIONS, Config, describe, load_config
 from orchestrator.evaluation.evaluate import METRIC_NAMES, format_metric
 from orchestrator.tracking.tracked import tracked_evaluate, tracked_train
 from orchestrator.training.inputs import write_initial_model
 from workers.data.mvtec import list_categories
+from workers.files import atomic_write_text
 
 # ABLATIONS (Tables 3-4, Fig. 5, Section 3.3) live beside the config schema: `ours` retrained with one change.
 
@@ -32,7 +33,7 @@ def _trained(model_dir: Path, cfg: Config) -> bool:
     return meta.get("episodes_done") == cfg.train.episodes
 
 
-def _train_variant(data_root, model_dir: Path, config_path, overrides: list[str], progress: bool,
+def _train_variant(data_root, model_dir: Path, config_path, overrides: dict[str, Any], progress: bool,
                    uri: str | None = None) -> None:
     cfg = load_config(config_path, overrides)
     if has_checkpoint(model_dir):
@@ -52,7 +53,7 @@ def run_loo(
     categories: list[str] | None = None,
     ablations: tuple[str, ...] = (),
     config_path: str | None = None,
-    overrides: list[str] = (),
+    overrides: Mapping[str, Any] | None = None,
     progress: bool = True,
     log=print,
     tracking_uri: str | None = None,
@@ -69,12 +70,12 @@ def run_loo(
     for category in targets:
         if category not in available:
             raise InputError(f"category {category!r} not found under {data_root}; available: {', '.join(available)}")
-    load_config(config_path, list(overrides))  # validate once, before any work
+    overrides = dict(overrides or {})
+    load_config(config_path, overrides)  # validate once, before any work
     chosen = [BY_NAME[m] for m in methods]
     rows: list[dict[str, Any]] = []
     for category in targets:
-        held_out = [f"data.exclude=[{category}]"]
-        base = list(overrides) + held_out
+        base = {**overrides, "data.exclude": [category]}
         plan: list[tuple[str, str, str]] = []  # (row name, evaluation method, model variant)
         trains_ours = any(m.model == OURS.model and not m.baseline for m in chosen) or bool(ablations)
         if trains_ours:
@@ -94,11 +95,11 @@ def run_loo(
             if readers:
                 log(f"[{category}] meta-training {kind}")
                 _train_variant(data_root, out / "models" / category / kind, config_path,
-                               base + [f"train.method={kind}"], progress, tracking_uri)
+                               {**base, "train.method": kind}, progress, tracking_uri)
                 plan += [(name, name, kind) for name in readers]
         for name in ablations:
-            log(f"[{category}] meta-training ablation {name}: {' '.join(ABLATIONS[name])}")
-            _train_variant(data_root, out / "models" / category / name, config_path, base + ABLATIONS[name], progress,
+            log(f"[{category}] meta-training ablation {name}: {' '.join(describe(ABLATIONS[name]))}")
+            _train_variant(data_root, out / "models" / category / name, config_path, {**base, **ABLATIONS[name]}, progress,
                            tracking_uri)
             plan.append((f"{OURS.name}[{name}]", OURS.name, name))
         for row, method, variant in plan:
@@ -112,7 +113,7 @@ def run_loo(
             rows.append({"category": category, "method": row, **{m: record[m] for m in METRIC_NAMES},
                          "score_gap": record.get("score_gap"), "metrics": str(metrics_file)})
     results = {"data_root": str(data_root), "shots": shots, "draws": draws, "rows": rows,
-               "mean": method_means(rows), "overrides": list(overrides)}
+               "mean": method_means(rows), "overrides": describe(overrides)}
     atomic_write_text(out / "results.json", json.dumps(results, indent=2))
     atomic_write_text(out / "results.md", results_markdown(results))
     return results

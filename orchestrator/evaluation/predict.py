@@ -30,12 +30,13 @@ from model.calibration import check_fpr
 from model.errors import InputError
 from orchestrator.tracking.artifacts import load_model_dir, resolve_device
 from orchestrator.evaluation.calibration import ANOMALOUS, Calibration, CalibrationSpec, calibrate
-from orchestrator.config import atomic_path, atomic_write_text, check_writable_dir, with_values
+from orchestrator.config import with_values
 from orchestrator.evaluation.evaluate import make_scorer
 from orchestrator.reporting.gallery import INDEX, write_gallery
 from orchestrator.reporting.plots import color_limit, overlay_png
 from workers.data.folders import image_files, load_images
 from workers.data.images import set_max_pixels
+from workers.files import atomic_path, atomic_write_text, check_writable_dir
 
 SCORES = "scores.jsonl"
 CALIBRATION = "calibration.json"

@@ -50,7 +50,7 @@ from model import metrics
 from model.errors import InputError
 from orchestrator.tracking.artifacts import load_model_dir, resolve_device, WEIGHTS
 from model.methods import OURS
-from orchestrator.config import Config, atomic_write_text
+from orchestrator.config import Config, with_values
 from orchestrator.evaluation.evaluate import make_scorer, score_batches, support_draws
 from orchestrator.stages.ingest import MANIFEST
 from orchestrator.stages.pipeline import RESULTS, TRAINED_CONFIG, data_dir, image_root, repo_path
@@ -64,6 +64,7 @@ from workers.data.video import (
     load_frames,
     scene_files,
 )
+from workers.files import atomic_write_text
 
 METRICS, SCORES, MODEL = "metrics.json", "scores.csv", "model"
 VIDEO_RESULTS = RESULTS / "video"
@@ -127,9 +128,7 @@ def training_source(cfg: Config, target: str, image_source) -> SceneTaskSource:
 
 def training_config(cfg: Config) -> Config:
     """cfg for meta-training: `ours` on every task of the source (no category selection, nothing held out)."""
-    out = copy.deepcopy(cfg)
-    out.data.categories, out.data.exclude, out.train.method = [], [], OURS.model
-    return out.validate()
+    return with_values(cfg, {"data.categories": [], "data.exclude": [], "train.method": OURS.model})
 
 
 def score_shots(model_dir: Path, test: SceneTest, cfg: Config, progress: bool = False

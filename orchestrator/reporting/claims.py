@@ -4,7 +4,7 @@ it holds on more than half of them)."""
 from __future__ import annotations
 
 from model.methods import MAML_AE, OURS
-from orchestrator.config import ABLATIONS, Config
+from orchestrator.config import ABLATIONS, Config, describe
 from orchestrator.evaluation.evaluate import METRIC_NAMES
 from orchestrator.reporting.results import METHOD_LABELS, METRIC_LABELS, early_loss, late_loss, mean_of, metric_mean
 
@@ -75,7 +75,7 @@ def ablation_claims(data: dict, cfg: Config) -> list[tuple[str, str, str]]:
             evidence.append(f"{target}: " + ", ".join(f"{METRIC_LABELS[n]} {metric_mean(default, n):.3f} vs "
                                                       f"{metric_mean(variant['metrics'], n):.3f}" for n in metric_names))
         out.append((claim, "reproduced" if better > len(tested) / 2 else "not reproduced",
-                    f"holds on {better} of {len(tested)} targets. Default vs {name} ({' '.join(ABLATIONS[name])}), "
+                    f"holds on {better} of {len(tested)} targets. Default vs {name} ({' '.join(describe(ABLATIONS[name]))}), "
                     f"{top}: " + "; ".join(evidence)))
 
     # The default is l = 1 (measured on validation categories); the paper's l = 3 is the ablation row.
@@ -104,7 +104,7 @@ def ablation_claims(data: dict, cfg: Config) -> list[tuple[str, str, str]]:
     for name in ("j1", "j10"):
         tested = [(t, d, v[name]) for t, d, v, _ in rows if name in v]
         if tested:
-            out.append((f"Langevin steps J={ABLATIONS[name][0].split('=')[1]} vs the default J={cfg.langevin.steps} "
+            out.append((f"Langevin steps J={ABLATIONS[name]['langevin.steps']} vs the default J={cfg.langevin.steps} "
                         "(a design choice the paper fixes, not a claim)", "measured",
                         "; ".join(f"{t}: pixel AUROC {metric_mean(d, 'pixel_auroc'):.3f} (default) vs "
                                   f"{metric_mean(v['metrics'], 'pixel_auroc'):.3f}" for t, d, v in tested)))

@@ -14,7 +14,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from orchestrator.config import atomic_write_text
+from workers.files import atomic_write_text
 
 INDEX = "index.html"
 

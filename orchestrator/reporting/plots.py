@@ -10,7 +10,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from orchestrator.config import atomic_path  # noqa: E402
+from workers.files import atomic_path  # noqa: E402
 
 
 def save_png(fig, path: Path, dpi: int = 100) -> None:

@@ -23,7 +23,7 @@ from typing import Any
 
 from model.errors import InputError
 from model.methods import OURS
-from orchestrator.config import ABLATIONS, PROFILES, Config, atomic_write_text
+from orchestrator.config import ABLATIONS, PROFILES, Config, describe
 from orchestrator.evaluation.evaluate import METRIC_NAMES
 from orchestrator.reporting.claims import PAPER_VIDEO, claims
 from orchestrator.reporting.figures import fig_bars, fig_loss_curves, fig_overlay_grid, fig_shot_sweep, fig_video
@@ -37,6 +37,7 @@ from orchestrator.reporting.results import (
     metric_mean,
     variant_label,
 )
+from workers.files import atomic_write_text
 
 
 def _cell(summary: dict | None) -> str:
@@ -151,7 +152,7 @@ def _ablation_section(data: dict, cfg: Config, figures: dict[str, str]) -> list[
                      + " | ".join(_cell(default.get(n)) for n in METRIC_NAMES)
                      + f" | {metric_mean(default, 'score_gap'):.2e} | {late_loss(history):.4f} |")
         for name, v in variants.items():
-            lines.append(f"| {target} | {name} | `{' '.join(ABLATIONS[name])}` | "
+            lines.append(f"| {target} | {name} | `{' '.join(describe(ABLATIONS[name]))}` | "
                          + " | ".join(_cell(v["metrics"].get(n)) for n in METRIC_NAMES)
                          + f" | {metric_mean(v['metrics'], 'score_gap'):.2e} | {late_loss(v['history']):.4f} |")
     lines.append("")

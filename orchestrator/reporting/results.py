@@ -15,7 +15,7 @@ import numpy as np
 
 from model.errors import InputError
 from model.methods import MODEL_KINDS, REGISTRY
-from orchestrator.config import ABLATIONS, Config
+from orchestrator.config import ABLATIONS, Config, describe
 
 METRIC_LABELS = {"image_auroc": "image AUROC", "pixel_auroc": "pixel AUROC", "pro": "PRO", "miou": "mIoU"}
 METHOD_LABELS = {m.name: m.label for m in REGISTRY}
@@ -83,7 +83,7 @@ def read_scores(path: Path) -> list[dict[str, Any]]:
 def variant_label(cfg: Config, name: str | None) -> str:
     if name is None:
         return f"{cfg.model.shrink}, l={cfg.model.receptive_field}, J={cfg.langevin.steps}, inpainting"
-    return " ".join(ABLATIONS[name])
+    return " ".join(describe(ABLATIONS[name]))
 
 
 def mean_of(values: list[float]) -> float:

@@ -1,7 +1,7 @@
 """The paper's ablations as a DVC stage (experiments/dvc.yaml `ablations`; report in docs/results.md).
 
 For every target of experiments.ablation_targets and every name of experiments.ablations (ABLATIONS in
-orchestrator/config.py), `ours` is meta-trained on the target's fold with that one change and evaluated
+orchestrator/config/profiles.py), `ours` is meta-trained on the target's fold with that one change and evaluated
 at the largest K of pipeline.shots on the splits' support draws: the same images the default model of
 the `evaluate@<target>` stage was scored with, so each row compares with the default on equal terms.
 
@@ -18,11 +18,12 @@ from typing import Any
 
 from model.errors import InputError
 from model.methods import OURS
-from orchestrator.config import ABLATIONS, Config, atomic_write_text, parse_override, with_values
+from orchestrator.config import ABLATIONS, Config, describe, with_values
 from orchestrator.evaluation.evaluate import METRIC_NAMES, evaluate
 from orchestrator.stages.ingest import MANIFEST
 from orchestrator.stages.pipeline import RESULTS, SPLITS, data_dir, image_root
 from orchestrator.training.loop import train
+from workers.files import atomic_write_text
 
 ABLATION_DIR = RESULTS / "ablations"
 
@@ -31,8 +32,7 @@ def variant_config(cfg: Config, name: str, target: str) -> Config:
     """cfg with the ablation's overrides, `ours`, and the target held out."""
     if name not in ABLATIONS:
         raise InputError(f"ablation {name!r}: expected one of {', '.join(ABLATIONS)}")
-    values = dict(parse_override(text) for text in ABLATIONS[name])
-    return with_values(cfg, {**values, "data.exclude": [target], "train.method": OURS.model})
+    return with_values(cfg, {**ABLATIONS[name], "data.exclude": [target], "train.method": OURS.model})
 
 
 def stage_ablations(cfg: Config, progress: bool = False, log=print) -> list[dict[str, Any]]:
@@ -52,14 +52,14 @@ def stage_ablations(cfg: Config, progress: bool = False, log=print) -> list[dict
             folder = ABLATION_DIR / target / name
             if folder.exists():
                 shutil.rmtree(folder)  # dvc removes outputs before a stage runs; a manual run starts afresh too
-            log(f"[{target}] ablation {name} ({' '.join(ABLATIONS[name])}): meta-training")
+            log(f"[{target}] ablation {name} ({' '.join(describe(ABLATIONS[name]))}): meta-training")
             summary = train(variant, image_root(cfg), folder / "model", progress=progress, manifest=manifest, splits=splits)
             log(f"[{target}] ablation {name}: evaluating K={shots}, {cfg.eval.draws} draws")
             record = evaluate(folder / "model", image_root(cfg), target, shots, cfg.eval.draws, folder,
                               method=OURS.name, progress=progress, overlays=0, manifest=manifest, splits=splits)
-            record.update(ablation=name, overrides=ABLATIONS[name], train_seconds=summary["seconds"])
+            record.update(ablation=name, overrides=describe(ABLATIONS[name]), train_seconds=summary["seconds"])
             atomic_write_text(folder / "metrics.json", json.dumps(record, indent=2))
-            rows.append({"target": target, "ablation": name, "overrides": ABLATIONS[name],
+            rows.append({"target": target, "ablation": name, "overrides": describe(ABLATIONS[name]),
                          **{m: record[m] for m in METRIC_NAMES + ("score_gap",)},
                          "manifest_sha256": record["manifest_sha256"], "splits_sha256": record["splits_sha256"]})
     atomic_write_text(ABLATION_DIR / "summary.json", json.dumps({"shots": shots, "draws": cfg.eval.draws,

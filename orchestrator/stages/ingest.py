@@ -17,7 +17,6 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from model.errors import InputError
-from orchestrator.config import atomic_write_text
 from workers.data.manifest import (
     build_rows,
     commit,
@@ -28,9 +27,9 @@ from workers.data.manifest import (
     scan_layout,
     staged_parquet,
 )
-from workers.data.splits import split_rows, splits_table
-from workers.files import chmod_like_new
 from workers.data.paths import relative_key
+from workers.data.splits import split_rows, splits_table
+from workers.files import atomic_write_text, chmod_like_new
 
 MANIFEST = "manifest.parquet"
 REJECTS = "rejects.parquet"

@@ -14,7 +14,6 @@ Every metrics file records the manifest's and the splits' content hashes and the
 """
 from __future__ import annotations
 
-import copy
 import csv
 import hashlib
 import io
@@ -27,10 +26,11 @@ from typing import Any
 from model import metrics
 from model.errors import InputError
 from model.methods import MODEL_KINDS, get_method
-from orchestrator.config import Config, atomic_write_text, load_config
+from orchestrator.config import Config, load_config, with_values
 from orchestrator.evaluation.evaluate import METRIC_NAMES, evaluate
 from orchestrator.stages.ingest import FILES, MANIFEST, ingest, is_local_source, make_splits
 from orchestrator.training.loop import train
+from workers.files import atomic_write_text
 
 PARAMS = "params.yaml"
 SPLITS = "splits.parquet"
@@ -41,8 +41,8 @@ RECORDED_PARAMS = ("data.image_size", "model.lam_max", "model.lam_star", "model.
                    "langevin.steps", "langevin.step_size", "train.episodes", "train.lr", "eval.draws")
 
 
-def load_params(path: str | Path = PARAMS, overrides: list[str] = ()) -> Config:
-    return load_config(path, list(overrides))
+def load_params(path: str | Path = PARAMS, overrides: dict[str, Any] | None = None) -> Config:
+    return load_config(path, overrides)
 
 
 def data_dir(cfg: Config) -> Path:
@@ -97,9 +97,7 @@ def stage_train(cfg: Config, target: str, progress: bool = False) -> list[str]:
     _check_target(cfg, target)
     written = []
     for variant in _variants(cfg):
-        fold_cfg = copy.deepcopy(cfg)
-        fold_cfg.data.exclude, fold_cfg.train.method = [target], variant
-        fold_cfg.validate()
+        fold_cfg = with_values(cfg, {"data.exclude": [target], "train.method": variant})
         out = RESULTS / "models" / target / variant
         if out.exists():
             shutil.rmtree(out)  # dvc removes outputs before a stage runs; a manual run starts afresh too

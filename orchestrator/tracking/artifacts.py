@@ -22,8 +22,8 @@ from model.ebm.backbone import build_backbone
 from model.ebm.energy import AdaptiveEBM
 from model.errors import InputError
 from model.methods import MAML_AE
-from orchestrator.training.checkpoint import CONFIG, MANIFEST, META, STATE, WEIGHTS, Writer, verify_model_files  # noqa: F401 - re-exported
-from orchestrator.config import Config, config_from_dict, save_config
+from orchestrator.training.checkpoint import CONFIG, MANIFEST, META, STATE, WEIGHTS, Writer, verify_model_files
+from orchestrator.config import Config, autoencoder_spec, backbone_spec, config_from_dict, save_config, sparse_spec
 
 
 def resolve_device(name: str) -> torch.device:
@@ -35,12 +35,11 @@ def resolve_device(name: str) -> torch.device:
 def build_model(cfg: Config) -> torch.nn.Module:
     """The network for cfg.train.method: AdaptiveEBM (ours) or ConvAutoencoder (maml_ae)."""
     if cfg.train.method == MAML_AE.model:
-        from model.maml_ae import AESpec, ConvAutoencoder
+        from model.maml_ae import ConvAutoencoder
 
-        depth = min(3, cfg.model.backbone.stride.bit_length() - 1) or 1
-        return ConvAutoencoder(AESpec(width=cfg.maml.width, latent=cfg.maml.latent, depth=depth))
-    backbone = build_backbone(cfg.model.backbone.spec(), cfg.model.backbone.weights or None)
-    return AdaptiveEBM(backbone, cfg.model.sparse_spec())
+        return ConvAutoencoder(autoencoder_spec(cfg))
+    backbone = build_backbone(backbone_spec(cfg.model.backbone), cfg.model.backbone.weights or None)
+    return AdaptiveEBM(backbone, sparse_spec(cfg.model))
 
 
 def model_writers(model: torch.nn.Module, cfg: Config, meta: dict[str, Any], state: dict[str, Any]) -> dict[str, Writer]:

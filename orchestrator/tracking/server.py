@@ -45,7 +45,7 @@ def resolve_tracking_uri(cli_uri: str | None = None, no_track: bool = False) -> 
 def _check_store_outlives_run(uri: str, cli_uri: str | None) -> None:
     """A Ray job runs in a temporary copy of its working directory: a sqlite file there (the default
     sqlite:///mlflow.db included) vanishes with it, and nobody could browse the run."""
-    from orchestrator.config import temporary_workdir
+    from workers.files import temporary_workdir
 
     temp = temporary_workdir()
     path = local_store_path(uri)

@@ -10,9 +10,9 @@ import uuid
 from pathlib import Path
 from typing import Any, Iterable
 
-from orchestrator.config import atomic_write_text
 from orchestrator.tracking.server import (client_for, ensure_experiment, error_line, fast_fail, is_permanent,
                                           local_store_path, redact, uri_key, warn)
+from workers.files import atomic_write_text
 
 SPOOL_ENV = "FSAD_SPOOL_DIR"
 DEFAULT_SPOOL = "mlflow-spool"
@@ -27,7 +27,7 @@ def spool_root(root: str | Path | None = None) -> Path:
     the default moves to ~/.cache/fsad/mlflow-spool, so journals waiting for the server outlive the job."""
     if root or os.environ.get(SPOOL_ENV):
         return Path(root or os.environ[SPOOL_ENV]).resolve()
-    from orchestrator.config import temporary_workdir
+    from workers.files import temporary_workdir
 
     if temporary_workdir() is not None:
         cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
@@ -182,7 +182,7 @@ class Replayer:
     def _experiment_id(self, name: str) -> str:
         location = None
         if self.uri.startswith("sqlite:"):
-            from orchestrator.config import temporary_workdir
+            from workers.files import temporary_workdir
 
             if temporary_workdir() is not None:  # mlflow's default, ./mlruns, would vanish with the job
                 location = (local_store_path(self.uri).parent / "mlruns").as_uri()

@@ -21,7 +21,7 @@ from typing import Any
 
 from model import metrics
 from model.methods import OURS
-from orchestrator.config import Config, atomic_write_text
+from orchestrator.config import Config
 from orchestrator.evaluation.evaluate import CALIBRATION_NAMES, METRIC_NAMES, evaluate, prepare_evaluation
 from orchestrator.tracking.artifacts import CONFIG, MANIFEST, META, STATE, WEIGHTS
 from orchestrator.tracking.data_version import data_version
@@ -29,6 +29,7 @@ from orchestrator.tracking.runs import TrackedRun
 from orchestrator.tracking.server import uri_key
 from orchestrator.tracking.spool import spool_root, synced_run_id
 from orchestrator.training.loop import train
+from workers.files import atomic_write_text
 
 TRACKING_FILE = "tracking.json"
 

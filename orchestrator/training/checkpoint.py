@@ -34,7 +34,7 @@ from pathlib import Path
 from typing import Callable
 
 from model.errors import InputError
-from orchestrator.config import fsync_dir, fsync_file
+from workers.files import fsync_dir, fsync_file
 
 # The files of a model directory (orchestrator/tracking/artifacts.py) and of a checkpoint.
 WEIGHTS = "model.safetensors"

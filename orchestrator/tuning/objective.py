@@ -93,10 +93,8 @@ def apply_params(cfg: Config, params: dict[str, Any]) -> Config:
 
 def trial_config(cfg: Config, plan: Plan, params: dict[str, Any]) -> Config:
     """The trial's training config: the target and the validation categories held out."""
-    trial_cfg = apply_params(cfg, params)
-    trial_cfg.data.exclude = sorted({plan.target, *plan.validation, *cfg.data.exclude})
-    trial_cfg.train.checkpoint_every = cfg.tune.eval_every
-    return trial_cfg.validate()
+    held_out = sorted({plan.target, *plan.validation, *cfg.data.exclude})
+    return apply_params(cfg, {**params, "data.exclude": held_out, "train.checkpoint_every": cfg.tune.eval_every})
 
 
 # ---------------------------------------------------------------------------------------------

@@ -9,9 +9,10 @@ from typing import Any
 import optuna
 from optuna.trial import TrialState
 
-from orchestrator.config import Config, atomic_write_text, save_config
+from orchestrator.config import Config, save_config
 from orchestrator.tracking.runs import TrackedRun
 from orchestrator.tuning.objective import Plan, apply_params
+from workers.files import atomic_write_text
 
 BEST_PARAMS = "best_params.yaml"
 BEST_JSON = "best.json"
