@@ -26,9 +26,9 @@ import numpy as np
 import torch
 
 from model.calibration import ESTIMATORS, rates, size_corrected, threshold
-from orchestrator.calibration import held_out_scores
+from orchestrator.evaluation.calibration import held_out_scores
 from orchestrator.config import load_config
-from orchestrator.evaluate import load_test_set, make_scorer, score_batches, support_draws, untrained_model
+from orchestrator.evaluation.evaluate import load_test_set, make_scorer, score_batches, support_draws, untrained_model
 from workers.files import atomic_write_text
 
 REPO = Path(__file__).resolve().parents[1]
@@ -127,7 +127,7 @@ def within_two(fpr: float, target: float) -> bool:
 
 
 def figure(tables: dict, path: Path, title: str) -> None:
-    from orchestrator.plots import plt, save_png
+    from orchestrator.reporting.plots import plt, save_png
 
     keys = sorted({key for table in tables.values() for key in table})
     categories = sorted({c for c, _ in keys})

@@ -77,7 +77,7 @@ def parity(data: Path, device: str) -> dict:
     """The same weights and images on CPU and CUDA: scores, maps and one training loss agree to float32 rounding."""
     from orchestrator.tracking.artifacts import build_model
     from orchestrator.config import load_config, parse_overrides
-    from orchestrator.evaluate import load_test_set
+    from orchestrator.evaluation.evaluate import load_test_set
     from orchestrator.training.inputs import load_normals
     from orchestrator.training.learner import episode_step
     from workers.episodes import EpisodeSampler
@@ -112,7 +112,7 @@ def full_budget_loo(data: Path, work: Path, episodes: int, deadline: float, log,
                     targets=TARGETS) -> list[dict]:
     """ours + kNN per held-out target at `episodes` episodes on CUDA; K = 1, 5, 10, 5 seeded draws each."""
     from orchestrator.config import load_config, parse_overrides
-    from orchestrator.evaluate import evaluate
+    from orchestrator.evaluation.evaluate import evaluate
     from orchestrator.training.loop import train
 
     rows = []
@@ -142,7 +142,7 @@ def full_budget_loo(data: Path, work: Path, episodes: int, deadline: float, log,
 
 def video(data: Path, work: Path, episodes: int, device: str, every: int) -> dict:
     from orchestrator.config import load_config, parse_overrides
-    from orchestrator.video import run_video
+    from orchestrator.evaluation.video import run_video
 
     cfg = load_config(None, parse_overrides([f"train.device={device}", f"train.episodes={episodes}", "train.checkpoint_every=100000",
                              f"experiments.video_root={data / 'fsad-video'}", f"experiments.video_test_every={every}"]))

@@ -73,7 +73,7 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     from mlflow import MlflowClient
 
-    from orchestrator.browser import dump_dom, screenshot
+    from orchestrator.reporting.browser import dump_dom, screenshot
     from orchestrator.tracking.server import RUNS_VIEW_QUERY, runs_page_url
 
     with tempfile.TemporaryDirectory(prefix="fsad-mlflow-shots-") as tmp:

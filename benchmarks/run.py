@@ -21,11 +21,11 @@ from pathlib import Path
 
 import torch
 
-from model.sparse import fista_energy
+from model.ebm.sparse import fista_energy
 from orchestrator.tracking.artifacts import build_model
 from orchestrator.config import load_config, parse_overrides
-from orchestrator.evaluate import make_scorer, score_batches
-from orchestrator.loo import method_means, results_table, run_loo
+from orchestrator.evaluation.evaluate import make_scorer, score_batches
+from orchestrator.evaluation.loo import method_means, results_table, run_loo
 from orchestrator.training.inputs import load_normals
 from orchestrator.training.learner import episode_step
 from workers.episodes import EpisodeSampler

@@ -11,10 +11,10 @@ from typing import Protocol
 
 import torch
 
-from model.energy import AdaptiveEBM, participation_ratio
-from model.langevin import langevin, validate_langevin
+from model.ebm.energy import AdaptiveEBM, participation_ratio
+from model.ebm.langevin import langevin, validate_langevin
 from model.losses import contrastive_divergence, energy_regularizer, reconstruction_loss, total_loss
-from model.sparse import TaskDictionary
+from model.ebm.sparse import TaskDictionary
 
 
 class EpisodeTensors(Protocol):

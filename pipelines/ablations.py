@@ -8,8 +8,8 @@ from pipelines._entry import main
 
 
 def run(args) -> None:
-    from orchestrator.experiments import stage_ablations
-    from orchestrator.pipeline import load_params
+    from orchestrator.stages.experiments import stage_ablations
+    from orchestrator.stages.pipeline import load_params
 
     for row in stage_ablations(load_params(args.params), progress=args.progress):
         print(f"{row['target']} {row['ablation']}: image AUROC {row['image_auroc']['mean']:.3f}, "

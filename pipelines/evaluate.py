@@ -8,7 +8,7 @@ from pipelines._entry import main
 
 
 def run(args) -> None:
-    from orchestrator.pipeline import load_params, stage_evaluate
+    from orchestrator.stages.pipeline import load_params, stage_evaluate
 
     cfg = load_params(args.params)
     record = stage_evaluate(cfg, args.target, progress=args.progress)

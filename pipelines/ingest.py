@@ -7,7 +7,7 @@ from pipelines._entry import main
 
 
 def run(args) -> None:
-    from orchestrator.pipeline import load_params, stage_ingest
+    from orchestrator.stages.pipeline import load_params, stage_ingest
 
     stage_ingest(load_params(args.params))
 

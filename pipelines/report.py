@@ -7,7 +7,7 @@ from pipelines._entry import main
 
 
 def run(args) -> None:
-    from orchestrator.pipeline import RESULTS, load_params, stage_report
+    from orchestrator.stages.pipeline import RESULTS, load_params, stage_report
 
     stage_report(load_params(args.params))
     print((RESULTS / "report" / "results.md").read_text())

@@ -7,8 +7,8 @@ from pipelines._entry import main
 
 
 def run(args) -> None:
-    from orchestrator.pipeline import load_params
-    from orchestrator.report import build_report
+    from orchestrator.stages.pipeline import load_params
+    from orchestrator.reporting.report import build_report
 
     written = build_report(load_params(args.params), command="dvc repro experiments/dvc.yaml (stage report)")
     for claim, status, _ in written["claims"]:

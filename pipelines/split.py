@@ -7,7 +7,7 @@ from pipelines._entry import main
 
 
 def run(args) -> None:
-    from orchestrator.pipeline import load_params, stage_split
+    from orchestrator.stages.pipeline import load_params, stage_split
 
     stage_split(load_params(args.params))
 

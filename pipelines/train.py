@@ -7,7 +7,7 @@ from pipelines._entry import main
 
 
 def run(args) -> None:
-    from orchestrator.pipeline import load_params, stage_train
+    from orchestrator.stages.pipeline import load_params, stage_train
 
     for out in stage_train(load_params(args.params), args.target, progress=args.progress):
         print(f"trained {out}")

@@ -8,8 +8,8 @@ from pipelines._entry import main
 
 
 def run(args) -> None:
-    from orchestrator.pipeline import load_params
-    from orchestrator.video import stage_video
+    from orchestrator.stages.pipeline import load_params
+    from orchestrator.evaluation.video import stage_video
 
     for scene, record in stage_video(load_params(args.params), progress=args.progress).items():
         for k, values in record["shots"].items():

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from model.backbone import BackboneSpec, build_backbone
+from model.ebm.backbone import BackboneSpec, build_backbone
 from model.errors import InputError
 from model.maml_ae import (
     AESpec,

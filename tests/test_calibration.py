@@ -12,7 +12,7 @@ from scipy import stats
 
 from model.calibration import ESTIMATORS, check_fpr, rates, threshold
 from model.errors import InputError
-from orchestrator.calibration import Calibration, CalibrationSpec, augment, calibrate, loo_scores
+from orchestrator.evaluation.calibration import Calibration, CalibrationSpec, augment, calibrate, loo_scores
 from tests.conftest import expect_error
 
 
@@ -155,9 +155,9 @@ def test_calibration_with_size_correction_scores_against_k_minus_2_and_applies_t
 @pytest.mark.parametrize("method", ["untrained", "knn_untrained"])
 def test_leave_one_out_cut_from_the_full_state_equals_adapting_to_the_others(method):
     """The shortcut (slice the K-shot dictionary or bank) gives the same scores as adapting to K − 1 shots."""
-    from orchestrator.calibration import state_without
+    from orchestrator.evaluation.calibration import state_without
     from orchestrator.config import load_config, parse_overrides
-    from orchestrator.evaluate import make_scorer, untrained_model
+    from orchestrator.evaluation.evaluate import make_scorer, untrained_model
 
     cfg = load_config(None, parse_overrides(["data.image_size=32", "model.backbone.width=8", "model.backbone.out_dim=8"]))
     model = untrained_model(cfg)

@@ -610,9 +610,9 @@ def test_shots_and_draws_defaults_come_from_the_config(monkeypatch):
     from orchestrator.commands import loo
 
     seen = {}
-    monkeypatch.setattr("orchestrator.loo.run_loo", lambda root, out, shots, draws, *a, **k: seen.update(
+    monkeypatch.setattr("orchestrator.evaluation.loo.run_loo", lambda root, out, shots, draws, *a, **k: seen.update(
         shots=shots, draws=draws) or {"rows": []})
-    monkeypatch.setattr("orchestrator.loo.results_table", lambda results: "")
+    monkeypatch.setattr("orchestrator.evaluation.loo.results_table", lambda results: "")
     assert main(["loo", "--data", "d", "--out", "o", "--set", "eval.shots=3", "eval.draws=4"]) == 0
     assert seen == {"shots": 3, "draws": 4}
     assert main(["loo", "--data", "d", "--out", "o", "--shots", "2", "--set", "eval.draws=4"]) == 0

@@ -13,11 +13,11 @@ import torch
 from scipy.stats import spearmanr
 from sklearn.linear_model import Lasso
 
-from model.backbone import BackboneSpec, build_backbone
-from model.energy import AdaptiveEBM, SparseSpec, image_score, participation_ratio, top_mean
+from model.ebm.backbone import BackboneSpec, build_backbone
+from model.ebm.energy import AdaptiveEBM, SparseSpec, image_score, participation_ratio, top_mean
 from model.errors import InputError
 from model.methods.baselines import NoSupportScorer, gradient_magnitude
-from model.sparse import fista, fista_code, fista_energy, lasso_objective, local_atoms
+from model.ebm.sparse import fista, fista_code, fista_energy, lasso_objective, local_atoms
 
 FISTA = dict(solver="fista", shrink="hard", lam_star=0.05, max_steps=200, tol=1e-6, top_k_atoms=16,
              image_score="topk", top_frac=0.01)
@@ -126,7 +126,7 @@ def test_bad_detector_settings_are_one_line_errors(bad):
 
 @pytest.fixture(scope="module")
 def two_categories(real_root):
-    from orchestrator.evaluate import load_test_set
+    from orchestrator.evaluation.evaluate import load_test_set
 
     return {c: load_test_set(real_root, c, 64) for c in ("tire", "kolektor")}
 

@@ -1,8 +1,8 @@
-"""Equation tests for model/energy.py (Eq. 8, anomaly maps) and model/backbone.py.
+"""Equation tests for model/ebm/energy.py (Eq. 8, anomaly maps) and model/ebm/backbone.py.
 
 The numpy reference re-implements the energy independently: Im2Col volumes by hand, unit-norm
 signals and atoms, ISTA with step 1/L (L = ‖D‖₂², numpy.linalg.norm) and thresholds λ_n/L (the
-equivalent of Eq. 6 on D/‖D‖₂ — see model/sparse.py), squared error summed over the m dims.
+equivalent of Eq. 6 on D/‖D‖₂ — see model/ebm/sparse.py), squared error summed over the m dims.
 """
 
 import numpy as np
@@ -11,8 +11,8 @@ import torch
 import torch.nn as nn
 from scipy import ndimage
 
-from model.backbone import BackboneSpec, ConvBackbone, build_backbone
-from model.energy import AdaptiveEBM, SparseSpec, gaussian_blur
+from model.ebm.backbone import BackboneSpec, ConvBackbone, build_backbone
+from model.ebm.energy import AdaptiveEBM, SparseSpec, gaussian_blur
 from model.errors import InputError
 
 KINDS = ("hard", "sigshrink", "none")

@@ -15,7 +15,7 @@ from tests.conftest import HELD_OUT, cli, image_files, one_error_line
 
 
 def browser_dom(index: Path) -> str:
-    from orchestrator.browser import chromium_binary, dump_dom
+    from orchestrator.reporting.browser import chromium_binary, dump_dom
 
     if chromium_binary() is None:
         pytest.fail("chromium is not installed: `apt-get install -y chromium` (.ci/run does it on CI)")

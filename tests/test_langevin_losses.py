@@ -1,4 +1,4 @@
-"""Equation tests for model/langevin.py (Eq. 4), model/losses.py (Eqs. 10-12), model/inpaint.py (Sec. 3.3)."""
+"""Equation tests for model/ebm/langevin.py (Eq. 4), model/losses.py (Eqs. 10-12), model/ebm/inpaint.py (Sec. 3.3)."""
 
 import math
 
@@ -7,8 +7,8 @@ import pytest
 import torch
 
 from model.errors import InputError
-from model.inpaint import noise_patch
-from model.langevin import langevin
+from model.ebm.inpaint import noise_patch
+from model.ebm.langevin import langevin
 from model.losses import contrastive_divergence, energy_regularizer, reconstruction_loss, total_loss
 
 

@@ -6,8 +6,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from model.backbone import BackboneSpec, build_backbone
-from model.energy import AdaptiveEBM, SparseSpec
+from model.ebm.backbone import BackboneSpec, build_backbone
+from model.ebm.energy import AdaptiveEBM, SparseSpec
 from model.maml_ae import AESpec, ConvAutoencoder
 from model.methods import (BASELINES, BY_NAME, LEARNT, METHOD_MODEL, METHODS, MODEL_KINDS, REGISTRY, ScoringOptions,
                            get_method)
@@ -56,7 +56,7 @@ def test_every_registered_method_builds_and_scores_a_tiny_task(name):
 @pytest.mark.parametrize("name", METHODS)
 def test_make_scorer_builds_every_method_from_a_model_config(name):
     from orchestrator.config import load_config, parse_overrides
-    from orchestrator.evaluate import make_scorer, untrained_model
+    from orchestrator.evaluation.evaluate import make_scorer, untrained_model
 
     cfg = load_config(None, parse_overrides(TINY + [f"train.method={get_method(name).model}", "maml.inner_steps=1"]))
     _check_scores(make_scorer(name, untrained_model(cfg), cfg), *_task(1))
@@ -64,7 +64,7 @@ def test_make_scorer_builds_every_method_from_a_model_config(name):
 
 def test_unknown_method_and_wrong_model_kind_are_one_line_errors():
     from orchestrator.config import load_config, parse_overrides
-    from orchestrator.evaluate import make_scorer, untrained_model
+    from orchestrator.evaluation.evaluate import make_scorer, untrained_model
 
     expect_error(lambda: get_method("lof"), "--method 'lof'", "expected one of", *METHODS)
     cfg = load_config(None, parse_overrides(TINY))

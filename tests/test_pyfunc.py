@@ -118,7 +118,7 @@ def test_mlflow_and_fsad_loaders_score_like_the_evaluation_scorer(package, image
     import mlflow.pyfunc
     import torch
 
-    from orchestrator.evaluate import make_scorer
+    from orchestrator.evaluation.evaluate import make_scorer
     from orchestrator.tracking.pyfunc import load, load_dictionary
 
     by_fsad = load(str(package))

@@ -1,4 +1,4 @@
-"""orchestrator/report.py: docs/results.md and figures from a results/ tree, and the claim rules.
+"""orchestrator/reporting/report.py: docs/results.md and figures from a results/ tree, and the claim rules.
 
 The results/ trees here are written by hand (numbers chosen so each claim rule must flip); the real
 pipeline producing them is exercised in tests/test_dvc.py (`dvc repro experiments/dvc.yaml`)."""
@@ -12,7 +12,7 @@ import pytest
 from model.errors import InputError
 from orchestrator.cli import main
 from orchestrator.config import Config, load_config, parse_overrides
-from orchestrator.report import build_report, claims, load_results
+from orchestrator.reporting.report import build_report, claims, load_results
 
 TARGETS = ["a", "b"]
 

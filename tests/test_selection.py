@@ -9,7 +9,7 @@ from safetensors.torch import load_file
 
 from tests.conftest import HELD_OUT, tiny_sets
 from model.errors import InputError
-from model.inpaint import corrupt
+from model.ebm.inpaint import corrupt
 from orchestrator.cli import main
 
 

@@ -1,6 +1,6 @@
-"""Equation tests for model/sparse.py against independent numpy float64 references.
+"""Equation tests for model/ebm/sparse.py against independent numpy float64 references.
 
-Conventions (module docstring of model/sparse.py): signals are rows Z (n, m), the dictionary is
+Conventions (module docstring of model/ebm/sparse.py): signals are rows Z (n, m), the dictionary is
 D (m, A) with one atom per column, codes are α (n, A) and the reconstruction is α Dᵀ. `sparse_code`
 runs Eq. 6 on D / ‖D‖₂ with thresholds λ/‖D‖₂ and SigShrink smoothness τ·‖D‖₂, which is ISTA with
 step 1/L (L = ‖D‖₂²) and thresholds λ/L on the raw D.
@@ -12,10 +12,10 @@ import numpy as np
 import pytest
 import torch
 
-from model.energy import AdaptiveEBM, SparseSpec
+from model.ebm.energy import AdaptiveEBM, SparseSpec
 from model.errors import InputError
-from model.backbone import BackboneSpec, ConvBackbone
-from model.sparse import (
+from model.ebm.backbone import BackboneSpec, ConvBackbone
+from model.ebm.sparse import (
     TaskDictionary,
     continuation_schedule,
     feature_volumes,

@@ -353,7 +353,7 @@ def test_pyfunc_round_trip_equals_direct_scoring(store, trained, data_with_manif
     import mlflow.pyfunc
 
     from orchestrator.tracking.artifacts import load_model_dir
-    from orchestrator.evaluate import load_test_set, make_scorer, support_draws
+    from orchestrator.evaluation.evaluate import load_test_set, make_scorer, support_draws
     from orchestrator.tracking.registry import register
 
     model, cfg, _ = load_model_dir(trained[0])

@@ -2,7 +2,7 @@
 
 load_scene itself (frame and label counts per clip, masks vs labels at native resolution, every=) is
 tested in tests/test_data.py; here: workers/data/video.py (listing, motion cue, files hashed, the combined
-training source), orchestrator/video.py end to end on a tiny budget, the CLI verb and the DVC entry.
+training source), orchestrator/evaluation/video.py end to end on a tiny budget, the CLI verb and the DVC entry.
 """
 from __future__ import annotations
 
@@ -174,7 +174,7 @@ def check_scores(path: Path, scene: str, n: int) -> None:
 
 def test_video_cli_end_to_end(small_real_root, tmp_path, capsys):
     from orchestrator.tracking.artifacts import load_model_dir
-    from orchestrator.video import load_target, score_shots
+    from orchestrator.evaluation.video import load_target, score_shots
 
     out = tmp_path / "ped2"
     args = ["video", "--target", "ucsd_ped2", "--out", str(out), "--video-root", str(VIDEO),
@@ -237,7 +237,7 @@ def test_video_stage_temporal(small_real_root, tmp_path, monkeypatch, capsys):
 
 def test_video_bad_input(small_real_root, tmp_path, capsys):
     from orchestrator.config import load_config, parse_overrides
-    from orchestrator.video import pipeline_image_source, run_video
+    from orchestrator.evaluation.video import pipeline_image_source, run_video
 
     def cfg(**changes):
         sets = {**TINY, **VIDEO_TINY, "experiments.video_root": str(VIDEO), **changes}

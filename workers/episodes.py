@@ -14,7 +14,7 @@ import torch
 
 from model.augment import dihedral
 from model.errors import InputError
-from model.inpaint import corrupt, noise_patch
+from model.ebm.inpaint import corrupt, noise_patch
 
 AUGMENT_MODES = ("none", "episode", "image")
 

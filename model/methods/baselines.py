@@ -16,7 +16,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from model.energy import gaussian_blur, top_mean
+from model.ebm.energy import gaussian_blur, top_mean
 from model.errors import InputError
 from model.methods import knn, ours
 from model.methods.base import Method, ScoringOptions

@@ -3,7 +3,7 @@
 Adaptation stores every feature position of the K support images as one row of a memory bank; a
 query position scores its Euclidean distance to the nearest bank row, an image scores its largest
 position distance (PatchCore's image score). Features are the same receptive-field volumes the EBM
-codes (`model.sparse.feature_volumes`), scaled to unit ℓ2 norm as in the EBM, so distances lie in
+codes (`model.ebm.sparse.feature_volumes`), scaled to unit ℓ2 norm as in the EBM, so distances lie in
 [0, 2] and the two methods compare on equal features.
 """
 from __future__ import annotations
@@ -14,10 +14,10 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from model.energy import gaussian_blur
+from model.ebm.energy import gaussian_blur
 from model.errors import InputError
 from model.methods.base import Method, ScoringOptions
-from model.sparse import feature_volumes
+from model.ebm.sparse import feature_volumes
 
 DEFAULT_CHUNK_BYTES = 256 * 2**20  # upper bound on one distance block
 

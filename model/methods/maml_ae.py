@@ -9,7 +9,7 @@ import math
 import torch
 from torch.func import functional_call
 
-from model.energy import gaussian_blur
+from model.ebm.energy import gaussian_blur
 from model.errors import InputError
 from model.maml_ae import ConvAutoencoder, adapt, check_images, check_inner
 from model.methods.base import Method, ScoringOptions

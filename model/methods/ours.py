@@ -5,9 +5,9 @@ from __future__ import annotations
 import torch
 
 from model.augment import DIHEDRAL_SIZE, dihedral
-from model.energy import AdaptiveEBM
+from model.ebm.energy import AdaptiveEBM
 from model.methods.base import Method, ScoringOptions
-from model.sparse import TaskDictionary
+from model.ebm.sparse import TaskDictionary
 
 
 class OursScorer:

@@ -37,7 +37,7 @@ def add_arguments(p):
 
 
 def run(args) -> int:
-    from orchestrator.loo import results_table, run_loo
+    from orchestrator.evaluation.loo import results_table, run_loo
     from workers.data.elpv import materialize_elpv
 
     began = time.perf_counter()

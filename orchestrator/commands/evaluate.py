@@ -45,7 +45,7 @@ def add_arguments(p):
 
 def run(args) -> int:
     from workers.files import check_writable_dir
-    from orchestrator.evaluate import METRIC_NAMES, format_metric
+    from orchestrator.evaluation.evaluate import METRIC_NAMES, format_metric
     from orchestrator.tracking.tracked import tracked_evaluate
 
     from model.calibration import check_fpr

@@ -24,7 +24,7 @@ def add_arguments(p):
 def run(args) -> int:
     from pathlib import Path
 
-    from orchestrator.ingest import ingest
+    from orchestrator.stages.ingest import ingest
 
     cfg = config_from_args(args)
     name = args.name or cfg.pipeline.name

@@ -32,7 +32,7 @@ def _split(text: str) -> list[str]:
 
 
 def run(args) -> int:
-    from orchestrator.loo import results_table, run_loo
+    from orchestrator.evaluation.loo import results_table, run_loo
 
     cfg = config_from_args(args)  # checked and named once, before any work
     path = config_file(args)

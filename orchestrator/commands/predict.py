@@ -28,7 +28,7 @@ def add_arguments(p):
 
 
 def run(args) -> int:
-    from orchestrator.predict import predict
+    from orchestrator.evaluation.predict import predict
 
     settings = runtime_settings(args, "predict")
     result = predict(args.model, args.support, args.images, args.out, method=args.method, overwrite=args.overwrite,

@@ -14,7 +14,7 @@ def add_arguments(p):
 
 
 def run(args) -> int:
-    from orchestrator.report import build_report
+    from orchestrator.reporting.report import build_report
 
     written = build_report(config_from_args(args), args.results, args.out,
                            command="fsad report" + (f" --results {args.results}" if args.results != "results" else ""))

@@ -31,7 +31,7 @@ def parse_shots(text: str) -> list[int]:
 def run(args) -> int:
     from pathlib import Path
 
-    from orchestrator.ingest import make_splits
+    from orchestrator.stages.ingest import make_splits
 
     cfg = config_from_args(args)
     folder = Path("data") / cfg.pipeline.name

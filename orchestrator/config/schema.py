@@ -143,7 +143,7 @@ class ExperimentsConfig:
     video_draws: int = 5
     video_test_every: int = 2  # score every n-th test frame (1: all, as the paper)
     video_train_every: int = 1  # use every n-th training frame of a scene
-    video_temporal: bool = False  # App. B.4: add a frame-difference cue (see orchestrator/video.py)
+    video_temporal: bool = False  # App. B.4: add a frame-difference cue (see orchestrator/evaluation/video.py)
 
 
 @dataclass

@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from model.errors import InputError
-from model.langevin import validate_langevin
+from model.ebm.langevin import validate_langevin
 from orchestrator.config.checks import check_finite
 from orchestrator.config.specs import sparse_spec
 

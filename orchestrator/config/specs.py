@@ -7,8 +7,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from model.backbone import BackboneSpec
-from model.energy import SparseSpec
+from model.ebm.backbone import BackboneSpec
+from model.ebm.energy import SparseSpec
 from model.maml_ae import AESpec
 
 if TYPE_CHECKING:  # the schema imports the search space, which builds specs: hints only, no import cycle

@@ -8,10 +8,10 @@ from __future__ import annotations
 from PIL import Image
 
 from model.calibration import ESTIMATORS, check_fpr
-from model.energy import MAP_MODES
+from model.ebm.energy import MAP_MODES
 from model.errors import InputError
-from model.inpaint import CORRUPTIONS
-from model.langevin import validate_langevin
+from model.ebm.inpaint import CORRUPTIONS
+from model.ebm.langevin import validate_langevin
 from model.methods import METHODS
 from orchestrator.config.checks import check_finite
 from orchestrator.config.profiles import ABLATIONS, PROFILES
@@ -110,7 +110,7 @@ def validate_eval(cfg: Config) -> None:
     check_fpr(cfg.eval.fpr, "eval.fpr")
     if cfg.eval.calibration not in ESTIMATORS:
         raise InputError(f"eval.calibration={cfg.eval.calibration!r}: expected one of {', '.join(ESTIMATORS)}")
-    from orchestrator.calibration import AUGMENTS
+    from orchestrator.evaluation.calibration import AUGMENTS
 
     for kind in cfg.eval.calibration_augment:
         if kind not in AUGMENTS:

@@ -18,8 +18,8 @@ import torch
 import yaml
 from safetensors.torch import load_file, save_file
 
-from model.backbone import build_backbone
-from model.energy import AdaptiveEBM
+from model.ebm.backbone import build_backbone
+from model.ebm.energy import AdaptiveEBM
 from model.errors import InputError
 from model.methods import MAML_AE
 from orchestrator.training.checkpoint import CONFIG, MANIFEST, META, STATE, WEIGHTS, Writer, verify_model_files

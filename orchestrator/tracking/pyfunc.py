@@ -46,12 +46,12 @@ from safetensors.torch import load_file, save_file
 
 from model.methods import OURS
 from model.errors import InputError
-from model.sparse import TaskDictionary
+from model.ebm.sparse import TaskDictionary
 
 LOADER_MODULE = "orchestrator.pyfunc"  # stays: every registered version's MLmodel names it
 DATA_DIR = "fsad_model"  # MLflow stores the data folder as data/<its name>
 DICTIONARY = "dictionary.safetensors"
-CALIBRATION = "calibration.json"  # the threshold and its target (orchestrator/calibration.py); absent in old versions
+CALIBRATION = "calibration.json"  # the threshold and its target (orchestrator/evaluation/calibration.py); absent in old versions
 IMAGE_ROOT_ENV = "FSAD_SERVE_IMAGE_ROOT"
 PIP_REQUIREMENTS = ["torch==2.13.0", "numpy==2.4.6", "safetensors==0.8.0", "PyYAML==6.0.4", "pillow==13.0.0",
                     "mlflow==3.17.2", "fsad"]
@@ -184,7 +184,7 @@ class FsadPyfunc:
 
     def __init__(self, folder: Path):
         from orchestrator.tracking.artifacts import load_model_dir
-        from orchestrator.evaluate import make_scorer
+        from orchestrator.evaluation.evaluate import make_scorer
 
         self.model, self.cfg, self.meta = load_model_dir(folder, device="cpu")
         self.dictionary = load_dictionary(folder / DICTIONARY)
@@ -218,7 +218,7 @@ class FsadPyfunc:
 
 def load_calibration(path: Path):
     """calibration.json of a model data folder (JSON only), or None when the version predates it."""
-    from orchestrator.calibration import Calibration
+    from orchestrator.evaluation.calibration import Calibration
 
     if not path.is_file():
         return None

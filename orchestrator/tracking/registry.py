@@ -25,7 +25,7 @@ import torch
 from model.errors import InputError
 from model.methods import OURS
 from orchestrator.config import Config, with_values
-from orchestrator.evaluate import METRIC_NAMES, draw_metrics, load_test_set, make_scorer, score_batches, support_draws
+from orchestrator.evaluation.evaluate import METRIC_NAMES, draw_metrics, load_test_set, make_scorer, score_batches, support_draws
 from orchestrator.tracking.artifacts import load_model_dir, resolve_device
 from orchestrator.tracking.data_version import data_version, sha256_file
 from orchestrator.tracking.fetch import fetch_run_weights, fetch_weights, mlflow_call
@@ -74,9 +74,9 @@ def support_digest(images: torch.Tensor) -> str:
 
 
 def calibrate_support(model, cfg: Config, support: torch.Tensor, fpr: float | None = None, dictionary=None):
-    """The version's calibration (orchestrator/calibration.py) from its K shots; None when K < 2.
+    """The version's calibration (orchestrator/evaluation/calibration.py) from its K shots; None when K < 2.
     dictionary: the one adapted to all K shots, if already built."""
-    from orchestrator.calibration import CalibrationSpec, calibrate
+    from orchestrator.evaluation.calibration import CalibrationSpec, calibrate
 
     if support.shape[0] < 2:
         return None

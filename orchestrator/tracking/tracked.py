@@ -22,7 +22,7 @@ from typing import Any
 from model import metrics
 from model.methods import OURS
 from orchestrator.config import Config
-from orchestrator.evaluate import CALIBRATION_NAMES, METRIC_NAMES, evaluate, prepare_evaluation
+from orchestrator.evaluation.evaluate import CALIBRATION_NAMES, METRIC_NAMES, evaluate, prepare_evaluation
 from orchestrator.tracking.artifacts import CONFIG, MANIFEST, META, STATE, WEIGHTS
 from orchestrator.tracking.data_version import data_version
 from orchestrator.tracking.runs import TrackedRun
@@ -164,7 +164,7 @@ class EvaluationRuns:
         self.first_hist: list[Path] = []
 
     def on_draw(self, record: dict[str, Any], scores, maps, test) -> None:
-        from orchestrator.plots import histogram_png, pro_png, roc_png
+        from orchestrator.reporting.plots import histogram_png, pro_png, roc_png
 
         draw, category, shots, method, plots = record["draw"], self.category, self.shots, self.method, self.out / "plots"
         child = TrackedRun(self.uri, f"eval {category} K={shots} {method} draw {draw}", self.experiment,
@@ -194,7 +194,7 @@ class EvaluationRuns:
 
     def finish(self, record: dict[str, Any]) -> None:
         """The summary's mean/std metrics, every draw's curves in one picture, the report files; then end."""
-        from orchestrator.plots import pro_png, roc_png
+        from orchestrator.reporting.plots import pro_png, roc_png
 
         out, title = self.out, f"{self.category} K={self.shots} {self.method}"
         values: dict[str, float] = {"adapt_seconds": record["adapt_seconds"]}
@@ -245,8 +245,9 @@ def tracked_video(cfg: Config, target: str, out, image_source=None, progress: bo
     """`run_video` inside one MLflow run "video <scene>": the resolved config as params, the training loss
     per episode, frame AUROC mean/std per K, the frames' data hash as a tag, and metrics.json, scores.csv,
     the score-over-time picture and the model directory as artifacts."""
-    from orchestrator.report import fig_video, read_scores
-    from orchestrator.video import load_target, run_video
+    from orchestrator.reporting.figures import fig_video
+    from orchestrator.reporting.results import read_scores
+    from orchestrator.evaluation.video import load_target, run_video
 
     if uri is None:
         return run_video(cfg, target, out, image_source=image_source, progress=progress)

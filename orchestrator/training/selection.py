@@ -14,11 +14,11 @@ from pathlib import Path
 import torch
 
 from model import metrics
-from model.energy import AdaptiveEBM
+from model.ebm.energy import AdaptiveEBM
 from model.errors import InputError
 from model.methods.ours import OursScorer
 from orchestrator.config import Config
-from orchestrator.evaluate import load_test_set, score_batches
+from orchestrator.evaluation.evaluate import load_test_set, score_batches
 
 BEST = "best.safetensors"  # the best weights so far, beside the checkpoint (resume continues the selection)
 

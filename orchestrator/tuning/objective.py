@@ -103,7 +103,7 @@ def trial_config(cfg: Config, plan: Plan, params: dict[str, Any]) -> Config:
 
 def load_validation(plan: Plan, cfg: Config) -> list:
     """A small test set per validation category: at most tune.eval_images images, half normal."""
-    from orchestrator.evaluate import load_test_set
+    from orchestrator.evaluation.evaluate import load_test_set
 
     sets = []
     for category in plan.validation:
@@ -122,7 +122,7 @@ def load_validation(plan: Plan, cfg: Config) -> list:
 def validation_score(model_dir: Path, sets: list, cfg: Config) -> dict[str, float]:
     """{objective, image_auroc, pixel_auroc (when masks exist)} of the model in model_dir."""
     from orchestrator.tracking.artifacts import load_model_dir, resolve_device
-    from orchestrator.evaluate import evaluate_scorer, make_scorer
+    from orchestrator.evaluation.evaluate import evaluate_scorer, make_scorer
 
     model, model_cfg, _ = load_model_dir(model_dir)
     device = resolve_device(model_cfg.train.device)

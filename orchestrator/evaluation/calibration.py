@@ -117,7 +117,7 @@ def state_without(scorer, state, drop, shots: int):
     the full state when that is exactly what adapting to the other shots gives (ours without centring or
     support augmentation: the atoms of the other shots; kNN: the other shots' bank rows); None
     otherwise. Saves K − 1 backbone passes (tests/test_calibration.py checks the equality)."""
-    from model.sparse import TaskDictionary, spectral_norm
+    from model.ebm.sparse import TaskDictionary, spectral_norm
 
     dropped = {int(drop)} if isinstance(drop, int) else {int(d) for d in drop}
     kept_shots = [k for k in range(shots) if k not in dropped]
@@ -145,7 +145,7 @@ def held_out_scores(scorer, support: torch.Tensor, kinds, batch_size: int, devic
     augmentations scored by the scorer adapted to the shots other than i (and other than i + 1 too with
     without_next: the K − 2 dictionary of the size correction). full_state: the scorer's state for all K
     shots, cut instead of adapting anew where state_without can."""
-    from orchestrator.evaluate import score_batches
+    from orchestrator.evaluation.evaluate import score_batches
 
     K = support.shape[0]
     scores, peaks = [], []

@@ -22,7 +22,7 @@ from model.calibration import check_fpr
 from model.errors import InputError
 from orchestrator.tracking.artifacts import load_model_dir, resolve_device
 from model.methods import OURS, Scorer, ScoringOptions, get_method
-from orchestrator.calibration import CalibrationSpec, calibrate
+from orchestrator.evaluation.calibration import CalibrationSpec, calibrate
 from orchestrator.config import Config, with_values
 from workers.data.images import set_max_pixels, stack_items
 from workers.data.sources import as_source, open_source
@@ -265,7 +265,7 @@ def evaluate(model_dir: str | Path, data_root: str | Path, category: str, shots:
     Every draw with K >= 2 also calibrates a threshold from its shots for the target false-alarm rate
     `fpr` (default eval.fpr) and records the realised false-alarm rate and recall at it. `report`: an
     overlay for every test image of the first draw and out/index.html, the gallery of them."""
-    from orchestrator.plots import write_overlays
+    from orchestrator.reporting.plots import write_overlays
 
     p = prepared or prepare_evaluation(model_dir, data_root, category, shots, draws, method, seed, manifest, splits,
                                        allow_partial, settings, fpr)
@@ -306,8 +306,8 @@ def evaluate(model_dir: str | Path, data_root: str | Path, category: str, shots:
 
 def write_evaluation_gallery(out: Path, record: dict[str, Any], test: TestSet, first: dict[str, Any]) -> Path:
     """out/index.html: every test image of the first draw, by score, with its verdict and true label."""
-    from orchestrator.gallery import write_gallery
-    from orchestrator.plots import overlay_name
+    from orchestrator.reporting.gallery import write_gallery
+    from orchestrator.reporting.plots import overlay_name
 
     cal = first["calibration"]
     cards = []

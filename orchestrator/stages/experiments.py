@@ -19,9 +19,9 @@ from typing import Any
 from model.errors import InputError
 from model.methods import OURS
 from orchestrator.config import ABLATIONS, Config, describe, with_values
-from orchestrator.evaluate import METRIC_NAMES, evaluate
-from orchestrator.ingest import MANIFEST
-from orchestrator.pipeline import RESULTS, SPLITS, data_dir, image_root
+from orchestrator.evaluation.evaluate import METRIC_NAMES, evaluate
+from orchestrator.stages.ingest import MANIFEST
+from orchestrator.stages.pipeline import RESULTS, SPLITS, data_dir, image_root
 from orchestrator.training.loop import train
 from workers.files import atomic_write_text
 

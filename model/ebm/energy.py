@@ -25,7 +25,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from model.errors import InputError
-from model.sparse import (
+from model.ebm.sparse import (
     SHRINKS,
     SOLVERS,
     fista_code,

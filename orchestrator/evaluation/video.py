@@ -7,7 +7,7 @@ For a target scene T:
    source (workers.data.video.SceneTaskSource). cfg.data.categories / exclude do not apply here; the model is
    always `ours` (cfg.train.method is ignored). Training frames: every experiments.video_train_every-th.
 2. **Adapt and score**, for each K in experiments.video_shots and each of experiments.video_draws support
-   draws: the dictionary is built from K normal training frames of T (orchestrator.evaluate.support_draws
+   draws: the dictionary is built from K normal training frames of T (orchestrator.evaluation.evaluate.support_draws
    with eval.seed: seeded, nested across K), and every experiments.video_test_every-th test frame of every
    clip is scored independently. Frame score = the image energy (Alg. 2), the same number with either
    anomaly-map mode; the scorer is make_scorer's `ours` with model.anomaly_map=energy and no smoothing,
@@ -51,9 +51,9 @@ from model.errors import InputError
 from orchestrator.tracking.artifacts import load_model_dir, resolve_device, WEIGHTS
 from model.methods import OURS
 from orchestrator.config import Config, with_values
-from orchestrator.evaluate import make_scorer, score_batches, support_draws
-from orchestrator.ingest import MANIFEST
-from orchestrator.pipeline import RESULTS, TRAINED_CONFIG, data_dir, image_root, repo_path
+from orchestrator.evaluation.evaluate import make_scorer, score_batches, support_draws
+from orchestrator.stages.ingest import MANIFEST
+from orchestrator.stages.pipeline import RESULTS, TRAINED_CONFIG, data_dir, image_root, repo_path
 from orchestrator.training.loop import train
 from workers.data.sources import as_source, open_source
 from workers.data.video import (

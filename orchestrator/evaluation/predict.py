@@ -1,7 +1,7 @@
 """Score new images with a model adapted to a folder of normal shots (Alg. 2), and decide: every image
 gets its score, the calibrated threshold and a verdict (ok / anomalous), a binary mask and an overlay.
 
-The threshold comes from the shots alone (orchestrator/calibration.py): each shot scored against the
+The threshold comes from the shots alone (orchestrator/evaluation/calibration.py): each shot scored against the
 others, for the target false-alarm rate `fpr`. With a single shot there is nothing to score it against:
 the scores are written, the verdict is null and the summary says why.
 
@@ -29,11 +29,11 @@ from tqdm import tqdm
 from model.calibration import check_fpr
 from model.errors import InputError
 from orchestrator.tracking.artifacts import load_model_dir, resolve_device
-from orchestrator.calibration import ANOMALOUS, Calibration, CalibrationSpec, calibrate
+from orchestrator.evaluation.calibration import ANOMALOUS, Calibration, CalibrationSpec, calibrate
 from orchestrator.config import with_values
-from orchestrator.evaluate import make_scorer
-from orchestrator.gallery import INDEX, write_gallery
-from orchestrator.plots import color_limit, overlay_png
+from orchestrator.evaluation.evaluate import make_scorer
+from orchestrator.reporting.gallery import INDEX, write_gallery
+from orchestrator.reporting.plots import color_limit, overlay_png
 from workers.data.folders import image_files, load_images
 from workers.data.images import set_max_pixels
 from workers.files import atomic_path, atomic_write_text, check_writable_dir

@@ -1,0 +1,1 @@
+"""Evaluation: the few-shot protocol, leave-one-out, calibrated verdicts, prediction and video."""

@@ -1,0 +1,1 @@
+"""Reporting: docs/results.md, its figures, the anomaly-map gallery and the results browser."""

@@ -1,0 +1,137 @@
+"""The paper's claims and what our numbers say about them: each is reproduced / not reproduced / not
+testable here, decided from the results by the rules below (a claim tested on several targets holds when
+it holds on more than half of them)."""
+from __future__ import annotations
+
+from model.methods import MAML_AE, OURS
+from orchestrator.config import ABLATIONS, Config, describe
+from orchestrator.evaluation.evaluate import METRIC_NAMES
+from orchestrator.reporting.results import METHOD_LABELS, METRIC_LABELS, early_loss, late_loss, mean_of, metric_mean
+
+# Paper, Table 2: frame-level AUROC (%) with 1 / 5 / 10 shots, trained on ShanghaiTech's 13 scenes.
+PAPER_VIDEO = {
+    "ucsd_ped2": {OURS.name: (91.22, 92.00, 92.45), MAML_AE.name: (78.24, 82.04, 83.30),
+                  "r-GAN MAML": (91.19, 91.80, 92.80)},
+    "avenue": {OURS.name: (80.68, 83.41, 84.46), MAML_AE.name: (68.72, 69.67, 70.01), "r-GAN MAML": (76.58, 77.10, 78.79)},
+}
+
+
+def claims(data: dict, cfg: Config) -> list[tuple[str, str, str]]:
+    """(claim, status, evidence) with status reproduced | not reproduced | not testable here."""
+    out: list[tuple[str, str, str]] = []
+    top = data["shots"][-1]
+    ind = data["industrial"]
+    mean = {m: {n: mean_of([metric_mean(ind[t][m][top], n) for t in ind]) for n in METRIC_NAMES} for m in cfg.pipeline.methods}
+
+    # Table 1: few-shot localisation, ours vs few-shot baselines
+    if {OURS.name, MAML_AE.name} <= set(mean):
+        wins = [n for n in ("pixel_auroc", "miou")
+                if mean[OURS.name][n] > max(mean[m][n] for m in mean if m != OURS.name)]
+        status = "reproduced" if len(wins) == 2 else "not reproduced"
+        evidence = ", ".join(f"{METRIC_LABELS[n]}: " + " / ".join(f"{METHOD_LABELS[m]} {mean[m][n]:.3f}" for m in mean)
+                             for n in ("pixel_auroc", "miou"))
+        out.append((f"Table 1: with K={top} shots, ours localises anomalies better (pixel AUROC and mIoU) than "
+                    "the few-shot baselines (MAML-AE; kNN on the same features added here)", status,
+                    f"mean over {len(ind)} held-out categories at K={top}: {evidence}. The paper's numbers are on "
+                    "MVTec-AD, which is not available here; only the ranking is compared."))
+    # More shots help (Table 2, and the few-shot premise)
+    if OURS.name in mean and len(data["shots"]) > 1:
+        lo, hi = data["shots"][0], top
+        gains = {t: metric_mean(ind[t][OURS.name][hi], "image_auroc") - metric_mean(ind[t][OURS.name][lo], "image_auroc")
+                 for t in ind}
+        up = sum(g > 0 for g in gains.values())
+        out.append((f"More shots help: ours improves from K={lo} to K={hi} (industrial, image AUROC)",
+                    "reproduced" if up > len(gains) / 2 else "not reproduced",
+                    f"image AUROC gain K={lo}→{hi} per category: " + ", ".join(f"{t} {g:+.3f}" for t, g in gains.items())))
+    # Ablations
+    out += ablation_claims(data, cfg)
+    # Video, Table 2
+    out += video_claims(data)
+    return out
+
+
+def ablation_claims(data: dict, cfg: Config) -> list[tuple[str, str, str]]:
+    out = []
+    top = f"K{data['shots'][-1]}"
+    rows = []
+    for target, variants in data["ablations"].items():
+        default = data["industrial"][target][OURS.name][data["shots"][-1]]
+        rows.append((target, default, variants, data["histories"].get((target, OURS.model), [])))
+    if not rows:
+        return [("Tables 3-4, Fig. 5 (ablations)", "not testable here", "the ablation stage has not run")]
+
+    def compare(name: str, claim: str, metric_names=("pixel_auroc", "miou"), variant_wins: bool = False):
+        """The claim holds on a target when the default beats the variant on every metric (or, with
+        variant_wins, the variant beats the default: the paper's choice is the ablation row)."""
+        better, evidence = 0, []
+        tested = [(t, d, v[name]) for t, d, v, _ in rows if name in v]
+        if not tested:
+            return
+        for target, default, variant in tested:
+            diffs = {n: metric_mean(default, n) - metric_mean(variant["metrics"], n) for n in metric_names}
+            if variant_wins:
+                diffs = {n: -d for n, d in diffs.items()}
+            better += all(d > 0 for d in diffs.values())
+            evidence.append(f"{target}: " + ", ".join(f"{METRIC_LABELS[n]} {metric_mean(default, n):.3f} vs "
+                                                      f"{metric_mean(variant['metrics'], n):.3f}" for n in metric_names))
+        out.append((claim, "reproduced" if better > len(tested) / 2 else "not reproduced",
+                    f"holds on {better} of {len(tested)} targets. Default vs {name} ({' '.join(describe(ABLATIONS[name]))}), "
+                    f"{top}: " + "; ".join(evidence)))
+
+    # The default is l = 1 (measured on validation categories); the paper's l = 3 is the ablation row.
+    compare("l3", "Table 3: sparse coding over l×l = 3×3 feature volumes beats l = 1 (mIoU and AUROC)",
+            variant_wins=True)
+    compare("nosparsity", "Table 4: removing the sparsity constraint lowers mIoU and AUROC")
+    gap_rows = [(t, d, v["nosparsity"]) for t, d, v, _ in rows if "nosparsity" in v]
+    if gap_rows:
+        wider = sum(metric_mean(d, "score_gap") > metric_mean(v["metrics"], "score_gap") for _, d, v in gap_rows)
+        out.append(("Table 4: with sparsity, the gap between mean abnormal and mean normal energy is larger",
+                    "reproduced" if wider > len(gap_rows) / 2 else "not reproduced",
+                    f"holds on {wider} of {len(gap_rows)} targets (default vs nosparsity): " + "; ".join(f"{t}: {metric_mean(d, 'score_gap'):.2e} vs {metric_mean(v['metrics'], 'score_gap'):.2e}"
+                              for t, d, v in gap_rows)))
+    # The default shrink is Eq. 7 (exact Lasso under FISTA); the sigshrink row trains with Eq. 9.
+    hard = [(t, v["sigshrink"]["history"], h) for t, _, v, h in rows if "sigshrink" in v and h]
+    if hard:
+        ok = sum(late_loss(h) < late_loss(o) and early_loss(h) <= early_loss(o) for _, h, o in hard)
+        out.append(("Fig. 5: training with SigShrink converges faster early on and reaches a lower loss than hard shrink",
+                    "reproduced" if ok > len(hard) / 2 else "not reproduced",
+                    f"holds on {ok} of {len(hard)} targets. " + "; ".join(f"{t}: first-fifth mean loss {early_loss(h):.4f} vs {early_loss(o):.4f}, last-fifth "
+                              f"{late_loss(h):.4f} vs {late_loss(o):.4f} (SigShrink vs hard)" for t, h, o in hard)
+                    + ". Losses of different shrink functions are on the same scale (energies in [0, 1])."))
+    # judged, like Tables 3-4, on the paper's localisation metrics (pixel AUROC, mIoU)
+    compare("noise_init", "Section 3.3: starting Langevin from inpainted normals (not noise) trains faster — "
+            "at the same episode budget the inpainting model localises better (pixel AUROC and mIoU)")
+    for name in ("j1", "j10"):
+        tested = [(t, d, v[name]) for t, d, v, _ in rows if name in v]
+        if tested:
+            out.append((f"Langevin steps J={ABLATIONS[name]['langevin.steps']} vs the default J={cfg.langevin.steps} "
+                        "(a design choice the paper fixes, not a claim)", "measured",
+                        "; ".join(f"{t}: pixel AUROC {metric_mean(d, 'pixel_auroc'):.3f} (default) vs "
+                                  f"{metric_mean(v['metrics'], 'pixel_auroc'):.3f}" for t, d, v in tested)))
+    return out
+
+
+def video_claims(data: dict) -> list[tuple[str, str, str]]:
+    out = []
+    for scene, paper in PAPER_VIDEO.items():
+        record = data["video"].get(scene)
+        if not record:
+            out.append((f"Table 2: {scene} frame AUROC {paper[OURS.name]}", "not testable here",
+                        "the video stage has not run for this scene"))
+            continue
+        ours = {int(k[1:]): v["frame_auroc"] for k, v in record["metrics"]["shots"].items()}
+        ks = sorted(ours)
+        paper_at = dict(zip((1, 5, 10), paper[OURS.name]))
+        compared = [k for k in ks if k in paper_at]
+        within = all(ours[k] * 100 >= paper_at[k] - 2.0 for k in compared)
+        out.append((f"Table 2: {scene} frame AUROC " + " / ".join(f"{paper_at[k]:.2f}" for k in compared)
+                    + f" with {'/'.join(map(str, compared))} shots", "reproduced" if within else "not reproduced",
+                    "ours here: " + " / ".join(f"{100 * ours[k]:.2f}" for k in compared)
+                    + " (reproduced = within 2 points). Set-up differs: meta-trained on the other scene and four "
+                    "industrial categories, not ShanghaiTech's 13 scenes; features learnt from scratch at "
+                    f"{record['metrics'].get('params', {}).get('data.image_size', '?')} px on a small budget."))
+        if len(ks) > 1:
+            out.append((f"Video, {scene}: more shots help (K={ks[0]} → {ks[-1]})",
+                        "reproduced" if ours[ks[-1]] > ours[ks[0]] else "not reproduced",
+                        " → ".join(f"K={k}: {ours[k]:.3f}" for k in ks)))
+    return out
