@@ -116,7 +116,7 @@ def test_no_support_map_is_the_blurred_gradient_and_ignores_support():
                                  dict(top_k_atoms=-1), dict(max_steps=0), dict(tol=float("nan"))])
 def test_bad_detector_settings_are_one_line_errors(bad):
     with pytest.raises(InputError) as exc:
-        SparseSpec(**bad).validate()
+        SparseSpec.paper(**bad).validate()
     assert "\n" not in str(exc.value) and "model." in str(exc.value)
 
 
@@ -134,7 +134,7 @@ def two_categories(real_root):
 def untrained_model(**spec) -> AdaptiveEBM:
     torch.manual_seed(0)
     net = build_backbone(BackboneSpec(width=16, depth=3, stride=4, out_dim=16, max_width=64))
-    return AdaptiveEBM(net, SparseSpec(**{**FISTA, **spec})).eval()
+    return AdaptiveEBM(net, SparseSpec.paper(**{**FISTA, **spec})).eval()
 
 
 def test_support_image_is_explained_by_its_own_dictionary_not_another_category(two_categories):

@@ -75,7 +75,7 @@ def np_position_energy(q_feats, s_feats, spec: SparseSpec):
 
 def make_ebm(seed=0, **sparse):
     torch.manual_seed(seed)
-    return AdaptiveEBM(ConvBackbone(TINY), SparseSpec(**sparse)).double()
+    return AdaptiveEBM(ConvBackbone(TINY), SparseSpec.paper(**sparse)).double()
 
 
 def rand_images(n, seed, size=16, channels=3):

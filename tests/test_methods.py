@@ -28,7 +28,7 @@ def _network(kind: str) -> torch.nn.Module:
     if kind == "maml_ae":
         return ConvAutoencoder(AESpec(width=4, latent=4, depth=2)).eval()
     backbone = build_backbone(BackboneSpec(width=8, depth=2, stride=4, out_dim=8))
-    return AdaptiveEBM(backbone, SparseSpec()).eval()
+    return AdaptiveEBM(backbone, SparseSpec.paper()).eval()
 
 
 def _check_scores(scorer, support, queries) -> None:

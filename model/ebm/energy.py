@@ -40,20 +40,29 @@ from model.ebm.sparse import (
 
 @dataclass(frozen=True)
 class SparseSpec:
-    lam_max: float = 0.9  # first continuation threshold (cosine units, see sparse.py)
-    lam_star: float = 0.1  # last continuation threshold
-    istc_steps: int = 5  # N in Eq. 6
-    shrink: str = "sigshrink"  # sigshrink | hard | none
-    tau: float = 20.0  # SigShrink smoothness (Eq. 9), in 1/cosine units
-    receptive_field: int = 3  # l (Section 3.1.1)
-    normalize: bool = True  # unit-norm signals and atoms (bounded energy)
-    center: bool = True  # subtract the support set's mean volume before normalising (module doc)
-    solver: str = "istc"  # istc (Eq. 6, N steps of continuation) | fista (Eq. 5 at λ = lam_star, to `tol`)
-    max_steps: int = 50  # FISTA's step budget
-    tol: float = 1e-4  # FISTA stops once no code changes by more than this (cosine units)
-    top_k_atoms: int = 0  # FISTA codes each position over its k most similar atoms; 0 = all atoms
-    image_score: str = "mean"  # mean | topk: image energy = mean of the top `top_frac` position energies
-    top_frac: float = 0.01  # fraction of positions in the top-k image score (1 position at least)
+    """The sparse-coding layer's settings. No defaults here: a run's defaults live in the config schema
+    (orchestrator/config/schema.py, built by keyword in orchestrator/config/specs.py); `SparseSpec.paper()`
+    is the paper's configuration (Eqs. 6-9: ISTC with continuation, SigShrink, l = 3, mean image score)."""
+
+    lam_max: float  # first continuation threshold (cosine units, see sparse.py)
+    lam_star: float  # last continuation threshold
+    istc_steps: int  # N in Eq. 6
+    shrink: str  # sigshrink | hard | none
+    tau: float  # SigShrink smoothness (Eq. 9), in 1/cosine units
+    receptive_field: int  # l (Section 3.1.1)
+    normalize: bool  # unit-norm signals and atoms (bounded energy)
+    center: bool  # subtract the support set's mean volume before normalising (module doc)
+    solver: str  # istc (Eq. 6, N steps of continuation) | fista (Eq. 5 at λ = lam_star, to `tol`)
+    max_steps: int  # FISTA's step budget
+    tol: float  # FISTA stops once no code changes by more than this (cosine units)
+    top_k_atoms: int  # FISTA codes each position over its k most similar atoms; 0 = all atoms
+    image_score: str  # mean | topk: image energy = mean of the top `top_frac` position energies
+    top_frac: float  # fraction of positions in the top-k image score (1 position at least)
+
+    @classmethod
+    def paper(cls, **changes) -> "SparseSpec":
+        """The paper's configuration, with `changes` (field=value) applied."""
+        return cls(**{**PAPER_SPARSE, **changes})
 
     def __post_init__(self) -> None:
         self.validate()  # once, at construction: the forward pass trusts a built spec
@@ -76,6 +85,24 @@ class SparseSpec:
             raise InputError(f"model.top_frac={self.top_frac}: expected a fraction in (0, 1]")
         if self.receptive_field < 1 or self.receptive_field % 2 == 0:
             raise InputError(f"model.receptive_field={self.receptive_field}: expected an odd integer >= 1")
+
+
+PAPER_SPARSE = dict(
+    lam_max=0.9,
+    lam_star=0.1,
+    istc_steps=5,
+    shrink="sigshrink",
+    tau=20.0,
+    receptive_field=3,
+    normalize=True,
+    center=True,
+    solver="istc",
+    max_steps=50,
+    tol=1e-4,
+    top_k_atoms=0,
+    image_score="mean",
+    top_frac=0.01,
+)  # the paper's settings (Eqs. 6-9); centring, the FISTA budget and top_frac are this code's, at reference values
 
 
 MAP_MODES = ("gradient", "energy")
