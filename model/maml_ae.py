@@ -27,9 +27,10 @@ from model.errors import InputError
 
 @dataclass(frozen=True)
 class AESpec:
-    width: int = 32  # channels of the first down block; doubled per block
-    latent: int = 64  # bottleneck channels
-    depth: int = 3  # number of stride-2 down blocks (and up blocks)
+    # No defaults: the config schema (maml.*) holds them.
+    width: int  # channels of the first down block; doubled per block
+    latent: int  # bottleneck channels
+    depth: int  # number of stride-2 down blocks (and up blocks)
 
 
 def _group_count(channels: int) -> int:
@@ -52,7 +53,7 @@ class ConvAutoencoder(nn.Module):
              GroupNorm -> SiLU] mirroring the widths back to w, then conv3x3 -> 3 and a sigmoid.
     """
 
-    def __init__(self, spec: AESpec = AESpec()):
+    def __init__(self, spec: AESpec):
         super().__init__()
         if spec.width < 1 or spec.latent < 1 or spec.depth < 1:
             raise InputError(f"maml_ae width/latent/depth must be >= 1, got {spec}")

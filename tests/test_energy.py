@@ -16,7 +16,7 @@ from model.ebm.energy import AdaptiveEBM, SparseSpec, gaussian_blur
 from model.errors import InputError
 
 KINDS = ("hard", "sigshrink", "none")
-TINY = BackboneSpec(width=4, depth=2, stride=2, out_dim=6)
+TINY = BackboneSpec(name="conv", width=4, depth=2, stride=2, out_dim=6, max_width=128)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -236,9 +236,9 @@ def test_receptive_field_by_hand():
     # stem 3x3 s1 (+2), block 3x3 s2 (+2·1), block 3x3 s1 (+2·2), head 1x1 (+0): 1 + 2 + 2 + 4 = 9
     assert ConvBackbone(TINY).receptive_field() == 9
     # depth 3, stride 4: 1 + 2 + 2 + 4 + 2·4 = 17
-    assert ConvBackbone(BackboneSpec(width=4, depth=3, stride=4, out_dim=6)).receptive_field() == 17
+    assert ConvBackbone(BackboneSpec(name="conv", width=4, depth=3, stride=4, out_dim=6, max_width=128)).receptive_field() == 17
     # depth 2, stride 1: 1 + 2 + 2 + 2 = 7
-    assert ConvBackbone(BackboneSpec(width=4, depth=2, stride=1, out_dim=6)).receptive_field() == 7
+    assert ConvBackbone(BackboneSpec(name="conv", width=4, depth=2, stride=1, out_dim=6, max_width=128)).receptive_field() == 7
 
 
 def _strip_groupnorm(net: ConvBackbone) -> ConvBackbone:
@@ -281,7 +281,7 @@ def test_groupnorm_only_couples_outside_field_through_statistics():
 
 @pytest.mark.parametrize("stride, depth", [(1, 2), (2, 2), (4, 2), (4, 3), (8, 3)])
 def test_backbone_output_stride(stride, depth):
-    net = ConvBackbone(BackboneSpec(width=4, depth=depth, stride=stride, out_dim=5))
+    net = ConvBackbone(BackboneSpec(name="conv", width=4, depth=depth, stride=stride, out_dim=5, max_width=128))
     assert net.stride == stride and net.out_dim == 5
     with torch.no_grad():
         out = net(torch.rand(2, 3, 32, 48))
@@ -291,9 +291,9 @@ def test_backbone_output_stride(stride, depth):
 @pytest.mark.parametrize("stride, depth", [(3, 2), (6, 3), (0, 2), (-2, 2), (8, 2), (16, 3)])
 def test_backbone_bad_stride_raises(stride, depth):
     with pytest.raises(InputError):
-        ConvBackbone(BackboneSpec(width=4, depth=depth, stride=stride, out_dim=5))
+        ConvBackbone(BackboneSpec(name="conv", width=4, depth=depth, stride=stride, out_dim=5, max_width=128))
     with pytest.raises(InputError):
-        build_backbone(BackboneSpec(width=4, depth=depth, stride=stride, out_dim=5))
+        build_backbone(BackboneSpec(name="conv", width=4, depth=depth, stride=stride, out_dim=5, max_width=128))
 
 
 def test_backbone_rejects_bad_input_shapes():

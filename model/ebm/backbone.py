@@ -28,13 +28,13 @@ from model.errors import InputError
 
 @dataclass(frozen=True)
 class BackboneSpec:
-    # No defaults for the shape: the config schema (orchestrator/config/schema.py) holds them.
+    # No defaults: the config schema (orchestrator/config/schema.py) holds them.
+    name: str  # a key of BACKBONES
     width: int  # channels after the stem
     depth: int  # conv blocks after the stem
     stride: int  # output stride (power of two, <= 2**depth)
     out_dim: int  # feature dimension d
-    name: str = "conv"
-    max_width: int = 128
+    max_width: int  # channel cap of the deeper blocks
 
 
 def _group_count(channels: int) -> int:
