@@ -34,7 +34,7 @@ def run(args) -> int:
     from pathlib import Path
 
     from orchestrator.tracking.artifacts import read_meta
-    from orchestrator.tracking.tracked import tracked_train
+    from orchestrator.training.tracked import tracked_train
     from workers.files import check_writable_dir
 
     check_writable_dir(args.out)  # before any loading or training: checkpoints are written there

@@ -18,7 +18,8 @@ from model.methods import BY_NAME, METHODS, MODEL_KINDS, OURS
 from orchestrator.training.checkpoint import has_checkpoint, recover
 from orchestrator.config import ABLATIONS, Config, describe, load_config
 from orchestrator.evaluation.evaluate import METRIC_NAMES, format_metric
-from orchestrator.tracking.tracked import tracked_evaluate, tracked_train
+from orchestrator.tracking.tracked import tracked_evaluate
+from orchestrator.training.tracked import tracked_train
 from orchestrator.training.inputs import write_initial_model
 from workers.data.mvtec import list_categories
 from workers.files import atomic_write_text

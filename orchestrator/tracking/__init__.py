@@ -21,8 +21,9 @@ Modules:
     spool.py         the journal on disk, its replay to the server, `fsad sync-runs`
     runs.py          TrackedRun (the API the commands use), ending runs a dead process left RUNNING
     data_version.py  the data hash and dataset input of a run
-    tracked.py       `train`, `evaluate` and `video` inside MLflow runs
-    artifacts.py     model directories (weights, config, meta)
+    tracked.py       the training run's callbacks, `evaluate` and `video` inside MLflow runs
+                     (`tracked_train` is orchestrator/training/tracked.py: tracking never imports training)
+    artifacts.py     model directories (weights, config, meta) and their on-disk format
     fetch.py         the model a registration adapts: registered versions, runs, folders
     registry.py      per-category registered models and their aliases
     pyfunc.py        the registered model as an MLflow pyfunc (data only)

@@ -7,12 +7,16 @@ A model directory holds
 and, from training, `state.pt` (optimizer + RNG states, read back with weights_only=True) and
 `checkpoint.json` (the episode and the sha256 of every file: orchestrator/training/checkpoint.py writes them as one
 unit and `load_model_dir` refuses a directory whose files disagree with it).
+
+The on-disk format (file names, the manifest, its check) lives here rather than in training/checkpoint.py
+so that loading a model never imports the training loop's resume logic (tracking never imports training).
 """
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import torch
 import yaml
@@ -22,8 +26,60 @@ from model.ebm.backbone import build_backbone
 from model.ebm.energy import AdaptiveEBM
 from model.errors import InputError
 from model.methods import MAML_AE
-from orchestrator.training.checkpoint import CONFIG, MANIFEST, META, STATE, WEIGHTS, Writer, verify_model_files
 from orchestrator.config import Config, autoencoder_spec, backbone_spec, config_from_dict, save_config, sparse_spec
+
+# The files of a model directory and of a checkpoint (orchestrator/training/checkpoint.py).
+WEIGHTS = "model.safetensors"
+CONFIG = "config.yaml"
+META = "meta.json"
+STATE = "state.pt"
+MANIFEST = "checkpoint.json"
+
+Writer = Callable[[Path], None]
+
+
+def sha256_of(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def read_manifest(path: Path) -> dict | None:
+    """A manifest's content, or None when it is missing or not one of ours."""
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    if not isinstance(data, dict) or not isinstance(data.get("files"), dict) or not isinstance(data.get("episode"), int):
+        return None
+    return data
+
+
+def manifest_mismatch(folder: Path, manifest: dict, names=None) -> str | None:
+    """The first file of `folder` that disagrees with `manifest` (missing, other size or hash); None if all agree."""
+    for name, entry in manifest["files"].items():
+        if names is not None and name not in names:
+            continue
+        path = folder / name
+        if not path.is_file():
+            return f"{name} is missing"
+        if path.stat().st_size != entry.get("bytes") or sha256_of(path) != entry.get("sha256"):
+            return f"{name} does not match {MANIFEST} (episode {manifest['episode']})"
+    return None
+
+
+def verify_model_files(folder: Path, names: tuple[str, ...]) -> None:
+    """Refuse a model directory whose files are not from one checkpoint (a kill while publishing one)."""
+    manifest = read_manifest(folder / MANIFEST)
+    if manifest is None:
+        return  # no manifest: a model written before checkpoints had one, or copied without it
+    problem = manifest_mismatch(folder, manifest, names)
+    if problem is not None:
+        raise InputError(f"model directory {folder} is inconsistent ({problem}): a file was changed after "
+                         f"training, or training was killed while saving; restore the file, or run "
+                         f"`fsad train --resume --out {folder}` with the same data to repair a killed save")
 
 
 def resolve_device(name: str) -> torch.device:

@@ -7,7 +7,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from orchestrator.training.checkpoint import sha256_of
+from orchestrator.tracking.artifacts import sha256_of
 
 sha256_file = sha256_of  # one streaming sha256 for checkpoints and data versions
 

@@ -1,4 +1,5 @@
-"""`train` and `evaluate` with MLflow runs around them (the commands and `run_loo` call these).
+"""MLflow runs around training (TrainingTracker: orchestrator/training/tracked.py and the Ray path feed it),
+`evaluate` and `video` (the commands and `run_loo` call these).
 
 Training run (one per `fsad train`, named "train METHOD held-out CATS K=k"): params = the resolved config flattened (+ data.root); tags =
 method, held-out categories, data hash; input = the data manifest (digest) when there is one; metrics
@@ -28,13 +29,12 @@ from orchestrator.tracking.data_version import data_version
 from orchestrator.tracking.runs import TrackedRun
 from orchestrator.tracking.server import uri_key
 from orchestrator.tracking.spool import spool_root, synced_run_id
-from orchestrator.training.loop import train
 from workers.files import atomic_write_text
 
 TRACKING_FILE = "tracking.json"
 
 
-def _param_value(value: Any) -> str:
+def param_value(value: Any) -> str:
     return json.dumps(value) if isinstance(value, (list, dict)) else str(value)
 
 
@@ -54,7 +54,7 @@ class TrainingTracker:
         # the name says what a person scans the runs table for: method, held-out categories, K
         self.run = TrackedRun(uri, f"train {cfg.train.method} held-out {held_out} K={cfg.train.shots}",
                               cfg.tracking.experiment, tags)
-        params = {k: _param_value(v) for k, v in cfg.flatten().items()}
+        params = {k: param_value(v) for k, v in cfg.flatten().items()}
         params["data.root"] = str(Path(data_root).resolve()) if isinstance(data_root, (str, Path)) else str(data_root)
         self.run.log_params(params)
         if "dataset" in version:
@@ -109,29 +109,6 @@ def training_parent(model_dir: str | Path, uri: str) -> str | None:
     if info.get("run_id"):
         return info["run_id"]
     return synced_run_id(spool_root(info.get("spool")), info.get("local_id", ""))
-
-
-def tracked_train(cfg: Config, data_root, out, resume: bool = False, progress: bool = True,
-                  uri: str | None = None, manifest=None, **kwargs) -> dict[str, Any]:
-    """`train` inside a training run (plain `train` when uri is None); kwargs go to `train`."""
-    if manifest is not None:
-        kwargs["manifest"] = manifest
-    if uri is None or (isinstance(data_root, (str, Path)) and not Path(data_root).exists()):
-        # bad input fails in train() before any run exists
-        return train(cfg, data_root, out, resume=resume, progress=progress, **kwargs)
-    tracker = TrainingTracker(uri, cfg, data_root, out, resume, manifest)
-    try:
-        summary = train(cfg, data_root, out, resume=resume, progress=progress, on_log=tracker.on_log,
-                        on_checkpoint=tracker.on_checkpoint, **kwargs)
-    except KeyboardInterrupt:
-        tracker.finish(None, "KILLED")
-        raise
-    except BaseException:
-        tracker.finish(None, "FAILED")
-        raise
-    tracker.finish(summary)
-    summary["run_id"] = tracker.run.run_id
-    return summary
 
 
 class EvaluationRuns:
@@ -255,7 +232,7 @@ def tracked_video(cfg: Config, target: str, out, image_source=None, progress: bo
     out = Path(out)
     run = TrackedRun(uri, f"video {target}", cfg.tracking.experiment,
                      {"fsad.kind": "video", "fsad.scene": target, "fsad.temporal": cfg.experiments.video_temporal})
-    run.log_params({k: _param_value(v) for k, v in cfg.flatten().items()})
+    run.log_params({k: param_value(v) for k, v in cfg.flatten().items()})
     try:
         record = run_video(cfg, target, out, image_source=image_source, progress=progress)
     except KeyboardInterrupt:

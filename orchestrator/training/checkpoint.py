@@ -14,7 +14,7 @@ A kill during 1 leaves the previous checkpoint as it was (the .tmp folder is rem
 resume); a kill during 3 leaves a complete committed folder, which `recover` publishes again. So
 `<out>/checkpoint.json` names exactly the files beside it, except after a kill inside step 3, and then a
 committed folder holds the newer checkpoint. `recover` (resume) verifies every hash and refuses, with one
-line, a directory where neither holds; `verify_model_files` (loading a model) refuses a mixed directory.
+line, a directory where neither holds; `verify_model_files` (tracking/artifacts.py, loading a model) refuses a mixed directory.
 
 FSAD_CRASH_AT=<step>[@<episode>] (used only by tests) SIGKILLs the process at a step of a save:
 `write` (weights written into the folder, state not yet), `commit` (folder complete, not yet renamed),
@@ -23,7 +23,6 @@ FSAD_CRASH_AT=<step>[@<episode>] (used only by tests) SIGKILLs the process at a 
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import re
@@ -31,26 +30,19 @@ import shutil
 import signal
 import tempfile
 from pathlib import Path
-from typing import Callable
 
 from model.errors import InputError
+from orchestrator.tracking.artifacts import CONFIG, MANIFEST, META, STATE, WEIGHTS, Writer, manifest_mismatch, read_manifest, sha256_of
 from workers.files import fsync_dir, fsync_file
 
-# The files of a model directory (orchestrator/tracking/artifacts.py) and of a checkpoint.
-WEIGHTS = "model.safetensors"
-CONFIG = "config.yaml"
-META = "meta.json"
-STATE = "state.pt"
+# The model directory's files are named in orchestrator/tracking/artifacts.py; this one only a checkpoint has.
 METRICS = "metrics.jsonl"  # a Ray run's per-update records
-MANIFEST = "checkpoint.json"
 FORMAT = 1
 COMMITTED = re.compile(r"^\.checkpoint-(\d+)$")
 STAGING = re.compile(r"^\.checkpoint-\d+\..+\.tmp$")
 # Temporaries of atomic_path and _place: .<name>.<random>.tmp, removed only for names of ours.
 TEMP_FILE = re.compile(r"^\.(?P<name>.+)\.[A-Za-z0-9_]+\.tmp$")
 OWN_FILES = frozenset({WEIGHTS, CONFIG, META, STATE, METRICS, MANIFEST})
-
-Writer = Callable[[Path], None]
 
 
 def crash_point(step: str, episode: int) -> None:
@@ -61,38 +53,6 @@ def crash_point(step: str, episode: int) -> None:
     name, _, at = spec.partition("@")
     if name == step and (not at or int(at) == episode):
         os.kill(os.getpid(), signal.SIGKILL)
-
-
-def sha256_of(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
-def _read_manifest(path: Path) -> dict | None:
-    """A manifest's content, or None when it is missing or not one of ours."""
-    try:
-        data = json.loads(path.read_text())
-    except (OSError, ValueError):
-        return None
-    if not isinstance(data, dict) or not isinstance(data.get("files"), dict) or not isinstance(data.get("episode"), int):
-        return None
-    return data
-
-
-def _mismatch(folder: Path, manifest: dict, names=None) -> str | None:
-    """The first file of `folder` that disagrees with `manifest` (missing, other size or hash); None if all agree."""
-    for name, entry in manifest["files"].items():
-        if names is not None and name not in names:
-            continue
-        path = folder / name
-        if not path.is_file():
-            return f"{name} is missing"
-        if path.stat().st_size != entry.get("bytes") or sha256_of(path) != entry.get("sha256"):
-            return f"{name} does not match {MANIFEST} (episode {manifest['episode']})"
-    return None
 
 
 def remove_stale(out: Path) -> list[Path]:
@@ -213,11 +173,11 @@ def recover(out: Path) -> int:
     file against the manifest. Raises InputError (one line) when nothing consistent is left."""
     out = Path(out)
     remove_stale(out)
-    published = _read_manifest(out / MANIFEST)
-    published_ok = published is not None and _mismatch(out, published) is None
+    published = read_manifest(out / MANIFEST)
+    published_ok = published is not None and manifest_mismatch(out, published) is None
     for episode, folder in _committed(out):
-        manifest = _read_manifest(folder / MANIFEST)
-        if manifest is None or _mismatch(folder, manifest) is not None:
+        manifest = read_manifest(folder / MANIFEST)
+        if manifest is None or manifest_mismatch(folder, manifest) is not None:
             continue  # not a complete checkpoint: a newer or older one decides
         if not published_ok or manifest["episode"] > published["episode"]:
             _publish(out, folder, manifest)
@@ -232,22 +192,9 @@ def recover(out: Path) -> int:
         return _legacy_episode(out)
     if published is None:
         raise InputError(f"--resume: {out} has no {STATE} checkpoint to continue from")
-    problem = _mismatch(out, published)
+    problem = manifest_mismatch(out, published)
     raise InputError(f"--resume: the checkpoint in {out} is inconsistent ({problem}) and no complete earlier "
                      "checkpoint is left; start afresh in a new --out")
 
 
-def verify_model_files(folder: Path, names: tuple[str, ...]) -> None:
-    """Refuse a model directory whose files are not from one checkpoint (a kill while publishing one)."""
-    manifest = _read_manifest(folder / MANIFEST)
-    if manifest is None:
-        return  # no manifest: a model written before checkpoints had one, or copied without it
-    problem = _mismatch(folder, manifest, names)
-    if problem is not None:
-        raise InputError(f"model directory {folder} is inconsistent ({problem}): a file was changed after "
-                         f"training, or training was killed while saving; restore the file, or run "
-                         f"`fsad train --resume --out {folder}` with the same data to repair a killed save")
-
-
-__all__ = ["WEIGHTS", "CONFIG", "META", "STATE", "METRICS", "MANIFEST", "save_checkpoint", "recover", "has_checkpoint", "remove_stale", "verify_model_files",
-           "crash_point", "newest_state"]
+__all__ = ["METRICS", "save_checkpoint", "recover", "has_checkpoint", "remove_stale", "crash_point", "newest_state"]

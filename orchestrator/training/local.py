@@ -15,7 +15,7 @@ import torch
 from model.methods import MAML_AE
 from model.objective import episode_loss
 from orchestrator.config import Config
-from orchestrator.training.checkpoint import Writer
+from orchestrator.tracking.artifacts import Writer
 from orchestrator.training.inputs import RunInputs, load_normals
 from orchestrator.training.learner import Learner, Update
 from workers.episodes import EpisodeSampler

@@ -18,7 +18,8 @@ from typing import Any, Iterator
 import ray
 
 from orchestrator.config import Config
-from orchestrator.training.checkpoint import METRICS, Writer
+from orchestrator.tracking.artifacts import Writer
+from orchestrator.training.checkpoint import METRICS
 from orchestrator.training.cluster import actor_pool, connect
 from orchestrator.training.inputs import RunInputs
 from orchestrator.training.learner import Learner, Update
