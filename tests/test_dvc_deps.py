@@ -6,13 +6,14 @@ Fast (no DVC run): it reads dvc.yaml and experiments/dvc.yaml and parses source 
 """
 from __future__ import annotations
 
-import ast
 import copy
 import re
 from pathlib import Path
 
 import pytest
 import yaml
+
+from tests.test_imports import imported_modules
 
 REPO = Path(__file__).resolve().parents[1]
 PACKAGES = ("model", "workers", "orchestrator", "pipelines")  # the repository's importable packages
@@ -32,20 +33,7 @@ def module_file(name: str, root: Path = REPO) -> Path | None:
 
 def imported_names(path: Path, name: str) -> set[str]:
     """Module names an import statement anywhere in `path` (module `name`) may load, parents included."""
-    tree = ast.parse(path.read_text(), filename=str(path))
-    package = name if path.name == "__init__.py" else name.rpartition(".")[0]
-    found: set[str] = set()
-    for node in ast.walk(tree):
-        if isinstance(node, ast.Import):
-            found.update(alias.name for alias in node.names)
-        elif isinstance(node, ast.ImportFrom):
-            if node.level:  # relative: from . import x, from ..a import b
-                anchor = package.split(".")[: len(package.split(".")) - node.level + 1]
-                base = ".".join(anchor + ([node.module] if node.module else []))
-            else:
-                base = node.module or ""
-            found.add(base)
-            found.update(f"{base}.{alias.name}" for alias in node.names)  # `from pkg import submodule`
+    found = imported_modules(path, name, members=True)
     with_parents = set(found)
     for module in found:  # importing a.b.c runs a/__init__.py and a/b/__init__.py first
         parts = module.split(".")

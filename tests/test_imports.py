@@ -23,9 +23,10 @@ def module_name(path: Path) -> str:
     return ".".join(parts)
 
 
-def imported_modules(path: Path, name: str | None = None) -> set[str]:
+def imported_modules(path: Path, name: str | None = None, members: bool = False) -> set[str]:
     """Absolute names of every module imported anywhere in the file (relative imports resolved
-    against its module name, by default derived from its path under the repository)."""
+    against its module name, by default derived from its path under the repository). With `members`,
+    every `from M import n` also yields `M.n` (n may be a submodule: tests/test_dvc_deps.py)."""
     tree = ast.parse(path.read_text(), filename=str(path))
     name = name or module_name(path)
     package = name if path.name == "__init__.py" else name.rpartition(".")[0]
@@ -40,10 +41,12 @@ def imported_modules(path: Path, name: str | None = None) -> set[str]:
                 prefix = ".".join(base)
                 target = f"{prefix}.{node.module}" if node.module else prefix
                 found.add(target)
-                if not node.module:
-                    found.update(f"{prefix}.{alias.name}" for alias in node.names)
+                if not node.module or members:
+                    found.update(f"{target}.{alias.name}" for alias in node.names)
             elif node.module:
                 found.add(node.module)
+                if members:
+                    found.update(f"{node.module}.{alias.name}" for alias in node.names)
         elif isinstance(node, ast.Call) and getattr(node.func, "attr", getattr(node.func, "id", None)) in (
             "import_module", "__import__"
         ):
