@@ -25,6 +25,7 @@ from tests.conftest import HELD_OUT, REAL_ROOT, copy_small, tiny_sets
 GOLDEN = Path(__file__).resolve().parent / "golden"
 WEIGHTS_FILE = GOLDEN / "tiny_ours.safetensors"
 METRICS_FILE = GOLDEN / "tiny_ours_metrics.json"
+WORKERS_FILE = GOLDEN / "tiny_workers.safetensors"  # `fsad train --workers 1` in sync mode, recorded before the reshaping
 WEIGHT_ATOL = 1e-5  # float-order noise across CPUs measured at <= 4.2e-7
 METRIC_RTOL = 1e-4  # measured at <= 1.1e-5 relative (a calibration threshold)
 
@@ -90,6 +91,35 @@ def test_train_and_evaluate_match_the_golden_reference(small_real_root, tmp_path
     assert not changed, f"metrics differ from the golden reference (found, recorded): {changed}"
 
 
+def run_workers_reference(data_root: Path, work: Path) -> dict[str, torch.Tensor]:
+    """Train on one Ray Langevin worker in sync mode (deterministic: one episode in flight, staleness 0)."""
+    from safetensors.torch import load_file
+
+    from orchestrator.cli import main
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        model = work / "workers"
+        assert main(["train", "--data", str(data_root), "--target", HELD_OUT, "--out", str(model), "--quiet",
+                     "--workers", "1", *tiny_sets(), "--set", "distributed.mode=sync",
+                     "--set", "train.episodes=4"]) == 0
+        return load_file(str(model / "model.safetensors"))
+    finally:
+        torch.set_num_threads(threads)
+
+
+def test_train_with_workers_matches_the_golden_reference(small_real_root, tmp_path):
+    from safetensors.torch import load_file
+
+    weights, reference = run_workers_reference(small_real_root, tmp_path), load_file(str(WORKERS_FILE))
+    assert sorted(weights) == sorted(reference)
+    for name, tensor in reference.items():
+        assert torch.allclose(weights[name], tensor, rtol=0.0, atol=WEIGHT_ATOL), (
+            f"weights {name} differ from the --workers golden reference by up to "
+            f"{(weights[name] - tensor).abs().max():.3g}")
+
+
 def record() -> None:
     from safetensors.torch import save_file
 
@@ -99,6 +129,10 @@ def record() -> None:
     GOLDEN.mkdir(exist_ok=True)
     save_file({k: v.contiguous() for k, v in weights.items()}, str(WEIGHTS_FILE))
     METRICS_FILE.write_text(json.dumps(found, indent=1, sort_keys=True) + "\n")
+    with tempfile.TemporaryDirectory() as tmp:
+        data = copy_small(REAL_ROOT, Path(tmp) / "root")
+        workers = run_workers_reference(data, Path(tmp) / "work")
+    save_file({k: v.contiguous() for k, v in workers.items()}, str(WORKERS_FILE))
     print(f"recorded {WEIGHTS_FILE} ({len(weights)} tensors) and {METRICS_FILE} ({len(found)} numbers)")
 
 
