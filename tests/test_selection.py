@@ -7,7 +7,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from tests.conftest import HELD_OUT, tiny_sets
+from tests.conftest import HELD_OUT, TINY, tiny_sets
 from model.errors import InputError
 from model.ebm.inpaint import corrupt
 from orchestrator.cli import main
@@ -100,3 +100,31 @@ def test_selection_with_ray_workers_is_refused_in_one_line(small_real_root, tmp_
     assert code == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "val_categories" in err[0]
+
+
+@pytest.mark.parametrize("metric", ["pixel", "image", "mean"])
+def test_validation_score_is_the_metric_named_by_train_val_metric(metric):
+    from orchestrator.config import load_config
+    from orchestrator.evaluation.evaluate import untrained_model
+    from orchestrator.training.selection import CheckpointSelector, ValidationTask
+
+    cfg = load_config(None, {**TINY, "data.image_size": 32})
+    g = torch.Generator().manual_seed(0)
+    images = torch.rand(6, 3, 32, 32, generator=g)
+    masks = torch.zeros(6, 32, 32, dtype=torch.bool)
+    masks[3:, 8:20, 8:20] = True
+    images[3:, :, 8:20, 8:20] = 1.0  # a bright square where the masks say anomalous
+    task = ValidationTask("x", torch.rand(2, 3, 32, 32, generator=g), images, torch.tensor([0, 0, 0, 1, 1, 1]), masks)
+    result = CheckpointSelector([task], torch.device("cpu"), metric).score(untrained_model(cfg))
+    expected = {"pixel": result["val_pixel_auroc"], "image": result["val_image_auroc"],
+                "mean": (result["val_pixel_auroc"] + result["val_image_auroc"]) / 2}[metric]
+    assert result["val_score"] == pytest.approx(expected)
+    assert result["val_pixel_auroc"] != result["val_image_auroc"]  # the three metrics are distinguishable here
+
+
+def test_unknown_validation_metric_is_a_one_line_error(small_real_root, tmp_path, capsys):
+    code = main(["train", "--data", str(small_real_root), "--target", HELD_OUT, "--out", str(tmp_path / "m"),
+                 "--quiet", *tiny_sets(), "--set", "train.val_metric=f1"])
+    assert code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "train.val_metric" in err[0] and "pixel" in err[0]

@@ -67,6 +67,9 @@ class InpaintConfig:
     kinds: list[str] = field(default_factory=lambda: ["noise", "cutpaste", "blend"])  # chain starts: noise | cutpaste | blend
 
 
+VAL_METRICS = ("pixel", "image", "mean")  # train.val_metric: what checkpoint selection maximises
+
+
 @dataclass
 class TrainConfig:
     method: str = "ours"  # ours | maml_ae
@@ -82,6 +85,9 @@ class TrainConfig:
     val_categories: list[str] = field(default_factory=list)  # set aside for checkpoint selection (never the target)
     val_every: int = 10  # episodes between validation scores
     val_images: int = 40  # test images per validation category (half normal, half anomalous)
+    # What selection maximises: pixel (the energy map's AUROC; the default: the validation categories' image
+    # AUROC is at chance for every model, docs/benchmarks.md), image, or mean (of the two).
+    val_metric: str = "pixel"
     grad_clip: float = 1.0  # max gradient norm; 0 = off
     augment: str = "episode"  # none | episode | image
     seed: int = 0

@@ -20,6 +20,7 @@ from orchestrator.config.schema import (
     DistributedConfig,
     ExperimentsConfig,
     PipelineConfig,
+    VAL_METRICS,
     TrackingConfig,
 )
 from orchestrator.config.search_space import validate_tune
@@ -96,6 +97,8 @@ def validate_training(cfg: Config) -> None:
     for key, value in (("train.eta_rec", t.eta_rec), ("train.eta_cd", t.eta_cd), ("train.reg_weight", t.reg_weight),
                        ("train.grad_clip", t.grad_clip), ("train.rank_weight", t.rank_weight)):
         check_finite(key, value, 0.0, strict=False)
+    if t.val_metric not in VAL_METRICS:
+        raise InputError(f"train.val_metric={t.val_metric!r}: expected one of {', '.join(VAL_METRICS)}")
     if t.augment not in AUGMENT_MODES:
         raise InputError(f"train.augment={t.augment!r}: expected one of {AUGMENT_MODES}")
     if not (t.device == "cpu" or t.device == "cuda" or t.device.startswith("cuda:")):

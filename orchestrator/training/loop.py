@@ -137,7 +137,8 @@ def train(
         meta["distributed"] = asdict(cfg.distributed)
     run = TrainingRun(cfg, out, inputs, learner, workers, meta, on_checkpoint)
     if inputs.val_categories:
-        run.selector = CheckpointSelector(load_tasks(inputs.source, inputs.val_categories, cfg), device)
+        run.selector = CheckpointSelector(load_tasks(inputs.source, inputs.val_categories, cfg), device,
+                                          cfg.train.val_metric)
     start, state = run.restore_run() if resume else (0, None)
     try:
         workers.start(learner, state, out)

@@ -67,6 +67,7 @@ def load_tasks(source, categories: list[str], cfg: Config) -> list[ValidationTas
 class CheckpointSelector:
     tasks: list[ValidationTask]
     device: torch.device
+    metric: str = "pixel"  # train.val_metric: pixel | image | mean (a category without masks counts its image AUROC)
     best_score: float = float("-inf")
     best_episode: int = -1
     best_state: dict[str, torch.Tensor] | None = None
@@ -74,7 +75,8 @@ class CheckpointSelector:
 
     @torch.no_grad()
     def score(self, model: AdaptiveEBM) -> dict[str, float]:
-        """Mean over tasks of image AUROC and (where masks exist) pixel AUROC of the energy map."""
+        """Mean over tasks of image AUROC and (where masks exist) pixel AUROC of the energy map; val_score is
+        the one `metric` names."""
         was_training = model.training
         model.eval()
         image, pixel = [], []
@@ -89,7 +91,9 @@ class CheckpointSelector:
         out = {"val_image_auroc": sum(image) / len(image)}
         if pixel:
             out["val_pixel_auroc"] = sum(pixel) / len(pixel)
-        out["val_score"] = (out["val_image_auroc"] + out.get("val_pixel_auroc", out["val_image_auroc"])) / 2
+        pixel_or_image = out.get("val_pixel_auroc", out["val_image_auroc"])
+        out["val_score"] = {"pixel": pixel_or_image, "image": out["val_image_auroc"],
+                            "mean": (out["val_image_auroc"] + pixel_or_image) / 2}[self.metric]
         return out
 
     def consider(self, episode: int, model: AdaptiveEBM) -> dict[str, float]:
