@@ -10,7 +10,9 @@ from dataclasses import dataclass
 from typing import Protocol
 
 import torch
+import torch.nn.functional as F
 
+from model.errors import InputError
 from model.ebm.energy import AdaptiveEBM, participation_ratio
 from model.ebm.langevin import langevin, validate_langevin
 from model.losses import contrastive_divergence, energy_regularizer, reconstruction_loss, total_loss
@@ -23,6 +25,12 @@ class EpisodeTensors(Protocol):
     support: torch.Tensor  # (K, C, S, S)
     queries: torch.Tensor  # (M, C, S, S)
     corrupted: torch.Tensor  # (M, C, S, S)
+    anomalous: torch.Tensor | None  # (A, C, S, S) real defects of the episode's category (objective "defects")
+    anomalous_masks: torch.Tensor | None  # (A, S, S) bool, where the defects are
+
+
+OBJECTIVES = ("cd", "defects")  # train.objective: Alg. 1's contrastive divergence, or real training defects
+DEFECT_COVERAGE = 0.3  # a feature cell counts as a defect cell when its mask covers more than this fraction
 
 
 @dataclass(frozen=True)
@@ -37,9 +45,12 @@ class StepSpec:
     reg_weight: float = 0.0
     detach_rec: bool = False  # True: workers ship negatives, the learner computes L_cd
     rank_weight: float = 0.0  # weight of −log(participation ratio of the support atoms): keeps Ψ from collapsing
+    objective: str = "cd"  # one of OBJECTIVES
 
     def __post_init__(self) -> None:
         validate_langevin(self.steps, self.step_size, self.noise_scale)
+        if self.objective not in OBJECTIVES:
+            raise InputError(f"train.objective={self.objective!r}: expected one of {', '.join(OBJECTIVES)}")
 
 
 @dataclass
@@ -107,10 +118,53 @@ def episode_losses(
     return EpisodeLoss(loss, stats)
 
 
+def cell_coverage(masks: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """Fraction of each feature cell under the mask: masks (A, S, S) bool -> (A, h', w') in [0, 1]."""
+    return F.adaptive_avg_pool2d(masks[:, None].float(), size)[:, 0]  # (A, h', w')
+
+
+def defect_losses(
+    model: AdaptiveEBM, dictionary: TaskDictionary, queries: torch.Tensor, anomalous: torch.Tensor,
+    masks: torch.Tensor, spec: StepSpec,
+) -> EpisodeLoss:
+    """Objective "defects": mean position energy of normal cells minus that of defect cells, − rank term.
+
+    Normal cells: every cell of the normal queries and the cells of the anomalous images that the mask does
+    not touch; defect cells: those more than DEFECT_COVERAGE under the mask. The defects are real ones of
+    the episode's training category (its labelled test images), never of a target or validation category.
+    """
+    normal_energy = model.position_energy(queries, dictionary)  # (M, h', w')
+    defect_energy = model.position_energy(anomalous, dictionary)  # (A, h', w')
+    coverage = cell_coverage(masks, tuple(defect_energy.shape[-2:]))  # (A, h', w')
+    normal_cells = torch.cat([normal_energy.flatten(), defect_energy[coverage == 0]])  # (n,)
+    defect_cells = defect_energy[coverage > DEFECT_COVERAGE]  # (a,)
+    if defect_cells.numel() == 0:  # defects smaller than a cell: their most covered cells stand in
+        defect_cells = defect_energy.flatten(1).gather(1, coverage.flatten(1).argmax(1, keepdim=True)).flatten()
+    loss = normal_cells.mean() - defect_cells.mean()
+    support_rank = participation_ratio(dictionary.atoms.transpose(0, 1))
+    if spec.rank_weight:
+        loss = loss - spec.rank_weight * support_rank.log()
+    stats = {
+        "loss": float(loss.detach()),
+        "normal_cell_energy": float(normal_cells.detach().mean()),
+        "defect_cell_energy": float(defect_cells.detach().mean()),
+        "pos_energy": float(normal_energy.detach().mean()),
+        "support_rank": float(support_rank.detach()),
+    }
+    return EpisodeLoss(loss, stats)
+
+
 def episode_loss(
     model: AdaptiveEBM, episode: EpisodeTensors, spec: StepSpec, generator: torch.Generator | None, device: torch.device
 ) -> EpisodeLoss:
-    """Alg. 1 lines 7-9 for one episode: dictionary, Langevin negatives, L = η₀L_rec + η₁L_cd."""
+    """One episode's loss: Alg. 1 lines 7-9 (dictionary, Langevin negatives, L = η₀L_rec + η₁L_cd), or with
+    spec.objective "defects" the cell-energy margin on the episode's real defects."""
+    if spec.objective == "defects":
+        if episode.anomalous is None or episode.anomalous_masks is None:
+            raise InputError("train.objective=defects: the episode carries no anomalous images")
+        dictionary = model.build_dictionary(episode.support.to(device))
+        return defect_losses(model, dictionary, episode.queries.to(device), episode.anomalous.to(device),
+                             episode.anomalous_masks.to(device), spec)
     support = episode.support.to(device)  # (K, C, S, S)
     queries = episode.queries.to(device)  # (M, C, S, S)
     corrupted = episode.corrupted.to(device)  # (M, C, S, S)

@@ -28,6 +28,10 @@ METRICS_FILE = GOLDEN / "tiny_ours_metrics.json"
 WORKERS_FILE = GOLDEN / "tiny_workers.safetensors"  # `fsad train --workers 1` in sync mode, recorded before the reshaping
 WEIGHT_ATOL = 1e-5  # float-order noise across CPUs measured at <= 4.2e-7
 METRIC_RTOL = 1e-4  # measured at <= 1.1e-5 relative (a calibration threshold)
+# The Ray worker runs in its own process with its own thread count, so its float order varies more: measured
+# 1.54e-5 on a second CPU. Adam moves every weight with a gradient by about lr = 3e-4 per step, so one step more
+# or less, or another loss, still exceeds this by a factor of three or more.
+WORKERS_WEIGHT_ATOL = 1e-4
 
 
 def numbers(record, prefix: str = "") -> dict[str, float]:
@@ -115,7 +119,7 @@ def test_train_with_workers_matches_the_golden_reference(small_real_root, tmp_pa
     weights, reference = run_workers_reference(small_real_root, tmp_path), load_file(str(WORKERS_FILE))
     assert sorted(weights) == sorted(reference)
     for name, tensor in reference.items():
-        assert torch.allclose(weights[name], tensor, rtol=0.0, atol=WEIGHT_ATOL), (
+        assert torch.allclose(weights[name], tensor, rtol=0.0, atol=WORKERS_WEIGHT_ATOL), (
             f"weights {name} differ from the --workers golden reference by up to "
             f"{(weights[name] - tensor).abs().max():.3g}")
 

@@ -28,6 +28,8 @@ class Episode:
     patch_mask: torch.Tensor  # (M, S, S) bool, where the noise patch is
     support_index: list[int]  # indices into the category's normal images
     query_index: list[int]
+    anomalous: torch.Tensor | None = None  # (A, C, S, S) real defects of the category (train.objective=defects)
+    anomalous_masks: torch.Tensor | None = None  # (A, S, S) bool
 
 
 class EpisodeSampler:
@@ -43,6 +45,7 @@ class EpisodeSampler:
         seed: int = 0,
         exclude: tuple[str, ...] = (),
         corruptions: tuple[str, ...] = ("noise",),
+        defects: dict[str, tuple[torch.Tensor, torch.Tensor]] | None = None,
     ):
         if shots < 1:
             raise InputError(f"train.shots={shots}: expected K >= 1")
@@ -60,6 +63,13 @@ class EpisodeSampler:
                     f"K + M = {shots + queries}"
                 )
         self.categories = sorted(self.normals)
+        # {category: (anomalous images (N, C, S, S), masks (N, S, S))}: M of them join every episode
+        self.defects = defects
+        if defects is not None:
+            for category in self.categories:
+                if category not in defects or defects[category][0].shape[0] < 1:
+                    raise InputError(f"train.objective=defects: training category {category!r} has no anomalous "
+                                     "test image with a non-empty mask; expected at least one")
         self.shots, self.queries = shots, queries
         self.patch_frac = patch_frac
         self.augment = augment
@@ -97,4 +107,22 @@ class EpisodeSampler:
         else:
             corrupted, patch_mask = corrupt(queries, self.corruptions, *self.patch_frac, generator=g,
                                             donors=self._donors(category))
-        return Episode(category, support, queries, corrupted, patch_mask, support_index, query_index)
+        episode = Episode(category, support, queries, corrupted, patch_mask, support_index, query_index)
+        if self.defects is not None:  # drawn last: the stream of earlier draws is that of a run without defects
+            episode.anomalous, episode.anomalous_masks = self._defects(category, t if self.augment == "episode" else None)
+        return episode
+
+    def _defects(self, category: str, transform: int | None) -> tuple[torch.Tensor, torch.Tensor]:
+        """M anomalous images of the category and their masks (A, C, S, S), (A, S, S); with replacement when
+        it has fewer. `transform`: the episode's dihedral transform; None under augment none or image."""
+        g = self.generator
+        images, masks = self.defects[category]
+        pick = torch.randint(images.shape[0], (self.queries,), generator=g).tolist()
+        images, masks = images[pick], masks[pick]
+        if transform is not None:
+            images, masks = dihedral(images, transform), dihedral(masks, transform)
+        elif self.augment == "image":
+            ts = torch.randint(8, (len(pick),), generator=g).tolist()
+            images = torch.stack([dihedral(x, t) for x, t in zip(images, ts)])
+            masks = torch.stack([dihedral(m, t) for m, t in zip(masks, ts)])
+        return images, masks

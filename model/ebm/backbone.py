@@ -82,6 +82,10 @@ class ConvBackbone(nn.Module):
     def stride(self) -> int:
         return self.spec.stride
 
+    def head(self) -> nn.Module:
+        """The last 1×1 layer (train.trainable=head learns only this)."""
+        return self.features[-1]
+
     def receptive_field(self) -> int:
         """Receptive field of one output feature, in input pixels (standard recursion r += (k-1)*j)."""
         field, jump = 1, 1

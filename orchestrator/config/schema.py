@@ -67,6 +67,7 @@ class InpaintConfig:
     kinds: list[str] = field(default_factory=lambda: ["noise", "cutpaste", "blend"])  # chain starts: noise | cutpaste | blend
 
 
+TRAINABLE = ("all", "head")  # train.trainable: which of Ψ's parameters meta-training updates
 VAL_METRICS = ("pixel", "image", "mean")  # train.val_metric: what checkpoint selection maximises
 
 
@@ -82,6 +83,10 @@ class TrainConfig:
     reg_weight: float = 1.0  # Du & Mordatch energy-magnitude regulariser (keeps E⁻ from saturating at 1)
     detach_rec: bool = False  # True: L_rec does not backpropagate through the Langevin chain
     rank_weight: float = 0.1  # −log(participation ratio) of the support features: against feature collapse
+    # cd: Alg. 1 (Langevin negatives from corrupted queries); defects: normal cells down, cells of the training
+    # categories' real labelled defects up (their test images; a target's or validation category's never)
+    objective: str = "cd"
+    trainable: str = "all"  # all | head (only Ψ's last 1×1 layer learns: a metric on fixed random features)
     val_categories: list[str] = field(default_factory=list)  # set aside for checkpoint selection (never the target)
     val_every: int = 10  # episodes between validation scores
     val_images: int = 40  # test images per validation category (half normal, half anomalous)

@@ -13,6 +13,7 @@ from model.errors import InputError
 from model.ebm.inpaint import CORRUPTIONS
 from model.ebm.langevin import validate_langevin
 from model.methods import METHODS
+from model.objective import OBJECTIVES
 from orchestrator.config.checks import check_finite
 from orchestrator.config.profiles import ABLATIONS, PROFILES
 from orchestrator.config.schema import (
@@ -20,6 +21,7 @@ from orchestrator.config.schema import (
     DistributedConfig,
     ExperimentsConfig,
     PipelineConfig,
+    TRAINABLE,
     VAL_METRICS,
     TrackingConfig,
 )
@@ -97,6 +99,10 @@ def validate_training(cfg: Config) -> None:
     for key, value in (("train.eta_rec", t.eta_rec), ("train.eta_cd", t.eta_cd), ("train.reg_weight", t.reg_weight),
                        ("train.grad_clip", t.grad_clip), ("train.rank_weight", t.rank_weight)):
         check_finite(key, value, 0.0, strict=False)
+    if t.objective not in OBJECTIVES:
+        raise InputError(f"train.objective={t.objective!r}: expected one of {', '.join(OBJECTIVES)}")
+    if t.trainable not in TRAINABLE:
+        raise InputError(f"train.trainable={t.trainable!r}: expected one of {', '.join(TRAINABLE)}")
     if t.val_metric not in VAL_METRICS:
         raise InputError(f"train.val_metric={t.val_metric!r}: expected one of {', '.join(VAL_METRICS)}")
     if t.augment not in AUGMENT_MODES:

@@ -38,6 +38,19 @@ def load_normals(root, categories: list[str], image_size: int) -> dict[str, torc
     return normals
 
 
+def load_defects(root, categories: list[str], image_size: int) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+    """{category: (anomalous test images (N, 3, S, S), their masks (N, S, S) bool)} of the *training*
+    categories (train.objective=defects), only the images whose mask marks something."""
+    source = as_source(root)
+    defects = {}
+    for category in categories:
+        items = [it for it in source.load(category, image_size, split="test")
+                 if it.label == 1 and it.mask is not None and bool(it.mask.any())]
+        if items:
+            defects[category] = (torch.stack([it.image for it in items]), torch.stack([it.mask.bool() for it in items]))
+    return defects
+
+
 def training_categories(root, cfg: Config) -> list[str]:
     root = as_source(root)
     available = root.categories()

@@ -31,6 +31,7 @@ def step_spec(cfg: Config) -> StepSpec:
         reg_weight=cfg.train.reg_weight,
         detach_rec=cfg.train.detach_rec,
         rank_weight=cfg.train.rank_weight,
+        objective=cfg.train.objective,
     )
 
 

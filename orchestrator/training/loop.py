@@ -97,9 +97,21 @@ def _open_run(cfg: Config, data_root, out: Path, resume: bool, manifest, splits,
 def _worker_set(cfg: Config, inputs: RunInputs, device: torch.device, distributed: bool, address: str | None):
     if not distributed:
         return LocalWorkers(cfg, inputs, device)
+    if cfg.train.objective == "defects" and cfg.train.method != MAML_AE.model:
+        raise InputError("train.objective=defects runs in-process only for now (the Ray episode workers do not "
+                         "load defect images); drop --workers or set train.objective=cd")
     from orchestrator.training.remote import RayWorkers  # imports ray: only runs with --workers load it
 
     return RayWorkers(cfg, inputs, address)
+
+
+def trainable(model: torch.nn.Module, cfg: Config) -> torch.nn.Module:
+    """train.trainable=head: freeze Ψ's trunk (no gradient, Adam skips it), so meta-training learns a linear
+    map of fixed random features and the trunk cannot collapse. maml_ae always trains all of itself."""
+    if cfg.train.trainable == "head" and cfg.train.method != MAML_AE.model:
+        model.requires_grad_(False)
+        model.backbone.head().requires_grad_(True)
+    return model
 
 
 def train(
@@ -129,7 +141,7 @@ def train(
     workers = _worker_set(cfg, inputs, device, distributed, address)  # the in-process one loads its images here
     torch.manual_seed(cfg.train.seed)
     lr = cfg.maml.outer_lr if cfg.train.method == MAML_AE.model else cfg.train.lr
-    learner = Learner(build_model(cfg), lr, cfg.train.grad_clip, step_spec(cfg), device)
+    learner = Learner(trainable(build_model(cfg), cfg), lr, cfg.train.grad_clip, step_spec(cfg), device)
     meta = model_meta(cfg, inputs)
     if distributed:
         from dataclasses import asdict
