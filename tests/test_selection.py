@@ -115,11 +115,18 @@ def test_validation_score_is_the_metric_named_by_train_val_metric(metric):
     masks[3:, 8:20, 8:20] = True
     images[3:, :, 8:20, 8:20] = 1.0  # a bright square where the masks say anomalous
     task = ValidationTask("x", torch.rand(2, 3, 32, 32, generator=g), images, torch.tensor([0, 0, 0, 1, 1, 1]), masks)
-    result = CheckpointSelector([task], torch.device("cpu"), metric).score(untrained_model(cfg))
-    expected = {"pixel": result["val_pixel_auroc"], "image": result["val_image_auroc"],
-                "mean": (result["val_pixel_auroc"] + result["val_image_auroc"]) / 2}[metric]
+    labels_only = ValidationTask("y", torch.rand(2, 3, 32, 32, generator=g), images.flip(0),
+                                 torch.tensor([1, 1, 1, 0, 0, 0]), None)  # image labels only (as ELPV)
+    selector = CheckpointSelector([task, labels_only], torch.device("cpu"), metric)
+    model = untrained_model(cfg)
+    alone = [CheckpointSelector([t], torch.device("cpu"), metric).score(model) for t in (task, labels_only)]
+    result = selector.score(model)
+    x_pixel, x_image, y_image = alone[0]["val_pixel_auroc"], alone[0]["val_image_auroc"], alone[1]["val_image_auroc"]
+    expected = {"pixel": (x_pixel + y_image) / 2, "image": (x_image + y_image) / 2,
+                "mean": ((x_pixel + x_image) / 2 + y_image) / 2}[metric]
     assert result["val_score"] == pytest.approx(expected)
-    assert result["val_pixel_auroc"] != result["val_image_auroc"]  # the three metrics are distinguishable here
+    assert result["val_pixel_auroc"] == pytest.approx(x_pixel)  # the mean over the tasks that have masks
+    assert len({round(x_pixel, 6), round(x_image, 6), round(y_image, 6)}) == 3  # the metrics are distinguishable
 
 
 def test_unknown_validation_metric_is_a_one_line_error(small_real_root, tmp_path, capsys):

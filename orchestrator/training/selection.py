@@ -67,7 +67,7 @@ def load_tasks(source, categories: list[str], cfg: Config) -> list[ValidationTas
 class CheckpointSelector:
     tasks: list[ValidationTask]
     device: torch.device
-    metric: str = "pixel"  # train.val_metric: pixel | image | mean (a category without masks counts its image AUROC)
+    metric: str = "pixel"  # train.val_metric: pixel | image | mean, per task (no masks: its image AUROC)
     best_score: float = float("-inf")
     best_episode: int = -1
     best_state: dict[str, torch.Tensor] | None = None
@@ -75,25 +75,28 @@ class CheckpointSelector:
 
     @torch.no_grad()
     def score(self, model: AdaptiveEBM) -> dict[str, float]:
-        """Mean over tasks of image AUROC and (where masks exist) pixel AUROC of the energy map; val_score is
-        the one `metric` names."""
+        """Mean over tasks of image AUROC and (where masks exist) pixel AUROC of the energy map. val_score
+        is the mean over tasks of the number `metric` names; with "pixel" a task without masks (ELPV, say)
+        counts its image AUROC, so a category with image labels only still takes part."""
         was_training = model.training
         model.eval()
-        image, pixel = [], []
+        image, pixel, per_task = [], [], []
         scorer = OursScorer(model, smooth_sigma=0.0, map_mode="energy")  # scored as a target would be
         for task in self.tasks:
             dictionary = scorer.adapt(task.support.to(self.device))
             scores, maps = score_batches(scorer, dictionary, task.images, 16, self.device)
             image.append(metrics.image_auroc(scores, task.labels))
+            task_pixel = None
             if task.masks is not None and task.masks.any():
-                pixel.append(metrics.pixel_auroc(maps, task.masks))
+                task_pixel = metrics.pixel_auroc(maps, task.masks)
+                pixel.append(task_pixel)
+            own_pixel = image[-1] if task_pixel is None else task_pixel
+            per_task.append({"pixel": own_pixel, "image": image[-1], "mean": (image[-1] + own_pixel) / 2}[self.metric])
         model.train(was_training)
         out = {"val_image_auroc": sum(image) / len(image)}
         if pixel:
             out["val_pixel_auroc"] = sum(pixel) / len(pixel)
-        pixel_or_image = out.get("val_pixel_auroc", out["val_image_auroc"])
-        out["val_score"] = {"pixel": pixel_or_image, "image": out["val_image_auroc"],
-                            "mean": (out["val_image_auroc"] + pixel_or_image) / 2}[self.metric]
+        out["val_score"] = sum(per_task) / len(per_task)
         return out
 
     def consider(self, episode: int, model: AdaptiveEBM) -> dict[str, float]:
