@@ -97,6 +97,8 @@ class CheckpointSelector:
         if pixel:
             out["val_pixel_auroc"] = sum(pixel) / len(pixel)
         out["val_score"] = sum(per_task) / len(per_task)
+        if len(self.tasks) > 1:  # each category's own number too: does training help all of them?
+            out.update({f"val_score/{t.category}": v for t, v in zip(self.tasks, per_task)})
         return out
 
     def consider(self, episode: int, model: AdaptiveEBM) -> dict[str, float]:
