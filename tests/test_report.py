@@ -60,7 +60,9 @@ def make_results(root: Path, ours_better: bool, video: bool = True) -> Config:
         auroc = (0.93, 0.94) if ours_better else (0.7, 0.6)
         write(folder / "metrics.json", {"scene": "ucsd_ped2", "test_every": 2, "data_sha256": "v" * 64,
                                         "shots": {"K1": {"frame_auroc": auroc[0], "frame_auroc_std": 0.01},
-                                                  "K10": {"frame_auroc": auroc[1], "frame_auroc_std": 0.02}}})
+                                                  "K10": {"frame_auroc": auroc[1], "frame_auroc_std": 0.02}},
+                                        "baselines": {"untrained": {"K1": {"frame_auroc": 0.61, "frame_auroc_std": 0.0},
+                                                                    "K10": {"frame_auroc": 0.62, "frame_auroc_std": 0.0}}}})
         rows = ["clip,frame,label,score"] + [f"Test{c:03d},{f},{int(5 <= f < 9)},{0.1 + 0.1 * (5 <= f < 9)}"
                                              for c in (1, 2) for f in range(12)]
         (folder / "scores.csv").write_text("\n".join(rows) + "\n")
@@ -103,6 +105,7 @@ def test_report_writes_markdown_and_figures(tmp_path):
     assert "| a | ours | 10 | 0.900 ± 0.010 |" in text
     assert "| ucsd_ped2 | ours (here) | 93.00 ± 1.00 | 94.00 ± 2.00 |" in text
     assert "| ucsd_ped2 | ours (paper) | 91.22 | 92.45 |" in text
+    assert "| ucsd_ped2 | ours, untrained Ψ (here) | 61.00 ± 0.00 | 62.00 ± 0.00 |" in text  # the baseline beside ours
     assert "| a | sigshrink | `model.shrink=sigshrink` |" in text
     assert text.count("**reproduced**") >= 8
     assert not list(tmp_path.rglob("*.tmp"))

@@ -143,7 +143,7 @@ def cli(capsys, *args) -> tuple[int, str, str]:
 
 
 def check_record(record: dict, scene: str, temporal: bool) -> None:
-    assert set(record) == {"scene", "train_tasks", "shots", "test_frames", "anomalous_frames", "test_every", "temporal",
+    assert set(record) == {"scene", "train_tasks", "shots", "baselines", "test_frames", "anomalous_frames", "test_every", "temporal",
                            "data_sha256", "image_data_sha256", "params", "config_sha256", "seconds"}
     other = [s for s in SCENES if s != scene][0]
     assert record["scene"] == scene and record["train_tasks"][-1] == f"scene:{other}"
@@ -157,6 +157,13 @@ def check_record(record: dict, scene: str, temporal: bool) -> None:
         assert math.isclose(values["frame_auroc"], float(np.mean(values["per_draw"])), abs_tol=1e-5)
         assert math.isclose(values["frame_auroc_std"], float(np.std(values["per_draw"])), abs_tol=1e-5)
     assert record["shots"]["K1"]["frame_auroc_std"] > 0  # two different single frames adapt differently
+    # the no-learning and no-support baselines, on the same draws: other numbers than ours
+    assert set(record["baselines"]) == {"untrained", "nosupport"}
+    for method, by_k in record["baselines"].items():
+        assert set(by_k) == {"K1", "K2"} and all(len(v["per_draw"]) == 2 for v in by_k.values())
+        assert by_k["K2"]["per_draw"] != record["shots"]["K2"]["per_draw"], method
+    nosupport = record["baselines"]["nosupport"]
+    assert nosupport["K1"]["per_draw"] == nosupport["K2"]["per_draw"]  # it never reads the support frames
     for key in ("data_sha256", "image_data_sha256", "config_sha256"):
         assert len(record[key]) == 64
     assert record["params"]["experiments.video_temporal"] is temporal and record["params"]["data.image_size"] == S
@@ -252,6 +259,7 @@ def test_video_bad_input(small_real_root, tmp_path, capsys):
     expect_error(lambda: run_video(cfg(experiments__video_train_every=200, experiments__video_shots="[1,5]"),
                                    "avenue", out, small_real_root), "K=5", "3 training frames", "avenue")
     assert not out.exists()  # nothing trained, nothing written
+    expect_error(lambda: cfg(experiments__video_baselines="[knn]"), "experiments.video_baselines", "untrained")
     code, _, err = cli(capsys, "video", "--target", "nope", "--out", str(out), "--video-root", str(VIDEO),
                        "--data", str(small_real_root), "--quiet")
     assert code == 2 and err.startswith("fsad: error: unknown scene 'nope'") and err.count("\n") == 1

@@ -152,6 +152,8 @@ class ExperimentsConfig:
     video_targets: list[str] = field(default_factory=lambda: ["ucsd_ped2", "avenue"])  # target scenes
     video_shots: list[int] = field(default_factory=lambda: [1, 5, 10])  # K normal frames of the target scene
     video_draws: int = 5
+    # scored beside ours on the same support draws: no learning (untrained Ψ) and no support set (image gradient)
+    video_baselines: list[str] = field(default_factory=lambda: ["untrained", "nosupport"])
     video_test_every: int = 2  # score every n-th test frame (1: all, as the paper)
     video_train_every: int = 1  # use every n-th training frame of a scene
     video_temporal: bool = False  # App. B.4: add a frame-difference cue (see orchestrator/evaluation/video.py)

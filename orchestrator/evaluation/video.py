@@ -22,7 +22,7 @@ Outputs under out_dir:
 
     model/          the trained model directory (meta.json holds the loss history)
     metrics.json    {"scene", "train_tasks", "shots": {"K<k>": {"frame_auroc", "frame_auroc_std",
-                     "per_draw"}}, "test_frames", "anomalous_frames", "test_every", "temporal",
+                     "per_draw"}}, "baselines": {method: the same for experiments.video_baselines}, "test_frames", "anomalous_frames", "test_every", "temporal",
                      "data_sha256", "image_data_sha256", "params", "config_sha256", "seconds"}
     scores.csv      clip,frame,label,score of draw 0 at the largest K (score-over-time plots)
 
@@ -131,26 +131,27 @@ def training_config(cfg: Config) -> Config:
     return with_values(cfg, {"data.categories": [], "data.exclude": [], "train.method": OURS.model})
 
 
-def score_shots(model_dir: Path, test: SceneTest, cfg: Config, progress: bool = False
+def score_shots(model_dir: Path, test: SceneTest, cfg: Config, progress: bool = False, method: str = OURS.name
                 ) -> tuple[dict[str, Any], torch.Tensor]:
-    """Every K × draw: adapt, score, pooled frame AUROC -> ({"K<k>": ...}, scores (N_test,) of draw 0 at max K)."""
+    """Every K × draw: adapt, score, pooled frame AUROC -> ({"K<k>": ...}, scores (N_test,) of draw 0 at max K).
+    `method`: ours, or one of its baselines (untrained, nosupport) on the same draws."""
     model, saved, _ = load_model_dir(model_dir)
     device = resolve_device(saved.train.device)
     model.to(device).eval()
     scoring = copy.deepcopy(saved)
     scoring.model = dataclasses.replace(scoring.model, anomaly_map="energy", map_smooth_sigma=0.0)
-    scorer = make_scorer(OURS.name, model, scoring, augment_support=cfg.eval.augment_support)
+    scorer = make_scorer(method, model, scoring, augment_support=cfg.eval.augment_support)
     e = cfg.experiments
     shots, first = {}, None
     jobs = [(k, d) for k in sorted(e.video_shots) for d in range(e.video_draws)]
-    bar = tqdm(total=len(jobs), desc=f"{test.scene} K × draws", disable=not progress, dynamic_ncols=True)
+    bar = tqdm(total=len(jobs), desc=f"{test.scene} {method} K × draws", disable=not progress, dynamic_ncols=True)
     for k in sorted(e.video_shots):
         draws = support_draws(test.pool.shape[0], k, e.video_draws, cfg.eval.seed, test.scene)
         per_draw = []
         for d, index in enumerate(draws):
             state = scorer.adapt(test.pool[index].to(device))
             scores, _ = score_batches(scorer, state, test.images, cfg.eval.batch_size, device, progress,
-                                      desc=f"{test.scene} K={k} draw {d + 1}/{e.video_draws}")
+                                      desc=f"{test.scene} {method} K={k} draw {d + 1}/{e.video_draws}")
             if not torch.isfinite(scores).all():
                 raise RuntimeError(f"non-finite frame scores on {test.scene} K={k} draw {d}")
             per_draw.append(metrics.image_auroc(scores, test.labels))
@@ -195,11 +196,13 @@ def run_video(cfg: Config, target_scene: str, out_dir: str | Path, image_source=
     source = training_source(cfg, target_scene, image_source)
     summary = train(training_config(cfg), source, out / MODEL, progress=progress)
     shots, first = score_shots(out / MODEL, test, cfg, progress)
+    baselines = {m: score_shots(out / MODEL, test, cfg, progress, method=m)[0] for m in cfg.experiments.video_baselines}
     params, config_sha256 = config_record(cfg)
     record = {
         "scene": target_scene,
         "train_tasks": summary["categories"],
         "shots": shots,
+        "baselines": baselines,
         "test_frames": int(test.labels.numel()),
         "anomalous_frames": int(test.labels.sum()),
         "test_every": cfg.experiments.video_test_every,

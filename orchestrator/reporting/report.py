@@ -179,10 +179,11 @@ def _video_section(data: dict, cfg: Config, figures: dict[str, str]) -> list[str
     lines += ["| scene | method | " + " | ".join(f"{k}-shot" for k in shots) + " |",
               "|---|---|" + "---|" * len(shots)]
     for scene, record in data["video"].items():
-        by_k = record["metrics"]["shots"]
-        lines.append(f"| {scene} | ours (here) | " + " | ".join(
-            f"{100 * by_k[f'K{k}']['frame_auroc']:.2f} ± {100 * by_k[f'K{k}'].get('frame_auroc_std', 0.0):.2f}"
-            if f"K{k}" in by_k else "n/a" for k in shots) + " |")
+        runs = {"ours": record["metrics"]["shots"], **record["metrics"].get("baselines", {})}
+        for method, by_k in runs.items():
+            lines.append(f"| {scene} | {METHOD_LABELS.get(method, method)} (here) | " + " | ".join(
+                f"{100 * by_k[f'K{k}']['frame_auroc']:.2f} ± {100 * by_k[f'K{k}'].get('frame_auroc_std', 0.0):.2f}"
+                if f"K{k}" in by_k else "n/a" for k in shots) + " |")
         for method, values in PAPER_VIDEO.get(scene, {}).items():
             paper = dict(zip((1, 5, 10), values))
             lines.append(f"| {scene} | {METHOD_LABELS.get(method, method)} (paper) | "
