@@ -251,8 +251,8 @@ def main(argv=None) -> int:
     # benchmarks_tune.md is written by `python -m benchmarks.tune_bench`, benchmarks_calibration*.md by
     # `python -m benchmarks.calibration` (each section names its command).
     for name in ("benchmarks_calibration.md", "benchmarks_calibration_validation.md", "benchmarks_calibration_notes.md",
-                 "benchmarks_detector.md", "benchmarks_features.md", "benchmarks_ray.md", "benchmarks_notes.md",
-                 "benchmarks_tune.md"):
+                 "benchmarks_detector.md", "benchmarks_features.md", "benchmarks_training.md", "benchmarks_ray.md",
+                 "benchmarks_notes.md", "benchmarks_tune.md"):
         extra = doc.parent / name
         if extra.is_file():
             sections.append(extra.read_text())
