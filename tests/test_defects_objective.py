@@ -76,11 +76,7 @@ def test_a_training_category_without_masked_defects_is_refused():
         EpisodeSampler(normals, 2, 2, defects={})
 
 
-def test_train_on_defects_with_a_frozen_trunk_changes_only_the_head(small_real_root, tmp_path):
-    out = tmp_path / "model"
-    code = main(["train", "--data", str(small_real_root), "--target", HELD_OUT, "--out", str(out), "--quiet",
-                 *tiny_sets(train__objective="defects", train__trainable="head", train__episodes=3)])
-    assert code == 0
+def assert_only_the_head_learnt(out) -> None:
     from orchestrator.config import load_config
     from orchestrator.tracking.artifacts import build_model
 
@@ -93,8 +89,26 @@ def test_train_on_defects_with_a_frozen_trunk_changes_only_the_head(small_real_r
             assert not torch.equal(tensor, initial[name]), f"{name} (the head) did not learn"
         else:
             assert torch.equal(tensor, initial[name]), f"{name} (the trunk) moved"
+
+
+def test_train_on_defects_with_a_frozen_trunk_changes_only_the_head(small_real_root, tmp_path):
+    out = tmp_path / "model"
+    code = main(["train", "--data", str(small_real_root), "--target", HELD_OUT, "--out", str(out), "--quiet",
+                 *tiny_sets(train__objective="defects", train__trainable="head", train__episodes=3)])
+    assert code == 0
+    assert_only_the_head_learnt(out)
     history = json.loads((out / "meta.json").read_text())["history"]
     assert all(h["defect_cell_energy"] >= 0 and "normal_cell_energy" in h for h in history)
+
+
+def test_a_frozen_trunk_stays_frozen_with_ray_workers(small_real_root, tmp_path):
+    # the workers' copies compute gradients for every parameter; the learner must not apply the trunk's
+    out = tmp_path / "model"
+    code = main(["train", "--data", str(small_real_root), "--target", HELD_OUT, "--out", str(out), "--quiet",
+                 "--workers", "1", *tiny_sets(train__trainable="head", train__episodes=2),
+                 "--set", "distributed.mode=sync"])
+    assert code == 0
+    assert_only_the_head_learnt(out)
 
 
 def test_defects_objective_with_ray_workers_is_refused_in_one_line(small_real_root, tmp_path, capsys):

@@ -153,11 +153,11 @@ def validate_experiments(e: ExperimentsConfig) -> None:
         raise InputError(f"experiments.ablation_targets={e.ablation_targets}: expected distinct categories")
     if not e.video_shots or min(e.video_shots) < 1:
         raise InputError(f"experiments.video_shots={e.video_shots}: expected a non-empty list of integers >= 1")
-    wrong = [m for m in e.video_baselines if m not in METHODS or not get_method(m).baseline
-             or get_method(m).model != OURS.model]
+    ours_baselines = [m for m in METHODS if get_method(m).baseline and get_method(m).model == OURS.model]
+    wrong = [m for m in e.video_baselines if m not in ours_baselines]
     if wrong:
-        raise InputError(f"experiments.video_baselines={e.video_baselines}: {wrong} are not baselines of ours; expected "
-                         f"names from {', '.join(m for m in METHODS if get_method(m).baseline and get_method(m).model == OURS.model)}")
+        raise InputError(f"experiments.video_baselines={e.video_baselines}: {wrong} are not baselines of ours; "
+                         f"expected names from {', '.join(ours_baselines)}")
     for key, value in (("experiments.video_draws", e.video_draws), ("experiments.video_test_every", e.video_test_every),
                        ("experiments.video_train_every", e.video_train_every)):
         if value < 1:

@@ -22,7 +22,8 @@ Outputs under out_dir:
 
     model/          the trained model directory (meta.json holds the loss history)
     metrics.json    {"scene", "train_tasks", "shots": {"K<k>": {"frame_auroc", "frame_auroc_std",
-                     "per_draw"}}, "baselines": {method: the same for experiments.video_baselines}, "test_frames", "anomalous_frames", "test_every", "temporal",
+                     "per_draw"}}, "baselines": {method: the same, for experiments.video_baselines},
+                     "test_frames", "anomalous_frames", "test_every", "temporal",
                      "data_sha256", "image_data_sha256", "params", "config_sha256", "seconds"}
     scores.csv      clip,frame,label,score of draw 0 at the largest K (score-over-time plots)
 

@@ -106,8 +106,9 @@ class Learner:
             if len(result.grads) != len(self.params):
                 raise ValueError(f"{len(result.grads)} gradients for {len(self.params)} parameters")
             for p, g in zip(self.params, result.grads):
-                # None stays None: Adam skips parameters without a gradient, as in the in-process loop.
-                p.grad = None if g is None else g.to(device=self.device, dtype=p.dtype)
+                # None stays None: Adam skips parameters without a gradient, as in the in-process loop; a frozen
+                # parameter (train.trainable=head) takes no gradient from a worker's unfrozen copy either.
+                p.grad = None if g is None or not p.requires_grad else g.to(device=self.device, dtype=p.dtype)
             self._step()
             return stats
         if episode is None or result.negatives is None:
