@@ -99,12 +99,10 @@ def validate_training(cfg: Config) -> None:
     for key, value in (("train.eta_rec", t.eta_rec), ("train.eta_cd", t.eta_cd), ("train.reg_weight", t.reg_weight),
                        ("train.grad_clip", t.grad_clip), ("train.rank_weight", t.rank_weight)):
         check_finite(key, value, 0.0, strict=False)
-    if t.objective not in OBJECTIVES:
-        raise InputError(f"train.objective={t.objective!r}: expected one of {', '.join(OBJECTIVES)}")
-    if t.trainable not in TRAINABLE:
-        raise InputError(f"train.trainable={t.trainable!r}: expected one of {', '.join(TRAINABLE)}")
-    if t.val_metric not in VAL_METRICS:
-        raise InputError(f"train.val_metric={t.val_metric!r}: expected one of {', '.join(VAL_METRICS)}")
+    for key, value, choices in (("train.objective", t.objective, OBJECTIVES), ("train.trainable", t.trainable, TRAINABLE),
+                                ("train.val_metric", t.val_metric, VAL_METRICS)):
+        if value not in choices:
+            raise InputError(f"{key}={value!r}: expected one of {', '.join(choices)}")
     if t.augment not in AUGMENT_MODES:
         raise InputError(f"train.augment={t.augment!r}: expected one of {AUGMENT_MODES}")
     if not (t.device == "cpu" or t.device == "cuda" or t.device.startswith("cuda:")):
