@@ -33,6 +33,11 @@ OBJECTIVES = ("cd", "defects")  # train.objective: Alg. 1's contrastive divergen
 DEFECT_COVERAGE = 0.3  # a feature cell counts as a defect cell when its mask covers more than this fraction
 
 
+def validate_objective(objective: str) -> None:
+    if objective not in OBJECTIVES:
+        raise InputError(f"train.objective={objective!r}: expected one of {', '.join(OBJECTIVES)}")
+
+
 @dataclass(frozen=True)
 class StepSpec:
     """The loss and Langevin settings of one episode (plain values: model/ and workers/ import no orchestrator)."""
@@ -49,8 +54,7 @@ class StepSpec:
 
     def __post_init__(self) -> None:
         validate_langevin(self.steps, self.step_size, self.noise_scale)
-        if self.objective not in OBJECTIVES:
-            raise InputError(f"train.objective={self.objective!r}: expected one of {', '.join(OBJECTIVES)}")
+        validate_objective(self.objective)
 
 
 @dataclass
@@ -80,6 +84,17 @@ def sample_negatives(
     )
 
 
+def with_rank_term(loss: torch.Tensor, dictionary: TaskDictionary, spec: StepSpec) -> tuple[torch.Tensor, torch.Tensor]:
+    """loss − rank_weight·log(participation ratio of the support atoms), and that ratio (for the log).
+
+    Effective rank of the support features (the atoms, (m, A) -> rows (A, m)); meta-training that lowers
+    it collapses Ψ onto a few directions, and every category then looks alike to the dictionary."""
+    support_rank = participation_ratio(dictionary.atoms.transpose(0, 1))
+    if spec.rank_weight:
+        loss = loss - spec.rank_weight * support_rank.log()
+    return loss, support_rank
+
+
 def episode_losses(
     model: AdaptiveEBM,
     dictionary: TaskDictionary,
@@ -96,11 +111,7 @@ def episode_losses(
     l_rec = reconstruction_loss(negatives, queries)
     reg = energy_regularizer(pos_energy, neg_energy)
     loss = total_loss(l_rec, l_cd, spec.eta_rec, spec.eta_cd, reg, spec.reg_weight)
-    # Effective rank of the support features (the atoms, (m, A) -> rows (A, m)); meta-training that lowers
-    # it collapses Ψ onto a few directions, and every category then looks alike to the dictionary.
-    support_rank = participation_ratio(dictionary.atoms.transpose(0, 1))
-    if spec.rank_weight:
-        loss = loss - spec.rank_weight * support_rank.log()
+    loss, support_rank = with_rank_term(loss, dictionary, spec)
     start_rec = reconstruction_loss(corrupted, queries)
     with torch.no_grad():  # the chain should lower the corrupted query's energy (inpainting): > 0 is good
         chain_energy_drop = model.energy(corrupted, dictionary.detach()) - neg_energy.detach()  # (M,)
@@ -140,10 +151,7 @@ def defect_losses(
     defect_cells = defect_energy[coverage > DEFECT_COVERAGE]  # (a,)
     if defect_cells.numel() == 0:  # defects smaller than a cell: their most covered cells stand in
         defect_cells = defect_energy.flatten(1).gather(1, coverage.flatten(1).argmax(1, keepdim=True)).flatten()
-    loss = normal_cells.mean() - defect_cells.mean()
-    support_rank = participation_ratio(dictionary.atoms.transpose(0, 1))
-    if spec.rank_weight:
-        loss = loss - spec.rank_weight * support_rank.log()
+    loss, support_rank = with_rank_term(normal_cells.mean() - defect_cells.mean(), dictionary, spec)
     stats = {
         "loss": float(loss.detach()),
         "normal_cell_energy": float(normal_cells.detach().mean()),

@@ -25,13 +25,13 @@ def test_cell_coverage_is_the_masked_fraction_of_each_cell():
 
 
 class FixedEnergies:
-    """A stand-in model whose position energies are given (the loss arithmetic is tested, not Ψ)."""
+    """A stand-in model whose position energies are given per input batch (the loss arithmetic is tested, not Ψ)."""
 
-    def __init__(self, normal: torch.Tensor, defect: torch.Tensor):
-        self.normal, self.defect = normal, defect
+    def __init__(self, energies: dict[int, torch.Tensor]):
+        self.energies = energies  # id(images batch) -> (B, h', w')
 
     def position_energy(self, images, dictionary):
-        return self.normal if images.shape[0] == self.normal.shape[0] and images[0, 0, 0, 0] == 0 else self.defect
+        return self.energies[id(images)]
 
 
 def test_defect_loss_is_normal_cell_energy_minus_defect_cell_energy():
@@ -44,7 +44,8 @@ def test_defect_loss_is_normal_cell_energy_minus_defect_cell_energy():
     atoms = torch.randn(6, 20, generator=torch.Generator().manual_seed(0))  # (m, A)
     dictionary = SimpleNamespace(atoms=atoms)
     spec = StepSpec(steps=1, step_size=1.0, noise_scale=0.0, rank_weight=0.1)
-    result = defect_losses(FixedEnergies(normal, defect), dictionary, queries, anomalous, masks, spec)
+    model = FixedEnergies({id(queries): normal, id(anomalous): defect})
+    result = defect_losses(model, dictionary, queries, anomalous, masks, spec)
     normal_cells = np.mean([0.1, 0.2, 0.3, 0.4, 0.5, 0.6])  # the query's cells and the untouched defect-image cells
     defect_cells = 0.9
     rank = float(participation_ratio(atoms.transpose(0, 1)))

@@ -109,12 +109,13 @@ class EpisodeSampler:
                                             donors=self._donors(category))
         episode = Episode(category, support, queries, corrupted, patch_mask, support_index, query_index)
         if self.defects is not None:  # drawn last: the stream of earlier draws is that of a run without defects
-            episode.anomalous, episode.anomalous_masks = self._defects(category, t if self.augment == "episode" else None)
+            transform = t if self.augment == "episode" else None
+            episode.anomalous, episode.anomalous_masks = self._defects(category, transform)
         return episode
 
     def _defects(self, category: str, transform: int | None) -> tuple[torch.Tensor, torch.Tensor]:
-        """M anomalous images of the category and their masks (A, C, S, S), (A, S, S); with replacement when
-        it has fewer. `transform`: the episode's dihedral transform; None under augment none or image."""
+        """M anomalous images of the category and their masks (A, C, S, S), (A, S, S), drawn with replacement.
+        `transform`: the episode's dihedral transform; None under augment none or image."""
         g = self.generator
         images, masks = self.defects[category]
         pick = torch.randint(images.shape[0], (self.queries,), generator=g).tolist()

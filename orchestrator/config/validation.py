@@ -13,7 +13,7 @@ from model.errors import InputError
 from model.ebm.inpaint import CORRUPTIONS
 from model.ebm.langevin import validate_langevin
 from model.methods import METHODS, OURS, get_method
-from model.objective import OBJECTIVES
+from model.objective import validate_objective
 from orchestrator.config.checks import check_finite
 from orchestrator.config.profiles import ABLATIONS, PROFILES
 from orchestrator.config.schema import (
@@ -99,7 +99,8 @@ def validate_training(cfg: Config) -> None:
     for key, value in (("train.eta_rec", t.eta_rec), ("train.eta_cd", t.eta_cd), ("train.reg_weight", t.reg_weight),
                        ("train.grad_clip", t.grad_clip), ("train.rank_weight", t.rank_weight)):
         check_finite(key, value, 0.0, strict=False)
-    for key, value, choices in (("train.objective", t.objective, OBJECTIVES), ("train.trainable", t.trainable, TRAINABLE),
+    validate_objective(t.objective)
+    for key, value, choices in (("train.trainable", t.trainable, TRAINABLE),
                                 ("train.val_metric", t.val_metric, VAL_METRICS)):
         if value not in choices:
             raise InputError(f"{key}={value!r}: expected one of {', '.join(choices)}")

@@ -8,6 +8,7 @@ from typing import Any, Callable
 import torch
 
 from model.errors import InputError
+from model.methods import MAML_AE
 from orchestrator.tracking.artifacts import STATE, WEIGHTS, build_model, model_writers
 from orchestrator.config import Config
 from orchestrator.training.checkpoint import has_checkpoint, newest_state, save_checkpoint
@@ -36,6 +37,11 @@ def load_normals(root, categories: list[str], image_size: int) -> dict[str, torc
         items = source.load(category, image_size, split="train")
         normals[category] = torch.stack([item.image for item in items])
     return normals
+
+
+def learns_from_defects(cfg: Config) -> bool:
+    """train.objective=defects applies to ours (maml_ae has its own objective)."""
+    return cfg.train.objective == "defects" and cfg.train.method != MAML_AE.model
 
 
 def load_defects(root, categories: list[str], image_size: int) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:

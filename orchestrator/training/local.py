@@ -16,7 +16,7 @@ from model.methods import MAML_AE
 from model.objective import episode_loss
 from orchestrator.config import Config
 from orchestrator.tracking.artifacts import Writer
-from orchestrator.training.inputs import RunInputs, load_defects, load_normals
+from orchestrator.training.inputs import RunInputs, learns_from_defects, load_defects, load_normals
 from orchestrator.training.learner import Learner, Update
 from workers.episodes import EpisodeSampler
 
@@ -28,7 +28,7 @@ class LocalWorkers:
         self.cfg, self.device = cfg, device
         normals = load_normals(inputs.source, inputs.categories, cfg.data.image_size)
         defects = None
-        if cfg.train.objective == "defects" and cfg.train.method != MAML_AE.model:
+        if learns_from_defects(cfg):
             defects = load_defects(inputs.source, inputs.categories, cfg.data.image_size)
         self.sampler = EpisodeSampler(
             normals, cfg.train.shots, cfg.train.queries, (cfg.inpaint.min_frac, cfg.inpaint.max_frac),

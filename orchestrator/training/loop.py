@@ -21,7 +21,8 @@ from model.methods import MAML_AE, OURS
 from orchestrator.tracking.artifacts import META, STATE, WEIGHTS, build_model, model_writers, resolve_device
 from orchestrator.config import Config
 from orchestrator.training.checkpoint import recover, save_checkpoint
-from orchestrator.training.inputs import RunInputs, model_meta, open_inputs, prepare_out, refuse_resume_across
+from orchestrator.training.inputs import (RunInputs, learns_from_defects, model_meta, open_inputs, prepare_out,
+                                         refuse_resume_across)
 from orchestrator.training.learner import Learner, NonFiniteLoss, step_spec
 from orchestrator.training.local import LocalWorkers
 from orchestrator.training.selection import (
@@ -97,7 +98,7 @@ def _open_run(cfg: Config, data_root, out: Path, resume: bool, manifest, splits,
 def _worker_set(cfg: Config, inputs: RunInputs, device: torch.device, distributed: bool, address: str | None):
     if not distributed:
         return LocalWorkers(cfg, inputs, device)
-    if cfg.train.objective == "defects" and cfg.train.method != MAML_AE.model:
+    if learns_from_defects(cfg):
         raise InputError("train.objective=defects runs in-process only for now (the Ray episode workers do not "
                          "load defect images); drop --workers or set train.objective=cd")
     from orchestrator.training.remote import RayWorkers  # imports ray: only runs with --workers load it
