@@ -142,6 +142,34 @@ def test_ingest_bad_input_exit_2_and_nothing_written(tmp_path, capsys):
     assert not out.exists()
 
 
+def test_a_folder_of_linked_categories_ingests_like_the_trees_it_links(small_real_root, tmp_path, capsys):
+    """Several trees become one dataset through a folder of links to their categories (the DVC pipeline's
+    experiments/sources/fsad-all): the rows are those of the linked trees; a dangling link and a link
+    cycle are handled (one-line error; skipped), and nothing is written on the error."""
+    categories = sorted(p.name for p in small_real_root.iterdir() if (p / "train" / "good").is_dir())
+    first, rest = tmp_path / "first", tmp_path / "rest"
+    for folder, chosen in ((first, categories[:1]), (rest, categories[1:])):
+        folder.mkdir()
+        for name in chosen:
+            shutil.copytree(small_real_root / name, folder / name)
+    linked = tmp_path / "linked"
+    linked.mkdir()
+    for folder, chosen in ((first, categories[:1]), (rest, categories[1:])):
+        for name in chosen:
+            (linked / name).symlink_to(os.path.relpath(folder / name, linked))
+    (linked / categories[0] / "train" / "loop").symlink_to("..")  # a cycle: must not hang the walk
+    assert ingest(capsys, linked, tmp_path / "out_linked")[0] == 0
+    assert ingest(capsys, small_real_root, tmp_path / "out_plain")[0] == 0
+    as_linked, as_plain = (read_manifest(tmp_path / o / "manifest.parquet") for o in ("out_linked", "out_plain"))
+    key = lambda r: (r["image_path"], r["sha256"], r["category"], r["label"], r["mask_sha256"])  # noqa: E731
+    assert sorted(map(key, as_linked.rows)) == sorted(map(key, as_plain.rows))
+    assert {r["category"] for r in as_linked.rows} == set(categories)
+
+    (linked / "gone").symlink_to(tmp_path / "nowhere")
+    one_error_line(*ingest(capsys, linked, tmp_path / "out_bad")[::2], "gone", "does not exist")
+    assert not (tmp_path / "out_bad").exists()
+
+
 def test_ingest_replaces_outputs_atomically(small_real_root, tmp_path, capsys):
     out = tmp_path / "out"
     assert ingest(capsys, small_real_root, out)[0] == 0

@@ -135,3 +135,21 @@ def test_unknown_validation_metric_is_a_one_line_error(small_real_root, tmp_path
     assert code == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "train.val_metric" in err[0] and "pixel" in err[0]
+
+
+def test_maml_ae_selects_its_checkpoint_with_its_own_scorer(small_real_root, tmp_path):
+    """The DVC folds set validation categories for every variant: MAML-AE is scored by its inner loop and
+    reconstruction maps (it has no dictionary), and its kept weights are the best-scoring ones."""
+    out = tmp_path / "maml"
+    code = main(["train", "--data", str(small_real_root), "--target", HELD_OUT, "--out", str(out), "--quiet",
+                 *tiny_sets(train__episodes=2, train__val_every=1, train__val_images=6, eval__shots=2,
+                            train__method="maml_ae", maml__inner_steps=1),
+                 "--set", "train.val_categories=[kolektor]"])
+    assert code == 0
+    selection = json.loads((out / "meta.json").read_text())["selection"]
+    assert [h["episode"] for h in selection["history"]] == [0, 1, 2]
+    assert all(0.0 <= h["val_score"] <= 1.0 for h in selection["history"])
+    best = max(selection["history"], key=lambda h: h["val_score"])
+    assert selection["best_episode"] == best["episode"]
+    weights, kept = load_file(str(out / "model.safetensors")), load_file(str(out / "best.safetensors"))
+    assert all(torch.equal(weights[k], kept[k]) for k in weights)

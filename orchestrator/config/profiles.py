@@ -14,10 +14,11 @@ PROFILES: dict[str, dict[str, Any]] = {
         "train.episodes": 1000,
         "pipeline.shots": [1, 2, 4, 8, 10],
         "eval.draws": 5,
-        "experiments.ablation_targets": ["juice_bottle", "kolektor", "magnetic_tile", "tire"],
+        "experiments.ablation_targets": ["juice_bottle", "kolektor", "magnetic_tile", "tire", "pcb_deeppcb", "screw"],
         "experiments.ablations": ["l3", "sigshrink", "istc", "mean_score", "nosparsity", "j1", "j10", "noise_init",
                                   "noise_only"],
         "experiments.video_test_every": 1,
+        "experiments.video_draws": 5,
     },
 }
 

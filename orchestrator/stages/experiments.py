@@ -18,10 +18,10 @@ from typing import Any
 
 from model.errors import InputError
 from model.methods import OURS
-from orchestrator.config import ABLATIONS, Config, describe, with_values
+from orchestrator.config import ABLATIONS, Config, describe
 from orchestrator.evaluation.evaluate import METRIC_NAMES, evaluate
 from orchestrator.stages.ingest import MANIFEST
-from orchestrator.stages.pipeline import RESULTS, SPLITS, data_dir, image_root
+from orchestrator.stages.pipeline import RESULTS, SPLITS, data_dir, fold_config, image_root
 from orchestrator.training.loop import train
 from workers.files import atomic_write_text
 
@@ -29,10 +29,11 @@ ABLATION_DIR = RESULTS / "ablations"
 
 
 def variant_config(cfg: Config, name: str, target: str) -> Config:
-    """cfg with the ablation's overrides, `ours`, and the target held out."""
+    """The fold's config (the target held out, the same validation categories) with the ablation's
+    overrides, training `ours`."""
     if name not in ABLATIONS:
         raise InputError(f"ablation {name!r}: expected one of {', '.join(ABLATIONS)}")
-    return with_values(cfg, {**ABLATIONS[name], "data.exclude": [target], "train.method": OURS.model})
+    return fold_config(cfg, target, OURS.model, ABLATIONS[name])
 
 
 def stage_ablations(cfg: Config, progress: bool = False, log=print) -> list[dict[str, Any]]:

@@ -73,9 +73,28 @@ def _recorded_root(root: Path, out: Path) -> str:
 
 
 def _local_keys(root: Path) -> list[str]:
+    """Relative keys of every file under `root`, following symlinked folders: a dataset assembled from
+    several trees is a folder of links to their category folders (experiments/sources/, docs/data.md).
+    A link whose target is missing is an error naming it; a link back to a folder already being walked
+    (a cycle) is skipped, so the walk ends."""
     if not root.is_dir():
         raise InputError(f"--source {root} does not exist or is not a folder; expected an MVTec-layout tree")
-    return [p.relative_to(root).as_posix() for p in root.rglob("*") if p.is_file()]
+    keys: list[str] = []
+    for folder, subfolders, files in os.walk(root, followlinks=True, onerror=_walk_error):
+        here = Path(folder)
+        ancestors = {os.path.realpath(p) for p in [here, *here.parents] if p == root or root in p.parents}
+        subfolders[:] = sorted(d for d in subfolders if os.path.realpath(here / d) not in ancestors)
+        for name in files:  # a dangling link is listed here, not among the folders
+            path = here / name
+            if path.is_symlink() and not path.exists():
+                raise InputError(f"--source {root}: link {path} points to {os.readlink(path)}, which does not "
+                                 "exist; expected a link to a category folder of an MVTec-layout tree")
+            keys.append(path.relative_to(root).as_posix())
+    return keys
+
+
+def _walk_error(error: OSError) -> None:
+    raise InputError(f"--source: cannot read {error.filename}: {error.strerror}")
 
 
 def ingest(source: str, name: str, out: str | Path, endpoint_url: str | None = None,

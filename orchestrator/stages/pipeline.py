@@ -93,11 +93,19 @@ def stage_split(cfg: Config) -> dict[str, Any]:
                        data_dir(cfg) / SPLITS)
 
 
+def fold_config(cfg: Config, target: str, variant: str, changes: dict[str, Any] | None = None) -> Config:
+    """The config one fold trains with: `target` held out, pipeline.val_categories (with any of
+    train.val_categories) set aside for checkpoint selection, `variant` trained, `changes` on top."""
+    val_categories = list(dict.fromkeys(cfg.train.val_categories + cfg.pipeline.val_categories))
+    return with_values(cfg, {**(changes or {}), "data.exclude": [target], "train.method": variant,
+                             "train.val_categories": val_categories})
+
+
 def stage_train(cfg: Config, target: str, progress: bool = False) -> list[str]:
     _check_target(cfg, target)
     written = []
     for variant in _variants(cfg):
-        fold_cfg = with_values(cfg, {"data.exclude": [target], "train.method": variant})
+        fold_cfg = fold_config(cfg, target, variant)
         out = RESULTS / "models" / target / variant
         if out.exists():
             shutil.rmtree(out)  # dvc removes outputs before a stage runs; a manual run starts afresh too

@@ -32,6 +32,7 @@ from orchestrator.training.selection import (
     load_tasks,
     restore_selection,
     selection_record,
+    validation_scorer,
 )
 
 
@@ -151,7 +152,7 @@ def train(
     run = TrainingRun(cfg, out, inputs, learner, workers, meta, on_checkpoint)
     if inputs.val_categories:
         run.selector = CheckpointSelector(load_tasks(inputs.source, inputs.val_categories, cfg), device,
-                                          cfg.train.val_metric)
+                                          cfg.train.val_metric, scorer_for=validation_scorer(cfg))
     start, state = run.restore_run() if resume else (0, None)
     try:
         workers.start(learner, state, out)

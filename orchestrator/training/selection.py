@@ -8,17 +8,19 @@ on validation than the one training started from; metadata records which episode
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Any, Callable
 
 import torch
 
 from model import metrics
 from model.ebm.energy import AdaptiveEBM
 from model.errors import InputError
+from model.methods import MAML_AE
 from model.methods.ours import OursScorer
 from orchestrator.config import Config
-from orchestrator.evaluation.evaluate import load_test_set, score_batches
+from orchestrator.evaluation.evaluate import load_test_set, score_batches, scoring_options
 
 BEST = "best.safetensors"  # the best weights so far, beside the checkpoint (resume continues the selection)
 
@@ -72,6 +74,8 @@ class CheckpointSelector:
     best_episode: int = -1
     best_state: dict[str, torch.Tensor] | None = None
     history: list[dict[str, float]] = field(default_factory=list)
+    # model -> scorer: the variant's own (MAML-AE adapts by its inner loop); None: ours, energy map unsmoothed
+    scorer_for: Callable[[torch.nn.Module], Any] | None = None
 
     @torch.no_grad()
     def score(self, model: AdaptiveEBM) -> dict[str, float]:
@@ -81,7 +85,8 @@ class CheckpointSelector:
         was_training = model.training
         model.eval()
         image, pixel, per_task = [], [], []
-        scorer = OursScorer(model, smooth_sigma=0.0, map_mode="energy")  # scored as a target would be
+        scorer = (OursScorer(model, smooth_sigma=0.0, map_mode="energy") if self.scorer_for is None
+                  else self.scorer_for(model))  # scored as a target would be
         for task in self.tasks:
             dictionary = scorer.adapt(task.support.to(self.device))
             scores, maps = score_batches(scorer, dictionary, task.images, 16, self.device)
@@ -109,6 +114,14 @@ class CheckpointSelector:
             self.best_score, self.best_episode = result["val_score"], episode
             self.best_state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
         return result
+
+
+def validation_scorer(cfg: Config) -> Callable[[torch.nn.Module], Any] | None:
+    """How the selector scores the model it selects: MAML-AE by its own inner loop and reconstruction
+    maps (unsmoothed, like ours); None for ours (the selector's energy-map scorer)."""
+    if cfg.train.method != MAML_AE.model:
+        return None
+    return lambda model: MAML_AE.build(model, replace(scoring_options(cfg), smooth_sigma=0.0))
 
 
 def selection_record(selector: CheckpointSelector) -> dict:
