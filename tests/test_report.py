@@ -141,3 +141,34 @@ def test_profiles_apply_between_file_and_command_line(tmp_path):
         load_config(None, parse_overrides(["experiments.profile=huge"]))
     with pytest.raises(InputError, match="unknown \\['l2'\\]"):
         load_config(None, parse_overrides(["experiments.ablations=[l2]"]))
+
+
+@pytest.mark.parametrize("ours_wins", [True, False])
+def test_baseline_and_screw_claims_follow_the_numbers(tmp_path, ours_wins):
+    """The premise row (ours above the no-learning and no-support baselines on every target) and Table 1's
+    screw row beside ours: both flip with the numbers, and the evidence names what lost."""
+    methods = ["ours", "untrained", "knn", "knn_untrained", "nosupport", "maml_ae"]
+    cfg = load_config(None, parse_overrides(["pipeline.targets=[a,screw]", "pipeline.shots=[1,10]",
+                                             f"pipeline.methods=[{','.join(methods)}]",
+                                             "experiments.ablation_targets=[]", "experiments.ablations=[]"]))
+    root = tmp_path / "results"
+    for target in ("a", "screw"):
+        write(root / "metrics" / f"{target}.json", {"manifest_sha256": "m" * 64, "splits_sha256": "s" * 64})
+        for k in (1, 10):
+            for method in methods:
+                ours = method == "ours"
+                value = (0.88 if ours_wins else 0.70) if ours else 0.75
+                # mIoU = pixel / 4 in record(): 0.22 (wins, >= 0.08 - 0.02) or 0.175
+                write(root / "eval" / target / method / f"K{k}" / "metrics.json", record(value, value))
+        write(root / "models" / target / "ours" / "meta.json", history(1.0, 0.5))
+    rows = {claim.split(":")[0]: (status, evidence) for claim, status, evidence in claims(load_results(cfg, root), cfg)}
+    premise = rows["Meta-learning and the support set earn their place"]
+    screw = rows["Table 1, screw (K=10 in the paper)"]
+    if ours_wins:
+        assert premise == ("reproduced", "holds on 2 of 2 targets at K=10")
+        assert screw[0] == "reproduced" and "pixel AUROC 0.880" in screw[1]
+    else:
+        assert premise[0] == "not reproduced" and "holds on 0 of 2 targets" in premise[1]
+        assert "screw: image AUROC 0.700 ≤ ours, untrained Ψ 0.750, image AUROC 0.700 ≤ kNN 0.750" in premise[1]
+        assert "pixel AUROC 0.700 ≤ no support (image gradient) 0.750" in premise[1]
+        assert screw[0] == "not reproduced" and "pixel AUROC 0.700" in screw[1]
