@@ -96,7 +96,9 @@ TINY_PARAMS = {
     "langevin": {"steps": 2},
     "train": {"episodes": 3, "shots": 2, "queries": 2, "checkpoint_every": 2},
     "eval": {"draws": 1, "overlays": 1, "calibration_size_correction": False},
-    "pipeline": {"targets": ["tire"], "shots": [1], "methods": ["ours", "knn"]},
+    # the small copy of fsad-real only (the default source also links fsad-extra, which the copy lacks)
+    "pipeline": {"name": "fsad-real", "source": "../shared/data/fsad-real", "targets": ["tire"], "shots": [1],
+                 "methods": ["ours", "knn"], "val_categories": ["kolektor"]},
 }
 
 

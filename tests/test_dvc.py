@@ -131,7 +131,9 @@ TINY_PARAMS = {
     "langevin": {"steps": 2},
     "train": {"episodes": 3, "shots": 2, "queries": 2, "checkpoint_every": 2},
     "eval": {"draws": 2, "overlays": 1, "calibration_size_correction": False},
-    "pipeline": {"name": "small", "targets": [TARGET], "shots": [1, 2], "methods": ["ours", "knn"]},
+    # kolektor: the folds' validation category (checkpoint selection), juice_bottle the one training category
+    "pipeline": {"name": "small", "targets": [TARGET], "shots": [1, 2], "methods": ["ours", "knn"],
+                 "val_categories": ["kolektor"]},
     "experiments": {"ablation_targets": [TARGET], "ablations": ["hard", "noise_init"], "video_targets": ["ucsd_ped2"],
                     "video_shots": [1, 2], "video_draws": 2, "video_test_every": 40, "video_train_every": 20},
 }
@@ -211,6 +213,9 @@ def test_dvc_repro_end_to_end(dvc_repo):
             assert 0.0 <= metrics[method][k]["image_auroc"] <= 1.0
     meta = json.loads((repo / "results" / "models" / TARGET / "ours" / "meta.json").read_text())
     assert meta["manifest_sha256"] == manifest.content_sha256 and TARGET in meta["held_out"]
+    # pipeline.val_categories select the fold's checkpoint and are not trained on
+    assert meta["val_categories"] == ["kolektor"] and meta["train_categories"] == ["juice_bottle"]
+    assert [h["episode"] for h in meta["selection"]["history"]][0] == 0
     assert (repo / "results" / "plots" / "roc" / TARGET / "ours.csv").read_text().startswith("fpr,tpr\n")
     assert (repo / "results" / "plots" / "pro" / TARGET / "knn.csv").read_text().startswith("fpr,pro\n")
     assert "| **mean** | ours | 1 |" in (repo / "results" / "report" / "results.md").read_text()

@@ -172,3 +172,22 @@ def test_baseline_and_screw_claims_follow_the_numbers(tmp_path, ours_wins):
         assert "screw: image AUROC 0.700 ≤ ours, untrained Ψ 0.750, image AUROC 0.700 ≤ kNN 0.750" in premise[1]
         assert "pixel AUROC 0.700 ≤ no support (image gradient) 0.750" in premise[1]
         assert screw[0] == "not reproduced" and "pixel AUROC 0.700" in screw[1]
+
+
+def test_training_section_reports_selection_rank_and_chain_gain(tmp_path):
+    """Per fold: the selected episode and its validation score beside the initial Ψ's, the support rank's
+    first and last 5-episode means, and the share of late episodes whose chain lowered the energy."""
+    cfg = make_results(tmp_path / "results", ours_better=True, video=False)
+    history = [{"episode": i, "loss": 1.0, "support_rank": 10.0 - i / 2,
+                "chain_energy_drop": 0.1 if i % 4 else -0.1} for i in range(1, 21)]  # episodes 11-20: all but 12, 16, 20 > 0
+    selection = {"best_episode": 10, "history": [{"episode": 0, "val_score": 0.8}, {"episode": 10, "val_score": 0.85},
+                                                  {"episode": 20, "val_score": 0.83}]}
+    write(tmp_path / "results" / "models" / "a" / "ours" / "meta.json",
+          {"history": history, "selection": selection, "train_categories": ["b", "c"], "val_categories": ["d"]})
+    out = tmp_path / "docs" / "results.md"
+    build_report(cfg, tmp_path / "results", out)
+    text = out.read_text()
+    assert "## What meta-training did, per fold" in text
+    # support rank: first five 9.5..7.5 -> 8.5; last five 2.0..0.0 -> 1.0
+    assert "| a | ours | b, c | d | 10 of 20 | 0.800 → 0.850 | 8.5 → 1.0 | 70 % |" in text
+    assert "| b | ours |  | – | 20 (the last; no selection) | – | – | – |" in text  # a fold without the diagnostics says so

@@ -182,8 +182,10 @@ def video_claims(data: dict) -> list[tuple[str, str, str]]:
         out.append((f"Table 2: {scene} frame AUROC " + " / ".join(f"{paper_at[k]:.2f}" for k in compared)
                     + f" with {'/'.join(map(str, compared))} shots", "reproduced" if within else "not reproduced",
                     "ours here: " + " / ".join(f"{100 * ours[k]:.2f}" for k in compared)
-                    + " (reproduced = within 2 points). Set-up differs: meta-trained on the other scene and four "
-                    "industrial categories, not ShanghaiTech's 13 scenes; features learnt from scratch at "
+                    + " (reproduced = within 2 points). Set-up differs: meta-trained on "
+                    + (", ".join(record["metrics"]["train_tasks"]) if record["metrics"].get("train_tasks")
+                       else "the other scene and the image categories")
+                    + ", not ShanghaiTech's 13 scenes; features learnt from scratch at "
                     f"{record['metrics'].get('params', {}).get('data.image_size', '?')} px on a small budget."))
         if len(ks) > 1:
             out.append((f"Video, {scene}: more shots help (K={ks[0]} → {ks[-1]})",

@@ -46,12 +46,13 @@ def load_results(cfg: Config, results: Path) -> dict[str, Any]:
         for method in cfg.pipeline.methods:
             per_method[method] = {k: read_json(results / "eval" / target / method / f"K{k}" / "metrics.json") for k in shots}
         industrial[target] = per_method
-    histories = {}
+    histories, models = {}, {}
     for target in cfg.pipeline.targets:
         for variant in MODEL_KINDS:
             meta = results / "models" / target / variant / "meta.json"
             if meta.is_file():
-                histories[(target, variant)] = read_json(meta).get("history", [])
+                models[(target, variant)] = read_json(meta)
+                histories[(target, variant)] = models[(target, variant)].get("history", [])
     ablations: dict[str, dict[str, Any]] = {}
     for target in cfg.experiments.ablation_targets:
         for name in cfg.experiments.ablations:
@@ -67,7 +68,7 @@ def load_results(cfg: Config, results: Path) -> dict[str, Any]:
         if (folder / "metrics.json").is_file():
             video[scene] = {"metrics": read_json(folder / "metrics.json"), "scores": read_scores(folder / "scores.csv")}
     metrics_files = {t: read_json(results / "metrics" / f"{t}.json") for t in cfg.pipeline.targets}
-    return {"shots": shots, "industrial": industrial, "histories": histories, "ablations": ablations,
+    return {"shots": shots, "industrial": industrial, "histories": histories, "models": models, "ablations": ablations,
             "video": video, "metrics_files": metrics_files}
 
 
