@@ -19,6 +19,7 @@ PROFILES: dict[str, dict[str, Any]] = {
                                   "noise_only"],
         "experiments.video_test_every": 1,
         "experiments.video_draws": 5,
+        "experiments.video_shots": [1, 5, 10],
     },
 }
 

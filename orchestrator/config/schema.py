@@ -158,7 +158,7 @@ class ExperimentsConfig:
     ablations: list[str] = field(default_factory=lambda: ["l3", "sigshrink", "nosparsity", "noise_init"])
     video_root: str = "../shared/data/fsad-video"
     video_targets: list[str] = field(default_factory=lambda: ["ucsd_ped2", "avenue"])  # target scenes
-    video_shots: list[int] = field(default_factory=lambda: [1, 5, 10])  # K normal frames of the target scene
+    video_shots: list[int] = field(default_factory=lambda: [1, 10])  # K normal frames of the target scene
     video_draws: int = 3
     # scored beside ours on the same support draws: no learning (untrained Ψ) and no support set (image gradient)
     video_baselines: list[str] = field(default_factory=lambda: ["untrained", "nosupport"])
