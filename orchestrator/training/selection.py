@@ -65,6 +65,11 @@ def load_tasks(source, categories: list[str], cfg: Config) -> list[ValidationTas
     return tasks
 
 
+def ours_energy_scorer(model: AdaptiveEBM) -> OursScorer:
+    """Ours with the unsmoothed energy map: what the selector scores an `ours` model with."""
+    return OursScorer(model, smooth_sigma=0.0, map_mode="energy")
+
+
 @dataclass
 class CheckpointSelector:
     tasks: list[ValidationTask]
@@ -74,8 +79,8 @@ class CheckpointSelector:
     best_episode: int = -1
     best_state: dict[str, torch.Tensor] | None = None
     history: list[dict[str, float]] = field(default_factory=list)
-    # model -> scorer: the variant's own (MAML-AE adapts by its inner loop); None: ours, energy map unsmoothed
-    scorer_for: Callable[[torch.nn.Module], Any] | None = None
+    # model -> scorer: the variant's own (validation_scorer: MAML-AE adapts by its inner loop)
+    scorer_for: Callable[[torch.nn.Module], Any] = ours_energy_scorer
 
     @torch.no_grad()
     def score(self, model: AdaptiveEBM) -> dict[str, float]:
@@ -85,8 +90,7 @@ class CheckpointSelector:
         was_training = model.training
         model.eval()
         image, pixel, per_task = [], [], []
-        scorer = (OursScorer(model, smooth_sigma=0.0, map_mode="energy") if self.scorer_for is None
-                  else self.scorer_for(model))  # scored as a target would be
+        scorer = self.scorer_for(model)  # scored as a target would be
         for task in self.tasks:
             dictionary = scorer.adapt(task.support.to(self.device))
             scores, maps = score_batches(scorer, dictionary, task.images, 16, self.device)
@@ -116,11 +120,11 @@ class CheckpointSelector:
         return result
 
 
-def validation_scorer(cfg: Config) -> Callable[[torch.nn.Module], Any] | None:
+def validation_scorer(cfg: Config) -> Callable[[torch.nn.Module], Any]:
     """How the selector scores the model it selects: MAML-AE by its own inner loop and reconstruction
-    maps (unsmoothed, like ours); None for ours (the selector's energy-map scorer)."""
+    maps (unsmoothed, like ours), ours by `ours_energy_scorer`."""
     if cfg.train.method != MAML_AE.model:
-        return None
+        return ours_energy_scorer
     return lambda model: MAML_AE.build(model, replace(scoring_options(cfg), smooth_sigma=0.0))
 
 
