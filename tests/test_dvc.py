@@ -216,6 +216,11 @@ def test_dvc_repro_end_to_end(dvc_repo):
     # pipeline.val_categories select the fold's checkpoint and are not trained on
     assert meta["val_categories"] == ["kolektor"] and meta["train_categories"] == ["juice_bottle"]
     assert [h["episode"] for h in meta["selection"]["history"]][0] == 0
+    # pipeline.calibrate (default [ours]): only ours pays for a calibrated threshold
+    ours_k2 = json.loads((repo / "results" / "eval" / TARGET / "ours" / "K2" / "metrics.json").read_text())
+    knn_k2 = json.loads((repo / "results" / "eval" / TARGET / "knn" / "K2" / "metrics.json").read_text())
+    assert ours_k2["threshold"]["mean"] is not None and "target_fpr" in ours_k2
+    assert "threshold" not in knn_k2 and "target_fpr" not in knn_k2
     assert (repo / "results" / "plots" / "roc" / TARGET / "ours.csv").read_text().startswith("fpr,tpr\n")
     assert (repo / "results" / "plots" / "pro" / TARGET / "knn.csv").read_text().startswith("fpr,pro\n")
     assert "| **mean** | ours | 1 |" in (repo / "results" / "report" / "results.md").read_text()

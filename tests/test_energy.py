@@ -16,7 +16,7 @@ from model.ebm.energy import AdaptiveEBM, SparseSpec, gaussian_blur
 from model.errors import InputError
 
 KINDS = ("hard", "sigshrink", "none")
-TINY = BackboneSpec(name="conv", width=4, depth=2, stride=2, out_dim=6, max_width=128)
+TINY = BackboneSpec(name="conv", width=4, depth=2, stride=2, out_dim=6, max_width=128, input_norm="none")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -236,9 +236,9 @@ def test_receptive_field_by_hand():
     # stem 3x3 s1 (+2), block 3x3 s2 (+2·1), block 3x3 s1 (+2·2), head 1x1 (+0): 1 + 2 + 2 + 4 = 9
     assert ConvBackbone(TINY).receptive_field() == 9
     # depth 3, stride 4: 1 + 2 + 2 + 4 + 2·4 = 17
-    assert ConvBackbone(BackboneSpec(name="conv", width=4, depth=3, stride=4, out_dim=6, max_width=128)).receptive_field() == 17
+    assert ConvBackbone(BackboneSpec(name="conv", width=4, depth=3, stride=4, out_dim=6, max_width=128, input_norm="none")).receptive_field() == 17
     # depth 2, stride 1: 1 + 2 + 2 + 2 = 7
-    assert ConvBackbone(BackboneSpec(name="conv", width=4, depth=2, stride=1, out_dim=6, max_width=128)).receptive_field() == 7
+    assert ConvBackbone(BackboneSpec(name="conv", width=4, depth=2, stride=1, out_dim=6, max_width=128, input_norm="none")).receptive_field() == 7
 
 
 def _strip_groupnorm(net: ConvBackbone) -> ConvBackbone:
@@ -281,7 +281,7 @@ def test_groupnorm_only_couples_outside_field_through_statistics():
 
 @pytest.mark.parametrize("stride, depth", [(1, 2), (2, 2), (4, 2), (4, 3), (8, 3)])
 def test_backbone_output_stride(stride, depth):
-    net = ConvBackbone(BackboneSpec(name="conv", width=4, depth=depth, stride=stride, out_dim=5, max_width=128))
+    net = ConvBackbone(BackboneSpec(name="conv", width=4, depth=depth, stride=stride, out_dim=5, max_width=128, input_norm="none"))
     assert net.stride == stride and net.out_dim == 5
     with torch.no_grad():
         out = net(torch.rand(2, 3, 32, 48))
@@ -291,9 +291,9 @@ def test_backbone_output_stride(stride, depth):
 @pytest.mark.parametrize("stride, depth", [(3, 2), (6, 3), (0, 2), (-2, 2), (8, 2), (16, 3)])
 def test_backbone_bad_stride_raises(stride, depth):
     with pytest.raises(InputError):
-        ConvBackbone(BackboneSpec(name="conv", width=4, depth=depth, stride=stride, out_dim=5, max_width=128))
+        ConvBackbone(BackboneSpec(name="conv", width=4, depth=depth, stride=stride, out_dim=5, max_width=128, input_norm="none"))
     with pytest.raises(InputError):
-        build_backbone(BackboneSpec(name="conv", width=4, depth=depth, stride=stride, out_dim=5, max_width=128))
+        build_backbone(BackboneSpec(name="conv", width=4, depth=depth, stride=stride, out_dim=5, max_width=128, input_norm="none"))
 
 
 def test_backbone_rejects_bad_input_shapes():
@@ -310,3 +310,37 @@ def test_energy_rejects_mismatched_dictionary():
     d = ebm1.build_dictionary(rand_images(1, 0))
     with pytest.raises(InputError):
         ebm3.energy(rand_images(1, 1), d)
+
+
+# ----------------------------------------------------------------------------------------------
+# model.backbone.input_norm: per-image photometric normalisation inside Ψ
+
+
+def test_input_norm_matches_a_numpy_reference():
+    from model.ebm.backbone import normalize_input
+
+    rng = np.random.default_rng(0)
+    x = rng.uniform(0, 1, size=(2, 3, 5, 7))
+    mean = x.mean(axis=(2, 3), keepdims=True)
+    std = x.std(axis=(2, 3), ddof=1, keepdims=True)
+    t = torch.from_numpy(x)
+    np.testing.assert_allclose(normalize_input(t, "none").numpy(), 2 * x - 1)
+    np.testing.assert_allclose(normalize_input(t, "mean").numpy(), 2 * (x - mean))
+    np.testing.assert_allclose(normalize_input(t, "standardize").numpy(), 0.5 * (x - mean) / (std + 0.05))
+
+
+def test_input_norm_mean_makes_features_blind_to_an_exposure_offset():
+    torch.manual_seed(0)
+    x = torch.rand(2, 3, 16, 16) * 0.6 + 0.2
+    darker = x - 0.15  # the same scene, a uniformly lower exposure (no clipping: x >= 0.2)
+    plain = ConvBackbone(TINY).eval()
+    blind = ConvBackbone(BackboneSpec(**{**TINY.__dict__, "input_norm": "mean"})).eval()
+    blind.load_state_dict(plain.state_dict())
+    with torch.no_grad():
+        assert not torch.allclose(plain(x), plain(darker), atol=1e-3)
+        torch.testing.assert_close(blind(x), blind(darker), atol=1e-5, rtol=1e-5)
+
+
+def test_input_norm_unknown_mode_is_refused():
+    with pytest.raises(InputError, match="input_norm"):
+        ConvBackbone(BackboneSpec(**{**TINY.__dict__, "input_norm": "whiten"}))

@@ -35,6 +35,25 @@ class BackboneSpec:
     stride: int  # output stride (power of two, <= 2**depth)
     out_dim: int  # feature dimension d
     max_width: int  # channel cap of the deeper blocks
+    input_norm: str  # a key of INPUT_NORMS: what Ψ removes from each image before its first layer
+
+
+INPUT_NORMS = ("none", "mean", "standardize")
+
+
+def normalize_input(images: torch.Tensor, mode: str) -> torch.Tensor:
+    """images (B, 3, H, W) in [0, 1] -> (B, 3, H, W) as Ψ's first layer sees them.
+
+    none: centred to [-1, 1]. mean: each image's per-channel mean removed (exposure offsets between a
+    product line's shots and its later images cancel). standardize: also divided by the per-channel std.
+    """
+    if mode == "none":
+        return images * 2.0 - 1.0
+    mean = images.mean(dim=(-2, -1), keepdim=True)  # (B, 3, 1, 1)
+    if mode == "mean":
+        return (images - mean) * 2.0
+    std = images.std(dim=(-2, -1), keepdim=True)  # (B, 3, 1, 1)
+    return (images - mean) / (std + 0.05) * 0.5  # the floor keeps flat images from exploding
 
 
 def _group_count(channels: int) -> int:
@@ -56,6 +75,8 @@ class ConvBackbone(nn.Module):
             )
         if spec.width < 1 or spec.out_dim < 1 or spec.depth < 1:
             raise InputError(f"model.backbone width/depth/out_dim must be >= 1, got {spec}")
+        if spec.input_norm not in INPUT_NORMS:
+            raise InputError(f"model.backbone.input_norm={spec.input_norm!r}: expected one of {', '.join(INPUT_NORMS)}")
         self.spec = spec
         layers: list[nn.Module] = [nn.Conv2d(3, spec.width, 3, padding=1), nn.SiLU()]
         self._kernel_strides = [(3, 1)]
@@ -102,7 +123,7 @@ class ConvBackbone(nn.Module):
             )
         if images.shape[1] == 1:
             images = images.expand(-1, 3, -1, -1)  # grey -> (B, 3, H, W), R = G = B
-        return self.features(images * 2.0 - 1.0)  # centre pixels to [-1, 1]
+        return self.features(normalize_input(images, self.spec.input_norm))
 
 
 BACKBONES: dict[str, type[nn.Module]] = {"conv": ConvBackbone}

@@ -29,6 +29,7 @@ class BackboneConfig:
     stride: int = 4  # 128 px / 4 = 32×32 positions: a cell is 4×4 px, smaller than tire's smallest defects
     out_dim: int = 128  # chosen on screw and pcb_deeppcb over 32 (docs/benchmarks.md, "Feature width")
     max_width: int = 128
+    input_norm: str = "none"  # none | mean | standardize: per-image photometric normalisation inside Ψ
     weights: str = ""  # optional local state dict (.safetensors or torch file, weights_only)
 
 
@@ -143,6 +144,9 @@ class PipelineConfig:
     val_categories: list[str] = field(default_factory=lambda: ["pcb_deeppcb", "screw"])
     shots: list[int] = field(default_factory=lambda: [1, 10])  # K values drawn and evaluated (full: 1, 2, 4, 8, 10)
     methods: list[str] = field(default_factory=lambda: list(METHODS))  # any of METHODS
+    # methods whose evaluations also calibrate a threshold from the shots (half of a draw's cost; the
+    # report reads no baseline's threshold, so by default only the deployable method pays it)
+    calibrate: list[str] = field(default_factory=lambda: ["ours"])
 
 
 @dataclass

@@ -140,6 +140,9 @@ def validate_pipeline(p: PipelineConfig) -> None:
     bad = [m for m in p.methods if m not in METHODS]
     if not p.methods or bad:
         raise InputError(f"pipeline.methods={p.methods}: expected a non-empty list of {', '.join(METHODS)}")
+    bad = [m for m in p.calibrate if m not in METHODS]
+    if bad:
+        raise InputError(f"pipeline.calibrate={p.calibrate}: expected methods among {', '.join(METHODS)}")
 
 
 def validate_experiments(e: ExperimentsConfig) -> None:

@@ -252,7 +252,7 @@ def evaluate(model_dir: str | Path, data_root: str | Path, category: str, shots:
              overlays: int | None = None, on_draw=None, manifest: str | Path | None = None,
              splits: str | Path | None = None, allow_partial: bool = False,
              settings: dict[str, Any] | None = None, prepared: PreparedEvaluation | None = None,
-             fpr: float | None = None, report: bool = False) -> dict[str, Any]:
+             fpr: float | None = None, report: bool = False, calibrate: bool = True) -> dict[str, Any]:
     """`fsad evaluate`: writes out/metrics.json and overlay PNGs; returns the metrics dict.
 
     With `manifest` the test set and support pool are the manifest's; with `splits` too, the
@@ -263,7 +263,8 @@ def evaluate(model_dir: str | Path, data_root: str | Path, category: str, shots:
     `prepared`: the result of prepare_evaluation with these arguments (else it is called here).
 
     Every draw with K >= 2 also calibrates a threshold from its shots for the target false-alarm rate
-    `fpr` (default eval.fpr) and records the realised false-alarm rate and recall at it. `report`: an
+    `fpr` (default eval.fpr) and records the realised false-alarm rate and recall at it; `calibrate=False`
+    skips that (about half of a draw's cost; the pipeline calibrates only pipeline.calibrate). `report`: an
     overlay for every test image of the first draw and out/index.html, the gallery of them."""
     from orchestrator.reporting.plots import write_overlays
 
@@ -273,7 +274,7 @@ def evaluate(model_dir: str | Path, data_root: str | Path, category: str, shots:
     set_max_pixels(cfg.data.max_pixels)
     spec = CalibrationSpec.from_config(cfg, method, fpr)
     result = evaluate_scorer(p.scorer, test, shots, draws, seed, cfg.eval.batch_size, p.device, progress, on_draw,
-                             p.draw_index, spec)
+                             p.draw_index, spec if calibrate else None)
     first = result.pop("first")
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -292,9 +293,10 @@ def evaluate(model_dir: str | Path, data_root: str | Path, category: str, shots:
         record.update({"partial": True, "episodes_done": meta.get("episodes_done"),
                        "episodes_planned": cfg.train.episodes})
     cal = first["calibration"]
-    record.update({"target_fpr": spec.fpr, "calibration_estimator": spec.estimator,
-                   "calibration_augment": list(spec.augment), "calibration_size_correction": spec.size_correction,
-                   **{name: result[name] for name in CALIBRATION_NAMES}})
+    if calibrate:
+        record.update({"target_fpr": spec.fpr, "calibration_estimator": spec.estimator,
+                       "calibration_augment": list(spec.augment), "calibration_size_correction": spec.size_correction,
+                       **{name: result[name] for name in CALIBRATION_NAMES}})
     n_overlays = test.labels.numel() if report else (cfg.eval.overlays if overlays is None else overlays)
     record["overlays"] = write_overlays(out / "overlays", test, first["maps"], first["scores"], n_overlays,
                                         cal.threshold if cal else None)
@@ -328,6 +330,8 @@ def write_evaluation_gallery(out: Path, record: dict[str, Any], test: TestSet, f
                   ("realised on this draw", f"false alarms {int((flagged & normal).sum())} of {int(normal.sum())} "
                                             f"normal images, recall {int((flagged & ~normal).sum())} of "
                                             f"{int((~normal).sum())} anomalous images")]
+    elif "target_fpr" not in record:
+        facts.append(("threshold", "none: this evaluation was run without calibration"))
     else:
         facts.append(("threshold", f"none: K={len(first['support'])} (calibration needs K >= 2)"))
     return write_gallery(out, f"fsad evaluate: {record['category']} K={record['shots']} {record['method']}",

@@ -135,7 +135,7 @@ def stage_evaluate(cfg: Config, target: str, progress: bool = False) -> dict[str
             res = evaluate(model_dir, image_root(cfg), target, k, cfg.eval.draws, RESULTS / "eval" / target / method / f"K{k}",
                            method=method, seed=cfg.eval.seed, progress=progress,
                            overlays=cfg.eval.overlays if k == top else 0, on_draw=keep_first,
-                           manifest=manifest, splits=splits)
+                           manifest=manifest, splits=splits, calibrate=method in cfg.pipeline.calibrate)
             record[method][f"K{k}"] = _numbers(res)
             record.update(manifest_sha256=res["manifest_sha256"], splits_sha256=res["splits_sha256"])
             if k == top:
