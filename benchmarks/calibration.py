@@ -2,7 +2,7 @@
 threshold is calibrated on the shots alone (leave-one-out + augmentations, eval.calibration), then the
 realised false-alarm rate on the category's normal test images and the recall on its anomalous ones
 are measured at targets 0.01 and 0.05, for ours and kNN. Writes docs/benchmarks_calibration.md (a
-section of docs/benchmarks.md) and docs/figures/calibration_fpr.png.
+section of docs/benchmarks.md) and docs/images/calibration_fpr.png.
 
     python -m benchmarks.calibration [--data ../shared/data/fsad-real] [--out bench_out/calibration]
         [--max-normal 60] [--max-anomalous 40] [--compare] [--doc docs/benchmarks_calibration.md]
@@ -230,7 +230,7 @@ def main(argv=None) -> int:
     parser.add_argument("--cached-only", action="store_true",
                         help="table only the draws already finished under --out (a partial run), computing nothing")
     parser.add_argument("--doc", default=str(REPO / "docs" / "benchmarks_calibration.md"))
-    parser.add_argument("--figure", default=str(REPO / "docs" / "figures" / "calibration_fpr.png"))
+    parser.add_argument("--figure", default=str(REPO / "docs" / "images" / "calibration_fpr.png"))
     args = parser.parse_args(argv)
     command = "python -m benchmarks.calibration " + " ".join(shlex.quote(a) for a in (argv or sys.argv[1:]))
     data = Path(args.data)

@@ -1,7 +1,7 @@
 """Screenshots of the MLflow UI for docs/mlflow.md, and a check that it opens on the runs.
 
     python -m benchmarks.mlflow_screenshots [--data ../shared/data/fsad-real] [--category tire]
-        [--store sqlite:///PATH/mlflow.db] [--out docs/figures]
+        [--store sqlite:///PATH/mlflow.db] [--out docs/images]
 
 Without --store it makes a small store of its own in a temporary folder: a 1-episode `fsad train` with
 the category held out, then `fsad evaluate --shots 10 --draws 2 --report` tracked in it. It starts
@@ -69,7 +69,7 @@ def main(argv=None) -> int:
     parser.add_argument("--category", default="tire")
     parser.add_argument("--store", default=None, help="an existing tracking store (default: make a small one)")
     parser.add_argument("--experiment", default="fsad")
-    parser.add_argument("--out", default=str(REPO / "docs" / "figures"))
+    parser.add_argument("--out", default=str(REPO / "docs" / "images"))
     args = parser.parse_args(argv)
     from mlflow import MlflowClient
 

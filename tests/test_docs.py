@@ -251,3 +251,18 @@ def test_the_docs_run_as_written(small_real_root, tmp_path):
     assert not failures, "\n\n".join(failures)
     # every fsad verb read the copy's params.yaml, as a user's would (evaluate: for what a model does not fix)
     assert configs and {c.split(" (")[0] for c in configs} == {"./params.yaml"}, configs
+
+
+def test_docs_figures_holds_only_what_the_report_stage_writes():
+    """docs/figures is an output of experiments/dvc.yaml's report stage, which dvc empties before each run:
+    a picture another tool puts there is deleted by the next `dvc repro`. Those live in docs/images."""
+    import re
+
+    report = (REPO / "docs" / "results.md").read_text()
+    linked = set(re.findall(r"\]\(figures/([^)]+)\)", report))
+    committed = {p.name for p in (REPO / "docs" / "figures").iterdir()}
+    assert committed == linked, f"in docs/figures but not in the report: {sorted(committed - linked)}; " \
+                                f"linked but missing: {sorted(linked - committed)}"
+    for doc in (REPO / "docs").glob("*.md"):
+        for target in re.findall(r"\]\((images/[^)]+)\)", doc.read_text()):
+            assert (REPO / "docs" / target).is_file(), f"{doc.name} links {target}, which does not exist"
