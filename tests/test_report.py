@@ -107,6 +107,7 @@ def test_report_writes_markdown_and_figures(tmp_path):
     assert "| ucsd_ped2 | ours (paper) | 91.22 | 92.45 |" in text
     assert "| ucsd_ped2 | ours, untrained Ψ (here) | 61.00 ± 0.00 | 62.00 ± 0.00 |" in text  # the baseline beside ours
     assert "| a | sigshrink | `model.shrink=sigshrink` |" in text
+    assert "| kept episode |" in text and " | – |" in text  # these fixtures have no selection
     assert text.count("**reproduced**") >= 8
     assert not list(tmp_path.rglob("*.tmp"))
 
@@ -191,3 +192,31 @@ def test_training_section_reports_selection_rank_and_chain_gain(tmp_path):
     # support rank: first five 9.5..7.5 -> 8.5; last five 2.0..0.0 -> 1.0
     assert "| a | ours | b, c | d | 10 of 20 | 0.800 → 0.850 | 8.5 → 1.0 | 70 % |" in text
     assert "| b | ours |  | – | 20 (the last; no selection) | – | – | – |" in text  # a fold without the diagnostics says so
+
+
+def test_ablation_claims_say_when_selection_kept_the_initial_network(tmp_path):
+    """Where the default and a variant both kept episode 0, a training-only change (noise_init) compares one
+    network with itself: not testable; a coding change (l3) is still judged, with the caveat in its evidence."""
+    root = tmp_path / "results"
+    cfg = make_results(root, ours_better=True)
+    initial = {"best_episode": 0, "history": [{"episode": 0, "val_score": 0.7}]}
+    for target in TARGETS:
+        meta = json.loads((root / "models" / target / "ours" / "meta.json").read_text())
+        write(root / "models" / target / "ours" / "meta.json", {**meta, "selection": initial})
+    for name in ("l3", "sigshrink", "nosparsity", "noise_init"):
+        meta = json.loads((root / "ablations" / "a" / name / "model" / "meta.json").read_text())
+        write(root / "ablations" / "a" / name / "model" / "meta.json", {**meta, "selection": initial})
+    rows = {claim.split(":")[0]: (status, evidence) for claim, status, evidence in claims(load_results(cfg, root), cfg)}
+    status, evidence = rows["Section 3.3"]
+    assert status == "not testable here" and "noise_init changes training only" in evidence
+    status, evidence = rows["Table 3"]
+    assert status == "reproduced" and "both kept the initial Ψ" in evidence
+    out = tmp_path / "docs" / "results.md"
+    build_report(cfg, root, out)
+    assert "| 0 (initial Ψ) |" in out.read_text()
+    # trained variants: judged as before
+    for name in ("noise_init",):
+        meta = json.loads((root / "ablations" / "a" / name / "model" / "meta.json").read_text())
+        write(root / "ablations" / "a" / name / "model" / "meta.json", {**meta, "selection": {"best_episode": 10}})
+    rows = {claim.split(":")[0]: status for claim, status, _ in claims(load_results(cfg, root), cfg)}
+    assert rows["Section 3.3"] in ("reproduced", "not reproduced")

@@ -6,7 +6,7 @@ from __future__ import annotations
 from model.methods import MAML_AE, OURS
 from orchestrator.config import ABLATIONS, Config, describe
 from orchestrator.evaluation.evaluate import METRIC_NAMES
-from orchestrator.reporting.results import METHOD_LABELS, METRIC_LABELS, early_loss, late_loss, mean_of, metric_mean
+from orchestrator.reporting.results import METHOD_LABELS, METRIC_LABELS, early_loss, kept_episode, late_loss, mean_of, metric_mean
 
 # Paper, Table 2: frame-level AUROC (%) with 1 / 5 / 10 shots, trained on ShanghaiTech's 13 scenes.
 PAPER_VIDEO = {
@@ -109,8 +109,15 @@ def screw_claims(data: dict, cfg: Config) -> list[tuple[str, str, str]]:
              f"14; features from scratch at {cfg.data.image_size} px.")]
 
 
+TRAINING_ONLY = ("noise_init", "j1", "j10")  # ablations that change how Ψ is trained, not how it scores
+
+
 def ablation_claims(data: dict, cfg: Config) -> list[tuple[str, str, str]]:
     out = []
+
+    def default_kept(target: str) -> int | None:
+        return kept_episode(data.get("models", {}).get((target, OURS.model), {}))
+
     top = f"K{data['shots'][-1]}"
     rows = []
     for target, variants in data["ablations"].items():
@@ -126,13 +133,21 @@ def ablation_claims(data: dict, cfg: Config) -> list[tuple[str, str, str]]:
         tested = [(t, d, v[name]) for t, d, v, _ in rows if name in v]
         if not tested:
             return
+        untrained = [t for t, _, variant in tested if default_kept(t) == 0 and variant.get("kept_episode") == 0]
+        if name in TRAINING_ONLY and len(untrained) == len(tested):
+            out.append((claim, "not testable here",
+                        f"{name} changes training only, and on {', '.join(untrained)} both the default and the "
+                        f"variant kept the initial Ψ at checkpoint selection: the two models are the same network"))
+            return
         for target, default, variant in tested:
             diffs = {n: metric_mean(default, n) - metric_mean(variant["metrics"], n) for n in metric_names}
             if variant_wins:
                 diffs = {n: -d for n, d in diffs.items()}
             better += all(d > 0 for d in diffs.values())
             evidence.append(f"{target}: " + ", ".join(f"{METRIC_LABELS[n]} {metric_mean(default, n):.3f} vs "
-                                                      f"{metric_mean(variant['metrics'], n):.3f}" for n in metric_names))
+                                                      f"{metric_mean(variant['metrics'], n):.3f}" for n in metric_names)
+                            + (" (both kept the initial Ψ at selection: this compares the coding settings on "
+                               "untrained features)" if target in untrained else ""))
         out.append((claim, "reproduced" if better > len(tested) / 2 else "not reproduced",
                     f"holds on {better} of {len(tested)} targets. Default vs {name} ({' '.join(describe(ABLATIONS[name]))}), "
                     f"{top}: " + "; ".join(evidence)))

@@ -30,6 +30,7 @@ from orchestrator.reporting.figures import fig_bars, fig_loss_curves, fig_overla
 from orchestrator.reporting.results import (
     METHOD_LABELS,
     PIPELINE_COMMAND,
+    kept_episode,
     late_loss,
     load_results,
     mean_of,
@@ -183,6 +184,10 @@ def _summary(data: dict, cfg: Config) -> list[str]:
     return lines
 
 
+def _kept(episode: int | None) -> str:
+    return "–" if episode is None else ("0 (initial Ψ)" if episode == 0 else str(episode))
+
+
 def _ablation_section(data: dict, cfg: Config, figures: dict[str, str]) -> list[str]:
     if not data["ablations"]:
         return ["", "## Ablations", "", "Not run (experiments.ablation_targets is empty or the stage has not run)."]
@@ -192,20 +197,24 @@ def _ablation_section(data: dict, cfg: Config, figures: dict[str, str]) -> list[
              "Each variant is `ours` retrained on the same fold with one change and scored on the same support "
              f"draws (the splits) at K={top}; the default row is the `evaluate@<target>` stage's model. Energy gap = "
              "mean anomalous − mean normal image energy (Table 4's third column).", "",
-             "| target | variant | change | image AUROC | pixel AUROC | PRO | mIoU | energy gap | final loss |",
-             "|---|---|---|---|---|---|---|---|---|"]
+             "| target | variant | change | image AUROC | pixel AUROC | PRO | mIoU | energy gap | final loss | kept episode |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
     for target, variants in data["ablations"].items():
         default = data["industrial"][target][OURS.name][top]
         history = data["histories"].get((target, OURS.model), [])
         lines.append(f"| {target} | default | {variant_label(cfg, None)} | "
                      + " | ".join(_cell(default.get(n)) for n in METRIC_NAMES)
-                     + f" | {metric_mean(default, 'score_gap'):.2e} | {late_loss(history):.4f} |")
+                     + f" | {metric_mean(default, 'score_gap'):.2e} | {late_loss(history):.4f} | "
+                     f"{_kept(kept_episode(data['models'].get((target, OURS.model), {})))} |")
         for name, v in variants.items():
             lines.append(f"| {target} | {name} | `{' '.join(describe(ABLATIONS[name]))}` | "
                          + " | ".join(_cell(v["metrics"].get(n)) for n in METRIC_NAMES)
-                         + f" | {metric_mean(v['metrics'], 'score_gap'):.2e} | {late_loss(v['history']):.4f} |")
+                         + f" | {metric_mean(v['metrics'], 'score_gap'):.2e} | {late_loss(v['history']):.4f} | "
+                         f"{_kept(v.get('kept_episode'))} |")
     lines.append("")
-    lines.append("Final loss: mean training loss over the last fifth of the episodes.")
+    lines.append("Final loss: mean training loss over the last fifth of the episodes. Kept episode: the checkpoint "
+                 "selection kept on the validation categories (0 = the initial Ψ, so the row's training changed "
+                 "nothing it scores with; – = no selection).")
     if "loss_curves" in figures:
         lines += ["", f"![Training-loss curves]({figures['loss_curves']})", "",
                   "*Training loss (moving mean) of the default model against the loss-relevant ablations: Fig. 5's "

@@ -58,9 +58,10 @@ def load_results(cfg: Config, results: Path) -> dict[str, Any]:
         for name in cfg.experiments.ablations:
             folder = results / "ablations" / target / name
             if (folder / "metrics.json").is_file():
+                meta = read_json(folder / "model" / "meta.json")
                 ablations.setdefault(target, {})[name] = {
-                    "metrics": read_json(folder / "metrics.json"),
-                    "history": read_json(folder / "model" / "meta.json").get("history", []),
+                    "metrics": read_json(folder / "metrics.json"), "history": meta.get("history", []),
+                    "kept_episode": kept_episode(meta),
                 }
     video = {}
     for scene in cfg.experiments.video_targets:
@@ -70,6 +71,11 @@ def load_results(cfg: Config, results: Path) -> dict[str, Any]:
     metrics_files = {t: read_json(results / "metrics" / f"{t}.json") for t in cfg.pipeline.targets}
     return {"shots": shots, "industrial": industrial, "histories": histories, "models": models, "ablations": ablations,
             "video": video, "metrics_files": metrics_files}
+
+
+def kept_episode(meta: dict[str, Any]) -> int | None:
+    """The checkpoint a model kept at selection (0: the initial Ψ); None when it was not selected."""
+    return (meta.get("selection") or {}).get("best_episode")
 
 
 def read_scores(path: Path) -> list[dict[str, Any]]:
