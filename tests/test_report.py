@@ -11,7 +11,7 @@ import pytest
 
 from model.errors import InputError
 from orchestrator.cli import main
-from orchestrator.config import Config, load_config, parse_overrides
+from orchestrator.config import ABLATIONS, Config, load_config, parse_overrides
 from orchestrator.reporting.report import build_report, claims, load_results
 
 TARGETS = ["a", "b"]
@@ -220,3 +220,9 @@ def test_ablation_claims_say_when_selection_kept_the_initial_network(tmp_path):
         write(root / "ablations" / "a" / name / "model" / "meta.json", {**meta, "selection": {"best_episode": 10}})
     rows = {claim.split(":")[0]: status for claim, status, _ in claims(load_results(cfg, root), cfg)}
     assert rows["Section 3.3"] in ("reproduced", "not reproduced")
+
+
+def test_training_only_ablations_are_the_ones_that_change_no_scoring_key():
+    from orchestrator.reporting.claims import changes_training_only
+
+    assert {n for n in ABLATIONS if changes_training_only(n)} == {"noise_init", "noise_only", "j1", "j10"}

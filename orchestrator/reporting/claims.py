@@ -109,7 +109,13 @@ def screw_claims(data: dict, cfg: Config) -> list[tuple[str, str, str]]:
              f"14; features from scratch at {cfg.data.image_size} px.")]
 
 
-TRAINING_ONLY = ("noise_init", "j1", "j10")  # ablations that change how Ψ is trained, not how it scores
+TRAINING_SECTIONS = ("train.", "langevin.", "inpaint.")  # config keys that change how Ψ is trained, not how it scores
+
+
+def changes_training_only(name: str) -> bool:
+    """Whether ablation `name` changes only training (noise_init, j1, ...): with the initial Ψ kept at
+    selection, its model is the default's network."""
+    return all(key.startswith(TRAINING_SECTIONS) for key in ABLATIONS[name])
 
 
 def ablation_claims(data: dict, cfg: Config) -> list[tuple[str, str, str]]:
@@ -133,10 +139,10 @@ def ablation_claims(data: dict, cfg: Config) -> list[tuple[str, str, str]]:
         tested = [(t, d, v[name]) for t, d, v, _ in rows if name in v]
         if not tested:
             return
-        untrained = [t for t, _, variant in tested if default_kept(t) == 0 and variant.get("kept_episode") == 0]
-        if name in TRAINING_ONLY and len(untrained) == len(tested):
+        both_initial = [t for t, _, variant in tested if default_kept(t) == 0 and variant.get("kept_episode") == 0]
+        if changes_training_only(name) and len(both_initial) == len(tested):
             out.append((claim, "not testable here",
-                        f"{name} changes training only, and on {', '.join(untrained)} both the default and the "
+                        f"{name} changes training only, and on {', '.join(both_initial)} both the default and the "
                         f"variant kept the initial Ψ at checkpoint selection: the two models are the same network"))
             return
         for target, default, variant in tested:
@@ -147,7 +153,7 @@ def ablation_claims(data: dict, cfg: Config) -> list[tuple[str, str, str]]:
             evidence.append(f"{target}: " + ", ".join(f"{METRIC_LABELS[n]} {metric_mean(default, n):.3f} vs "
                                                       f"{metric_mean(variant['metrics'], n):.3f}" for n in metric_names)
                             + (" (both kept the initial Ψ at selection: this compares the coding settings on "
-                               "untrained features)" if target in untrained else ""))
+                               "untrained features)" if target in both_initial else ""))
         out.append((claim, "reproduced" if better > len(tested) / 2 else "not reproduced",
                     f"holds on {better} of {len(tested)} targets. Default vs {name} ({' '.join(describe(ABLATIONS[name]))}), "
                     f"{top}: " + "; ".join(evidence)))
