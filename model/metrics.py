@@ -133,7 +133,27 @@ def pixel_auroc(maps, masks) -> float | None:
         return None
     if n_pos == g.size:
         raise InputError("masks: every pixel is anomalous, pixel AUROC needs normal pixels too")
-    return float(roc_auc_score(g.ravel(), m.ravel()))
+    return rank_auroc(g.ravel(), m.ravel())
+
+
+def rank_auroc(labels: np.ndarray, scores: np.ndarray) -> float:
+    """AUROC as the Mann-Whitney statistic: labels (n,) in {0, 1} with both classes, scores (n,) finite.
+
+    Exactly sklearn's roc_auc_score (tied scores share their average rank, i.e. count one half), at
+    half its cost on the ~10⁷ pixels of a test set: one sort and linear passes, no ROC curve.
+    """
+    order = np.argsort(scores, kind="stable")  # (n,)
+    ranked = scores[order]  # (n,) ascending
+    n = ranked.size
+    change = np.flatnonzero(ranked[1:] != ranked[:-1]) + 1  # first index of every tie group but the first
+    starts = np.concatenate(([0], change))  # (G,)
+    ends = np.concatenate((change, [n]))  # (G,)
+    mean_rank = (starts + ends + 1) / 2.0  # (G,) average 1-based rank of each tie group
+    positives = np.add.reduceat(labels[order].astype(np.int64), starts)  # (G,) anomalous count per group
+    n_pos = int(positives.sum())
+    n_neg = n - n_pos
+    rank_sum = float((positives * mean_rank).sum())
+    return (rank_sum - n_pos * (n_pos + 1) / 2.0) / (n_pos * n_neg)
 
 
 # --------------------------------------------------------------------------------------------------

@@ -219,3 +219,67 @@ def test_scorer_wrapper_and_validation(ae):
     with pytest.raises(InputError):
         meta_train_step(ae, torch.optim.SGD(ae.parameters(), lr=0.1), _images(2, seed=0),
                         torch.rand(2, 3, 30, 30), 1, 0.1)
+
+
+# --------------------------------------------------------------------------------------------------
+# evaluation of a support-free scorer
+# --------------------------------------------------------------------------------------------------
+
+
+class _CountingScorer:
+    """Wraps a scorer and counts the images it scores."""
+
+    def __init__(self, inner, uses_support):
+        self.inner, self.uses_support, self.scored = inner, uses_support, 0
+
+    def adapt(self, support):
+        return self.inner.adapt(support)
+
+    def score(self, images, state):
+        self.scored += images.shape[0]
+        return self.inner.score(images, state)
+
+
+def test_support_free_scorer_scores_the_test_set_once_and_gives_every_draw_its_metrics():
+    from model.methods.baselines import NoSupportScorer
+    from orchestrator.evaluation.evaluate import TestSet, draw_metrics, evaluate_scorer
+
+    images = _images(6, seed=20)
+    masks = torch.zeros(6, SIZE, SIZE)
+    masks[3:, 8:16, 8:16] = 1
+    images[3:, :, 8:16, 8:16] = torch.rand(3, 3, 8, 8, generator=torch.Generator().manual_seed(1))
+    test = TestSet("toy", _images(12, seed=21), images, masks, torch.tensor([0, 0, 0, 1, 1, 1]), [""] * 6)
+    assert NoSupportScorer.uses_support is False
+    free = _CountingScorer(NoSupportScorer(smooth_sigma=1.0), uses_support=False)
+    result = evaluate_scorer(free, test, shots=2, draws=3, seed=0, batch_size=4, device=torch.device("cpu"),
+                             progress=False)
+    assert free.scored == 6  # once, not once per draw
+    expected = draw_metrics(*NoSupportScorer(smooth_sigma=1.0).score(images, None), test)
+    assert len(result["draws"]) == 3 and len({tuple(d["support"]) for d in result["draws"]}) == 3
+    for draw in result["draws"]:
+        assert draw["pixel_auroc"] == pytest.approx(expected["pixel_auroc"], abs=1e-12)
+        assert draw["image_auroc"] == pytest.approx(expected["image_auroc"], abs=1e-12)
+    # a scorer that reads its shots is scored afresh for every draw
+    counted = _CountingScorer(NoSupportScorer(smooth_sigma=1.0), uses_support=True)
+    evaluate_scorer(counted, test, shots=2, draws=3, seed=0, batch_size=4, device=torch.device("cpu"), progress=False)
+    assert counted.scored == 18
+
+
+def test_stratified_subset_keeps_both_classes_in_proportion_and_is_fixed_by_seed_and_category():
+    from orchestrator.evaluation.evaluate import TestSet, stratified_subset, subset_test_set
+
+    labels = torch.tensor([0] * 30 + [1] * 70)
+    index = stratified_subset(labels, 20, seed=0, category="tile")
+    assert len(index) == 20 and index == sorted(set(index))
+    assert int(labels[index].sum()) == 14  # 70 % anomalous, as in the whole set
+    assert stratified_subset(labels, 20, seed=0, category="tile") == index  # every method, every K
+    assert stratified_subset(labels, 20, seed=1, category="tile") != index
+    assert stratified_subset(labels, 20, seed=0, category="tire") != index
+    assert stratified_subset(labels, 0, 0, "tile") == list(range(100)) == stratified_subset(labels, 100, 0, "tile")
+    rare = torch.tensor([0] * 99 + [1])  # one anomaly: kept, so the AUROC stays defined
+    assert int(rare[stratified_subset(rare, 5, 0, "x")].sum()) == 1
+    images = torch.arange(100.0).reshape(100, 1, 1, 1)
+    test = TestSet("tile", images[:3], images, torch.zeros(100, 1, 1), labels, [str(i) for i in range(100)])
+    small = subset_test_set(test, index)
+    assert small.paths == [str(i) for i in index] and small.images.flatten().tolist() == [float(i) for i in index]
+    assert small.support_pool is test.support_pool

@@ -343,3 +343,14 @@ def test_sparse_spec_is_checked_when_built():
     model = dataclasses.replace(Config().model, lam_star=2.0)  # above lam_max
     with pytest.raises(InputError, match="lam_star"):
         sparse_spec(model)
+
+
+@pytest.mark.parametrize("value", ["1", "-3", "true"])
+def test_max_test_images_refuses_what_cannot_hold_both_classes(value):
+    expect_error(lambda: load_config(None, parse_overrides([f"pipeline.max_test_images={value}"])),
+                 "pipeline.max_test_images")
+
+
+def test_max_test_images_all_or_a_subset():
+    assert load_config(None, parse_overrides(["pipeline.max_test_images=0"])).pipeline.max_test_images == 0
+    assert Config().pipeline.max_test_images == 300

@@ -133,7 +133,7 @@ TINY_PARAMS = {
     "eval": {"draws": 2, "overlays": 1, "calibration_size_correction": False},
     # kolektor: the folds' validation category (checkpoint selection), juice_bottle the one training category
     "pipeline": {"name": "small", "targets": [TARGET], "shots": [1, 2], "methods": ["ours", "knn"],
-                 "val_categories": ["kolektor"]},
+                 "val_categories": ["kolektor"], "max_test_images": 6},
     "experiments": {"ablation_targets": [TARGET], "ablations": ["hard", "noise_init"], "video_targets": ["ucsd_ped2"],
                     "video_shots": [1, 2], "video_draws": 2, "video_test_every": 40, "video_train_every": 20},
 }
@@ -221,6 +221,10 @@ def test_dvc_repro_end_to_end(dvc_repo):
     knn_k2 = json.loads((repo / "results" / "eval" / TARGET / "knn" / "K2" / "metrics.json").read_text())
     assert ours_k2["threshold"]["mean"] is not None and "target_fpr" in ours_k2
     assert "threshold" not in knn_k2 and "target_fpr" not in knn_k2
+    # pipeline.max_test_images: 6 of the 8 test images, both classes, the same images for every method
+    assert (ours_k2["n_test"], ours_k2["n_test_all"], ours_k2["n_anomalous"]) == (6, 8, 3)
+    assert knn_k2["n_test"] == 6 and metrics["n_test"] == 6
+    assert "6 of its 8 test images" in (repo / "results" / "report" / "results.md").read_text()
     assert (repo / "results" / "plots" / "roc" / TARGET / "ours.csv").read_text().startswith("fpr,tpr\n")
     assert (repo / "results" / "plots" / "pro" / TARGET / "knn.csv").read_text().startswith("fpr,pro\n")
     assert "| **mean** | ours | 1 |" in (repo / "results" / "report" / "results.md").read_text()

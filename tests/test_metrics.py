@@ -88,6 +88,18 @@ def test_pixel_auroc_matches_sklearn():
     )
 
 
+def test_pixel_auroc_matches_sklearn_with_ties_and_hand_count():
+    # quantised maps: most pixels share their score with others, where a rank-sum shortcut goes wrong
+    rng = np.random.default_rng(2)
+    masks = _blob_masks(rng, 5, 12, 12)
+    maps = np.round((rng.random((5, 12, 12)) + 0.3 * masks) * 4) / 4
+    assert pixel_auroc(maps, masks) == pytest.approx(roc_auc_score(masks.ravel(), maps.ravel()), abs=1e-12)
+    # by hand: anomalous {0.5, 0.9}, normal {0.5, 0.1}; pairs (0.5,0.5) ½, (0.5,0.1) 1, (0.9,·) 1+1 -> 3.5/4
+    hand_maps = np.array([[[0.5, 0.9], [0.5, 0.1]]])
+    hand_masks = np.array([[[1, 1], [0, 0]]])
+    assert pixel_auroc(hand_maps, hand_masks) == pytest.approx(3.5 / 4, abs=1e-15)
+
+
 def test_pixel_auroc_perfect_none_and_errors():
     masks = np.zeros((2, 4, 4), dtype=bool)
     masks[0, 1:3, 1:3] = True

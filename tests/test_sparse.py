@@ -397,3 +397,19 @@ def test_receptive_field_one_energy_equals_hand_built_plain_dictionary():
         e_hand = ebm.energy(query, hand)
         e_built = ebm.energy(query, built)
     np.testing.assert_allclose(e_hand.numpy(), e_built.numpy(), rtol=1e-10, atol=1e-12)
+
+
+def test_gram_norm_bound_is_an_upper_bound_and_tight_for_correlated_atoms():
+    from model.ebm.sparse import gram_norm_bound
+
+    g = torch.Generator().manual_seed(3)
+    orthogonal = torch.eye(4).expand(2, 4, 4)  # ‖G‖₂ = 1; Frobenius 2, Gershgorin 1
+    torch.testing.assert_close(gram_norm_bound(orthogonal), torch.ones(2))
+    for shift in (0.0, 1.0, 3.0):  # from nearly orthogonal to strongly correlated unit atoms
+        atoms = torch.nn.functional.normalize(torch.randn(50, 8, 32, generator=g) + shift, dim=2)  # (n, k, m)
+        gram = atoms @ atoms.transpose(1, 2)  # (n, k, k)
+        exact = np.linalg.eigvalsh(gram.double().numpy())[:, -1]
+        bound = gram_norm_bound(gram).double().numpy()
+        assert (bound >= exact * (1 - 1e-6)).all()
+        if shift == 3.0:
+            assert (bound <= exact * 1.05).all()  # one dominant eigenvalue: the bound is tight

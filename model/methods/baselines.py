@@ -33,6 +33,8 @@ def gradient_magnitude(images: torch.Tensor) -> torch.Tensor:
 class NoSupportScorer:
     """The support-free map baseline: adapt() keeps nothing, score() looks at the image only."""
 
+    uses_support = False  # evaluation may score a test set once for all support draws
+
     def __init__(self, smooth_sigma: float = 2.0, top_frac: float = 0.01):
         if not math.isfinite(smooth_sigma) or smooth_sigma < 0:
             raise InputError(f"nosupport smooth_sigma={smooth_sigma}: expected a finite value >= 0")

@@ -14,6 +14,7 @@ PROFILES: dict[str, dict[str, Any]] = {
         "train.episodes": 1000,
         "pipeline.shots": [1, 2, 4, 8, 10],
         "eval.draws": 5,
+        "pipeline.max_test_images": 0,
         "experiments.ablation_targets": ["juice_bottle", "kolektor", "magnetic_tile", "tire", "pcb_deeppcb", "screw"],
         "experiments.ablations": ["l3", "sigshrink", "istc", "mean_score", "nosparsity", "j1", "j10", "noise_init",
                                   "noise_only"],

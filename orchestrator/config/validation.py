@@ -140,6 +140,10 @@ def validate_pipeline(p: PipelineConfig) -> None:
     bad = [m for m in p.methods if m not in METHODS]
     if not p.methods or bad:
         raise InputError(f"pipeline.methods={p.methods}: expected a non-empty list of {', '.join(METHODS)}")
+    if isinstance(p.max_test_images, bool) or not isinstance(p.max_test_images, int) or not (
+            p.max_test_images == 0 or p.max_test_images >= 2):
+        raise InputError(f"pipeline.max_test_images={p.max_test_images!r}: expected 0 (every test image) or an "
+                         "integer >= 2 (one normal and one anomalous at least)")
     bad = [m for m in p.calibrate if m not in METHODS]
     if bad:
         raise InputError(f"pipeline.calibrate={p.calibrate}: expected methods among {', '.join(METHODS)}")

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import math
 import time
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -81,6 +82,31 @@ class TestSet:
     masks: torch.Tensor | None  # (N_test, S, S)
     labels: torch.Tensor  # (N_test,)
     paths: list[str]
+
+
+def stratified_subset(labels: torch.Tensor, size: int, seed: int, category: str) -> list[int]:
+    """At most `size` test indices, sorted, with each class in proportion (at least one of each): the
+    same subset for every method and K, fixed by the seed and the category's name. size 0: all."""
+    n = int(labels.numel())
+    if size <= 0 or size >= n:
+        return list(range(n))
+    anomalous = int(labels.sum())
+    keep_anomalous = min(max(1, round(size * anomalous / n)), anomalous, size - 1)
+    g = torch.Generator().manual_seed(seed * 1000 + zlib.crc32(category.encode()) % 1000)
+    chosen = []
+    for value, keep in ((0, size - keep_anomalous), (1, keep_anomalous)):
+        members = torch.nonzero(labels == value).flatten()  # (n_class,)
+        chosen += members[torch.randperm(members.numel(), generator=g)[:keep]].tolist()
+    return sorted(chosen)
+
+
+def subset_test_set(test: "TestSet", index: list[int]) -> "TestSet":
+    """The test set restricted to `index` (the support pool unchanged)."""
+    if len(index) == test.labels.numel():
+        return test
+    at = torch.tensor(index)
+    return TestSet(test.category, test.support_pool, test.images[at], None if test.masks is None else test.masks[at],
+                   test.labels[at], [test.paths[i] for i in index])
 
 
 def load_test_set(root, category: str, image_size: int) -> TestSet:
@@ -156,6 +182,8 @@ def evaluate_scorer(scorer: Scorer, test: TestSet, shots: int, draws: int, seed:
     """
     per_draw, first = [], None
     adapt_seconds = []
+    # a scorer that ignores its shots (nosupport) gives every draw the same scores: score the test set once
+    support_free, unchanged = not getattr(scorer, "uses_support", True), None
     if draw_index is None:
         draw_index = support_draws(test.support_pool.shape[0], shots, draws, seed, test.category)
     for draw, index in enumerate(draw_index):
@@ -163,11 +191,16 @@ def evaluate_scorer(scorer: Scorer, test: TestSet, shots: int, draws: int, seed:
         t0 = time.perf_counter()
         state = scorer.adapt(support.to(device))
         adapt_seconds.append(time.perf_counter() - t0)
-        scores, maps = score_batches(scorer, state, test.images, batch_size, device, progress,
-                                     desc=f"{test.category} K={shots} draw {draw + 1}/{draws}")
-        if not (torch.isfinite(scores).all() and torch.isfinite(maps).all()):
-            raise RuntimeError(f"non-finite anomaly scores on {test.category} draw {draw}")
-        per_draw.append({"draw": draw, "support": index, **draw_metrics(scores, maps, test)})
+        if support_free and unchanged is not None:  # the same scores whatever the shots: computed once
+            scores, maps, found_metrics = unchanged
+        else:
+            scores, maps = score_batches(scorer, state, test.images, batch_size, device, progress,
+                                         desc=f"{test.category} K={shots} draw {draw + 1}/{draws}")
+            if not (torch.isfinite(scores).all() and torch.isfinite(maps).all()):
+                raise RuntimeError(f"non-finite anomaly scores on {test.category} draw {draw}")
+            found_metrics = draw_metrics(scores, maps, test)
+            unchanged = (scores, maps, found_metrics)
+        per_draw.append({"draw": draw, "support": index, **found_metrics})
         cal = None
         if calibration is not None:
             cal, found = calibrated_rates(scorer, support, scores, test.labels, calibration, batch_size, device, state)
@@ -209,13 +242,16 @@ class PreparedEvaluation:
     seed: int
     device: torch.device
     partial: bool
+    n_test_all: int  # test images of the category before any subset
 
 
 def prepare_evaluation(model_dir: str | Path, data_root: str | Path, category: str, shots: int, draws: int,
                        method: str = OURS.name, seed: int | None = None, manifest: str | Path | None = None,
                        splits: str | Path | None = None, allow_partial: bool = False,
-                       settings: dict[str, Any] | None = None, fpr: float | None = None) -> PreparedEvaluation:
-    """Load the model and the test set and check every input (InputError, one line) without scoring."""
+                       settings: dict[str, Any] | None = None, fpr: float | None = None,
+                       max_test_images: int = 0) -> PreparedEvaluation:
+    """Load the model and the test set and check every input (InputError, one line) without scoring.
+    max_test_images > 0 keeps a class-stratified subset of that many test images (stratified_subset)."""
     if fpr is not None:
         check_fpr(fpr)
     model, cfg, meta = load_model_dir(model_dir)
@@ -241,10 +277,12 @@ def prepare_evaluation(model_dir: str | Path, data_root: str | Path, category: s
     draw_index = source.support_index(category, shots, draws) if splits is not None else None
     test = load_test_set(source, category, cfg.data.image_size)
     seed = cfg.eval.seed if seed is None else seed
+    n_all = int(test.labels.numel())
+    test = subset_test_set(test, stratified_subset(test.labels, max_test_images, seed, category))
     if draw_index is None:  # K against the support pool, the draw count: checked here, not mid-scoring
         draw_index = support_draws(test.support_pool.shape[0], shots, draws, seed, test.category)
     scorer = make_scorer(method, model, cfg)
-    return PreparedEvaluation(scorer, cfg, meta, source, test, draw_index, seed, device, partial)
+    return PreparedEvaluation(scorer, cfg, meta, source, test, draw_index, seed, device, partial, n_all)
 
 
 def evaluate(model_dir: str | Path, data_root: str | Path, category: str, shots: int, draws: int, out: str | Path,
@@ -252,7 +290,8 @@ def evaluate(model_dir: str | Path, data_root: str | Path, category: str, shots:
              overlays: int | None = None, on_draw=None, manifest: str | Path | None = None,
              splits: str | Path | None = None, allow_partial: bool = False,
              settings: dict[str, Any] | None = None, prepared: PreparedEvaluation | None = None,
-             fpr: float | None = None, report: bool = False, calibrate: bool = True) -> dict[str, Any]:
+             fpr: float | None = None, report: bool = False, calibrate: bool = True,
+             max_test_images: int = 0) -> dict[str, Any]:
     """`fsad evaluate`: writes out/metrics.json and overlay PNGs; returns the metrics dict.
 
     With `manifest` the test set and support pool are the manifest's; with `splits` too, the
@@ -265,11 +304,13 @@ def evaluate(model_dir: str | Path, data_root: str | Path, category: str, shots:
     Every draw with K >= 2 also calibrates a threshold from its shots for the target false-alarm rate
     `fpr` (default eval.fpr) and records the realised false-alarm rate and recall at it; `calibrate=False`
     skips that (about half of a draw's cost; the pipeline calibrates only pipeline.calibrate). `report`: an
-    overlay for every test image of the first draw and out/index.html, the gallery of them."""
+    overlay for every test image of the first draw and out/index.html, the gallery of them.
+    `max_test_images` > 0: score a class-stratified subset of that many test images (metrics.json records
+    n_test and n_test_all)."""
     from orchestrator.reporting.plots import write_overlays
 
     p = prepared or prepare_evaluation(model_dir, data_root, category, shots, draws, method, seed, manifest, splits,
-                                       allow_partial, settings, fpr)
+                                       allow_partial, settings, fpr, max_test_images)
     cfg, meta, source, test, seed = p.cfg, p.meta, p.source, p.test, p.seed
     set_max_pixels(cfg.data.max_pixels)
     spec = CalibrationSpec.from_config(cfg, method, fpr)
@@ -282,7 +323,7 @@ def evaluate(model_dir: str | Path, data_root: str | Path, category: str, shots:
         **{name: result[name] for name in METRIC_NAMES}, "score_gap": result["score_gap"],
         "method": method, "category": category, "shots": shots, "draws": draws, "seed": seed,
         "per_draw": result["draws"], "adapt_seconds": result["adapt_seconds"],
-        "model": str(model_dir), "n_test": int(test.labels.numel()),
+        "model": str(model_dir), "n_test": int(test.labels.numel()), "n_test_all": p.n_test_all,
         "n_anomalous": int(test.labels.sum()),
         # traceability: the data evaluated on, the draws used, the data the model was trained on
         "manifest_sha256": source.content_sha256,

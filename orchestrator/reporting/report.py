@@ -41,6 +41,21 @@ from orchestrator.reporting.results import (
 from workers.files import atomic_write_text
 
 
+
+def _test_set_words(data: dict[str, Any]) -> str:
+    """'its whole test set', or which targets scored a stratified subset (pipeline.max_test_images)."""
+    cut = {}
+    for target, methods in data["industrial"].items():
+        for by_k in methods.values():
+            for record in by_k.values():
+                if record and record.get("n_test_all") and record.get("n_test") < record["n_test_all"]:
+                    cut[target] = (record["n_test"], record["n_test_all"])
+    if not cut:
+        return "its whole test set"
+    return ("its whole test set, except " + ", ".join(f"{t}: {n} of its {total} test images" for t, (n, total) in cut.items())
+            + " (`pipeline.max_test_images`: a class-stratified subset fixed by the seed, the same for every method "
+              "and K; the full profile scores all)")
+
 def _cell(summary: dict | None) -> str:
     p = mean_std(summary)
     return "n/a" if p is None else f"{p[0]:.3f} ± {p[1]:.3f}"
@@ -87,8 +102,8 @@ def render(data: dict, cfg: Config, figures: dict[str, str], command: str) -> st
         "", "## Industrial inspection: leave-one-category-out (Section 4.1)", "",
         f"Source: stages `train@<target>` and `evaluate@<target>` of dvc.yaml (`{PIPELINE_COMMAND}`); files "
         "results/eval/<target>/<method>/K<k>/metrics.json. Each target category is held out of meta-training; "
-        "the model adapts with K normal training images of it and scores its whole test set. Mean ± std over the "
-        f"support draws. mIoU uses the best threshold over a quantile grid (an oracle upper bound). Manifest "
+        f"the model adapts with K normal training images of it and scores {_test_set_words(data)}. Mean ± std over "
+        f"the support draws. mIoU uses the best threshold over a quantile grid (an oracle upper bound). Manifest "
         f"`{manifest[:12]}…`, splits `{splits[:12]}…`.", "",
         "| target | method | K | image AUROC | pixel AUROC | PRO | mIoU |", "|---|---|---|---|---|---|---|",
     ]

@@ -57,7 +57,8 @@ def stage_ablations(cfg: Config, progress: bool = False, log=print) -> list[dict
             summary = train(variant, image_root(cfg), folder / "model", progress=progress, manifest=manifest, splits=splits)
             log(f"[{target}] ablation {name}: evaluating K={shots}, {cfg.eval.draws} draws")
             record = evaluate(folder / "model", image_root(cfg), target, shots, cfg.eval.draws, folder,
-                              method=OURS.name, progress=progress, overlays=0, manifest=manifest, splits=splits)
+                              method=OURS.name, progress=progress, overlays=0, manifest=manifest, splits=splits,
+                              calibrate=False, max_test_images=cfg.pipeline.max_test_images)
             record.update(ablation=name, overrides=describe(ABLATIONS[name]), train_seconds=summary["seconds"])
             atomic_write_text(folder / "metrics.json", json.dumps(record, indent=2))
             rows.append({"target": target, "ablation": name, "overrides": describe(ABLATIONS[name]),

@@ -135,8 +135,10 @@ def stage_evaluate(cfg: Config, target: str, progress: bool = False) -> dict[str
             res = evaluate(model_dir, image_root(cfg), target, k, cfg.eval.draws, RESULTS / "eval" / target / method / f"K{k}",
                            method=method, seed=cfg.eval.seed, progress=progress,
                            overlays=cfg.eval.overlays if k == top else 0, on_draw=keep_first,
-                           manifest=manifest, splits=splits, calibrate=method in cfg.pipeline.calibrate)
+                           manifest=manifest, splits=splits, calibrate=method in cfg.pipeline.calibrate,
+                           max_test_images=cfg.pipeline.max_test_images)
             record[method][f"K{k}"] = _numbers(res)
+            record.update(n_test=res["n_test"], n_test_all=res["n_test_all"])
             record.update(manifest_sha256=res["manifest_sha256"], splits_sha256=res["splits_sha256"])
             if k == top:
                 _write_curves(target, method, first)
@@ -213,7 +215,9 @@ def stage_report(cfg: Config) -> dict[str, Any]:
 def _markdown(cfg: Config, per_target: dict, summary: dict, shots: list[str]) -> str:
     lines = [f"# Leave-one-category-out results ({cfg.pipeline.name})", "",
              f"Manifest sha256 `{summary['manifest_sha256']}`; {cfg.eval.draws} support draws per K "
-             f"(splits.parquet); {cfg.train.episodes} training episodes per fold.", "",
+             f"(splits.parquet); {cfg.train.episodes} training episodes per fold."
+             + "".join(f" {t}: {r['n_test']} of its {r['n_test_all']} test images (pipeline.max_test_images, stratified)."
+                       for t, r in per_target.items() if r.get("n_test", 0) < r.get("n_test_all", 0)), "",
              "| target | method | K | image AUROC | pixel AUROC | PRO | mIoU |", "|---|---|---|---|---|---|---|"]
 
     def cell(values: dict, name: str) -> str:
