@@ -159,7 +159,8 @@ def test_leave_one_out_cut_from_the_full_state_equals_adapting_to_the_others(met
     from orchestrator.config import load_config, parse_overrides
     from orchestrator.evaluation.evaluate import make_scorer, untrained_model
 
-    cfg = load_config(None, parse_overrides(["data.image_size=32", "model.backbone.width=8", "model.backbone.out_dim=8"]))
+    small = ["data.image_size=32", "model.backbone.width=8", "model.backbone.out_dim=8"]
+    cfg = load_config(None, parse_overrides(small + ["model.image_norm=none"]))
     model = untrained_model(cfg)
     scorer = make_scorer(method, model, cfg)
     support = torch.rand(4, 3, 32, 32, generator=torch.Generator().manual_seed(1))
@@ -182,3 +183,7 @@ def test_leave_one_out_cut_from_the_full_state_equals_adapting_to_the_others(met
                                                           "model.backbone.out_dim=8", "model.center=true"])))
     if method == "untrained":
         assert state_without(centred, centred.adapt(support), 0, 4) is None
+        # so do the shots' leave-one-out energies (model.image_norm=support, the default): adapt is called
+        normed = make_scorer(method, model, load_config(None, parse_overrides(small)))
+        assert normed.adapt(support).normal_mean is not None
+        assert state_without(normed, normed.adapt(support), 0, 4) is None

@@ -344,3 +344,56 @@ def test_input_norm_mean_makes_features_blind_to_an_exposure_offset():
 def test_input_norm_unknown_mode_is_refused():
     with pytest.raises(InputError, match="input_norm"):
         ConvBackbone(BackboneSpec(**{**TINY.__dict__, "input_norm": "whiten"}))
+
+
+# ----------------------------------------------------------------------------------------------
+# image_norm=support: position energies standardised by the shots' leave-one-out energies
+
+
+def np_box_mean(a):
+    """3×3 mean over the in-bounds neighbours of every cell (count_include_pad=False)."""
+    h, w = a.shape
+    out = np.zeros_like(a)
+    for y in range(h):
+        for x in range(w):
+            out[y, x] = a[max(0, y - 1):y + 2, max(0, x - 1):x + 2].mean()
+    return out
+
+
+def test_normal_energy_matches_a_leave_one_out_reference_and_standardises_the_image_score():
+    sparse = dict(solver="fista", top_k_atoms=4, max_steps=50, receptive_field=1, center=False, image_score="topk",
+                  top_frac=0.1, image_norm="support", shrink="hard", lam_star=0.05)
+    ebm = make_ebm(seed=3, **sparse)
+    g = torch.Generator().manual_seed(4)
+    support = torch.rand(3, 3, 12, 12, generator=g).double()
+    queries = torch.rand(2, 3, 12, 12, generator=g).double()
+    with torch.no_grad():
+        plain = ebm.build_dictionary(support)
+        normed = ebm.with_normal_energy(support, plain)
+        # reference: each shot against a dictionary built from the other shots alone
+        loo = np.stack([ebm.position_energy(support[i:i + 1], ebm.build_dictionary(
+            torch.cat([support[:i], support[i + 1:]])))[0].numpy() for i in range(3)])  # (K, h', w')
+        mean = np_box_mean(loo.mean(0))
+        spread = np_box_mean(loo.std(0, ddof=1))
+        scale = spread + spread.mean()
+        np.testing.assert_allclose(normed.normal_mean.numpy(), mean, rtol=1e-6, atol=1e-9)
+        np.testing.assert_allclose(normed.normal_scale.numpy(), scale, rtol=1e-6, atol=1e-9)
+        # the image score ranks standardised position energies; the raw score and the maps are unchanged
+        position = ebm.position_energy(queries, plain).numpy()  # (B, h', w')
+        z = ((position - mean) / scale).reshape(2, -1)
+        k = max(1, round(0.1 * z.shape[1]))
+        expected = np.sort(z, axis=1)[:, -k:].mean(1)
+        scores, maps = ebm.score_and_map(queries, normed, 0.0, "energy")
+        np.testing.assert_allclose(scores.numpy(), expected, rtol=1e-6, atol=1e-9)
+        raw_scores, raw_maps = ebm.score_and_map(queries, plain, 0.0, "energy")
+        torch.testing.assert_close(maps, raw_maps)
+        assert not torch.allclose(scores, raw_scores)
+        torch.testing.assert_close(ebm.energy(queries, normed), scores)
+    # one shot has no other shot to be scored against, and image_norm=none keeps raw energies
+    assert ebm.with_normal_energy(support[:1], ebm.build_dictionary(support[:1])).normal_mean is None
+    off = make_ebm(seed=3, **{**sparse, "image_norm": "none"})
+    assert off.with_normal_energy(support, off.build_dictionary(support)).normal_mean is None
+    with pytest.raises(InputError, match="image_norm"):
+        make_ebm(**{**sparse, "image_norm": "zscore"})
+    with pytest.raises(InputError, match="feature positions"):
+        ebm.score_and_map(torch.rand(1, 3, 16, 16).double(), normed, 0.0, "energy")

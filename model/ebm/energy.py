@@ -58,6 +58,7 @@ class SparseSpec:
     top_k_atoms: int  # FISTA codes each position over its k most similar atoms; 0 = all atoms
     image_score: str  # mean | topk: image energy = mean of the top `top_frac` position energies
     top_frac: float  # fraction of positions in the top-k image score (1 position at least)
+    image_norm: str  # none | support: standardise position energies by the shots' leave-one-out energies
 
     @classmethod
     def paper(cls, **changes) -> "SparseSpec":
@@ -75,6 +76,8 @@ class SparseSpec:
             raise InputError(f"model.solver={self.solver!r}: expected one of {SOLVERS}")
         if self.image_score not in IMAGE_SCORES:
             raise InputError(f"model.image_score={self.image_score!r}: expected one of {IMAGE_SCORES}")
+        if self.image_norm not in IMAGE_NORMS:
+            raise InputError(f"model.image_norm={self.image_norm!r}: expected one of {IMAGE_NORMS}")
         if not (isinstance(self.max_steps, int) and self.max_steps >= 1):
             raise InputError(f"model.max_steps={self.max_steps}: expected an integer >= 1")
         if not (isinstance(self.top_k_atoms, int) and self.top_k_atoms >= 0):
@@ -102,11 +105,13 @@ PAPER_SPARSE = dict(
     top_k_atoms=0,
     image_score="mean",
     top_frac=0.01,
+    image_norm="none",
 )  # the paper's settings (Eqs. 6-9); centring, the FISTA budget and top_frac are this code's, at reference values
 
 
 MAP_MODES = ("gradient", "energy")
 IMAGE_SCORES = ("mean", "topk")
+IMAGE_NORMS = ("none", "support")
 
 
 def top_mean(maps: torch.Tensor, top_frac: float) -> torch.Tensor:
@@ -176,6 +181,45 @@ class AdaptiveEBM(nn.Module):
         # No task Gram: the top-k solver builds each position's k×k Gram from its gathered atoms.
         return TaskDictionary(atoms=atoms, scale=spectral_norm(atoms), shots=support.shape[0], center=center)
 
+    def with_normal_energy(self, support: torch.Tensor, dictionary: TaskDictionary) -> TaskDictionary:
+        """`dictionary` plus what normal positions score (spec.image_norm "support", K >= 2; else unchanged).
+
+        Every shot i is coded against the atoms of the other K − 1 shots: its position energies e_i (h', w')
+        are what a normal image scores where it looks like no shot exactly. Their mean μ and spread s over
+        the K shots, each averaged over a 3×3 neighbourhood (K − 1 samples per position are few), say where
+        normal images are hard to reconstruct (edges, a label, a thread). The image score then ranks
+        (e − μ) / (s + mean(s)) instead of e; the floor mean(s) keeps positions where the shots agree by
+        chance from dominating. The maps stay raw energies. Costs K single-image codings (no backbone
+        pass more than the shots' own), measured on the validation categories (docs/benchmarks.md).
+        """
+        shots = support.shape[0]
+        if self.sparse.image_norm != "support" or shots < 2:
+            return dictionary
+        positions = dictionary.atoms.shape[1] // shots  # atoms per shot: columns are shot-major
+        with torch.no_grad():
+            raw, (h, w) = self.volumes(support)  # (K, h'w', m)
+            signals = self.prepare(raw, dictionary.center)  # (K, h'w', m)
+            energies = []
+            for i in range(shots):
+                others = torch.cat([dictionary.atoms[:, :i * positions], dictionary.atoms[:, (i + 1) * positions:]],
+                                   1)  # (m, (K−1)·h'w')
+                left_out = TaskDictionary(others, spectral_norm(others), shots - 1, dictionary.center)
+                energies.append(self.signal_energy(signals[i], left_out).reshape(h, w))  # (h', w')
+            loo = torch.stack(energies)  # (K, h', w')
+            mean = F.avg_pool2d(loo.mean(0)[None, None], 3, 1, 1, count_include_pad=False)[0, 0]  # (h', w')
+            spread = F.avg_pool2d(loo.std(0)[None, None], 3, 1, 1, count_include_pad=False)[0, 0]  # (h', w')
+            scale = (spread + spread.mean()).clamp_min(1e-6)  # (h', w')
+        return TaskDictionary(dictionary.atoms, dictionary.scale, dictionary.shots, dictionary.center, mean, scale)
+
+    def image_energy(self, position: torch.Tensor, dictionary: TaskDictionary) -> torch.Tensor:
+        """Position energies (B, h', w') -> image scores (B,), standardised first when D carries normal energies."""
+        if dictionary.normal_mean is not None:
+            if dictionary.normal_mean.shape != position.shape[1:]:
+                raise InputError(f"images give {tuple(position.shape[1:])} feature positions, the shots gave "
+                                 f"{tuple(dictionary.normal_mean.shape)}: score images of the shots' size")
+            position = (position - dictionary.normal_mean) / dictionary.normal_scale  # (B, h', w')
+        return image_score(position, self.sparse.image_score, self.sparse.top_frac)
+
     # -- energy -----------------------------------------------------------------------------
     def position_energy(self, images: torch.Tensor, dictionary: TaskDictionary) -> torch.Tensor:
         """Eq. 8 per feature position: images (B, C, H, W) -> e (B, h', w')."""
@@ -184,25 +228,28 @@ class AdaptiveEBM(nn.Module):
         if m != dictionary.atoms.shape[0]:
             raise InputError(f"dictionary atoms have dimension {dictionary.atoms.shape[0]}, signals {m}")
         signals = self.prepare(volumes, dictionary.center)  # (B, h'w', m)
-        flat = signals.reshape(B * P, m)  # (B·h'w', m)
+        return self.signal_energy(signals.reshape(B * P, m), dictionary).reshape(B, h, w)  # (B, h', w')
+
+    def signal_energy(self, flat: torch.Tensor, dictionary: TaskDictionary) -> torch.Tensor:
+        """Eq. 8 for prepared signals (n, m) -> (n,)."""
         spec = self.sparse
         if spec.solver == "fista" and spec.top_k_atoms > 0:
-            energy = fista_energy(flat, dictionary.atoms, spec.lam_star, spec.max_steps, spec.shrink, spec.tau,
-                                  spec.top_k_atoms, spec.tol)  # (B·h'w',)
-            return energy.reshape(B, h, w)  # (B, h', w')
+            return fista_energy(flat, dictionary.atoms, spec.lam_star, spec.max_steps, spec.shrink, spec.tau,
+                                spec.top_k_atoms, spec.tol)  # (n,)
         if spec.solver == "fista":
             recon = fista_code(flat, dictionary.atoms, spec.lam_star, spec.max_steps, spec.shrink, spec.tau,
-                               0, spec.tol)  # (B·h'w', m)
+                               0, spec.tol)  # (n, m)
         else:
             recon = sparse_code(
                 flat, dictionary.atoms, spec.lam_max, spec.lam_star, spec.istc_steps, spec.shrink, spec.tau,
                 atom_scale=dictionary.scale,
-            )  # (B·h'w', m)
-        return (flat - recon).pow(2).sum(-1).reshape(B, h, w)  # (B, h', w')
+            )  # (n, m)
+        return (flat - recon).pow(2).sum(-1)  # (n,)
 
     def energy(self, images: torch.Tensor, dictionary: TaskDictionary) -> torch.Tensor:
-        """Image energy = anomaly score (B,): mean or top-k mean of the position energies (spec.image_score)."""
-        return image_score(self.position_energy(images, dictionary), self.sparse.image_score, self.sparse.top_frac)
+        """Image energy = anomaly score (B,): mean or top-k mean of the position energies (spec.image_score),
+        standardised by the shots' leave-one-out energies when the dictionary carries them."""
+        return self.image_energy(self.position_energy(images, dictionary), dictionary)
 
     def forward(self, images: torch.Tensor, dictionary: TaskDictionary) -> torch.Tensor:
         return self.energy(images, dictionary)
@@ -224,7 +271,7 @@ class AdaptiveEBM(nn.Module):
         if mode == "energy":
             with torch.no_grad():
                 position = self.position_energy(images, dictionary)  # (B, h', w')
-            energies = image_score(position, self.sparse.image_score, self.sparse.top_frac)
+            energies = self.image_energy(position, dictionary)
             maps = F.interpolate(position[:, None], size=images.shape[-2:], mode="bilinear",
                                  align_corners=False)[:, 0]  # (B, H, W)
         else:

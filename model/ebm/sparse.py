@@ -334,11 +334,18 @@ class TaskDictionary:
     scale: torch.Tensor  # () ‖atoms‖₂
     shots: int
     center: torch.Tensor | None = None  # (m,) mean support volume subtracted from signals, or None
+    # What the shots' own positions score against the other shots (AdaptiveEBM.with_normal_energy): the
+    # image score standardises position energies by them; None = raw energies (training, K = 1).
+    normal_mean: torch.Tensor | None = None  # (h', w')
+    normal_scale: torch.Tensor | None = None  # (h', w'), > 0
+
+    def _map(self, fn) -> "TaskDictionary":
+        keep = lambda t: None if t is None else fn(t)  # noqa: E731
+        return TaskDictionary(fn(self.atoms), fn(self.scale), self.shots, keep(self.center), keep(self.normal_mean),
+                              keep(self.normal_scale))
 
     def to(self, device) -> "TaskDictionary":
-        move = lambda t: None if t is None else t.to(device)  # noqa: E731
-        return TaskDictionary(self.atoms.to(device), self.scale.to(device), self.shots, move(self.center))
+        return self._map(lambda t: t.to(device))
 
     def detach(self) -> "TaskDictionary":
-        free = lambda t: None if t is None else t.detach()  # noqa: E731
-        return TaskDictionary(self.atoms.detach(), self.scale.detach(), self.shots, free(self.center))
+        return self._map(lambda t: t.detach())

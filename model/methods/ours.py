@@ -22,7 +22,9 @@ class OursScorer:
         if self.augment_support:
             support = torch.cat([dihedral(support, t) for t in range(DIHEDRAL_SIZE)])  # (8K, C, H, W)
         with torch.no_grad():
-            return self.model.build_dictionary(support)
+            # the leave-one-out normal energies are per shot: not computed over dihedral copies of one shot
+            dictionary = self.model.build_dictionary(support)
+            return dictionary if self.augment_support else self.model.with_normal_energy(support, dictionary)
 
     def score(self, images: torch.Tensor, dictionary: TaskDictionary) -> tuple[torch.Tensor, torch.Tensor]:
         return self.model.score_and_map(images, dictionary, self.smooth_sigma, self.map_mode)
