@@ -160,7 +160,7 @@ class PipelineConfig:
 class ExperimentsConfig:
     """The paper's experiments beyond the leave-one-out table (experiments/dvc.yaml, docs/results.md):
     ablations on a few held-out targets and scene-adaptive video. `profile` picks a compute budget:
-    quick (these defaults; meant for < 45 min on 2 CPU cores, about 105 at 128 px: docs/results.md) or
+    quick (these defaults; meant for <= 45 min on 2 CPU cores; the README gives the measured time) or
     full (PROFILES["full"])."""
 
     profile: str = "quick"  # quick | full; full replaces the keys listed in PROFILES["full"]
