@@ -81,7 +81,7 @@ def machine() -> str:
 
 
 def cfg_norm() -> str:
-    return load_config(None, []).model.image_norm
+    return load_config().model.image_norm
 
 def speed(data_root: Path, device: torch.device) -> dict:
     cfg = load_config(None, parse_overrides([f"train.device={device.type}"]))
@@ -226,6 +226,12 @@ def main(argv=None) -> int:
     if args.skip_quality:
         if quality_file.is_file():
             sections.append(quality_file.read_text())
+        elif Path(args.doc).is_file() and "\n## Quality:" in Path(args.doc).read_text():
+            # no run of it on this machine: keep the committed quality section rather than drop it
+            current = Path(args.doc).read_text()
+            start = current.index("\n## Quality:") + 1
+            end = current.find("\n## ", start)
+            sections.append(current[start:end + 1 if end >= 0 else len(current)])
     else:
         budget = args.quality_set if args.quality_set is not None else QUALITY_BUDGET
         t0 = time.perf_counter()
