@@ -187,3 +187,27 @@ def test_leave_one_out_cut_from_the_full_state_equals_adapting_to_the_others(met
         normed = make_scorer(method, model, load_config(None, parse_overrides(small)))
         assert normed.adapt(support).normal_mean is not None
         assert state_without(normed, normed.adapt(support), 0, 4) is None
+
+
+def test_threshold_is_in_the_units_of_the_test_scores_under_image_norm_support():
+    """A calibration's leave-one-out samples and the test scores are both standardised (K = 4) or both raw (K = 3)."""
+    from orchestrator.config import load_config, parse_overrides
+    from orchestrator.evaluation.calibration import CalibrationSpec, calibrate
+    from orchestrator.evaluation.evaluate import make_scorer, untrained_model
+
+    cfg = load_config(None, parse_overrides(["data.image_size=32", "model.backbone.width=8", "model.backbone.out_dim=8"]))
+    scorer = make_scorer("untrained", untrained_model(cfg), cfg)
+    shots = torch.rand(4, 3, 32, 32, generator=torch.Generator().manual_seed(5))
+    for k, standardised in ((4, True), (3, False)):
+        support = shots[:k]
+        assert (scorer.adapt(support).normal_mean is not None) is standardised
+        cal = calibrate(scorer, support, CalibrationSpec(0.05, "normal_t", (), "untrained", size_correction=False))
+        # each sample: shot i against the other K − 1 shots, standardised exactly when the K-shot task is
+        expected = []
+        for i in range(k):
+            others = scorer.adapt_as(torch.cat([support[:i], support[i + 1:]]), k)
+            assert (others.normal_mean is not None) is standardised
+            expected.append(float(scorer.score(support[i:i + 1], others)[0][0]))
+        np.testing.assert_allclose(cal.samples, expected, rtol=1e-5)
+        # the K − 2 dictionaries of the size correction are standardised as well
+        assert (scorer.adapt_as(support[:2], k).normal_mean is not None) is standardised

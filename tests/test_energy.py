@@ -365,14 +365,14 @@ def test_normal_energy_matches_a_leave_one_out_reference_and_standardises_the_im
                   top_frac=0.1, image_norm="support", shrink="hard", lam_star=0.05)
     ebm = make_ebm(seed=3, **sparse)
     g = torch.Generator().manual_seed(4)
-    support = torch.rand(3, 3, 12, 12, generator=g).double()
+    support = torch.rand(4, 3, 12, 12, generator=g).double()
     queries = torch.rand(2, 3, 12, 12, generator=g).double()
     with torch.no_grad():
         plain = ebm.build_dictionary(support)
         normed = ebm.with_normal_energy(support, plain)
         # reference: each shot against a dictionary built from the other shots alone
         loo = np.stack([ebm.position_energy(support[i:i + 1], ebm.build_dictionary(
-            torch.cat([support[:i], support[i + 1:]])))[0].numpy() for i in range(3)])  # (K, h', w')
+            torch.cat([support[:i], support[i + 1:]])))[0].numpy() for i in range(4)])  # (K, h', w')
         mean = np_box_mean(loo.mean(0))
         spread = np_box_mean(loo.std(0, ddof=1))
         scale = spread + spread.mean()
@@ -389,8 +389,10 @@ def test_normal_energy_matches_a_leave_one_out_reference_and_standardises_the_im
         torch.testing.assert_close(maps, raw_maps)
         assert not torch.allclose(scores, raw_scores)
         torch.testing.assert_close(ebm.energy(queries, normed), scores)
-    # one shot has no other shot to be scored against, and image_norm=none keeps raw energies
-    assert ebm.with_normal_energy(support[:1], ebm.build_dictionary(support[:1])).normal_mean is None
+    # below 4 shots the calibration's K − 2-shot dictionaries could not get normal energies: raw scores;
+    # image_norm=none keeps raw energies too
+    for shots in (1, 2, 3):
+        assert ebm.with_normal_energy(support[:shots], ebm.build_dictionary(support[:shots])).normal_mean is None
     off = make_ebm(seed=3, **{**sparse, "image_norm": "none"})
     assert off.with_normal_energy(support, off.build_dictionary(support)).normal_mean is None
     with pytest.raises(InputError, match="image_norm"):

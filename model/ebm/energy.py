@@ -112,6 +112,10 @@ PAPER_SPARSE = dict(
 MAP_MODES = ("gradient", "energy")
 IMAGE_SCORES = ("mean", "topk")
 IMAGE_NORMS = ("none", "support")
+# Fewest shots that get normal energies: a calibrated threshold scores each shot against the other K − 1 and
+# K − 2 shots, and each of those dictionaries needs two shots of its own for them; with fewer shots the score
+# stays raw, so that the threshold and the test scores are in the same units.
+MIN_NORMAL_SHOTS = 4
 
 
 def top_mean(maps: torch.Tensor, top_frac: float) -> torch.Tensor:
@@ -181,8 +185,12 @@ class AdaptiveEBM(nn.Module):
         # No task Gram: the top-k solver builds each position's k×k Gram from its gathered atoms.
         return TaskDictionary(atoms=atoms, scale=spectral_norm(atoms), shots=support.shape[0], center=center)
 
-    def with_normal_energy(self, support: torch.Tensor, dictionary: TaskDictionary) -> TaskDictionary:
-        """`dictionary` plus what normal positions score (spec.image_norm "support", K >= 2; else unchanged).
+    def with_normal_energy(self, support: torch.Tensor, dictionary: TaskDictionary,
+                           task_shots: int | None = None) -> TaskDictionary:
+        """`dictionary` plus what normal positions score (spec.image_norm "support" and a task of
+        task_shots >= MIN_NORMAL_SHOTS shots, default K; else unchanged). task_shots: the K of the task a
+        calibration's smaller leave-one-out dictionary stands in for, so that it is standardised as the
+        task's own is (any K >= 2 of its own can be).
 
         Every shot i is coded against the atoms of the other K − 1 shots: its position energies e_i (h', w')
         are what a normal image scores where it looks like no shot exactly. Their mean μ and spread s over
@@ -193,7 +201,8 @@ class AdaptiveEBM(nn.Module):
         pass more than the shots' own), measured on the validation categories (docs/benchmarks.md).
         """
         shots = support.shape[0]
-        if self.sparse.image_norm != "support" or shots < 2:
+        task = shots if task_shots is None else task_shots
+        if self.sparse.image_norm != "support" or task < MIN_NORMAL_SHOTS or shots < 2:
             return dictionary
         positions = dictionary.atoms.shape[1] // shots  # atoms per shot: columns are shot-major
         with torch.no_grad():

@@ -19,12 +19,20 @@ class OursScorer:
         self.map_mode = map_mode
 
     def adapt(self, support: torch.Tensor) -> TaskDictionary:
+        return self.adapt_as(support, support.shape[0])
+
+    def adapt_as(self, support: torch.Tensor, task_shots: int) -> TaskDictionary:
+        """Adapt to `support` as to a task of `task_shots` shots (a calibration's leave-one-out subset: its
+        scores must be in the units of the task's test scores)."""
+        shots = support
         if self.augment_support:
             support = torch.cat([dihedral(support, t) for t in range(DIHEDRAL_SIZE)])  # (8K, C, H, W)
         with torch.no_grad():
-            # the leave-one-out normal energies are per shot: not computed over dihedral copies of one shot
             dictionary = self.model.build_dictionary(support)
-            return dictionary if self.augment_support else self.model.with_normal_energy(support, dictionary)
+            # the leave-one-out normal energies are per shot: not computed over dihedral copies of one shot
+            if self.augment_support:
+                return dictionary
+            return self.model.with_normal_energy(shots, dictionary, task_shots)
 
     def score(self, images: torch.Tensor, dictionary: TaskDictionary) -> tuple[torch.Tensor, torch.Tensor]:
         return self.model.score_and_map(images, dictionary, self.smooth_sigma, self.map_mode)

@@ -51,7 +51,7 @@ class ModelConfig:
     image_score: str = "topk"  # mean | topk (mean of the top top_frac position energies)
     top_frac: float = 0.01
     # support: the image score ranks position energies standardised by what the shots score against each
-    # other (leave-one-out; K >= 2); none: raw energies. Chosen on the validation categories (README)
+    # other (leave-one-out; K >= 4); none: raw energies. Chosen on the validation categories (README)
     image_norm: str = "support"
     anomaly_map: str = "energy"  # gradient (|∇ₓE|, the paper) | energy (upsampled position energies)
     map_smooth_sigma: float = 2.0  # Gaussian σ (pixels) applied to |∇ₓE| maps; 0 = off

@@ -155,7 +155,8 @@ def held_out_scores(scorer, support: torch.Tensor, kinds, batch_size: int, devic
         state = state_without(scorer, full_state, drop, K) if full_state is not None else None
         if state is None:
             others = support[[k for k in range(K) if k not in drop]]  # (K - len(drop), C, H, W)
-            state = scorer.adapt(others.to(device))
+            adapt_as = getattr(scorer, "adapt_as", None)  # ours: standardised as the K-shot task is
+            state = adapt_as(others.to(device), K) if adapt_as else scorer.adapt(others.to(device))
         held = augment(support[i : i + 1], kinds)  # (1+A, C, H, W)
         s, maps = score_batches(scorer, state, held, batch_size, device)
         scores.append(s.double().numpy())
