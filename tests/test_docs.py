@@ -25,8 +25,10 @@ started and recorded in a *.pid file is stopped by that PID afterwards, also whe
 from __future__ import annotations
 
 import os
+import random
 import re
 import signal
+import socket
 import subprocess
 import sys
 import textwrap
@@ -37,7 +39,6 @@ import pytest
 import yaml
 
 from tests.conftest import REPO, TINY, copy_worktree
-from tests.test_ray_cluster import free_port
 
 pytestmark = pytest.mark.slow
 BIN = Path(sys.executable).parent
@@ -82,6 +83,27 @@ SKIPPED = {
 }
 
 # Literal budget values of the docs -> tiny ones (ports are added per run: fixed ports may be taken).
+
+def quiet_ports(count: int, low: int = 20000, high: int = 32768) -> list[int]:
+    """`count` distinct free ports between Ray's worker range (10002-19999) and the kernel's ephemeral range
+    (32768 up). tests.test_ray_cluster.free_port() draws from the ephemeral range, where the Ray processes a doc starts later take
+    their own random ports: once, the MLflow server of docs/cluster.md found its port taken by one and died
+    ("address already in use"). Ports below 32768 are handed out only when asked for by number."""
+    rng, chosen = random.Random(), []
+    for _ in range(1000):
+        port = rng.randrange(low, high)
+        if port in chosen:
+            continue
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        chosen.append(port)
+        if len(chosen) == count:
+            return chosen
+    raise RuntimeError(f"no {count} free ports in [{low}, {high})")
+
 SUBSTITUTIONS = {
     "--trials 40": "--trials 2",
     "--draws 5": "--draws 1",
@@ -227,7 +249,7 @@ def test_the_docs_run_as_written(small_real_root, tmp_path):
                GIT_COMMITTER_EMAIL="t@example.com")
     for cmd in (["git", "init", "-q"], ["git", "add", "-A"], ["git", "commit", "-qm", "copy"]):
         subprocess.run(cmd, cwd=repo, env=env, check=True, capture_output=True)
-    ports = {port: str(free_port()) for port in PORTS}
+    ports = dict(zip(PORTS, map(str, quiet_ports(len(PORTS)))))
     failures, timings, block_seconds, configs = [], {}, {}, set()
     for doc in DOCS:
         script = doc_script(doc, ports)
