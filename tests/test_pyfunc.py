@@ -275,3 +275,20 @@ def test_a_root_that_is_not_a_folder_fails_at_load(package, tmp_path, monkeypatc
     monkeypatch.setenv("FSAD_SERVE_IMAGE_ROOT", str(tmp_path / "nope"))
     with pytest.raises(InputError, match="FSAD_SERVE_IMAGE_ROOT"):
         load(str(package))
+
+
+def test_dictionary_file_round_trips_the_normal_energies(tmp_path):
+    """A registered dictionary keeps image_norm=support's two maps, so served scores match `fsad evaluate`'s."""
+    import torch
+
+    from model.ebm.sparse import TaskDictionary
+    from orchestrator.tracking.pyfunc import load_dictionary, save_dictionary
+
+    g = torch.Generator().manual_seed(0)
+    atoms = torch.rand(8, 12, generator=g)
+    saved = TaskDictionary(atoms, torch.tensor(2.0), 4, None, torch.rand(3, 4, generator=g), torch.rand(3, 4, generator=g) + 1)
+    save_dictionary(saved, tmp_path / "d.safetensors", "tire")
+    loaded = load_dictionary(tmp_path / "d.safetensors")
+    assert loaded.shots == 4 and loaded.center is None
+    for name in ("atoms", "scale", "normal_mean", "normal_scale"):
+        torch.testing.assert_close(getattr(loaded, name), getattr(saved, name))
