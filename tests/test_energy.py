@@ -369,7 +369,7 @@ def test_normal_energy_matches_a_leave_one_out_reference_and_standardises_the_im
     queries = torch.rand(2, 3, 12, 12, generator=g).double()
     with torch.no_grad():
         plain = ebm.build_dictionary(support)
-        normed = ebm.with_normal_energy(support, plain)
+        normed = ebm.build_dictionary(support, task_shots=4)
         # reference: each shot against a dictionary built from the other shots alone
         loo = np.stack([ebm.position_energy(support[i:i + 1], ebm.build_dictionary(
             torch.cat([support[:i], support[i + 1:]])))[0].numpy() for i in range(4)])  # (K, h', w')
@@ -392,9 +392,10 @@ def test_normal_energy_matches_a_leave_one_out_reference_and_standardises_the_im
     # below 4 shots the calibration's K − 2-shot dictionaries could not get normal energies: raw scores;
     # image_norm=none keeps raw energies too
     for shots in (1, 2, 3):
-        assert ebm.with_normal_energy(support[:shots], ebm.build_dictionary(support[:shots])).normal_mean is None
+        assert ebm.build_dictionary(support[:shots], task_shots=shots).normal_mean is None
     off = make_ebm(seed=3, **{**sparse, "image_norm": "none"})
-    assert off.with_normal_energy(support, off.build_dictionary(support)).normal_mean is None
+    assert off.build_dictionary(support, task_shots=4).normal_mean is None
+    assert plain.normal_mean is None  # without task_shots (training) D never carries them
     with pytest.raises(InputError, match="image_norm"):
         make_ebm(**{**sparse, "image_norm": "zscore"})
     with pytest.raises(InputError, match="feature positions"):

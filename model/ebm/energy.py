@@ -174,51 +174,52 @@ class AdaptiveEBM(nn.Module):
         volumes, size = self.volumes(images)
         return self.prepare(volumes, center), size
 
-    def build_dictionary(self, support: torch.Tensor) -> TaskDictionary:
-        """Alg. 2 steps 3-4: support (K, C, H, W) -> D (m, K·h'·w'), every position an atom."""
+    def build_dictionary(self, support: torch.Tensor, task_shots: int | None = None) -> TaskDictionary:
+        """Alg. 2 steps 3-4: support (K, C, H, W) -> D (m, K·h'·w'), every position an atom.
+
+        task_shots (scoring only): D also carries the shots' normal energies (_normal_energy) when a task of
+        that many shots gets them (`standardises`) and K >= 2. It is K for a task, and the task's K for a
+        calibration's leave-one-out subset, so that its scores are in the units of the task's test scores."""
         if support.dim() != 4 or support.shape[0] < 1:
             raise InputError(f"support batch of shape {tuple(support.shape)}: expected (K >= 1, C, H, W)")
-        raw, _ = self.volumes(support)  # (K, h'w', m)
+        raw, size = self.volumes(support)  # (K, h'w', m)
         center = raw.reshape(-1, raw.shape[-1]).mean(0) if self.sparse.center else None  # (m,)
         volumes = self.prepare(raw, center)  # (K, h'w', m)
         atoms = volumes.reshape(-1, volumes.shape[-1]).transpose(0, 1)  # (m, K·h'w')
         # No task Gram: the top-k solver builds each position's k×k Gram from its gathered atoms.
-        return TaskDictionary(atoms=atoms, scale=spectral_norm(atoms), shots=support.shape[0], center=center)
+        dictionary = TaskDictionary(atoms=atoms, scale=spectral_norm(atoms), shots=support.shape[0], center=center)
+        if task_shots is not None and self.standardises(task_shots) and support.shape[0] >= 2:
+            dictionary.normal_mean, dictionary.normal_scale = self._normal_energy(volumes, atoms, center, tuple(size))
+        return dictionary
 
-    def with_normal_energy(self, support: torch.Tensor, dictionary: TaskDictionary,
-                           task_shots: int | None = None) -> TaskDictionary:
-        """`dictionary` plus what normal positions score (spec.image_norm "support" and a task of
-        task_shots >= MIN_NORMAL_SHOTS shots, default K; else unchanged). task_shots: the K of the task a
-        calibration's smaller leave-one-out dictionary stands in for, so that it is standardised as the
-        task's own is (any K >= 2 of its own can be).
+    def _normal_energy(self, volumes: torch.Tensor, atoms: torch.Tensor, center: torch.Tensor | None,
+                       size: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
+        """What normal positions score: volumes (K, h'w', m), the shots' prepared signals, and D's atoms
+        (m, K·h'w'), shot-major -> (mean, scale) (h', w').
 
         Every shot i is coded against the atoms of the other K − 1 shots: its position energies e_i (h', w')
         are what a normal image scores where it looks like no shot exactly. Their mean μ and spread s over
         the K shots, each averaged over a 3×3 neighbourhood (K − 1 samples per position are few), say where
         normal images are hard to reconstruct (edges, a label, a thread). The image score then ranks
         (e − μ) / (s + mean(s)) instead of e; the floor mean(s) keeps positions where the shots agree by
-        chance from dominating. The maps stay raw energies. Costs K single-image codings (no backbone
-        pass more than the shots' own), measured on the validation categories (docs/benchmarks.md).
+        chance from dominating. The maps stay raw energies. Costs K single-image codings and no backbone
+        pass beyond the dictionary's own, measured on the validation categories (docs/benchmarks.md).
         """
-        shots = support.shape[0]
-        task = shots if task_shots is None else task_shots
-        if self.sparse.image_norm != "support" or task < MIN_NORMAL_SHOTS or shots < 2:
-            return dictionary
-        positions = dictionary.atoms.shape[1] // shots  # atoms per shot: columns are shot-major
+        shots, positions = volumes.shape[0], volumes.shape[1]
         with torch.no_grad():
-            raw, (h, w) = self.volumes(support)  # (K, h'w', m)
-            signals = self.prepare(raw, dictionary.center)  # (K, h'w', m)
             energies = []
             for i in range(shots):
-                others = torch.cat([dictionary.atoms[:, :i * positions], dictionary.atoms[:, (i + 1) * positions:]],
-                                   1)  # (m, (K−1)·h'w')
-                left_out = TaskDictionary(others, spectral_norm(others), shots - 1, dictionary.center)
-                energies.append(self.signal_energy(signals[i], left_out).reshape(h, w))  # (h', w')
+                others = torch.cat([atoms[:, :i * positions], atoms[:, (i + 1) * positions:]], 1)  # (m, (K−1)·h'w')
+                left_out = TaskDictionary(others, spectral_norm(others), shots - 1, center)
+                energies.append(self.signal_energy(volumes[i], left_out).reshape(size))  # (h', w')
             loo = torch.stack(energies)  # (K, h', w')
             mean = F.avg_pool2d(loo.mean(0)[None, None], 3, 1, 1, count_include_pad=False)[0, 0]  # (h', w')
             spread = F.avg_pool2d(loo.std(0)[None, None], 3, 1, 1, count_include_pad=False)[0, 0]  # (h', w')
-            scale = (spread + spread.mean()).clamp_min(1e-6)  # (h', w')
-        return TaskDictionary(dictionary.atoms, dictionary.scale, dictionary.shots, dictionary.center, mean, scale)
+            return mean, (spread + spread.mean()).clamp_min(1e-6)  # (h', w') each
+
+    def standardises(self, task_shots: int) -> bool:
+        """Whether a task of task_shots shots gets normal energies (image_norm "support", K >= MIN_NORMAL_SHOTS)."""
+        return self.sparse.image_norm == "support" and task_shots >= MIN_NORMAL_SHOTS
 
     def image_energy(self, position: torch.Tensor, dictionary: TaskDictionary) -> torch.Tensor:
         """Position energies (B, h', w') -> image scores (B,), standardised first when D carries normal energies."""

@@ -334,7 +334,7 @@ class TaskDictionary:
     scale: torch.Tensor  # () ‖atoms‖₂
     shots: int
     center: torch.Tensor | None = None  # (m,) mean support volume subtracted from signals, or None
-    # What the shots' own positions score against the other shots (AdaptiveEBM.with_normal_energy): the
+    # What the shots' own positions score against the other shots (AdaptiveEBM.build_dictionary): the
     # image score standardises position energies by them; None = raw energies (training, K = 1).
     normal_mean: torch.Tensor | None = None  # (h', w')
     normal_scale: torch.Tensor | None = None  # (h', w'), > 0

@@ -24,15 +24,15 @@ class OursScorer:
     def adapt_as(self, support: torch.Tensor, task_shots: int) -> TaskDictionary:
         """Adapt to `support` as to a task of `task_shots` shots (a calibration's leave-one-out subset: its
         scores must be in the units of the task's test scores)."""
-        shots = support
-        if self.augment_support:
-            support = torch.cat([dihedral(support, t) for t in range(DIHEDRAL_SIZE)])  # (8K, C, H, W)
         with torch.no_grad():
-            dictionary = self.model.build_dictionary(support)
-            # the leave-one-out normal energies are per shot: not computed over dihedral copies of one shot
             if self.augment_support:
-                return dictionary
-            return self.model.with_normal_energy(shots, dictionary, task_shots)
+                # the leave-one-out normal energies are per shot: not computed over dihedral copies of one shot
+                return self.model.build_dictionary(torch.cat([dihedral(support, t) for t in range(DIHEDRAL_SIZE)]))
+            return self.model.build_dictionary(support, task_shots)
+
+    def standardises(self, task_shots: int) -> bool:
+        """Whether adapting to a task of task_shots shots builds normal energies into the dictionary."""
+        return not self.augment_support and self.model.standardises(task_shots)
 
     def score(self, images: torch.Tensor, dictionary: TaskDictionary) -> tuple[torch.Tensor, torch.Tensor]:
         return self.model.score_and_map(images, dictionary, self.smooth_sigma, self.map_mode)

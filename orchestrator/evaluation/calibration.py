@@ -135,9 +135,11 @@ def state_without(scorer, state, drop, shots: int):
     return None
 
 
-def can_cut(scorer) -> bool:
-    """Whether state_without may find a shortcut for this scorer (then the full state is worth building)."""
-    return isinstance(scorer, KnnScorer) or (isinstance(scorer, OursScorer) and not scorer.augment_support)
+def can_cut(scorer, shots: int) -> bool:
+    """Whether state_without may find a shortcut for this scorer adapted to `shots` shots (then the full state
+    is worth building): not where the dictionary carries normal energies, which depend on every shot."""
+    return isinstance(scorer, KnnScorer) or (isinstance(scorer, OursScorer) and not scorer.augment_support
+                                             and not scorer.standardises(shots))
 
 
 def held_out_scores(scorer, support: torch.Tensor, kinds, batch_size: int, device, full_state=None,
@@ -172,7 +174,7 @@ def loo_scores(scorer, support: torch.Tensor, kinds, batch_size: int, device,
     scorer's state for all K shots, when the caller has it already."""
     K = support.shape[0]
     full = full_state
-    if full is None and K > 2 and can_cut(scorer):
+    if full is None and K > 2 and can_cut(scorer, K):
         full = scorer.adapt(support.to(device))
     scores, peaks = held_out_scores(scorer, support, kinds, batch_size, device, full)
     if not size_correction or K < 3:

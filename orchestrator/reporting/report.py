@@ -41,7 +41,6 @@ from orchestrator.reporting.results import (
 from workers.files import atomic_write_text
 
 
-
 def _test_set_words(data: dict[str, Any]) -> str:
     """'its whole test set', or which targets scored a stratified subset (pipeline.max_test_images)."""
     cut = {}
@@ -55,6 +54,7 @@ def _test_set_words(data: dict[str, Any]) -> str:
     return ("its whole test set, except " + ", ".join(f"{t}: {n} of its {total} test images" for t, (n, total) in cut.items())
             + " (`pipeline.max_test_images`: a class-stratified subset fixed by the seed, the same for every method "
               "and K; the full profile scores all)")
+
 
 def _cell(summary: dict | None) -> str:
     p = mean_std(summary)
