@@ -37,7 +37,7 @@ def _images(n, seed, size=SIZE):
 @pytest.fixture(scope="module")
 def backbone():
     torch.manual_seed(0)
-    net = build_backbone(BackboneSpec(name="conv", width=8, depth=2, stride=4, out_dim=16, max_width=32, input_norm="none"))
+    net = build_backbone(BackboneSpec(name="conv", width=8, depth=2, stride=4, out_dim=16, max_width=32, input_norm="none", hypercolumn=False))
     return net.eval()
 
 

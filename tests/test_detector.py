@@ -133,7 +133,7 @@ def two_categories(real_root):
 
 def untrained_model(**spec) -> AdaptiveEBM:
     torch.manual_seed(0)
-    net = build_backbone(BackboneSpec(name="conv", width=16, depth=3, stride=4, out_dim=16, max_width=64, input_norm="none"))
+    net = build_backbone(BackboneSpec(name="conv", width=16, depth=3, stride=4, out_dim=16, max_width=64, input_norm="none", hypercolumn=False))
     return AdaptiveEBM(net, SparseSpec.paper(**{**FISTA, **spec})).eval()
 
 

@@ -16,7 +16,7 @@ from model.ebm.energy import AdaptiveEBM, SparseSpec, gaussian_blur
 from model.errors import InputError
 
 KINDS = ("hard", "sigshrink", "none")
-TINY = BackboneSpec(name="conv", width=4, depth=2, stride=2, out_dim=6, max_width=128, input_norm="none")
+TINY = BackboneSpec(name="conv", width=4, depth=2, stride=2, out_dim=6, max_width=128, input_norm="none", hypercolumn=False)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -236,9 +236,9 @@ def test_receptive_field_by_hand():
     # stem 3x3 s1 (+2), block 3x3 s2 (+2·1), block 3x3 s1 (+2·2), head 1x1 (+0): 1 + 2 + 2 + 4 = 9
     assert ConvBackbone(TINY).receptive_field() == 9
     # depth 3, stride 4: 1 + 2 + 2 + 4 + 2·4 = 17
-    assert ConvBackbone(BackboneSpec(name="conv", width=4, depth=3, stride=4, out_dim=6, max_width=128, input_norm="none")).receptive_field() == 17
+    assert ConvBackbone(BackboneSpec(name="conv", width=4, depth=3, stride=4, out_dim=6, max_width=128, input_norm="none", hypercolumn=False)).receptive_field() == 17
     # depth 2, stride 1: 1 + 2 + 2 + 2 = 7
-    assert ConvBackbone(BackboneSpec(name="conv", width=4, depth=2, stride=1, out_dim=6, max_width=128, input_norm="none")).receptive_field() == 7
+    assert ConvBackbone(BackboneSpec(name="conv", width=4, depth=2, stride=1, out_dim=6, max_width=128, input_norm="none", hypercolumn=False)).receptive_field() == 7
 
 
 def _strip_groupnorm(net: ConvBackbone) -> ConvBackbone:
@@ -281,7 +281,7 @@ def test_groupnorm_only_couples_outside_field_through_statistics():
 
 @pytest.mark.parametrize("stride, depth", [(1, 2), (2, 2), (4, 2), (4, 3), (8, 3)])
 def test_backbone_output_stride(stride, depth):
-    net = ConvBackbone(BackboneSpec(name="conv", width=4, depth=depth, stride=stride, out_dim=5, max_width=128, input_norm="none"))
+    net = ConvBackbone(BackboneSpec(name="conv", width=4, depth=depth, stride=stride, out_dim=5, max_width=128, input_norm="none", hypercolumn=False))
     assert net.stride == stride and net.out_dim == 5
     with torch.no_grad():
         out = net(torch.rand(2, 3, 32, 48))
@@ -291,9 +291,9 @@ def test_backbone_output_stride(stride, depth):
 @pytest.mark.parametrize("stride, depth", [(3, 2), (6, 3), (0, 2), (-2, 2), (8, 2), (16, 3)])
 def test_backbone_bad_stride_raises(stride, depth):
     with pytest.raises(InputError):
-        ConvBackbone(BackboneSpec(name="conv", width=4, depth=depth, stride=stride, out_dim=5, max_width=128, input_norm="none"))
+        ConvBackbone(BackboneSpec(name="conv", width=4, depth=depth, stride=stride, out_dim=5, max_width=128, input_norm="none", hypercolumn=False))
     with pytest.raises(InputError):
-        build_backbone(BackboneSpec(name="conv", width=4, depth=depth, stride=stride, out_dim=5, max_width=128, input_norm="none"))
+        build_backbone(BackboneSpec(name="conv", width=4, depth=depth, stride=stride, out_dim=5, max_width=128, input_norm="none", hypercolumn=False))
 
 
 def test_backbone_rejects_bad_input_shapes():
@@ -344,6 +344,65 @@ def test_input_norm_mean_makes_features_blind_to_an_exposure_offset():
 def test_input_norm_unknown_mode_is_refused():
     with pytest.raises(InputError, match="input_norm"):
         ConvBackbone(BackboneSpec(**{**TINY.__dict__, "input_norm": "whiten"}))
+
+
+# ----------------------------------------------------------------------------------------------
+# model.backbone.hypercolumn: the head reads every block's output
+
+
+def _np_block_outputs(net: ConvBackbone, images: torch.Tensor) -> list[np.ndarray]:
+    """Each block's SiLU output, layer by layer through `features` (the reference's own forward)."""
+    x, outs = images * 2 - 1, []
+    for index, layer in enumerate(net.features[:-1]):
+        x = layer(x)
+        if isinstance(layer, nn.SiLU) and index > 1:  # index 1 is the stem's SiLU, not a block
+            outs.append(x.detach().numpy())
+    return outs
+
+
+def test_hypercolumn_matches_a_numpy_reference():
+    spec = BackboneSpec(name="conv", width=4, depth=3, stride=2, out_dim=5, max_width=16, input_norm="none",
+                        hypercolumn=True)
+    torch.manual_seed(0)
+    net = ConvBackbone(spec).double().eval()
+    images = torch.rand(2, 3, 8, 8, dtype=torch.float64)
+    blocks = _np_block_outputs(net, images)  # widths 8 (stride 2, 4×4), 8, 8 (stride 1, 4×4)
+    assert [b.shape[1:] for b in blocks] == [(8, 4, 4)] * 3
+    # a stride-2 model: block 1 is at the output grid already; check the pooling on a stride-4 model below
+    column = np.concatenate([b / np.maximum(np.linalg.norm(b, axis=1, keepdims=True), 1e-6) for b in blocks], axis=1)
+    head = net.head()
+    weight = head.weight.detach().numpy()[:, :, 0, 0]  # (d, Σc)
+    expected = np.einsum("dc,bchw->bdhw", weight, column) + head.bias.detach().numpy()[None, :, None, None]
+    with torch.no_grad():
+        np.testing.assert_allclose(net(images).numpy(), expected, atol=1e-10)
+    assert head.in_channels == 24
+
+
+def test_hypercolumn_pools_early_blocks_to_the_output_grid():
+    spec = BackboneSpec(name="conv", width=4, depth=3, stride=4, out_dim=5, max_width=16, input_norm="none",
+                        hypercolumn=True)
+    torch.manual_seed(1)
+    net = ConvBackbone(spec).double().eval()
+    images = torch.rand(1, 3, 8, 12, dtype=torch.float64)  # non-square
+    blocks = _np_block_outputs(net, images)  # (8, 4, 6) at stride 2, then (16, 2, 3) twice
+    first = blocks[0].reshape(1, 8, 2, 2, 3, 2).mean(axis=(3, 5))  # 2×2 average pool -> (1, 8, 2, 3)
+    levels = [first, blocks[1], blocks[2]]
+    column = np.concatenate([b / np.maximum(np.linalg.norm(b, axis=1, keepdims=True), 1e-6) for b in levels], axis=1)
+    weight = net.head().weight.detach().numpy()[:, :, 0, 0]  # (5, 40)
+    expected = np.einsum("dc,bchw->bdhw", weight, column) + net.head().bias.detach().numpy()[None, :, None, None]
+    with torch.no_grad():
+        out = net(images)
+    assert out.shape == (1, 5, 2, 3)
+    np.testing.assert_allclose(out.numpy(), expected, atol=1e-10)
+
+
+def test_hypercolumn_off_is_the_plain_sequential_net():
+    torch.manual_seed(0)
+    net = ConvBackbone(TINY).eval()
+    images = torch.rand(2, 3, 8, 8)
+    with torch.no_grad():
+        torch.testing.assert_close(net(images), net.features(images * 2 - 1))
+    assert net.head().in_channels == 8  # the last block's width only
 
 
 # ----------------------------------------------------------------------------------------------

@@ -27,7 +27,7 @@ def _network(kind: str) -> torch.nn.Module:
     torch.manual_seed(0)
     if kind == "maml_ae":
         return ConvAutoencoder(AESpec(width=4, latent=4, depth=2)).eval()
-    backbone = build_backbone(BackboneSpec(name="conv", width=8, depth=2, stride=4, out_dim=8, max_width=128, input_norm="none"))
+    backbone = build_backbone(BackboneSpec(name="conv", width=8, depth=2, stride=4, out_dim=8, max_width=128, input_norm="none", hypercolumn=False))
     return AdaptiveEBM(backbone, SparseSpec.paper()).eval()
 
 

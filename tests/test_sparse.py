@@ -381,7 +381,7 @@ def test_feature_volumes_rejects_even_or_small(l):
 
 def test_receptive_field_one_energy_equals_hand_built_plain_dictionary():
     torch.manual_seed(0)
-    backbone = ConvBackbone(BackboneSpec(name="conv", width=4, depth=2, stride=2, out_dim=6, max_width=128, input_norm="none")).double()
+    backbone = ConvBackbone(BackboneSpec(name="conv", width=4, depth=2, stride=2, out_dim=6, max_width=128, input_norm="none", hypercolumn=False)).double()
     ebm = AdaptiveEBM(backbone, SparseSpec.paper(receptive_field=1, istc_steps=4, shrink="hard", center=False)).double()
     support = torch.rand(2, 3, 16, 16, dtype=torch.float64)
     query = torch.rand(3, 3, 16, 16, dtype=torch.float64)

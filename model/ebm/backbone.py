@@ -9,6 +9,12 @@ grey and RGB categories alike; a 1-channel batch is also accepted and expanded h
     n blocks: conv3x3 (stride 2 for the first k blocks, else 1) -> GroupNorm -> SiLU, width doubling at
               each stride-2 block up to `max_width`
     head: conv1x1 -> out_dim (the feature dimension d the sparse-coding layer sees)
+With `hypercolumn`, the head reads every block's output instead of the last one only: each block's SiLU
+output is average-pooled to the output grid, scaled to unit ℓ2 norm per position (so a 64-channel early
+block weighs as much as a 128-channel late one) and concatenated. Early blocks keep fine texture and
+intensity that the deeper blocks of a small net (and most of all an untrained one) blur away; the head's
+1×1 conv then projects the column back to out_dim, so the sparse-coding layer's cost does not grow.
+Measured on the validation categories with the untrained Ψ (docs/benchmarks.md, "Hypercolumn").
 SiLU (Swish) rather than ReLU because Langevin dynamics and the anomaly map differentiate E w.r.t. the
 input, and smooth activations give non-zero, smooth input gradients (the paper cites [15] for this).
 GroupNorm rather than BatchNorm: support and query images pass separately and must not share batch
@@ -22,6 +28,7 @@ from pathlib import Path
 
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 
 from model.errors import InputError
 
@@ -36,6 +43,7 @@ class BackboneSpec:
     out_dim: int  # feature dimension d
     max_width: int  # channel cap of the deeper blocks
     input_norm: str  # a key of INPUT_NORMS: what Ψ removes from each image before its first layer
+    hypercolumn: bool  # the head reads every block's output (module doc), not only the last block's
 
 
 INPUT_NORMS = ("none", "mean", "standardize")
@@ -80,7 +88,9 @@ class ConvBackbone(nn.Module):
         self.spec = spec
         layers: list[nn.Module] = [nn.Conv2d(3, spec.width, 3, padding=1), nn.SiLU()]
         self._kernel_strides = [(3, 1)]
+        self._block_outputs: list[int] = []  # indices in `features` of each block's SiLU
         channels = spec.width
+        column = 0  # channels of the hypercolumn
         for block in range(spec.depth):
             stride = 2 if block < n_down else 1
             out_channels = min(channels * 2, spec.max_width) if stride == 2 else channels
@@ -90,8 +100,10 @@ class ConvBackbone(nn.Module):
                 nn.SiLU(),
             ]
             self._kernel_strides.append((3, stride))
+            self._block_outputs.append(len(layers) - 1)
             channels = out_channels
-        layers.append(nn.Conv2d(channels, spec.out_dim, 1))
+            column += out_channels
+        layers.append(nn.Conv2d(column if spec.hypercolumn else channels, spec.out_dim, 1))
         self._kernel_strides.append((1, 1))
         self.features = nn.Sequential(*layers)
 
@@ -123,7 +135,20 @@ class ConvBackbone(nn.Module):
             )
         if images.shape[1] == 1:
             images = images.expand(-1, 3, -1, -1)  # grey -> (B, 3, H, W), R = G = B
-        return self.features(normalize_input(images, self.spec.input_norm))
+        x = normalize_input(images, self.spec.input_norm)
+        if not self.spec.hypercolumn:
+            return self.features(x)
+        *body, head = self.features
+        levels = []
+        for index, layer in enumerate(body):
+            x = layer(x)
+            if index in self._block_outputs:
+                levels.append(x)
+        grid = levels[-1].shape[-2:]  # (h', w'): the output grid
+        column = torch.cat(
+            [F.normalize(F.adaptive_avg_pool2d(level, grid), dim=1, eps=1e-6) for level in levels], dim=1
+        )  # n blocks of (B, c_i, h_i, w_i) -> (B, Σ c_i, h', w')
+        return head(column)  # (B, d, h', w')
 
 
 BACKBONES: dict[str, type[nn.Module]] = {"conv": ConvBackbone}

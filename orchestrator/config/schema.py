@@ -30,6 +30,7 @@ class BackboneConfig:
     out_dim: int = 128  # chosen on screw and pcb_deeppcb over 32 (docs/benchmarks.md, "Feature width")
     max_width: int = 128
     input_norm: str = "none"  # none | mean | standardize: per-image photometric normalisation inside Ψ
+    hypercolumn: bool = True  # the head reads every block, not the last only (docs/benchmarks.md, "Hypercolumn")
     weights: str = ""  # optional local state dict (.safetensors or torch file, weights_only)
 
 

@@ -18,7 +18,7 @@ if TYPE_CHECKING:  # the schema imports the search space, which builds specs: hi
 def backbone_spec(backbone: "BackboneConfig") -> BackboneSpec:
     return BackboneSpec(name=backbone.name, width=backbone.width, depth=backbone.depth, stride=backbone.stride,
                         out_dim=backbone.out_dim, max_width=backbone.max_width,
-                        input_norm=backbone.input_norm)
+                        input_norm=backbone.input_norm, hypercolumn=backbone.hypercolumn)
 
 
 def sparse_spec(model: "ModelConfig") -> SparseSpec:
