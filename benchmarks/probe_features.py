@@ -1,0 +1,69 @@
+"""Probe (docs/benchmarks.md, "Hypercolumn"): feature variants of the untrained Ψ under ours and kNN, on
+chosen categories at K = 10 (3 draws, a 160-image class-stratified test subset), no training.
+
+    python -m benchmarks.probe_features VARIANT CAT[,CAT...] [section.key=value ...]
+
+VARIANT: `config` (Ψ as the config builds it; set model.backbone.hypercolumn / input_norm with the overrides),
+`pool3` (the last block's features 3×3 average-pooled, PatchCore's local aggregation) or `column448`
+(the hypercolumn of every block without the head's projection: d = 448 instead of 128; run it with
+model.backbone.hypercolumn=false, as the probe patches the plain net). Data: bench_out/data-all (links to the
+categories of ../shared/data/fsad-real and fsad-extra)."""
+from __future__ import annotations
+
+import sys
+import time
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from model.ebm.backbone import normalize_input
+from orchestrator.config.loading import load_config, parse_overrides
+from orchestrator.evaluation.evaluate import (evaluate_scorer, load_test_set, make_scorer, stratified_subset,
+                                              subset_test_set, untrained_model)
+
+DATA = "bench_out/data-all"
+
+
+class PatchedFeatures(nn.Module):
+    """Ψ's plain Sequential run layer by layer, its output replaced by one of the probe's variants."""
+
+    def __init__(self, net: nn.Module, variant: str):
+        super().__init__()
+        self.net, self.variant = net, variant
+        self.out_dim, self.stride = net.out_dim, net.stride
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        if images.shape[1] == 1:
+            images = images.expand(-1, 3, -1, -1)  # grey -> (B, 3, H, W)
+        x, outs = normalize_input(images, self.net.spec.input_norm), []
+        for layer in self.net.features:
+            x = layer(x)
+            outs.append(x)
+        if self.variant == "pool3":
+            return F.avg_pool2d(outs[-1], 3, 1, 1)  # (B, d, h', w')
+        blocks = [o for o, layer in zip(outs, self.net.features) if isinstance(layer, nn.SiLU)][1:]  # no stem
+        grid = outs[-1].shape[-2:]
+        return torch.cat([F.normalize(F.adaptive_avg_pool2d(b, grid), dim=1, eps=1e-6) for b in blocks], 1)
+
+
+def main(argv: list[str]) -> None:
+    variant, categories = argv[0], argv[1].split(",")
+    cfg = load_config("params.yaml", parse_overrides(argv[2:]))
+    torch.set_num_threads(2)
+    for method in ("ours", "knn"):
+        for category in categories:
+            model = untrained_model(cfg)
+            if variant != "config":
+                model.backbone = PatchedFeatures(model.backbone, variant)
+            scorer = make_scorer(method, model, cfg)
+            test = load_test_set(DATA, category, cfg.data.image_size)
+            test = subset_test_set(test, stratified_subset(test.labels, 160, 0, category))
+            t0 = time.perf_counter()
+            res = evaluate_scorer(scorer, test, 10, 3, 0, 32, torch.device("cpu"), progress=False)
+            print(f"{variant} {method} {category}: image AUROC {res['image_auroc']['mean']:.3f} "
+                  f"pixel AUROC {res['pixel_auroc']['mean']:.3f} ({time.perf_counter() - t0:.0f} s)", flush=True)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
