@@ -283,3 +283,89 @@ def test_stratified_subset_keeps_both_classes_in_proportion_and_is_fixed_by_seed
     small = subset_test_set(test, index)
     assert small.paths == [str(i) for i in index] and small.images.flatten().tolist() == [float(i) for i in index]
     assert small.support_pool is test.support_pool
+
+
+# ----------------------------------------------------------------------------------------------
+# ScoreCache: an evaluation identical to an earlier one (same scorer function, same weights) reuses its outputs
+
+
+def _initial_model_dir(small_real_root, tmp_path):
+    from orchestrator.config import load_config
+    from orchestrator.training.inputs import write_initial_model
+    from tests.conftest import HELD_OUT, TINY
+
+    out = tmp_path / "initial"
+    write_initial_model(load_config(None, {**TINY, "data.exclude": [HELD_OUT]}), small_real_root, out)
+    return out
+
+
+def _evaluate(model_dir, root, out, method, reuse=None):
+    from orchestrator.evaluation.evaluate import evaluate
+    from tests.conftest import HELD_OUT
+
+    return evaluate(model_dir, root, HELD_OUT, 2, 2, out, method=method, progress=False, allow_partial=True,
+                    calibrate=False, reuse=reuse)
+
+
+def test_untrained_reuses_ours_outputs_when_the_weights_are_the_initial_ones(small_real_root, tmp_path, monkeypatch):
+    import json
+
+    from model.methods.ours import OursScorer
+    from orchestrator.evaluation.evaluate import ScoreCache
+
+    model_dir = _initial_model_dir(small_real_root, tmp_path)
+    fresh = _evaluate(model_dir, small_real_root, tmp_path / "fresh", "untrained")  # no cache: scored
+    calls = {"n": 0}
+    plain = OursScorer.score
+
+    def counted(self, images, state):
+        calls["n"] += 1
+        return plain(self, images, state)
+
+    monkeypatch.setattr(OursScorer, "score", counted)
+    cache = ScoreCache(["ours", "knn", "untrained"])
+    ours = _evaluate(model_dir, small_real_root, tmp_path / "ours", "ours", cache)
+    scored = calls["n"]
+    assert scored > 0
+    reused = _evaluate(model_dir, small_real_root, tmp_path / "untrained", "untrained", cache)
+    assert calls["n"] == scored  # nothing scored again
+    record = json.loads((tmp_path / "untrained" / "metrics.json").read_text())
+    assert record["scores_reused_from"] == "ours" and record["method"] == "untrained"
+    assert "scores_reused_from" not in fresh
+    for name in ("image_auroc", "pixel_auroc", "pro", "miou"):
+        assert reused[name] == fresh[name] == ours[name]
+    assert [d["image_auroc"] for d in reused["per_draw"]] == [d["image_auroc"] for d in fresh["per_draw"]]
+    assert len(list((tmp_path / "untrained" / "overlays").iterdir())) == len(list((tmp_path / "fresh" / "overlays").iterdir()))
+
+
+def test_score_cache_is_not_used_for_other_weights_another_scorer_or_a_calibrating_evaluation(small_real_root, trained_model,
+                                                                                             tmp_path):
+    from orchestrator.evaluation.evaluate import ScoreCache, evaluate
+    from tests.conftest import HELD_OUT
+
+    model_dir = _initial_model_dir(small_real_root, tmp_path)
+    cache = ScoreCache(["ours", "knn", "untrained", "knn_untrained", "nosupport"])
+    _evaluate(model_dir, small_real_root, tmp_path / "ours", "ours", cache)
+    assert "scores_reused_from" not in _evaluate(model_dir, small_real_root, tmp_path / "knn", "knn", cache)
+    assert "scores_reused_from" not in _evaluate(model_dir, small_real_root, tmp_path / "ns", "nosupport", cache)
+    assert _evaluate(model_dir, small_real_root, tmp_path / "ku", "knn_untrained", cache)["scores_reused_from"] == "knn"
+    calibrated = evaluate(model_dir, small_real_root, HELD_OUT, 2, 2, tmp_path / "cal", method="untrained",
+                          progress=False, calibrate=True, reuse=cache)
+    assert "scores_reused_from" not in calibrated and "false_alarm_rate" in calibrated
+    # a trained checkpoint: ours on it is not the untrained Ψ, so untrained is scored afresh
+    cache = ScoreCache(["ours", "untrained"])
+    _evaluate(trained_model, small_real_root, tmp_path / "t-ours", "ours", cache)
+    assert "scores_reused_from" not in _evaluate(trained_model, small_real_root, tmp_path / "t-untrained", "untrained", cache)
+
+
+def test_score_cache_keeps_only_methods_another_listed_method_could_reuse():
+    from orchestrator.evaluation.evaluate import DrawOutputs, ScoreCache
+
+    cache = ScoreCache(["ours", "maml_ae", "nosupport", "knn_untrained"])  # ours and knn_untrained share no scorer
+    draws = [DrawOutputs(torch.zeros(2), torch.zeros(2, 4, 4), {}, 0.0)]
+    for method in ("ours", "maml_ae", "nosupport", "knn_untrained"):
+        cache.put(method, method, draws)
+        assert cache.get(method) is None
+    both = ScoreCache(["knn", "knn_untrained"])
+    both.put("id", "knn", draws)
+    assert both.get("id") == ("knn", draws)

@@ -6,6 +6,7 @@ maps (B, H, W))`; `make_scorer` builds any registered method (model/methods/) fr
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import time
@@ -52,15 +53,73 @@ def scoring_options(cfg: Config, augment_support: bool | None = None) -> Scoring
                           inner_steps=cfg.maml.inner_steps, inner_lr=cfg.maml.inner_lr)
 
 
-def make_scorer(method: str, model: torch.nn.Module, cfg: Config, augment_support: bool | None = None) -> Scorer:
-    """The registered method's scorer on `model` (or, for the untrained baselines, on the network cfg's
-    training starts from); InputError when the model directory is not the kind the method reads."""
+def scoring_network(method: str, model: torch.nn.Module, cfg: Config) -> torch.nn.Module:
+    """The network the method scores with: `model`, or for the untrained baselines the network cfg's training
+    starts from; InputError when the model directory is not the kind the method reads."""
     chosen = get_method(method)
     trained = cfg.train.method
     if trained != chosen.model:
         raise InputError(f"--method {chosen.name} {chosen.model_use}; this one is {trained}")
-    network = untrained_model(cfg).to(next(model.parameters()).device) if chosen.untrained else model
-    return chosen.build(network, scoring_options(cfg, augment_support))
+    return untrained_model(cfg).to(next(model.parameters()).device) if chosen.untrained else model
+
+
+def make_scorer(method: str, model: torch.nn.Module, cfg: Config, augment_support: bool | None = None) -> Scorer:
+    """The registered method's scorer on `model` (or, for the untrained baselines, on the network cfg's
+    training starts from); InputError when the model directory is not the kind the method reads."""
+    network = scoring_network(method, model, cfg)
+    return get_method(method).build(network, scoring_options(cfg, augment_support))
+
+
+def scorer_identity(method: str, network: torch.nn.Module, cfg: Config, test: "TestSet",
+                    draw_index: list[list[int]]) -> str:
+    """sha256 of everything an evaluation's scores and maps depend on: the method's scorer function, the
+    network's class, settings and weights, the scoring options, the test images and the support draws. Two
+    evaluations with the same identity give the same numbers (untrained when selection kept the initial Ψ is
+    ours again; knn_untrained is knn again), so a ScoreCache can hand the first one's outputs to the second."""
+    build = get_method(method).build
+    digest = hashlib.sha256()
+    for part in (f"{build.__module__}.{build.__qualname__}", type(network).__qualname__,
+                 repr(getattr(network, "spec", None)), repr(getattr(getattr(network, "backbone", None), "spec", None)),
+                 repr(scoring_options(cfg)), repr(cfg.model), json.dumps(draw_index), json.dumps(test.paths)):
+        digest.update(part.encode())
+        digest.update(b"\0")
+    for name, tensor in sorted(network.state_dict().items()):
+        digest.update(name.encode())
+        digest.update(tensor.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes())
+    digest.update(test.images.contiguous().view(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
+
+
+@dataclass
+class DrawOutputs:
+    """One support draw's results, as a ScoreCache keeps them."""
+
+    scores: torch.Tensor  # (N,)
+    maps: torch.Tensor  # (N, H, W)
+    metrics: dict[str, float | None]
+    adapt_seconds: float
+
+
+class ScoreCache:
+    """The per-draw outputs of the evaluations already run (in one process), by scorer_identity.
+
+    An evaluation whose identity is here reuses them instead of adapting and scoring again: the numbers are
+    the same by construction, only the time differs (in the DVC pipeline, a fold whose selection kept the
+    initial Ψ scores `untrained` and `knn_untrained` for free). Only the methods whose scorer function another
+    listed method shares are kept (`methods`), so that memory holds no outputs nobody can reuse."""
+
+    def __init__(self, methods: list[str] | tuple[str, ...]):
+        builds = [get_method(m).build for m in methods]
+        self._sharable = {m for m, b in zip(methods, builds) if builds.count(b) > 1}
+        self._entries: dict[str, tuple[str, list[DrawOutputs]]] = {}
+
+    def get(self, identity: str) -> tuple[str, list[DrawOutputs]] | None:
+        """(the method that computed them, its per-draw outputs), or None."""
+        return self._entries.get(identity)
+
+    def put(self, identity: str, method: str, outputs: list[DrawOutputs]) -> None:
+        if method in self._sharable and identity not in self._entries:
+            self._entries[identity] = (method, outputs)
 
 
 def score_batches(scorer: Scorer, state: Any, images: torch.Tensor, batch_size: int, device: torch.device,
@@ -172,35 +231,49 @@ def calibrated_rates(scorer: Scorer, support: torch.Tensor, scores: torch.Tensor
 def evaluate_scorer(scorer: Scorer, test: TestSet, shots: int, draws: int, seed: int, batch_size: int,
                     device: torch.device, progress: bool = True, on_draw=None,
                     draw_index: list[list[int]] | None = None,
-                    calibration: CalibrationSpec | None = None) -> dict[str, Any]:
-    """Run the protocol; returns summaries, per-draw metrics, timings and the first draw's outputs.
+                    calibration: CalibrationSpec | None = None,
+                    cached: list[DrawOutputs] | None = None, keep_outputs: bool = False) -> dict[str, Any]:
+    """Run the protocol; returns summaries, per-draw metrics, timings, the first draw's outputs and, with
+    keep_outputs, every draw's ("outputs", DrawOutputs: a ScoreCache's entry).
 
     on_draw(record, scores (N,), maps (N, H, W), test), if given, sees every draw as it finishes.
     draw_index, if given (a splits file's draws), replaces the seeded support draws.
     calibration, if given: every draw also calibrates a threshold from its shots (K >= 2) and records
     the realised false-alarm rate and recall at it (CALIBRATION_NAMES).
+    cached, if given: the draws' outputs of an evaluation with the same scorer_identity, used instead of
+    adapting and scoring (not with calibration, which needs the adapted state).
     """
-    per_draw, first = [], None
+    if cached is not None and calibration is not None:
+        raise ValueError("evaluate_scorer: cached outputs carry no adapted state to calibrate with")
+    per_draw, first, outputs = [], None, []
     adapt_seconds = []
     # a scorer that ignores its shots (nosupport) gives every draw the same scores: score the test set once
     support_free, unchanged = not getattr(scorer, "uses_support", True), None
     if draw_index is None:
         draw_index = support_draws(test.support_pool.shape[0], shots, draws, seed, test.category)
+    if cached is not None and len(cached) != len(draw_index):
+        raise ValueError(f"evaluate_scorer: {len(cached)} cached draws for {len(draw_index)} support draws")
     for draw, index in enumerate(draw_index):
         support = test.support_pool[index]
-        t0 = time.perf_counter()
-        state = scorer.adapt(support.to(device))
-        adapt_seconds.append(time.perf_counter() - t0)
-        if support_free and unchanged is not None:  # the same scores whatever the shots: computed once
-            scores, maps, found_metrics = unchanged
+        if cached is not None:  # an identical evaluation's outputs (scorer_identity)
+            scores, maps, found_metrics = cached[draw].scores, cached[draw].maps, cached[draw].metrics
+            adapt_seconds.append(cached[draw].adapt_seconds)
         else:
-            scores, maps = score_batches(scorer, state, test.images, batch_size, device, progress,
-                                         desc=f"{test.category} K={shots} draw {draw + 1}/{draws}")
-            if not (torch.isfinite(scores).all() and torch.isfinite(maps).all()):
-                raise RuntimeError(f"non-finite anomaly scores on {test.category} draw {draw}")
-            found_metrics = draw_metrics(scores, maps, test)
-            unchanged = (scores, maps, found_metrics)
+            t0 = time.perf_counter()
+            state = scorer.adapt(support.to(device))
+            adapt_seconds.append(time.perf_counter() - t0)
+            if support_free and unchanged is not None:  # the same scores whatever the shots: computed once
+                scores, maps, found_metrics = unchanged
+            else:
+                scores, maps = score_batches(scorer, state, test.images, batch_size, device, progress,
+                                             desc=f"{test.category} K={shots} draw {draw + 1}/{draws}")
+                if not (torch.isfinite(scores).all() and torch.isfinite(maps).all()):
+                    raise RuntimeError(f"non-finite anomaly scores on {test.category} draw {draw}")
+                found_metrics = draw_metrics(scores, maps, test)
+                unchanged = (scores, maps, found_metrics)
         per_draw.append({"draw": draw, "support": index, **found_metrics})
+        if keep_outputs:
+            outputs.append(DrawOutputs(scores, maps, found_metrics, adapt_seconds[-1]))
         cal = None
         if calibration is not None:
             cal, found = calibrated_rates(scorer, support, scores, test.labels, calibration, batch_size, device, state)
@@ -212,7 +285,8 @@ def evaluate_scorer(scorer: Scorer, test: TestSet, shots: int, draws: int, seed:
             first = {"scores": scores, "maps": maps, "support": index, "calibration": cal}
     names = METRIC_NAMES + ("score_gap",) + (CALIBRATION_NAMES if calibration is not None else ())
     summary = {name: metrics.summarize([d.get(name) for d in per_draw]) for name in names}
-    return {**summary, "draws": per_draw, "adapt_seconds": float(np.mean(adapt_seconds)), "first": first}
+    return {**summary, "draws": per_draw, "adapt_seconds": float(np.mean(adapt_seconds)), "first": first,
+            "outputs": outputs}
 
 
 def _check_not_an_alias(source, category: str, trained_on, model_dir) -> None:
@@ -243,6 +317,7 @@ class PreparedEvaluation:
     device: torch.device
     partial: bool
     n_test_all: int  # test images of the category before any subset
+    identity: str  # scorer_identity: what its scores depend on
 
 
 def prepare_evaluation(model_dir: str | Path, data_root: str | Path, category: str, shots: int, draws: int,
@@ -281,8 +356,10 @@ def prepare_evaluation(model_dir: str | Path, data_root: str | Path, category: s
     test = subset_test_set(test, stratified_subset(test.labels, max_test_images, seed, category))
     if draw_index is None:  # K against the support pool, the draw count: checked here, not mid-scoring
         draw_index = support_draws(test.support_pool.shape[0], shots, draws, seed, test.category)
-    scorer = make_scorer(method, model, cfg)
-    return PreparedEvaluation(scorer, cfg, meta, source, test, draw_index, seed, device, partial, n_all)
+    network = scoring_network(method, model, cfg)
+    scorer = get_method(method).build(network, scoring_options(cfg))
+    return PreparedEvaluation(scorer, cfg, meta, source, test, draw_index, seed, device, partial, n_all,
+                              scorer_identity(method, network, cfg, test, draw_index))
 
 
 def evaluate(model_dir: str | Path, data_root: str | Path, category: str, shots: int, draws: int, out: str | Path,
@@ -291,7 +368,7 @@ def evaluate(model_dir: str | Path, data_root: str | Path, category: str, shots:
              splits: str | Path | None = None, allow_partial: bool = False,
              settings: dict[str, Any] | None = None, prepared: PreparedEvaluation | None = None,
              fpr: float | None = None, report: bool = False, calibrate: bool = True,
-             max_test_images: int = 0) -> dict[str, Any]:
+             max_test_images: int = 0, reuse: ScoreCache | None = None) -> dict[str, Any]:
     """`fsad evaluate`: writes out/metrics.json and overlay PNGs; returns the metrics dict.
 
     With `manifest` the test set and support pool are the manifest's; with `splits` too, the
@@ -306,7 +383,9 @@ def evaluate(model_dir: str | Path, data_root: str | Path, category: str, shots:
     skips that (about half of a draw's cost; the pipeline calibrates only pipeline.calibrate). `report`: an
     overlay for every test image of the first draw and out/index.html, the gallery of them.
     `max_test_images` > 0: score a class-stratified subset of that many test images (metrics.json records
-    n_test and n_test_all)."""
+    n_test and n_test_all). `reuse`: a ScoreCache of this process's earlier evaluations; one with the same
+    scorer_identity hands over its scores and maps instead of this one adapting and scoring (not when this one
+    calibrates), and metrics.json names it ("scores_reused_from")."""
     from orchestrator.reporting.plots import write_overlays
 
     p = prepared or prepare_evaluation(model_dir, data_root, category, shots, draws, method, seed, manifest, splits,
@@ -314,8 +393,12 @@ def evaluate(model_dir: str | Path, data_root: str | Path, category: str, shots:
     cfg, meta, source, test, seed = p.cfg, p.meta, p.source, p.test, p.seed
     set_max_pixels(cfg.data.max_pixels)
     spec = CalibrationSpec.from_config(cfg, method, fpr)
+    found = reuse.get(p.identity) if reuse is not None and not calibrate else None
     result = evaluate_scorer(p.scorer, test, shots, draws, seed, cfg.eval.batch_size, p.device, progress, on_draw,
-                             p.draw_index, spec if calibrate else None)
+                             p.draw_index, spec if calibrate else None, cached=found[1] if found else None,
+                             keep_outputs=reuse is not None and found is None)
+    if reuse is not None and found is None:
+        reuse.put(p.identity, method, result.pop("outputs"))
     first = result.pop("first")
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -330,6 +413,8 @@ def evaluate(model_dir: str | Path, data_root: str | Path, category: str, shots:
         "splits_sha256": source.splits.content_sha256 if splits is not None else None,
         "train_manifest_sha256": meta.get("manifest_sha256"),
     }
+    if found:
+        record["scores_reused_from"] = found[0]  # the same scorer on the same weights: its outputs, not rescored
     if p.partial:  # only then: finished models keep their metrics.json as before
         record.update({"partial": True, "episodes_done": meta.get("episodes_done"),
                        "episodes_planned": cfg.train.episodes})

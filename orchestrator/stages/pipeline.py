@@ -121,6 +121,8 @@ def stage_evaluate(cfg: Config, target: str, progress: bool = False) -> dict[str
     manifest, splits = data_dir(cfg) / MANIFEST, data_dir(cfg) / SPLITS
     top = max(cfg.pipeline.shots)
     record: dict[str, Any] = {"category": target}
+    # a fold whose selection kept the initial Ψ scores untrained / knn_untrained as ours / knn did: reused
+    reuse = ScoreCache(cfg.pipeline.methods)
     for method in cfg.pipeline.methods:
         variant = get_method(method).model
         model_dir = RESULTS / "models" / target / variant
@@ -136,7 +138,7 @@ def stage_evaluate(cfg: Config, target: str, progress: bool = False) -> dict[str
                            method=method, seed=cfg.eval.seed, progress=progress,
                            overlays=cfg.eval.overlays if k == top else 0, on_draw=keep_first,
                            manifest=manifest, splits=splits, calibrate=method in cfg.pipeline.calibrate,
-                           max_test_images=cfg.pipeline.max_test_images)
+                           max_test_images=cfg.pipeline.max_test_images, reuse=reuse)
             record[method][f"K{k}"] = _numbers(res)
             record.update(n_test=res["n_test"], n_test_all=res["n_test_all"])
             record.update(manifest_sha256=res["manifest_sha256"], splits_sha256=res["splits_sha256"])
