@@ -27,7 +27,7 @@ from model import metrics
 from model.errors import InputError
 from model.methods import MODEL_KINDS, get_method
 from orchestrator.config import Config, load_config, with_values
-from orchestrator.evaluation.evaluate import METRIC_NAMES, evaluate
+from orchestrator.evaluation.evaluate import METRIC_NAMES, ScoreCache, evaluate
 from orchestrator.stages.ingest import FILES, MANIFEST, ingest, is_local_source, make_splits
 from orchestrator.training.loop import train
 from workers.files import atomic_write_text
