@@ -63,8 +63,11 @@ def test_sync_update_through_ray_equals_in_process_update(ray_local, small_real_
     assert result.version == 0 and result.grads is not None
     learner.apply(result)
     in_process_update(reference, episode, cfg, seed=77)
+    # The actor sums floats in its own process and thread count: one of 9216 weights of the hypercolumn default
+    # differed by 1.02e-5 (measured). Adam's first step moves every weight with a gradient by about lr = 3e-4, so
+    # another episode, seed or loss still exceeds this tolerance (as tests/test_golden.py's WORKERS_WEIGHT_ATOL).
     for (name, a), b in zip(reference.state_dict().items(), learner.model.state_dict().values()):
-        torch.testing.assert_close(a, b, rtol=0, atol=1e-5, msg=name)
+        torch.testing.assert_close(a, b, rtol=0, atol=1e-4, msg=name)
 
 
 def build_initial(cfg):
