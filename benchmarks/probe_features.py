@@ -4,9 +4,9 @@ chosen categories at K = 10 (3 draws, a 160-image class-stratified test subset),
     python -m benchmarks.probe_features VARIANT CAT[,CAT...] [section.key=value ...]
 
 VARIANT: `config` (Ψ as the config builds it; set model.backbone.hypercolumn / input_norm with the overrides),
-`pool3` (the last block's features 3×3 average-pooled, PatchCore's local aggregation) or `column448`
-(the hypercolumn of every block without the head's projection: d = 448 instead of 128; run it with
-model.backbone.hypercolumn=false, as the probe patches the plain net). Data: bench_out/data-all (links to the
+`pool3` (the last block's features 3×3 average-pooled, PatchCore's local aggregation; run it with
+model.backbone.hypercolumn=false) or `column448` (Ψ's hypercolumn without the head's projection: d = 448
+instead of 128). Data: bench_out/data-all (links to the
 categories of ../shared/data/fsad-real and fsad-extra)."""
 from __future__ import annotations
 
@@ -26,7 +26,7 @@ DATA = "bench_out/data-all"
 
 
 class PatchedFeatures(nn.Module):
-    """Ψ's plain Sequential run layer by layer, its output replaced by one of the probe's variants."""
+    """Ψ with its output replaced by one of the probe's variants."""
 
     def __init__(self, net: nn.Module, variant: str):
         super().__init__()
@@ -36,15 +36,10 @@ class PatchedFeatures(nn.Module):
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         if images.shape[1] == 1:
             images = images.expand(-1, 3, -1, -1)  # grey -> (B, 3, H, W)
-        x, outs = normalize_input(images, self.net.spec.input_norm), []
-        for layer in self.net.features:
-            x = layer(x)
-            outs.append(x)
-        if self.variant == "pool3":
-            return F.avg_pool2d(outs[-1], 3, 1, 1)  # (B, d, h', w')
-        blocks = [o for o, layer in zip(outs, self.net.features) if isinstance(layer, nn.SiLU)][1:]  # no stem
-        grid = outs[-1].shape[-2:]
-        return torch.cat([F.normalize(F.adaptive_avg_pool2d(b, grid), dim=1, eps=1e-6) for b in blocks], 1)
+        x = normalize_input(images, self.net.spec.input_norm)
+        if self.variant == "column448":
+            return self.net.hypercolumn(x)  # (B, 448, h', w')
+        return F.avg_pool2d(self.net.features(x), 3, 1, 1)  # pool3: (B, d, h', w')
 
 
 def main(argv: list[str]) -> None:

@@ -138,17 +138,20 @@ class ConvBackbone(nn.Module):
         x = normalize_input(images, self.spec.input_norm)
         if not self.spec.hypercolumn:
             return self.features(x)
-        *body, head = self.features
+        return self.head()(self.hypercolumn(x))  # (B, Σ c_i, h', w') -> (B, d, h', w')
+
+    def hypercolumn(self, x: torch.Tensor) -> torch.Tensor:
+        """Normalised input (B, 3, H, W) -> the column the hypercolumn head reads (B, Σ c_i, h', w'): every
+        block's SiLU output average-pooled to the output grid, unit ℓ2 norm per position (whatever `spec.hypercolumn`)."""
         levels = []
-        for index, layer in enumerate(body):
+        for index, layer in enumerate(self.features[:-1]):  # every layer but the head
             x = layer(x)
             if index in self._block_outputs:
                 levels.append(x)
         grid = levels[-1].shape[-2:]  # (h', w'): the output grid
-        column = torch.cat(
+        return torch.cat(
             [F.normalize(F.adaptive_avg_pool2d(level, grid), dim=1, eps=1e-6) for level in levels], dim=1
         )  # n blocks of (B, c_i, h_i, w_i) -> (B, Σ c_i, h', w')
-        return head(column)  # (B, d, h', w')
 
 
 BACKBONES: dict[str, type[nn.Module]] = {"conv": ConvBackbone}

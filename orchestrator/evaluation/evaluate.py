@@ -113,6 +113,10 @@ class ScoreCache:
         self._sharable = {m for m, b in zip(methods, builds) if builds.count(b) > 1}
         self._entries: dict[str, tuple[str, list[DrawOutputs]]] = {}
 
+    def shares(self, method: str) -> bool:
+        """Whether another listed method has the same scorer function: only then is there anything to reuse."""
+        return method in self._sharable
+
     def get(self, identity: str) -> tuple[str, list[DrawOutputs]] | None:
         """(the method that computed them, its per-draw outputs), or None."""
         return self._entries.get(identity)
@@ -317,7 +321,7 @@ class PreparedEvaluation:
     device: torch.device
     partial: bool
     n_test_all: int  # test images of the category before any subset
-    identity: str  # scorer_identity: what its scores depend on
+    network: torch.nn.Module  # what the scorer scores with (scoring_network)
 
 
 def prepare_evaluation(model_dir: str | Path, data_root: str | Path, category: str, shots: int, draws: int,
@@ -358,8 +362,7 @@ def prepare_evaluation(model_dir: str | Path, data_root: str | Path, category: s
         draw_index = support_draws(test.support_pool.shape[0], shots, draws, seed, test.category)
     network = scoring_network(method, model, cfg)
     scorer = get_method(method).build(network, scoring_options(cfg))
-    return PreparedEvaluation(scorer, cfg, meta, source, test, draw_index, seed, device, partial, n_all,
-                              scorer_identity(method, network, cfg, test, draw_index))
+    return PreparedEvaluation(scorer, cfg, meta, source, test, draw_index, seed, device, partial, n_all, network)
 
 
 def evaluate(model_dir: str | Path, data_root: str | Path, category: str, shots: int, draws: int, out: str | Path,
@@ -393,12 +396,15 @@ def evaluate(model_dir: str | Path, data_root: str | Path, category: str, shots:
     cfg, meta, source, test, seed = p.cfg, p.meta, p.source, p.test, p.seed
     set_max_pixels(cfg.data.max_pixels)
     spec = CalibrationSpec.from_config(cfg, method, fpr)
-    found = reuse.get(p.identity) if reuse is not None and not calibrate else None
+    # hashing weights and test images is only worth it where another listed method could share the outputs
+    identity = (scorer_identity(method, p.network, cfg, test, p.draw_index)
+                if reuse is not None and reuse.shares(method) else None)
+    found = reuse.get(identity) if identity is not None and not calibrate else None
     result = evaluate_scorer(p.scorer, test, shots, draws, seed, cfg.eval.batch_size, p.device, progress, on_draw,
                              p.draw_index, spec if calibrate else None, cached=found[1] if found else None,
-                             keep_outputs=reuse is not None and found is None)
-    if reuse is not None and found is None:
-        reuse.put(p.identity, method, result.pop("outputs"))
+                             keep_outputs=identity is not None and found is None)
+    if identity is not None and found is None:
+        reuse.put(identity, method, result.pop("outputs"))
     first = result.pop("first")
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
