@@ -117,7 +117,7 @@ def speed(data_root: Path, device: torch.device) -> dict:
     # The sparse-coding layer against its unavoidable part, the similarity matmul (same shapes, 4 images).
     with torch.no_grad():
         dictionary = model.build_dictionary(support)
-        signals, _ = model.signals(queries[:4], dictionary.center)
+        signals, _ = model.signals(queries[:4], dictionary)
     flat = signals.reshape(-1, signals.shape[-1])  # (n, m)
     n, m, a = flat.shape[0], dictionary.atoms.shape[0], dictionary.atoms.shape[1]
     spec = model.sparse

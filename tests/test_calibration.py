@@ -160,7 +160,8 @@ def test_leave_one_out_cut_from_the_full_state_equals_adapting_to_the_others(met
     from orchestrator.evaluation.evaluate import make_scorer, untrained_model
 
     small = ["data.image_size=32", "model.backbone.width=8", "model.backbone.out_dim=8"]
-    cfg = load_config(None, parse_overrides(small + ["model.image_norm=none"]))
+    plain = ["model.image_norm=none", "model.exposure=none", "model.whiten=none"]
+    cfg = load_config(None, parse_overrides(small + plain))
     model = untrained_model(cfg)
     scorer = make_scorer(method, model, cfg)
     support = torch.rand(4, 3, 32, 32, generator=torch.Generator().manual_seed(1))
@@ -187,6 +188,10 @@ def test_leave_one_out_cut_from_the_full_state_equals_adapting_to_the_others(met
         normed = make_scorer(method, model, load_config(None, parse_overrides(small)))
         assert normed.adapt(support).normal_mean is not None
         assert state_without(normed, normed.adapt(support), 0, 4) is None
+        # and so do the shots' whitening matrix and exposure: statistics of every shot
+        for option in ("model.exposure=support", "model.whiten=support"):
+            one = make_scorer(method, model, load_config(None, parse_overrides(small + plain[:1] + [option])))
+            assert state_without(one, one.adapt(support), 0, 4) is None
 
 
 def test_threshold_is_in_the_units_of_the_test_scores_under_image_norm_support():

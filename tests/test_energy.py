@@ -13,6 +13,7 @@ from scipy import ndimage
 
 from model.ebm.backbone import BackboneSpec, ConvBackbone, build_backbone
 from model.ebm.energy import AdaptiveEBM, SparseSpec, gaussian_blur
+from model.ebm.sparse import fista_energy
 from model.errors import InputError
 
 KINDS = ("hard", "sigshrink", "none")
@@ -459,3 +460,83 @@ def test_normal_energy_matches_a_leave_one_out_reference_and_standardises_the_im
         make_ebm(**{**sparse, "image_norm": "zscore"})
     with pytest.raises(InputError, match="feature positions"):
         ebm.score_and_map(torch.rand(1, 3, 16, 16).double(), normed, 0.0, "energy")
+
+
+# ----------------------------------------------------------------------------------------------
+# exposure=support and whiten=support: statistics of the task's shots applied to every image
+
+
+TASK = dict(solver="fista", top_k_atoms=4, max_steps=200, tol=1e-10, receptive_field=1, center=False, shrink="hard",
+            lam_star=0.05, image_score="topk", top_frac=0.1)
+
+
+def np_whitening(volumes, shrink):
+    """(M + shrink·mean(diag M)·I)^(−1/2) through numpy's SVD of the symmetric matrix (not eigh)."""
+    M = volumes.T @ volumes / volumes.shape[0]
+    A = M + shrink * np.trace(M) / M.shape[0] * np.eye(M.shape[0])
+    U, s, _ = np.linalg.svd(A)
+    return U @ np.diag(s ** -0.5) @ U.T
+
+
+def test_exposure_and_whitening_match_a_numpy_reference():
+    ebm = make_ebm(seed=6, exposure="support", whiten="support", whiten_shrink=0.5, **TASK)
+    support, query = rand_images(3, 30, size=8), rand_images(2, 31, size=8)
+    with torch.no_grad():
+        d = ebm.build_dictionary(support)
+        got = ebm.position_energy(query, d).reshape(2, -1).numpy()
+        exposure = support.numpy().mean(axis=(0, 2, 3))  # (C,)
+        np.testing.assert_allclose(d.exposure.numpy(), exposure, rtol=1e-12)
+        aligned = lambda x: x - x.mean(axis=(2, 3), keepdims=True) + exposure[None, :, None, None]  # noqa: E731
+        s_feats = ebm.backbone(torch.from_numpy(aligned(support.numpy()))).numpy()  # (K, d, h', w')
+        q_feats = ebm.backbone(torch.from_numpy(aligned(query.numpy()))).numpy()
+    S = np_im2col(s_feats, 1).reshape(-1, s_feats.shape[1])  # (K·P, m)
+    Q = np_im2col(q_feats, 1).reshape(-1, q_feats.shape[1])  # (B·P, m)
+    W = np_whitening(S, 0.5)
+    np.testing.assert_allclose(d.whiten.numpy(), W, rtol=1e-8, atol=1e-10)
+    # the solver itself is tested against scikit-learn's Lasso (test_detector.py): here it codes the reference's
+    # signals over the reference's atoms
+    expected = fista_energy(torch.from_numpy(np_unit(Q @ W)), torch.from_numpy(np_unit(S @ W).T), 0.05, 200, "hard",
+                            20.0, 4, 1e-10).reshape(2, -1).numpy()
+    np.testing.assert_allclose(got, expected, rtol=1e-8, atol=1e-12)
+
+
+def test_exposure_support_makes_scores_blind_to_an_image_offset_and_keeps_what_differs_inside():
+    on = make_ebm(seed=7, exposure="support", **TASK)
+    off = make_ebm(seed=7, **TASK)
+    ramp = torch.linspace(0.3, 0.6, 12, dtype=torch.float64).view(1, 1, 1, 12).expand(1, 3, 12, 12)  # a smooth product
+    support, query = ramp + 0.02 * rand_images(3, 32, size=12), ramp + 0.02 * rand_images(2, 33, size=12)
+    darker = query - torch.tensor([0.10, 0.05, 0.15], dtype=torch.float64).view(1, 3, 1, 1)  # a per-channel offset
+    with torch.no_grad():
+        d_on, d_off = on.build_dictionary(support), off.build_dictionary(support)
+        torch.testing.assert_close(on.energy(darker, d_on), on.energy(query, d_on))
+        assert not torch.allclose(off.energy(darker, d_off), off.energy(query, d_off))
+        # a shot is still explained by its own atoms, whatever its exposure (about λ² is left by the soft threshold)
+        own = on.position_energy(support[:1], d_on)
+        torch.testing.assert_close(on.position_energy(support[:1] - 0.1, d_on), own)
+        assert own.max() < 2 * 0.05 ** 2
+        spotted = query.clone()
+        spotted[:, :, 4:7, 4:7] = 1.0  # a bright defect moves one region, not just the mean
+        assert (on.energy(spotted, d_on) > on.energy(query, d_on)).all()
+        # a grey image against colour shots is given the shots' colour means (broadcast to three channels)
+        grey = query.mean(1, keepdim=True)
+        torch.testing.assert_close(on.energy(grey, d_on), on.energy(grey.expand(-1, 3, -1, -1), d_on))
+
+
+def test_whitening_is_a_constant_of_the_task_and_spares_the_gradient_into_psi():
+    ebm = make_ebm(seed=8, whiten="support", **TASK)
+    support, query = rand_images(3, 34, size=8), rand_images(2, 35, size=8)
+    d = ebm.build_dictionary(support)
+    assert not d.whiten.requires_grad  # no gradient through eigh
+    W = d.whiten.numpy()
+    np.testing.assert_allclose(W, W.T, atol=1e-12)  # symmetric (prepare multiplies by it from the right)
+    assert np.linalg.eigvalsh(W).min() > 0
+    ebm.energy(query, d).sum().backward()
+    assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in ebm.backbone.parameters())
+
+
+@pytest.mark.parametrize("bad, match", [({"exposure": "mean"}, "model.exposure"), ({"whiten": "zca"}, "model.whiten"),
+                                        ({"whiten_shrink": 0.0}, "model.whiten_shrink"),
+                                        ({"whiten_shrink": float("nan")}, "model.whiten_shrink")])
+def test_task_statistics_bad_values_are_refused(bad, match):
+    with pytest.raises(InputError, match=match):
+        make_ebm(**{**TASK, **bad})

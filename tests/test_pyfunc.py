@@ -278,7 +278,8 @@ def test_a_root_that_is_not_a_folder_fails_at_load(package, tmp_path, monkeypatc
 
 
 def test_dictionary_file_round_trips_the_normal_energies(tmp_path):
-    """A registered dictionary keeps image_norm=support's two maps, so served scores match `fsad evaluate`'s."""
+    """A registered dictionary keeps image_norm=support's two maps and the shots' whitening matrix and exposure,
+    so served scores match `fsad evaluate`'s."""
     import torch
 
     from model.ebm.sparse import TaskDictionary
@@ -286,9 +287,10 @@ def test_dictionary_file_round_trips_the_normal_energies(tmp_path):
 
     g = torch.Generator().manual_seed(0)
     atoms = torch.rand(8, 12, generator=g)
-    saved = TaskDictionary(atoms, torch.tensor(2.0), 4, None, torch.rand(3, 4, generator=g), torch.rand(3, 4, generator=g) + 1)
+    saved = TaskDictionary(atoms, torch.tensor(2.0), 4, None, torch.rand(3, 4, generator=g), torch.rand(3, 4, generator=g) + 1,
+                           torch.rand(8, 8, generator=g), torch.rand(3, generator=g))
     save_dictionary(saved, tmp_path / "d.safetensors", "tire")
     loaded = load_dictionary(tmp_path / "d.safetensors")
     assert loaded.shots == 4 and loaded.center is None
-    for name in ("atoms", "scale", "normal_mean", "normal_scale"):
+    for name in ("atoms", "scale", "normal_mean", "normal_scale", "whiten", "exposure"):
         torch.testing.assert_close(getattr(loaded, name), getattr(saved, name))

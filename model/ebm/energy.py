@@ -14,6 +14,19 @@ direction; left in, it dominates ‖D‖₂ (measured on tire with a random Ψ: 
 makes every cosine high and leaves the few ISTC steps of Eq. 6 reconstructing only that direction. With
 it removed, the code captures what distinguishes a position (position-energy pixel AUROC 0.24 -> 0.90 in
 that measurement). `center=False` gives the plain layer.
+
+Exposure (`exposure="support"`). Every image, the shots included, enters Ψ with its own per-channel mean
+intensity replaced by the shots' mean: a product line whose later images are darker or brighter than its
+shots is compared at the shots' exposure. It also cancels a defect that only shifts the whole image's
+intensity, so it is an option: on the validation categories it fixes screw (whose test normals are darker
+than its shots) and costs elpv_poly, whose defective cells are darker (docs/benchmarks.md, "Statistics of
+the shots").
+
+Whitening (`whiten="support"`). Signals and atoms are multiplied by W = (M + r·I)^(−1/2), M the shots'
+second-moment matrix of raw volumes and r = whiten_shrink × its mean eigenvalue, before the unit norm: the
+cosine then weighs directions in which normal positions vary little as much as the few that dominate conv
+features (a Mahalanobis cosine; the ridge bounds the gain of directions the shots never span). Off by
+default: it lifts pcb_deeppcb's pixel AUROC and costs screw's (same section).
 """
 from __future__ import annotations
 
@@ -59,6 +72,9 @@ class SparseSpec:
     image_score: str  # mean | topk: image energy = mean of the top `top_frac` position energies
     top_frac: float  # fraction of positions in the top-k image score (1 position at least)
     image_norm: str  # none | support: standardise position energies by the shots' leave-one-out energies
+    exposure: str  # none | support: every image's per-channel mean intensity replaced by the shots' before Ψ
+    whiten: str  # none | support: volumes whitened by the shots' second-moment matrix before normalising
+    whiten_shrink: float  # that matrix's ridge, in units of its mean eigenvalue (> 0)
 
     @classmethod
     def paper(cls, **changes) -> "SparseSpec":
@@ -76,8 +92,11 @@ class SparseSpec:
             raise InputError(f"model.solver={self.solver!r}: expected one of {SOLVERS}")
         if self.image_score not in IMAGE_SCORES:
             raise InputError(f"model.image_score={self.image_score!r}: expected one of {IMAGE_SCORES}")
-        if self.image_norm not in IMAGE_NORMS:
-            raise InputError(f"model.image_norm={self.image_norm!r}: expected one of {IMAGE_NORMS}")
+        for name in ("image_norm", "exposure", "whiten"):
+            if getattr(self, name) not in TASK_NORMS:
+                raise InputError(f"model.{name}={getattr(self, name)!r}: expected one of {TASK_NORMS}")
+        if not (math.isfinite(self.whiten_shrink) and self.whiten_shrink > 0):
+            raise InputError(f"model.whiten_shrink={self.whiten_shrink}: expected a finite value > 0")
         if not (isinstance(self.max_steps, int) and self.max_steps >= 1):
             raise InputError(f"model.max_steps={self.max_steps}: expected an integer >= 1")
         if not (isinstance(self.top_k_atoms, int) and self.top_k_atoms >= 0):
@@ -106,12 +125,15 @@ PAPER_SPARSE = dict(
     image_score="mean",
     top_frac=0.01,
     image_norm="none",
+    exposure="none",
+    whiten="none",
+    whiten_shrink=1.0,
 )  # the paper's settings (Eqs. 6-9); centring, the FISTA budget and top_frac are this code's, at reference values
 
 
 MAP_MODES = ("gradient", "energy")
 IMAGE_SCORES = ("mean", "topk")
-IMAGE_NORMS = ("none", "support")
+TASK_NORMS = ("none", "support")  # image_norm, exposure, whiten: nothing, or a statistic of the task's shots
 # Fewest shots that get normal energies: a calibrated threshold scores each shot against the other K − 1 and
 # K − 2 shots, and each of those dictionaries needs two shots of its own for them; with fewer shots the score
 # stays raw, so that the threshold and the test scores are in the same units.
@@ -131,6 +153,33 @@ def image_score(position: torch.Tensor, kind: str, top_frac: float) -> torch.Ten
     if kind == "mean":
         return position.flatten(1).mean(1)
     return top_mean(position, top_frac)
+
+
+def task_exposure(support: torch.Tensor) -> torch.Tensor:
+    """support (K, C, H, W) -> the shots' mean intensity per channel (C,)."""
+    return support.mean(dim=(0, 2, 3))  # (C,)
+
+
+def align_exposure(images: torch.Tensor, exposure: torch.Tensor) -> torch.Tensor:
+    """images (B, C, H, W) with each image's per-channel mean replaced by exposure (C',) -> (B, max(C, C'), H, W)
+    (a grey image against colour shots broadcasts to three channels). Differentiable in the images."""
+    own = images.mean(dim=(2, 3), keepdim=True)  # (B, C, 1, 1)
+    return images - own + exposure.view(1, -1, 1, 1)  # (B, max(C, C'), H, W)
+
+
+def whitening(volumes: torch.Tensor, shrink: float) -> torch.Tensor:
+    """The task's whitening matrix W = (M + shrink·mean(eig M)·I)^(−1/2) (m, m), symmetric, from the shots'
+    volumes (n, m) and their second-moment matrix M = VᵀV / n. Cosines between W-whitened volumes weigh the
+    directions in which the shots vary little (where a defect stands out) as much as the few that dominate
+    conv features; the ridge keeps directions the shots never span from being amplified without bound.
+    A constant of the task (no gradient): eigh's backward is unstable at near-equal eigenvalues."""
+    with torch.no_grad():
+        v = volumes.detach().double()  # (n, m)
+        moment = v.transpose(0, 1) @ v / max(1, v.shape[0])  # (m, m)
+        ridge = shrink * moment.diagonal().mean().clamp_min(1e-12)
+        eigenvalues, eigenvectors = torch.linalg.eigh(moment)  # (m,), (m, m)
+        inv_sqrt = (eigenvalues.clamp_min(0) + ridge).rsqrt()  # (m,)
+        return ((eigenvectors * inv_sqrt) @ eigenvectors.transpose(0, 1)).to(volumes.dtype)  # (m, m)
 
 
 def participation_ratio(volumes: torch.Tensor) -> torch.Tensor:
@@ -153,26 +202,33 @@ class AdaptiveEBM(nn.Module):
         self.sparse = sparse
 
     # -- features ---------------------------------------------------------------------------
-    def volumes(self, images: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int]]:
-        """images (B, C, H, W) -> raw volumes (B, h'·w', m) with m = d·l², and (h', w')."""
+    def volumes(self, images: torch.Tensor, exposure: torch.Tensor | None = None) -> tuple[torch.Tensor, tuple[int, int]]:
+        """images (B, C, H, W) -> raw volumes (B, h'·w', m) with m = d·l², and (h', w').
+
+        exposure (C',), the task's mean intensity per channel (`task_exposure`): each image's own per-channel
+        mean is replaced by it before Ψ (module doc, "Exposure")."""
+        if exposure is not None:
+            images = align_exposure(images, exposure)  # (B, max(C, C'), H, W)
         features = self.backbone(images)  # (B, d, h', w')
         # unchecked: the spec validated receptive_field when it was built
         return unfold_volumes(features, self.sparse.receptive_field), features.shape[2:]  # (B, h'w', d·l²)
 
-    def prepare(self, volumes: torch.Tensor, center: torch.Tensor | None) -> torch.Tensor:
-        """Subtract the task centre (m,) when given, then scale every volume to unit norm."""
+    def prepare(self, volumes: torch.Tensor, center: torch.Tensor | None,
+                whiten: torch.Tensor | None = None) -> torch.Tensor:
+        """Subtract the task centre (m,) when given, whiten by the task's (m, m) matrix when given, then scale
+        every volume to unit norm."""
         if center is not None:
             volumes = volumes - center
+        if whiten is not None:
+            volumes = volumes @ whiten  # (..., m) @ (m, m): W is symmetric
         if self.sparse.normalize:
             volumes = F.normalize(volumes, dim=-1, eps=1e-6)
         return volumes
 
-    def signals(
-        self, images: torch.Tensor, center: torch.Tensor | None = None
-    ) -> tuple[torch.Tensor, tuple[int, int]]:
-        """images (B, C, H, W) -> signals (B, h'·w', m) ready for sparse coding, and (h', w')."""
-        volumes, size = self.volumes(images)
-        return self.prepare(volumes, center), size
+    def signals(self, images: torch.Tensor, dictionary: TaskDictionary) -> tuple[torch.Tensor, tuple[int, int]]:
+        """images (B, C, H, W) -> signals (B, h'·w', m) ready for sparse coding over `dictionary`, and (h', w')."""
+        volumes, size = self.volumes(images, dictionary.exposure)
+        return self.prepare(volumes, dictionary.center, dictionary.whiten), size
 
     def build_dictionary(self, support: torch.Tensor, task_shots: int | None = None) -> TaskDictionary:
         """Alg. 2 steps 3-4: support (K, C, H, W) -> D (m, K·h'·w'), every position an atom.
@@ -182,12 +238,17 @@ class AdaptiveEBM(nn.Module):
         calibration's leave-one-out subset, so that its scores are in the units of the task's test scores."""
         if support.dim() != 4 or support.shape[0] < 1:
             raise InputError(f"support batch of shape {tuple(support.shape)}: expected (K >= 1, C, H, W)")
-        raw, size = self.volumes(support)  # (K, h'w', m)
-        center = raw.reshape(-1, raw.shape[-1]).mean(0) if self.sparse.center else None  # (m,)
-        volumes = self.prepare(raw, center)  # (K, h'w', m)
+        exposure = task_exposure(support) if self.sparse.exposure == "support" else None  # (C,)
+        raw, size = self.volumes(support, exposure)  # (K, h'w', m)
+        flat = raw.reshape(-1, raw.shape[-1])  # (K·h'w', m)
+        center = flat.mean(0) if self.sparse.center else None  # (m,)
+        whiten = (whitening(flat if center is None else flat - center, self.sparse.whiten_shrink)
+                  if self.sparse.whiten == "support" else None)  # (m, m)
+        volumes = self.prepare(raw, center, whiten)  # (K, h'w', m)
         atoms = volumes.reshape(-1, volumes.shape[-1]).transpose(0, 1)  # (m, K·h'w')
         # No task Gram: the top-k solver builds each position's k×k Gram from its gathered atoms.
-        dictionary = TaskDictionary(atoms=atoms, scale=spectral_norm(atoms), shots=support.shape[0], center=center)
+        dictionary = TaskDictionary(atoms=atoms, scale=spectral_norm(atoms), shots=support.shape[0], center=center,
+                                    whiten=whiten, exposure=exposure)
         if task_shots is not None and self.standardises(task_shots) and support.shape[0] >= 2:
             dictionary.normal_mean, dictionary.normal_scale = self._normal_energy(volumes, atoms, center, tuple(size))
         return dictionary
@@ -233,11 +294,11 @@ class AdaptiveEBM(nn.Module):
     # -- energy -----------------------------------------------------------------------------
     def position_energy(self, images: torch.Tensor, dictionary: TaskDictionary) -> torch.Tensor:
         """Eq. 8 per feature position: images (B, C, H, W) -> e (B, h', w')."""
-        volumes, (h, w) = self.volumes(images)  # (B, h'w', m)
+        volumes, (h, w) = self.volumes(images, dictionary.exposure)  # (B, h'w', m)
         B, P, m = volumes.shape
         if m != dictionary.atoms.shape[0]:
             raise InputError(f"dictionary atoms have dimension {dictionary.atoms.shape[0]}, signals {m}")
-        signals = self.prepare(volumes, dictionary.center)  # (B, h'w', m)
+        signals = self.prepare(volumes, dictionary.center, dictionary.whiten)  # (B, h'w', m)
         return self.signal_energy(signals.reshape(B * P, m), dictionary).reshape(B, h, w)  # (B, h', w')
 
     def signal_energy(self, flat: torch.Tensor, dictionary: TaskDictionary) -> torch.Tensor:

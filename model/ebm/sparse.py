@@ -338,11 +338,13 @@ class TaskDictionary:
     # image score standardises position energies by them; None = raw energies (training, K = 1).
     normal_mean: torch.Tensor | None = None  # (h', w')
     normal_scale: torch.Tensor | None = None  # (h', w'), > 0
+    whiten: torch.Tensor | None = None  # (m, m) the shots' whitening matrix, applied to signals before normalising
+    exposure: torch.Tensor | None = None  # (C,) the shots' mean intensity per channel, given to every image
 
     def _map(self, fn) -> "TaskDictionary":
         keep = lambda t: None if t is None else fn(t)  # noqa: E731
         return TaskDictionary(fn(self.atoms), fn(self.scale), self.shots, keep(self.center), keep(self.normal_mean),
-                              keep(self.normal_scale))
+                              keep(self.normal_scale), keep(self.whiten), keep(self.exposure))
 
     def to(self, device) -> "TaskDictionary":
         return self._map(lambda t: t.to(device))

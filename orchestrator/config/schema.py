@@ -54,6 +54,13 @@ class ModelConfig:
     # support: the image score ranks position energies standardised by what the shots score against each
     # other (leave-one-out; K >= 4); none: raw energies. Chosen on the validation categories (README)
     image_norm: str = "support"
+    # support: every image's per-channel mean intensity is replaced by the shots' before Ψ (exposure drift between
+    # a product line's shots and its later images cancels, and so does a defect that only darkens the whole image)
+    exposure: str = "none"
+    # support: signals and atoms are whitened by the shots' second-moment matrix (ridge whiten_shrink × its
+    # mean eigenvalue) before normalising. Both off: mixed on the validation categories (docs/benchmarks.md)
+    whiten: str = "none"
+    whiten_shrink: float = 1.0
     anomaly_map: str = "energy"  # gradient (|∇ₓE|, the paper) | energy (upsampled position energies)
     map_smooth_sigma: float = 2.0  # Gaussian σ (pixels) applied to |∇ₓE| maps; 0 = off
 

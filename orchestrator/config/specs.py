@@ -27,6 +27,7 @@ def sparse_spec(model: "ModelConfig") -> SparseSpec:
         tau=model.tau, receptive_field=model.receptive_field, normalize=model.normalize, center=model.center,
         solver=model.solver, max_steps=model.max_steps, tol=model.tol, top_k_atoms=model.top_k_atoms,
         image_score=model.image_score, top_frac=model.top_frac, image_norm=model.image_norm,
+        exposure=model.exposure, whiten=model.whiten, whiten_shrink=model.whiten_shrink,
     )
 
 

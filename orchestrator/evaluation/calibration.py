@@ -127,6 +127,7 @@ def state_without(scorer, state, drop, shots: int):
         return state[rows]  # (kept·P, m)
     if (isinstance(scorer, OursScorer) and isinstance(state, TaskDictionary) and state.center is None
             and state.normal_mean is None  # normal energies of K − 1 shots are not cut out of those of K
+            and state.whiten is None and state.exposure is None  # nor are the statistics of the other shots
             and not scorer.augment_support and state.atoms.shape[1] % shots == 0):
         P = state.atoms.shape[1] // shots  # atoms per shot: columns are shot-major
         keep = torch.cat([torch.arange(k * P, (k + 1) * P) for k in kept_shots]).to(state.atoms.device)
