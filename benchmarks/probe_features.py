@@ -1,13 +1,14 @@
 """Probe (docs/benchmarks.md, "Hypercolumn"): feature variants of the untrained Ψ under ours and kNN, on
 chosen categories at K = 10 (3 draws, a 160-image class-stratified test subset), no training.
 
-    python -m benchmarks.probe_features VARIANT CAT[,CAT...] [section.key=value ...]
+    python -m benchmarks.probe_features VARIANT CAT[,CAT...] [section.key=value ...] [--data ROOT] [--methods ours,knn]
 
 VARIANT: `config` (Ψ as the config builds it; set model.backbone.hypercolumn / input_norm with the overrides),
 `pool3` (the last block's features 3×3 average-pooled, PatchCore's local aggregation; run it with
 model.backbone.hypercolumn=false) or `column448` (Ψ's hypercolumn without the head's projection: d = 448
 instead of 128). Data: bench_out/data-all (links to the
-categories of ../shared/data/fsad-real and fsad-extra)."""
+categories of ../shared/data/fsad-real and fsad-extra) unless --data names another root (e.g. the files/ folder
+of `fsad ingest --source elpv`); --methods: which scorers (default ours,knn)."""
 from __future__ import annotations
 
 import sys
@@ -43,21 +44,31 @@ class PatchedFeatures(nn.Module):
 
 
 def main(argv: list[str]) -> None:
-    variant, categories = argv[0], argv[1].split(",")
-    cfg = load_config("params.yaml", parse_overrides(argv[2:]))
+    options = {"--data": DATA, "--methods": "ours,knn"}
+    rest = []
+    words = iter(argv)
+    for word in words:
+        if word in options:
+            options[word] = next(words)
+        else:
+            rest.append(word)
+    variant, categories = rest[0], rest[1].split(",")
+    cfg = load_config("params.yaml", parse_overrides(rest[2:]))
     torch.set_num_threads(2)
-    for method in ("ours", "knn"):
+    for method in options["--methods"].split(","):
         for category in categories:
             model = untrained_model(cfg)
             if variant != "config":
                 model.backbone = PatchedFeatures(model.backbone, variant)
             scorer = make_scorer(method, model, cfg)
-            test = load_test_set(DATA, category, cfg.data.image_size)
+            test = load_test_set(options["--data"], category, cfg.data.image_size)
             test = subset_test_set(test, stratified_subset(test.labels, 160, 0, category))
             t0 = time.perf_counter()
             res = evaluate_scorer(scorer, test, 10, 3, 0, 32, torch.device("cpu"), progress=False)
+            pixel = res["pixel_auroc"]  # None for a category with image labels only (ELPV)
             print(f"{variant} {method} {category}: image AUROC {res['image_auroc']['mean']:.3f} "
-                  f"pixel AUROC {res['pixel_auroc']['mean']:.3f} ({time.perf_counter() - t0:.0f} s)", flush=True)
+                  f"pixel AUROC {'-' if not pixel else format(pixel['mean'], '.3f')} "
+                  f"({time.perf_counter() - t0:.0f} s)", flush=True)
 
 
 if __name__ == "__main__":
