@@ -134,6 +134,7 @@ def test_fsad_report_cli_and_missing_results(tmp_path, capsys):
 def test_profiles_apply_between_file_and_command_line(tmp_path):
     full = load_config(None, parse_overrides(["experiments.profile=full"]))
     assert full.train.episodes == 1000 and full.pipeline.shots == [1, 2, 4, 8, 10]
+    assert full.model.backbone.stride == 2 and load_config(None).model.backbone.stride == 4  # the GPU's resolution
     assert load_config(None, parse_overrides(["experiments.profile=full", "train.episodes=7"])).train.episodes == 7
     path = tmp_path / "p.yaml"
     path.write_text("experiments:\n  profile: full\ntrain:\n  episodes: 3\n")

@@ -11,6 +11,9 @@ from typing import Any
 PROFILES: dict[str, dict[str, Any]] = {
     "quick": {},
     "full": {
+        # stride 2 lifted every validation category at both levels and costs 12× the scoring on 2 CPU cores
+        # (docs/benchmarks.md, "Resolution of the feature grid"): a GPU's budget, not the quick profile's
+        "model.backbone.stride": 2,
         "train.episodes": 1000,
         "pipeline.shots": [1, 2, 4, 8, 10],
         "eval.draws": 5,
