@@ -51,6 +51,14 @@ def numbers(record, prefix: str = "") -> dict[str, float]:
     return out
 
 
+def scale_of(key: str) -> str:
+    """The key whose magnitude sets a metric's tolerance: a spread over the draws ("pro.std") differs from the
+    reference by the draws' own rounding (another CPU sums floats in another order), which is relative to the
+    values it is computed from ("pro.mean"), not to the spread itself: with 2 draws the std is half their
+    difference, a cancellation that turns a 1e-5 relative change of each draw into 1e-4 of the std."""
+    return key[: -len(".std")] + ".mean" if key.endswith(".std") else key
+
+
 def run_reference(data_root: Path, work: Path) -> tuple[dict[str, torch.Tensor], dict[str, float]]:
     """Train (tiny budget, seed 0, HELD_OUT excluded) and evaluate (K = 2, 2 draws) in-process."""
     from safetensors.torch import load_file
@@ -91,7 +99,7 @@ def test_train_and_evaluate_match_the_golden_reference(small_real_root, tmp_path
     expected = json.loads(METRICS_FILE.read_text())
     assert sorted(found) == sorted(expected)
     changed = {k: (found[k], v) for k, v in expected.items()
-               if abs(found[k] - v) > METRIC_RTOL * max(abs(v), 1e-3)}
+               if abs(found[k] - v) > METRIC_RTOL * max(abs(v), abs(expected.get(scale_of(k), 0.0)), 1e-3)}
     assert not changed, f"metrics differ from the golden reference (found, recorded): {changed}"
 
 
