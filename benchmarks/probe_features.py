@@ -11,6 +11,7 @@ categories of ../shared/data/fsad-real and fsad-extra) unless --data names anoth
 of `fsad ingest --source elpv`); --methods: which scorers (default ours,knn)."""
 from __future__ import annotations
 
+import argparse
 import sys
 import time
 
@@ -44,24 +45,23 @@ class PatchedFeatures(nn.Module):
 
 
 def main(argv: list[str]) -> None:
-    options = {"--data": DATA, "--methods": "ours,knn"}
-    rest = []
-    words = iter(argv)
-    for word in words:
-        if word in options:
-            options[word] = next(words)
-        else:
-            rest.append(word)
-    variant, categories = rest[0], rest[1].split(",")
-    cfg = load_config("params.yaml", parse_overrides(rest[2:]))
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.probe_features", description=__doc__.split("\n")[0])
+    parser.add_argument("variant", choices=("config", "pool3", "column448"))
+    parser.add_argument("categories", type=lambda text: text.split(","))
+    parser.add_argument("overrides", nargs="*", help="section.key=value")
+    parser.add_argument("--data", default=DATA)
+    parser.add_argument("--methods", default="ours,knn", type=lambda text: text.split(","))
+    args = parser.parse_args(argv)
+    variant, categories = args.variant, args.categories
+    cfg = load_config("params.yaml", parse_overrides(args.overrides))
     torch.set_num_threads(2)
-    for method in options["--methods"].split(","):
+    for method in args.methods:
         for category in categories:
             model = untrained_model(cfg)
             if variant != "config":
                 model.backbone = PatchedFeatures(model.backbone, variant)
             scorer = make_scorer(method, model, cfg)
-            test = load_test_set(options["--data"], category, cfg.data.image_size)
+            test = load_test_set(args.data, category, cfg.data.image_size)
             test = subset_test_set(test, stratified_subset(test.labels, 160, 0, category))
             t0 = time.perf_counter()
             res = evaluate_scorer(scorer, test, 10, 3, 0, 32, torch.device("cpu"), progress=False)

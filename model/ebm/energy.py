@@ -227,7 +227,9 @@ class AdaptiveEBM(nn.Module):
 
     def signals(self, images: torch.Tensor, dictionary: TaskDictionary) -> tuple[torch.Tensor, tuple[int, int]]:
         """images (B, C, H, W) -> signals (B, h'·w', m) ready for sparse coding over `dictionary`, and (h', w')."""
-        volumes, size = self.volumes(images, dictionary.exposure)
+        volumes, size = self.volumes(images, dictionary.exposure)  # (B, h'w', m)
+        if volumes.shape[-1] != dictionary.atoms.shape[0]:  # before the centre and W meet the volumes
+            raise InputError(f"dictionary atoms have dimension {dictionary.atoms.shape[0]}, signals {volumes.shape[-1]}")
         return self.prepare(volumes, dictionary.center, dictionary.whiten), size
 
     def build_dictionary(self, support: torch.Tensor, task_shots: int | None = None) -> TaskDictionary:
@@ -294,11 +296,8 @@ class AdaptiveEBM(nn.Module):
     # -- energy -----------------------------------------------------------------------------
     def position_energy(self, images: torch.Tensor, dictionary: TaskDictionary) -> torch.Tensor:
         """Eq. 8 per feature position: images (B, C, H, W) -> e (B, h', w')."""
-        volumes, (h, w) = self.volumes(images, dictionary.exposure)  # (B, h'w', m)
-        B, P, m = volumes.shape
-        if m != dictionary.atoms.shape[0]:
-            raise InputError(f"dictionary atoms have dimension {dictionary.atoms.shape[0]}, signals {m}")
-        signals = self.prepare(volumes, dictionary.center, dictionary.whiten)  # (B, h'w', m)
+        signals, (h, w) = self.signals(images, dictionary)  # (B, h'w', m)
+        B, P, m = signals.shape
         return self.signal_energy(signals.reshape(B * P, m), dictionary).reshape(B, h, w)  # (B, h', w')
 
     def signal_energy(self, flat: torch.Tensor, dictionary: TaskDictionary) -> torch.Tensor:
