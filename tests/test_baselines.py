@@ -318,9 +318,9 @@ def test_untrained_reuses_ours_outputs_when_the_weights_are_the_initial_ones(sma
     calls = {"n": 0}
     plain = OursScorer.score
 
-    def counted(self, images, state):
+    def counted(self, images, state, features=None):
         calls["n"] += 1
-        return plain(self, images, state)
+        return plain(self, images, state, features=features)
 
     monkeypatch.setattr(OursScorer, "score", counted)
     cache = ScoreCache(["ours", "knn", "untrained"])

@@ -82,3 +82,67 @@ def test_pipeline_methods_default_to_the_registry():
     from orchestrator.config import load_config
 
     assert load_config().pipeline.methods == list(METHODS)
+
+
+@pytest.mark.parametrize("name", ["ours", "knn"])
+def test_features_computed_once_give_the_same_scores_and_maps(name):
+    """An evaluation scores one test set under several support draws with Ψ(images) computed once: the
+    scores and maps must be those of scoring the images themselves, for every draw."""
+    method = get_method(name)
+    scorer = method.build(_network(method.model), ScoringOptions(smooth_sigma=1.0, anomaly_map="energy"))
+    _, queries = _task()
+    features = scorer.features(queries)
+    assert features is not None and features.shape[0] == queries.shape[0]
+    for seed in (1, 2):  # two support draws, one feature pass
+        support, _ = _task(seed)
+        state = scorer.adapt(support)
+        plain, plain_maps = scorer.score(queries, state)
+        reused, reused_maps = scorer.score(queries, state, features=features)
+        assert torch.equal(plain, reused) and torch.equal(plain_maps, reused_maps)
+    expect_error(lambda: scorer.score(queries, state, features=features[:1]), "features for 1 images, 2 images given")
+
+
+def test_ours_has_no_draw_free_features_where_the_shots_or_the_gradient_enter_psi():
+    from dataclasses import replace
+
+    options = ScoringOptions(anomaly_map="energy")
+    network = _network("ours")
+    _, queries = _task()
+    assert get_method("ours").build(network, ScoringOptions(anomaly_map="gradient")).features(queries) is None
+    network.sparse = replace(network.sparse, exposure="support")
+    scorer = get_method("ours").build(network, options)
+    assert scorer.features(queries) is None
+    state = scorer.adapt(_task(1)[0])
+    # features of the unaligned images would be the wrong ones
+    expect_error(lambda: scorer.score(queries, state, features=torch.zeros(2, 8, 8, 8)), "exposure alignment")
+    network.sparse = replace(network.sparse, exposure="none")
+    state = scorer.adapt(_task(1)[0])
+    expect_error(lambda: network.score_and_map(queries, state, mode="gradient", features=network.backbone(queries)),
+                 "mode 'energy' only")
+
+
+def test_an_evaluation_passes_the_test_images_through_psi_once_for_all_draws():
+    from orchestrator.evaluation.evaluate import FEATURE_CACHE_BYTES, TestSet, draw_free_features, evaluate_scorer
+    import orchestrator.evaluation.evaluate as evaluation
+
+    network = _network("ours")
+    scorer = get_method("ours").build(network, ScoringOptions(anomaly_map="energy"))
+    g = torch.Generator().manual_seed(3)
+    test = TestSet("tiny", torch.rand(6, 3, SIZE, SIZE, generator=g), torch.rand(5, 3, SIZE, SIZE, generator=g),
+                   None, torch.tensor([0, 0, 1, 1, 0]), [f"{i}.png" for i in range(5)])
+    seen = []
+    network.backbone.register_forward_hook(lambda module, args, out: seen.append(args[0].shape[0]))
+    kept = evaluate_scorer(scorer, test, shots=2, draws=3, seed=0, batch_size=2, device=torch.device("cpu"),
+                           progress=False)
+    assert sum(seen) == 5 + 3 * 2  # the test images once, then each draw's two shots
+    seen.clear()
+    evaluation.FEATURE_CACHE_BYTES = 1  # too small to keep: every draw passes the test images through Ψ
+    try:
+        assert draw_free_features(scorer, test.images, 2, torch.device("cpu")) is None
+        seen.clear()
+        again = evaluate_scorer(scorer, test, shots=2, draws=3, seed=0, batch_size=2, device=torch.device("cpu"),
+                                progress=False)
+    finally:
+        evaluation.FEATURE_CACHE_BYTES = FEATURE_CACHE_BYTES
+    assert sum(seen) == 2 + 3 * (5 + 2)  # the first batch that showed the size, then as without the cache
+    assert [d["image_auroc"] for d in again["draws"]] == [d["image_auroc"] for d in kept["draws"]]

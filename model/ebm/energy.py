@@ -202,14 +202,24 @@ class AdaptiveEBM(nn.Module):
         self.sparse = sparse
 
     # -- features ---------------------------------------------------------------------------
-    def volumes(self, images: torch.Tensor, exposure: torch.Tensor | None = None) -> tuple[torch.Tensor, tuple[int, int]]:
+    def volumes(self, images: torch.Tensor, exposure: torch.Tensor | None = None,
+                features: torch.Tensor | None = None) -> tuple[torch.Tensor, tuple[int, int]]:
         """images (B, C, H, W) -> raw volumes (B, h'·w', m) with m = d·l², and (h', w').
 
         exposure (C',), the task's mean intensity per channel (`task_exposure`): each image's own per-channel
-        mean is replaced by it before Ψ (module doc, "Exposure")."""
-        if exposure is not None:
-            images = align_exposure(images, exposure)  # (B, max(C, C'), H, W)
-        features = self.backbone(images)  # (B, d, h', w')
+        mean is replaced by it before Ψ (module doc, "Exposure"). features (B, d, h', w'): Ψ(images) computed
+        once already (an evaluation scoring one test set for several support draws); only without exposure,
+        which changes what enters Ψ."""
+        if features is not None:
+            if exposure is not None:
+                raise InputError("precomputed features cannot serve a task with exposure alignment: Ψ sees "
+                                 "the images at the task's exposure")
+            if features.shape[0] != images.shape[0]:
+                raise InputError(f"features for {features.shape[0]} images, {images.shape[0]} images given")
+        else:
+            if exposure is not None:
+                images = align_exposure(images, exposure)  # (B, max(C, C'), H, W)
+            features = self.backbone(images)  # (B, d, h', w')
         # unchecked: the spec validated receptive_field when it was built
         return unfold_volumes(features, self.sparse.receptive_field), features.shape[2:]  # (B, h'w', d·l²)
 
@@ -225,9 +235,11 @@ class AdaptiveEBM(nn.Module):
             volumes = F.normalize(volumes, dim=-1, eps=1e-6)
         return volumes
 
-    def signals(self, images: torch.Tensor, dictionary: TaskDictionary) -> tuple[torch.Tensor, tuple[int, int]]:
-        """images (B, C, H, W) -> signals (B, h'·w', m) ready for sparse coding over `dictionary`, and (h', w')."""
-        volumes, size = self.volumes(images, dictionary.exposure)  # (B, h'w', m)
+    def signals(self, images: torch.Tensor, dictionary: TaskDictionary,
+                features: torch.Tensor | None = None) -> tuple[torch.Tensor, tuple[int, int]]:
+        """images (B, C, H, W) -> signals (B, h'·w', m) ready for sparse coding over `dictionary`, and (h', w').
+        features: Ψ(images), when the caller has them (`volumes`)."""
+        volumes, size = self.volumes(images, dictionary.exposure, features)  # (B, h'w', m)
         if volumes.shape[-1] != dictionary.atoms.shape[0]:  # before the centre and W meet the volumes
             raise InputError(f"dictionary atoms have dimension {dictionary.atoms.shape[0]}, signals {volumes.shape[-1]}")
         return self.prepare(volumes, dictionary.center, dictionary.whiten), size
@@ -294,9 +306,10 @@ class AdaptiveEBM(nn.Module):
         return image_score(position, self.sparse.image_score, self.sparse.top_frac)
 
     # -- energy -----------------------------------------------------------------------------
-    def position_energy(self, images: torch.Tensor, dictionary: TaskDictionary) -> torch.Tensor:
-        """Eq. 8 per feature position: images (B, C, H, W) -> e (B, h', w')."""
-        signals, (h, w) = self.signals(images, dictionary)  # (B, h'w', m)
+    def position_energy(self, images: torch.Tensor, dictionary: TaskDictionary,
+                        features: torch.Tensor | None = None) -> torch.Tensor:
+        """Eq. 8 per feature position: images (B, C, H, W) -> e (B, h', w'); features: Ψ(images) if known."""
+        signals, (h, w) = self.signals(images, dictionary, features)  # (B, h'w', m)
         B, P, m = signals.shape
         return self.signal_energy(signals.reshape(B * P, m), dictionary).reshape(B, h, w)  # (B, h', w')
 
@@ -327,7 +340,7 @@ class AdaptiveEBM(nn.Module):
     # -- localisation -----------------------------------------------------------------------
     def score_and_map(
         self, images: torch.Tensor, dictionary: TaskDictionary, smooth_sigma: float = 0.0,
-        mode: str = "gradient",
+        mode: str = "gradient", features: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Alg. 2 steps 5-6: energies (B,) and anomaly maps (B, H, W).
 
@@ -335,12 +348,17 @@ class AdaptiveEBM(nn.Module):
         so the gradient of their sum is every image's own gradient), reduced over channels by the mean
         of |·|. mode "energy": the position energies e (B, h', w') upsampled bilinearly to the input
         size. Either is then optionally Gaussian-smoothed with `smooth_sigma` pixels. θ gets no gradient.
+        features: Ψ(images) computed once for several support draws (mode "energy" only: the gradient map
+        needs the pass through Ψ).
         """
         if mode not in MAP_MODES:
             raise InputError(f"anomaly map mode {mode!r}: expected one of {MAP_MODES}")
+        if features is not None and mode != "energy":
+            raise InputError(f"anomaly map mode {mode!r} differentiates through Ψ: precomputed features serve "
+                             "mode 'energy' only")
         if mode == "energy":
             with torch.no_grad():
-                position = self.position_energy(images, dictionary)  # (B, h', w')
+                position = self.position_energy(images, dictionary, features)  # (B, h', w')
             energies = self.image_energy(position, dictionary)
             maps = F.interpolate(position[:, None], size=images.shape[-2:], mode="bilinear",
                                  align_corners=False)[:, 0]  # (B, H, W)

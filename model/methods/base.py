@@ -10,6 +10,12 @@ import torch.nn as nn
 
 
 class Scorer(Protocol):
+    """adapt(support) -> state; score(images, state) -> (scores (B,), maps (B, H, W)).
+
+    A scorer may also have `features(images)`: the part of score() that depends on the images alone (Ψ's
+    features), or None where it does not exist; its score() then takes them as `features=` and gives the
+    same result. Evaluation computes them once for a test set scored under several support draws."""
+
     def adapt(self, support: torch.Tensor) -> Any: ...
 
     def score(self, images: torch.Tensor, state: Any) -> tuple[torch.Tensor, torch.Tensor]: ...

@@ -75,11 +75,15 @@ class KnnScorer:
         self.smooth_sigma = float(smooth_sigma)
         self.max_chunk_bytes = int(max_chunk_bytes)
 
-    def _signals(self, images: torch.Tensor, what: str) -> tuple[torch.Tensor, tuple[int, int]]:
-        """images (B, C, H, W) -> unit-norm volumes (B, h'·w', m) and (h', w')."""
+    def _signals(self, images: torch.Tensor, what: str,
+                 features: torch.Tensor | None = None) -> tuple[torch.Tensor, tuple[int, int]]:
+        """images (B, C, H, W) -> unit-norm volumes (B, h'·w', m) and (h', w'); features: Ψ(images) if known."""
         if images.dim() != 4 or images.shape[0] < 1:
             raise InputError(f"{what} batch of shape {tuple(images.shape)}: expected (B >= 1, C, H, W)")
-        features = self.backbone(images)  # (B, d, h', w')
+        if features is None:
+            features = self.backbone(images)  # (B, d, h', w')
+        elif features.shape[0] != images.shape[0]:
+            raise InputError(f"features for {features.shape[0]} images, {images.shape[0]} images given")
         volumes = feature_volumes(features, self.receptive_field)  # (B, h'w', m), m = d·l²
         return F.normalize(volumes, dim=-1, eps=1e-6), (features.shape[2], features.shape[3])
 
@@ -90,9 +94,17 @@ class KnnScorer:
         return volumes.reshape(-1, volumes.shape[-1])  # (K·h'w', m)
 
     @torch.no_grad()
-    def score(self, images: torch.Tensor, bank: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """images (B, C, H, W), bank (N, m) -> scores (B,) = max position distance, maps (B, H, W)."""
-        volumes, (h, w) = self._signals(images, "query")  # (B, h'w', m)
+    def features(self, images: torch.Tensor) -> torch.Tensor:
+        """What score() computes from the images alone, Ψ(images) (B, d, h', w'), for a caller that scores one
+        test set under several support draws."""
+        return self.backbone(images)
+
+    @torch.no_grad()
+    def score(self, images: torch.Tensor, bank: torch.Tensor,
+              features: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """images (B, C, H, W), bank (N, m) -> scores (B,) = max position distance, maps (B, H, W);
+        features: Ψ(images) when the caller has them (`features`)."""
+        volumes, (h, w) = self._signals(images, "query", features)  # (B, h'w', m)
         B, P, m = volumes.shape
         if bank.dim() != 2 or bank.shape[1] != m:
             raise InputError(f"memory bank of shape {tuple(bank.shape)}: expected (N, {m}) for these features")

@@ -34,8 +34,18 @@ class OursScorer:
         """Whether adapting to a task of task_shots shots builds normal energies into the dictionary."""
         return not self.augment_support and self.model.standardises(task_shots)
 
-    def score(self, images: torch.Tensor, dictionary: TaskDictionary) -> tuple[torch.Tensor, torch.Tensor]:
-        return self.model.score_and_map(images, dictionary, self.smooth_sigma, self.map_mode)
+    def features(self, images: torch.Tensor) -> torch.Tensor | None:
+        """What score() computes from the images alone, Ψ(images) (B, d, h', w'), for a caller that scores one
+        test set under several support draws; None where the shots change it (exposure alignment) or the map
+        differentiates through Ψ (map mode "gradient")."""
+        if self.map_mode != "energy" or self.model.sparse.exposure != "none":
+            return None
+        with torch.no_grad():
+            return self.model.backbone(images)
+
+    def score(self, images: torch.Tensor, dictionary: TaskDictionary,
+              features: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.model.score_and_map(images, dictionary, self.smooth_sigma, self.map_mode, features)
 
 
 def build(network: AdaptiveEBM, options: ScoringOptions) -> OursScorer:

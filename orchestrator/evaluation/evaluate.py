@@ -126,12 +126,43 @@ class ScoreCache:
             self._entries[identity] = (method, outputs)
 
 
-def score_batches(scorer: Scorer, state: Any, images: torch.Tensor, batch_size: int, device: torch.device,
-                  progress: bool = False, desc: str = "score") -> tuple[torch.Tensor, torch.Tensor]:
-    scores, maps = [], []
+# Ψ's features of a test set kept across support draws up to this size; a larger set is scored as before
+FEATURE_CACHE_BYTES = 2 * 2**30
+
+
+def draw_free_features(scorer: Scorer, images: torch.Tensor, batch_size: int, device: torch.device,
+                       progress: bool = False, desc: str = "features") -> list[torch.Tensor] | None:
+    """Per batch of `batch_size` images, what `scorer.score` computes from the images alone (Ψ's features), so
+    that several support draws score the same test set with one backbone pass; the scores are the same as
+    without them. None: the scorer has no such part (`features`, or it returns None), or the features of
+    all the images would exceed FEATURE_CACHE_BYTES (judged from the first batch)."""
+    compute = getattr(scorer, "features", None)
+    if compute is None or images.shape[0] == 0:
+        return None
+    out = []
     starts = range(0, images.shape[0], batch_size)
     for start in tqdm(starts, desc=desc, disable=not progress, leave=False, dynamic_ncols=True):
-        s, m = scorer.score(images[start : start + batch_size].to(device), state)
+        found = compute(images[start : start + batch_size].to(device))
+        if found is None:
+            return None
+        if not out and found.element_size() * found.nelement() / found.shape[0] * images.shape[0] > FEATURE_CACHE_BYTES:
+            return None
+        out.append(found.detach())
+    return out
+
+
+def score_batches(scorer: Scorer, state: Any, images: torch.Tensor, batch_size: int, device: torch.device,
+                  progress: bool = False, desc: str = "score",
+                  features: list[torch.Tensor] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """images (N, C, H, W) -> scores (N,), maps (N, H, W) in batches; features: draw_free_features of these
+    images with this batch size, when the caller has them."""
+    scores, maps = [], []
+    starts = range(0, images.shape[0], batch_size)
+    if features is not None and len(features) != len(starts):
+        raise ValueError(f"score_batches: features of {len(features)} batches for {len(starts)} batches of images")
+    for i, start in enumerate(tqdm(starts, desc=desc, disable=not progress, leave=False, dynamic_ncols=True)):
+        batch = images[start : start + batch_size].to(device)
+        s, m = scorer.score(batch, state) if features is None else scorer.score(batch, state, features=features[i])
         scores.append(s.detach().cpu())
         maps.append(m.detach().cpu())
     return torch.cat(scores), torch.cat(maps)
@@ -253,6 +284,7 @@ def evaluate_scorer(scorer: Scorer, test: TestSet, shots: int, draws: int, seed:
     adapt_seconds = []
     # a scorer that ignores its shots (nosupport) gives every draw the same scores: score the test set once
     support_free, unchanged = not getattr(scorer, "uses_support", True), None
+    features, features_pending = None, not support_free  # Ψ of the test images: one pass for every draw
     if draw_index is None:
         draw_index = support_draws(test.support_pool.shape[0], shots, draws, seed, test.category)
     if cached is not None and len(cached) != len(draw_index):
@@ -269,8 +301,13 @@ def evaluate_scorer(scorer: Scorer, test: TestSet, shots: int, draws: int, seed:
             if support_free and unchanged is not None:  # the same scores whatever the shots: computed once
                 scores, maps, found_metrics = unchanged
             else:
+                if features_pending:
+                    features = draw_free_features(scorer, test.images, batch_size, device, progress,
+                                                  desc=f"{test.category} features")
+                    features_pending = False
                 scores, maps = score_batches(scorer, state, test.images, batch_size, device, progress,
-                                             desc=f"{test.category} K={shots} draw {draw + 1}/{draws}")
+                                             desc=f"{test.category} K={shots} draw {draw + 1}/{draws}",
+                                             features=features)
                 if not (torch.isfinite(scores).all() and torch.isfinite(maps).all()):
                     raise RuntimeError(f"non-finite anomaly scores on {test.category} draw {draw}")
                 found_metrics = draw_metrics(scores, maps, test)

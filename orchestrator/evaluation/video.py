@@ -52,7 +52,7 @@ from model.errors import InputError
 from orchestrator.tracking.artifacts import load_model_dir, resolve_device, WEIGHTS
 from model.methods import OURS
 from orchestrator.config import Config, with_values
-from orchestrator.evaluation.evaluate import make_scorer, score_batches, support_draws
+from orchestrator.evaluation.evaluate import draw_free_features, make_scorer, score_batches, support_draws
 from orchestrator.stages.ingest import MANIFEST
 from orchestrator.stages.pipeline import RESULTS, TRAINED_CONFIG, data_dir, image_root, repo_path
 from orchestrator.training.loop import train
@@ -144,6 +144,9 @@ def score_shots(model_dir: Path, test: SceneTest, cfg: Config, progress: bool = 
     scorer = make_scorer(method, model, scoring, augment_support=cfg.eval.augment_support)
     e = cfg.experiments
     shots, first = {}, None
+    # Ψ of the test frames, computed once for every K and draw (None where the scorer's needs the shots)
+    features = draw_free_features(scorer, test.images, cfg.eval.batch_size, device, progress,
+                                  desc=f"{test.scene} {method} features")
     jobs = [(k, d) for k in sorted(e.video_shots) for d in range(e.video_draws)]
     bar = tqdm(total=len(jobs), desc=f"{test.scene} {method} K × draws", disable=not progress, dynamic_ncols=True)
     for k in sorted(e.video_shots):
@@ -152,7 +155,8 @@ def score_shots(model_dir: Path, test: SceneTest, cfg: Config, progress: bool = 
         for d, index in enumerate(draws):
             state = scorer.adapt(test.pool[index].to(device))
             scores, _ = score_batches(scorer, state, test.images, cfg.eval.batch_size, device, progress,
-                                      desc=f"{test.scene} {method} K={k} draw {d + 1}/{e.video_draws}")
+                                      desc=f"{test.scene} {method} K={k} draw {d + 1}/{e.video_draws}",
+                                      features=features)
             if not torch.isfinite(scores).all():
                 raise RuntimeError(f"non-finite frame scores on {test.scene} K={k} draw {d}")
             per_draw.append(metrics.image_auroc(scores, test.labels))
