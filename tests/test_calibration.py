@@ -216,3 +216,28 @@ def test_threshold_is_in_the_units_of_the_test_scores_under_image_norm_support()
         np.testing.assert_allclose(cal.samples, expected, rtol=1e-5)
         # the K − 2 dictionaries of the size correction are standardised as well
         assert (scorer.adapt_as(support[:2], k).normal_mean is not None) is standardised
+
+
+def test_a_calibration_passes_each_image_through_psi_once_and_scores_as_before(monkeypatch):
+    """The shots' features serve every leave-one-out adaptation and each shot's augmentations are passed
+    through Ψ once for both dictionaries (K − 1, K − 2): the samples and thresholds are those of passing the
+    images anew every time."""
+    from orchestrator.config import load_config, parse_overrides
+    from orchestrator.evaluation.evaluate import make_scorer, untrained_model
+    from model.methods.ours import OursScorer
+
+    cfg = load_config(None, parse_overrides(["data.image_size=32", "model.backbone.width=8", "model.backbone.out_dim=8"]))
+    network = untrained_model(cfg)
+    scorer = make_scorer("ours", network, cfg)
+    support = torch.rand(4, 3, 32, 32, generator=torch.Generator().manual_seed(7))
+    spec = CalibrationSpec(0.05, "normal_t", ("hflip", "shift"), "ours", size_correction=True)
+    seen = []
+    network.backbone.register_forward_hook(lambda module, args, out: seen.append(args[0].shape[0]))
+    fast = calibrate(scorer, support, spec)
+    assert sum(seen) == 4 + 4 * 4  # the shots once, then each shot's 1 + 3 augmented images once
+    seen.clear()
+    monkeypatch.setattr(OursScorer, "features", lambda self, images: None)  # no features: every pass anew
+    slow = calibrate(scorer, support, spec)
+    assert sum(seen) == 2 * 4 * (3 + 4) - 4  # per shot and dictionary: its K − 1 (or K − 2) others + 4 images
+    assert fast.samples == slow.samples and fast.threshold == slow.threshold
+    assert fast.pixel_threshold == slow.pixel_threshold

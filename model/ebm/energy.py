@@ -244,16 +244,18 @@ class AdaptiveEBM(nn.Module):
             raise InputError(f"dictionary atoms have dimension {dictionary.atoms.shape[0]}, signals {volumes.shape[-1]}")
         return self.prepare(volumes, dictionary.center, dictionary.whiten), size
 
-    def build_dictionary(self, support: torch.Tensor, task_shots: int | None = None) -> TaskDictionary:
+    def build_dictionary(self, support: torch.Tensor, task_shots: int | None = None,
+                         features: torch.Tensor | None = None) -> TaskDictionary:
         """Alg. 2 steps 3-4: support (K, C, H, W) -> D (m, K·h'·w'), every position an atom.
 
         task_shots (scoring only): D also carries the shots' normal energies (_normal_energy) when a task of
         that many shots gets them (`standardises`) and K >= 2. It is K for a task, and the task's K for a
-        calibration's leave-one-out subset, so that its scores are in the units of the task's test scores."""
+        calibration's leave-one-out subset, so that its scores are in the units of the task's test scores.
+        features: Ψ(support) when the caller has them (a calibration adapting to many subsets of K shots)."""
         if support.dim() != 4 or support.shape[0] < 1:
             raise InputError(f"support batch of shape {tuple(support.shape)}: expected (K >= 1, C, H, W)")
         exposure = task_exposure(support) if self.sparse.exposure == "support" else None  # (C,)
-        raw, size = self.volumes(support, exposure)  # (K, h'w', m)
+        raw, size = self.volumes(support, exposure, features)  # (K, h'w', m)
         flat = raw.reshape(-1, raw.shape[-1])  # (K·h'w', m)
         center = flat.mean(0) if self.sparse.center else None  # (m,)
         whiten = (whitening(flat if center is None else flat - center, self.sparse.whiten_shrink)

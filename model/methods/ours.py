@@ -21,14 +21,15 @@ class OursScorer:
     def adapt(self, support: torch.Tensor) -> TaskDictionary:
         return self.adapt_as(support, support.shape[0])
 
-    def adapt_as(self, support: torch.Tensor, task_shots: int) -> TaskDictionary:
+    def adapt_as(self, support: torch.Tensor, task_shots: int,
+                 features: torch.Tensor | None = None) -> TaskDictionary:
         """Adapt to `support` as to a task of `task_shots` shots (a calibration's leave-one-out subset: its
-        scores must be in the units of the task's test scores)."""
+        scores must be in the units of the task's test scores). features: `features(support)`, if known."""
         with torch.no_grad():
             if self.augment_support:
                 # the leave-one-out normal energies are per shot: not computed over dihedral copies of one shot
                 return self.model.build_dictionary(torch.cat([dihedral(support, t) for t in range(DIHEDRAL_SIZE)]))
-            return self.model.build_dictionary(support, task_shots)
+            return self.model.build_dictionary(support, task_shots, features)
 
     def standardises(self, task_shots: int) -> bool:
         """Whether adapting to a task of task_shots shots builds normal energies into the dictionary."""

@@ -143,12 +143,32 @@ def can_cut(scorer, shots: int) -> bool:
                                              and not scorer.standardises(shots))
 
 
+class FeatureMemo:
+    """Ψ's features of the shots and of each shot's augmentations, computed once for the many leave-one-out
+    adaptations and scorings of one calibration (scorers with `features`; the scores are the same)."""
+
+    def __init__(self, scorer, support: torch.Tensor, batch_size: int, device):
+        self.scorer, self.batch_size, self.device = scorer, batch_size, device
+        compute = getattr(scorer, "features", None)
+        # only a scorer that adapts with adapt_as takes the shots' features (kNN cuts its bank instead)
+        self.shots = compute(support.to(device)) if compute is not None and hasattr(scorer, "adapt_as") else None
+        self.held: dict[int, list[torch.Tensor] | None] = {}  # shot index -> its augmentations' features
+
+    def held_features(self, i: int, held: torch.Tensor) -> list[torch.Tensor] | None:
+        """Per batch, the features of shot i's augmentations `held` (1+A, C, H, W); None: score the images."""
+        from orchestrator.evaluation.evaluate import draw_free_features  # evaluate imports this module
+
+        if i not in self.held:
+            self.held[i] = draw_free_features(self.scorer, held, self.batch_size, self.device)
+        return self.held[i]
+
+
 def held_out_scores(scorer, support: torch.Tensor, kinds, batch_size: int, device, full_state=None,
-                    without_next: bool = False) -> tuple[np.ndarray, np.ndarray]:
+                    without_next: bool = False, memo: FeatureMemo | None = None) -> tuple[np.ndarray, np.ndarray]:
     """support (K, C, H, W) -> (scores (K·(1+A),), map maxima (K·(1+A),)), shot-major: shot i and its
     augmentations scored by the scorer adapted to the shots other than i (and other than i + 1 too with
     without_next: the K − 2 dictionary of the size correction). full_state: the scorer's state for all K
-    shots, cut instead of adapting anew where state_without can."""
+    shots, cut instead of adapting anew where state_without can. memo: features already computed."""
     from orchestrator.evaluation.evaluate import score_batches
 
     K = support.shape[0]
@@ -157,11 +177,16 @@ def held_out_scores(scorer, support: torch.Tensor, kinds, batch_size: int, devic
         drop = [i, (i + 1) % K] if without_next else [i]
         state = state_without(scorer, full_state, drop, K) if full_state is not None else None
         if state is None:
-            others = support[[k for k in range(K) if k not in drop]]  # (K - len(drop), C, H, W)
+            kept = [k for k in range(K) if k not in drop]
+            others = support[kept]  # (K - len(drop), C, H, W)
             adapt_as = getattr(scorer, "adapt_as", None)  # ours: standardised as the K-shot task is
-            state = adapt_as(others.to(device), K) if adapt_as else scorer.adapt(others.to(device))
+            if adapt_as and memo is not None and memo.shots is not None:
+                state = adapt_as(others.to(device), K, features=memo.shots[kept])  # (K - len(drop), d, h', w')
+            else:
+                state = adapt_as(others.to(device), K) if adapt_as else scorer.adapt(others.to(device))
         held = augment(support[i : i + 1], kinds)  # (1+A, C, H, W)
-        s, maps = score_batches(scorer, state, held, batch_size, device)
+        features = memo.held_features(i, held) if memo is not None else None
+        s, maps = score_batches(scorer, state, held, batch_size, device, features=features)
         scores.append(s.double().numpy())
         peaks.append(maps.flatten(1).max(1).values.double().numpy())
     return np.concatenate(scores), np.concatenate(peaks)
@@ -177,10 +202,11 @@ def loo_scores(scorer, support: torch.Tensor, kinds, batch_size: int, device,
     full = full_state
     if full is None and K > 2 and can_cut(scorer, K):
         full = scorer.adapt(support.to(device))
-    scores, peaks = held_out_scores(scorer, support, kinds, batch_size, device, full)
+    memo = FeatureMemo(scorer, support, batch_size, device)
+    scores, peaks = held_out_scores(scorer, support, kinds, batch_size, device, full, memo=memo)
     if not size_correction or K < 3:
         return scores, peaks, 0.0
-    scores2, peaks2 = held_out_scores(scorer, support, kinds, batch_size, device, full, without_next=True)
+    scores2, peaks2 = held_out_scores(scorer, support, kinds, batch_size, device, full, without_next=True, memo=memo)
     step = size_step(scores, scores2)
     return scores * np.exp(step), size_corrected(peaks, peaks2), step
 
