@@ -223,3 +223,31 @@ def test_noise_patch_sides_cover_range():
 def test_noise_patch_bad_fractions(lo, hi):
     with pytest.raises(InputError):
         noise_patch(torch.rand(1, 3, 8, 8), lo, hi)
+
+
+def test_inpaint_gain_patch_is_the_squared_error_drop_inside_the_corruption_by_hand():
+    """inpaint_gain_patch = MSE(q̂, q) − MSE(LD(q̂), q) over the corrupted pixels only (every channel); the
+    whole-image inpaint_gain also counts the pixels the chain disturbed outside the patch."""
+    from model.ebm.backbone import BackboneSpec, build_backbone
+    from model.ebm.energy import AdaptiveEBM, SparseSpec
+    from model.objective import StepSpec, episode_losses
+
+    torch.manual_seed(0)
+    backbone = build_backbone(BackboneSpec(name="conv", width=4, depth=2, stride=4, out_dim=4, max_width=16,
+                                           input_norm="none", hypercolumn=False))
+    model = AdaptiveEBM(backbone, SparseSpec.paper())
+    queries = torch.full((1, 3, 8, 8), 0.5)
+    corrupted = queries.clone()
+    corrupted[:, :, :2, :2] = 1.0  # a 2×2 patch, squared error 0.25 per corrupted value
+    mask = torch.zeros(1, 8, 8, dtype=torch.bool)
+    mask[:, :2, :2] = True
+    negatives = corrupted.clone()
+    negatives[:, :, :2, :2] = 0.7  # moved towards 0.5: squared error 0.04 inside
+    negatives[:, :, 4:, 4:] = 0.6  # a disturbance outside the patch: 16 pixels × 3 channels at 0.01
+    dictionary = model.build_dictionary(torch.rand(2, 3, 8, 8))
+    spec = StepSpec(steps=1, step_size=1.0, noise_scale=0.0)
+    stats = episode_losses(model, dictionary, queries, corrupted, negatives, spec, mask).stats
+    assert stats["inpaint_gain_patch"] == pytest.approx(0.25 - 0.04, abs=1e-6)
+    whole = (12 * 0.25 - (12 * 0.04 + 48 * 0.01)) / 192  # MSE over all 3·8·8 values, before minus after
+    assert stats["inpaint_gain"] == pytest.approx(whole, abs=1e-6)
+    assert "inpaint_gain_patch" not in episode_losses(model, dictionary, queries, corrupted, negatives, spec).stats

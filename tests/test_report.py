@@ -181,7 +181,8 @@ def test_training_section_reports_selection_rank_and_chain_gain(tmp_path):
     first and last 5-episode means, and the share of late episodes whose chain lowered the energy."""
     cfg = make_results(tmp_path / "results", ours_better=True, video=False)
     history = [{"episode": i, "loss": 1.0, "support_rank": 10.0 - i / 2,
-                "chain_energy_drop": 0.1 if i % 4 else -0.1} for i in range(1, 21)]  # episodes 11-20: all but 12, 16, 20 > 0
+                "chain_energy_drop": 0.1 if i % 4 else -0.1,  # episodes 11-20: all but 12, 16, 20 > 0
+                "inpaint_gain_patch": 0.01 if i % 2 else -0.01} for i in range(1, 21)]  # 11-20: the odd ones > 0
     selection = {"best_episode": 10, "history": [{"episode": 0, "val_score": 0.8}, {"episode": 10, "val_score": 0.85},
                                                   {"episode": 20, "val_score": 0.83}]}
     write(tmp_path / "results" / "models" / "a" / "ours" / "meta.json",
@@ -191,8 +192,9 @@ def test_training_section_reports_selection_rank_and_chain_gain(tmp_path):
     text = out.read_text()
     assert "## What meta-training did, per fold" in text
     # support rank: first five 9.5..7.5 -> 8.5; last five 2.0..0.0 -> 1.0
-    assert "| a | ours | b, c | d | 10 of 20 | 0.800 → 0.850 | 8.5 → 1.0 | 70 % |" in text
-    assert "| b | ours |  | – | 20 (the last; no selection) | – | – | – |" in text  # a fold without the diagnostics says so
+    assert "| a | ours | b, c | d | 10 of 20 | 0.800 → 0.850 | 8.5 → 1.0 | 70 % | 50 % |" in text
+    # a fold without the diagnostics says so
+    assert "| b | ours |  | – | 20 (the last; no selection) | – | – | – | – |" in text
 
 
 def test_ablation_claims_say_when_selection_kept_the_initial_network(tmp_path):

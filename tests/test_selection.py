@@ -31,7 +31,7 @@ def test_selection_keeps_the_best_validation_checkpoint_and_never_trains_on_it(s
     weights, kept = load_file(str(out / "model.safetensors")), load_file(str(out / "best.safetensors"))
     assert all(torch.equal(weights[k], kept[k]) for k in weights)
     for record in meta["history"]:  # the collapse and inpainting diagnostics are logged every episode
-        assert "support_rank" in record and "chain_energy_drop" in record
+        assert "support_rank" in record and "chain_energy_drop" in record and "inpaint_gain_patch" in record
 
 
 def test_target_is_never_a_validation_category(small_real_root, tmp_path):

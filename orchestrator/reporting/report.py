@@ -159,9 +159,12 @@ def _training_section(data: dict) -> list[str]:
              "means training did not help on validation). *Support rank*: participation ratio of the centred "
              "support features (effective rank), mean of the first and of the last 5 episodes: a fall means the "
              "features collapse. *Chain lowers E*: share of the second half of the episodes in which the "
-             "Langevin chain lowered the energy of the corrupted query it started from (issue 10 asks ≥ 80 %).", "",
+             "Langevin chain lowered the energy of the corrupted query it started from (issue 10 asks ≥ 80 %). "
+             "*Chain inpaints*: share of them in which it moved the corrupted pixels towards the query's "
+             "(`inpaint_gain_patch` > 0); the whole-image gain is no measure of that, because the chain's noise "
+             "adds J·s²·β of squared error to every pixel (docs/benchmarks.md, \"Does the chain inpaint\").", "",
              "| target | model | trained on | validation | selected episode | val score: initial → selected "
-             "| support rank: first → last | chain lowers E |", "|---|---|---|---|---|---|---|---|"]
+             "| support rank: first → last | chain lowers E | chain inpaints |", "|---|---|---|---|---|---|---|---|---|"]
     for (target, variant), meta in models.items():
         history, selection = meta.get("history", []), meta.get("selection") or {}
         scores = {h["episode"]: h["val_score"] for h in selection.get("history", [])}
@@ -169,12 +172,12 @@ def _training_section(data: dict) -> list[str]:
         val = (f"{scores[0]:.3f} → {scores[chosen]:.3f}" if scores and 0 in scores and chosen in scores else "–")
         rank = (f"{_edge_mean(history, 'support_rank', False):.1f} → {_edge_mean(history, 'support_rank', True):.1f}"
                 if any("support_rank" in h for h in history) else "–")
-        share = _late_share(history, "chain_energy_drop")
+        shares = [_late_share(history, key) for key in ("chain_energy_drop", "inpaint_gain_patch")]
         lines.append(f"| {target} | {METHOD_LABELS.get(variant, variant)} | {', '.join(meta.get('train_categories', []))} | "
                      f"{', '.join(meta.get('val_categories', [])) or '–'} | "
                      + (f"{chosen} of {len(history)}" if chosen is not None else f"{len(history)} (the last; no selection)")
                      + f" | {val} | {rank} | "
-                     + ("–" if share != share else f"{100 * share:.0f} %") + " |")
+                     + " | ".join("–" if share != share else f"{100 * share:.0f} %" for share in shares) + " |")
     return lines
 
 

@@ -119,7 +119,8 @@ class Learner:
         """detach_rec: L_cd (+ the constant L_rec) at the current θ from the worker's negatives."""
         dictionary = self.model.build_dictionary(episode.support.to(self.device))
         result = episode_losses(self.model, dictionary, episode.queries.to(self.device),
-                                episode.corrupted.to(self.device), negatives.to(self.device), self.spec)
+                                episode.corrupted.to(self.device), negatives.to(self.device), self.spec,
+                                episode.patch_mask.to(self.device))
         if not math.isfinite(result.stats["loss"]):
             raise NonFiniteLoss(result.stats)
         self.optimizer.zero_grad(set_to_none=True)
