@@ -242,7 +242,7 @@ def test_video_stage_temporal(small_real_root, tmp_path, monkeypatch, capsys):
 # ------------------------------------------------------------------------------------------------
 
 
-def test_video_bad_input(small_real_root, tmp_path, capsys):
+def test_video_bad_input(small_real_root, tmp_path, capsys, monkeypatch):
     from orchestrator.config import load_config, parse_overrides
     from orchestrator.evaluation.video import pipeline_image_source, run_video
 
@@ -263,5 +263,7 @@ def test_video_bad_input(small_real_root, tmp_path, capsys):
     code, _, err = cli(capsys, "video", "--target", "nope", "--out", str(out), "--video-root", str(VIDEO),
                        "--data", str(small_real_root), "--quiet")
     assert code == 2 and err.startswith("fsad: error: unknown scene 'nope'") and err.count("\n") == 1
-    # the DVC stage's image source: the folder pipeline.source when there is no manifest
+    # the DVC stage's image source: the folder pipeline.source when there is no manifest (data/<name>/ is
+    # relative to the working directory, where a checkout that ran `dvc repro` has one)
+    monkeypatch.chdir(tmp_path)
     assert isinstance(pipeline_image_source(cfg(pipeline__source=small_real_root)), FolderSource)
