@@ -241,3 +241,22 @@ def test_a_calibration_passes_each_image_through_psi_once_and_scores_as_before(m
     assert sum(seen) == 2 * 4 * (3 + 4) - 4  # per shot and dictionary: its K − 1 (or K − 2) others + 4 images
     assert fast.samples == slow.samples and fast.threshold == slow.threshold
     assert fast.pixel_threshold == slow.pixel_threshold
+
+
+def test_a_calibration_cut_from_the_full_state_passes_no_shot_twice():
+    """Where every leave-one-out state is cut from the K-shot one (ours without the shots' standardisation),
+    the shots' features are never asked for: Ψ sees the shots once (the full adaptation) and each shot's
+    augmentations once."""
+    from orchestrator.config import load_config, parse_overrides
+    from orchestrator.evaluation.evaluate import make_scorer, untrained_model
+
+    cfg = load_config(None, parse_overrides(["data.image_size=32", "model.backbone.width=8", "model.backbone.out_dim=8",
+                                             "model.image_norm=none"]))
+    network = untrained_model(cfg)
+    scorer = make_scorer("ours", network, cfg)
+    support = torch.rand(4, 3, 32, 32, generator=torch.Generator().manual_seed(7))
+    spec = CalibrationSpec(0.05, "normal_t", ("hflip", "shift"), "ours", size_correction=True)
+    seen = []
+    network.backbone.register_forward_hook(lambda module, args, out: seen.append(args[0].shape[0]))
+    calibrate(scorer, support, spec)
+    assert sum(seen) == 4 + 4 * 4, seen  # before the memo was lazy: 4 + 4 + 4 * 4

@@ -413,3 +413,40 @@ def test_gram_norm_bound_is_an_upper_bound_and_tight_for_correlated_atoms():
         assert (bound >= exact * (1 - 1e-6)).all()
         if shift == 3.0:
             assert (bound <= exact * 1.05).all()  # one dominant eigenvalue: the bound is tight
+
+
+@pytest.mark.parametrize("rows,columns,k", [(7, 10240, 16), (5, 1000, 16), (3, 64 * 16, 16), (4, 300, 3),
+                                            (2, 64 * 17 + 5, 16), (3, 10, 4)])
+def test_top_similar_is_topk(rows, columns, k):
+    """The two-stage search returns torch.topk's values and columns (continuous values: no ties), for block
+    counts below, at and above k and with a remainder of columns after the last whole block."""
+    from model.ebm.sparse import top_similar
+
+    similarity = torch.randn(rows, columns, generator=torch.Generator().manual_seed(columns), dtype=torch.float64)
+    values, index = top_similar(similarity, k)
+    expected = similarity.topk(k, dim=1)
+    assert torch.equal(values, expected.values) and torch.equal(index, expected.indices)
+
+
+def test_top_similar_finds_values_in_the_remainder_and_in_one_block():
+    """All k largest entries in one block, or beyond the last whole block: both are found."""
+    from model.ebm.sparse import TOPK_BLOCK, top_similar
+
+    similarity = torch.zeros(2, TOPK_BLOCK * 20 + 7)
+    similarity[0, 3 * TOPK_BLOCK: 3 * TOPK_BLOCK + 5] = torch.arange(1.0, 6.0)  # five winners in block 3
+    similarity[1, -5:] = torch.arange(1.0, 6.0)  # five winners after the last whole block
+    values, index = top_similar(similarity, 5)
+    assert values.tolist() == [[5.0, 4.0, 3.0, 2.0, 1.0]] * 2
+    assert index[0].tolist() == [3 * TOPK_BLOCK + i for i in (4, 3, 2, 1, 0)]
+    assert index[1].tolist() == [similarity.shape[1] - 5 + i for i in (4, 3, 2, 1, 0)]
+
+
+def test_top_similar_gradient_is_topks():
+    from model.ebm.sparse import top_similar
+
+    similarity = torch.randn(3, 2000, generator=torch.Generator().manual_seed(1), requires_grad=True)
+    top_similar(similarity, 16)[0].pow(2).sum().backward()
+    mine = similarity.grad.clone()
+    similarity.grad = None
+    similarity.topk(16, dim=1).values.pow(2).sum().backward()
+    assert torch.equal(mine, similarity.grad)

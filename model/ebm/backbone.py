@@ -64,6 +64,12 @@ def normalize_input(images: torch.Tensor, mode: str) -> torch.Tensor:
     return (images - mean) / (std + 0.05) * 0.5  # the floor keeps flat images from exploding
 
 
+def check_precomputed(features: torch.Tensor, images: torch.Tensor) -> None:
+    """Features a caller computed once (Ψ(images), (B, d, h', w')) must belong to the B images given."""
+    if features.shape[0] != images.shape[0]:
+        raise InputError(f"features for {features.shape[0]} images, {images.shape[0]} images given")
+
+
 def _group_count(channels: int) -> int:
     for groups in (8, 4, 2, 1):
         if channels % groups == 0:

@@ -37,6 +37,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from model.ebm.backbone import check_precomputed
 from model.errors import InputError
 from model.ebm.sparse import (
     SHRINKS,
@@ -214,8 +215,7 @@ class AdaptiveEBM(nn.Module):
             if exposure is not None:
                 raise InputError("precomputed features cannot serve a task with exposure alignment: Ψ sees "
                                  "the images at the task's exposure")
-            if features.shape[0] != images.shape[0]:
-                raise InputError(f"features for {features.shape[0]} images, {images.shape[0]} images given")
+            check_precomputed(features, images)
         else:
             if exposure is not None:
                 images = align_exposure(images, exposure)  # (B, max(C, C'), H, W)

@@ -14,12 +14,14 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from model.ebm.backbone import check_precomputed
 from model.ebm.energy import gaussian_blur
 from model.errors import InputError
 from model.methods.base import Method, ScoringOptions
 from model.ebm.sparse import feature_volumes
 
-DEFAULT_CHUNK_BYTES = 256 * 2**20  # upper bound on one distance block
+# upper bound on one distance block; blocks that stay near the cache run ~2x faster on CPU than 256 MiB ones
+DEFAULT_CHUNK_BYTES = 16 * 2**20
 
 
 def nearest_distances(
@@ -28,10 +30,10 @@ def nearest_distances(
     """Euclidean distance from every query row to its nearest bank row: queries (n, m), bank (N, m) -> (n,).
 
     Distances are computed in blocks of at most `max_chunk_bytes` (query chunks × bank chunks with a
-    running minimum), so memory stays bounded for any n and N. torch.cdist's matmul path finds the
-    neighbour fast but loses precision near 0 (‖q‖² + ‖b‖² − 2q·b cancels, and sqrt amplifies the
-    error), so the winning distance is recomputed exactly from the difference vector: a query equal
-    to a bank row gets exactly 0.
+    running minimum), so memory stays bounded for any n and N. The neighbour is the row minimising
+    ‖b‖² − 2q·b (‖q − b‖² less the query's own ‖q‖²): one matmul per block, no square root. That form
+    loses precision near 0 (the terms cancel), so the winning distance is recomputed exactly from the
+    difference vector: a query equal to a bank row gets exactly 0.
     """
     if queries.dim() != 2 or bank.dim() != 2 or queries.shape[1] != bank.shape[1]:
         raise InputError(
@@ -42,6 +44,8 @@ def nearest_distances(
     if max_chunk_bytes < 1:
         raise InputError(f"nearest_distances: max_chunk_bytes={max_chunk_bytes}: expected >= 1")
     bank = bank.to(device=queries.device, dtype=queries.dtype)
+    bank_sq = bank.pow(2).sum(1)  # (N,)
+    bank_t = bank.transpose(0, 1).contiguous()  # (m, N)
     n, N = queries.shape[0], bank.shape[0]
     max_elems = max(1, max_chunk_bytes // queries.element_size())
     bank_rows = min(N, max_elems)  # a whole bank per block when it fits the budget
@@ -52,7 +56,8 @@ def nearest_distances(
         best = torch.full((q.shape[0],), math.inf, dtype=q.dtype, device=q.device)  # (rq,)
         best_idx = torch.zeros(q.shape[0], dtype=torch.long, device=q.device)  # (rq,)
         for b0 in range(0, N, bank_rows):
-            block = torch.cdist(q, bank[b0 : b0 + bank_rows])  # (rq, rb)
+            columns = slice(b0, b0 + bank_rows)
+            block = torch.addmm(bank_sq[columns], q, bank_t[:, columns], alpha=-2)  # (rq, rb): ‖b‖² − 2q·b
             value, idx = block.min(dim=1)  # (rq,), (rq,)
             better = value < best
             best = torch.where(better, value, best)
@@ -82,8 +87,8 @@ class KnnScorer:
             raise InputError(f"{what} batch of shape {tuple(images.shape)}: expected (B >= 1, C, H, W)")
         if features is None:
             features = self.backbone(images)  # (B, d, h', w')
-        elif features.shape[0] != images.shape[0]:
-            raise InputError(f"features for {features.shape[0]} images, {images.shape[0]} images given")
+        else:
+            check_precomputed(features, images)
         volumes = feature_volumes(features, self.receptive_field)  # (B, h'w', m), m = d·l²
         return F.normalize(volumes, dim=-1, eps=1e-6), (features.shape[2], features.shape[3])
 

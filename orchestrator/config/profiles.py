@@ -6,6 +6,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from model.methods import METHODS
+
 # Named budgets for `experiments.profile`: overrides applied on top of the file, under command-line --set.
 # quick is the defaults themselves; full is for a GPU or a cluster (docs/results.md gives its cost).
 PROFILES: dict[str, dict[str, Any]] = {
@@ -16,6 +18,7 @@ PROFILES: dict[str, dict[str, Any]] = {
         "model.backbone.stride": 2,
         "train.episodes": 1000,
         "pipeline.shots": [1, 2, 4, 8, 10],
+        "pipeline.sweep_methods": list(METHODS),
         "eval.draws": 5,
         "pipeline.max_test_images": 0,
         "experiments.ablation_targets": ["juice_bottle", "kolektor", "magnetic_tile", "tire", "pcb_deeppcb", "screw"],

@@ -147,6 +147,9 @@ def validate_pipeline(p: PipelineConfig) -> None:
     bad = [m for m in p.calibrate if m not in METHODS]
     if bad:
         raise InputError(f"pipeline.calibrate={p.calibrate}: expected methods among {', '.join(METHODS)}")
+    bad = [m for m in p.sweep_methods if m not in METHODS]
+    if bad:
+        raise InputError(f"pipeline.sweep_methods={p.sweep_methods}: expected methods among {', '.join(METHODS)}")
 
 
 def validate_experiments(e: ExperimentsConfig) -> None:

@@ -148,11 +148,19 @@ class FeatureMemo:
     adaptations and scorings of one calibration (scorers with `features`; the scores are the same)."""
 
     def __init__(self, scorer, support: torch.Tensor, batch_size: int, device):
-        self.scorer, self.batch_size, self.device = scorer, batch_size, device
+        self.scorer, self.support, self.batch_size, self.device = scorer, support, batch_size, device
         compute = getattr(scorer, "features", None)
         # only a scorer that adapts with adapt_as takes the shots' features (kNN cuts its bank instead)
-        self.shots = compute(support.to(device)) if compute is not None and hasattr(scorer, "adapt_as") else None
+        self.compute_shots = compute if compute is not None and hasattr(scorer, "adapt_as") else None
+        self.shots: torch.Tensor | None = None  # (K, d, h', w') once a leave-one-out adaptation asked for it
         self.held: dict[int, list[torch.Tensor] | None] = {}  # shot index -> its augmentations' features
+
+    def shot_features(self) -> torch.Tensor | None:
+        """Ψ's features of the K shots (K, d, h', w'), computed at the first adaptation that needs them: none
+        does where every leave-one-out state is cut from the full one. None: adapt from the images."""
+        if self.compute_shots is not None and self.shots is None:
+            self.shots = self.compute_shots(self.support.to(self.device))
+        return self.shots
 
     def held_features(self, i: int, held: torch.Tensor) -> list[torch.Tensor] | None:
         """Per batch, the features of shot i's augmentations `held` (1+A, C, H, W); None: score the images."""
@@ -180,8 +188,9 @@ def held_out_scores(scorer, support: torch.Tensor, kinds, batch_size: int, devic
             kept = [k for k in range(K) if k not in drop]
             others = support[kept]  # (K - len(drop), C, H, W)
             adapt_as = getattr(scorer, "adapt_as", None)  # ours: standardised as the K-shot task is
-            if adapt_as and memo is not None and memo.shots is not None:
-                state = adapt_as(others.to(device), K, features=memo.shots[kept])  # (K - len(drop), d, h', w')
+            shot_features = memo.shot_features() if adapt_as and memo is not None else None
+            if shot_features is not None:
+                state = adapt_as(others.to(device), K, features=shot_features[kept])  # (K - len(drop), d, h', w')
             else:
                 state = adapt_as(others.to(device), K) if adapt_as else scorer.adapt(others.to(device))
         held = augment(support[i : i + 1], kinds)  # (1+A, C, H, W)

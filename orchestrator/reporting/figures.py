@@ -24,7 +24,8 @@ def fig_shot_sweep(data: dict, cfg: Config, path: Path) -> None:
         for row, name in enumerate(names):
             ax = axes[row][col]
             for method in cfg.pipeline.methods:
-                points = [mean_std(data["industrial"][target][method][k].get(name)) for k in shots]
+                by_k = data["industrial"][target][method]  # only the K values the method was evaluated at
+                points = [mean_std((by_k.get(k) or {}).get(name)) for k in shots]
                 ks = [k for k, p in zip(shots, points) if p]
                 if ks:
                     ax.errorbar(ks, [p[0] for p in points if p], yerr=[p[1] for p in points if p], marker="o",

@@ -109,13 +109,13 @@ def render(data: dict, cfg: Config, figures: dict[str, str], command: str) -> st
     ]
     for target, methods in data["industrial"].items():
         for method, by_k in methods.items():
-            for k in data["shots"]:
+            for k in by_k:  # the K values this method was evaluated at (pipeline.sweep_methods)
                 lines.append(f"| {target} | {METHOD_LABELS.get(method, method)} | {k} | "
                              + " | ".join(_cell(by_k[k].get(n)) for n in METRIC_NAMES) + " |")
     lines += ["", f"Mean over the {len(data['industrial'])} targets (of the per-target means):", "",
               "| method | K | image AUROC | pixel AUROC | PRO | mIoU |", "|---|---|---|---|---|---|"]
     for method in cfg.pipeline.methods:
-        for k in data["shots"]:
+        for k in cfg.pipeline.shots_of(method):
             cells = [mean_of([metric_mean(data["industrial"][t][method][k], n) for t in data["industrial"]]) for n in METRIC_NAMES]
             lines.append(f"| {METHOD_LABELS.get(method, method)} | {k} | " + " | ".join(f"{c:.3f}" for c in cells) + " |")
     for key, caption in (("shot_sweep", "Shot sweep per category (mean ± std over draws)"),

@@ -44,7 +44,8 @@ def load_results(cfg: Config, results: Path) -> dict[str, Any]:
     for target in cfg.pipeline.targets:
         per_method: dict[str, Any] = {}
         for method in cfg.pipeline.methods:
-            per_method[method] = {k: read_json(results / "eval" / target / method / f"K{k}" / "metrics.json") for k in shots}
+            per_method[method] = {k: read_json(results / "eval" / target / method / f"K{k}" / "metrics.json")
+                                  for k in cfg.pipeline.shots_of(method)}
         industrial[target] = per_method
     histories, models = {}, {}
     for target in cfg.pipeline.targets:
@@ -102,11 +103,25 @@ def metric_mean(record: dict, name: str) -> float:
     return summary[0] if summary else float("nan")
 
 
-def late_loss(history: list[dict]) -> float:
+def fifth_losses(history: list[dict], last: bool) -> list[float]:
+    """The losses of the first (or last) fifth of a training history's episodes (at least one)."""
     losses = [h["loss"] for h in history]
-    return mean_of(losses[-max(1, len(losses) // 5):])
+    count = max(1, len(losses) // 5)
+    return losses[-count:] if last else losses[:count]
+
+
+def late_loss(history: list[dict]) -> float:
+    return mean_of(fifth_losses(history, last=True))
 
 
 def early_loss(history: list[dict]) -> float:
-    losses = [h["loss"] for h in history]
-    return mean_of(losses[: max(1, len(losses) // 5)])
+    return mean_of(fifth_losses(history, last=False))
+
+
+def loss_margin(first: list[dict], second: list[dict], last: bool) -> float:
+    """Two standard errors of the difference between two histories' fifth-means (Welch): every episode draws
+    its own category, shots and corruptions, so a smaller difference is that spread, not evidence."""
+    a, b = fifth_losses(first, last), fifth_losses(second, last)
+    if len(a) < 2 or len(b) < 2:
+        return 0.0
+    return 2.0 * float(np.sqrt(np.var(a, ddof=1) / len(a) + np.var(b, ddof=1) / len(b)))

@@ -116,7 +116,8 @@ def stage_train(cfg: Config, target: str, progress: bool = False) -> list[str]:
 
 
 def stage_evaluate(cfg: Config, target: str, progress: bool = False) -> dict[str, Any]:
-    """Every method at every K of pipeline.shots with the splits' draws; metrics file and curves."""
+    """Every method at its K values (pipeline.shots_of: all of pipeline.shots for pipeline.sweep_methods, else
+    the largest) with the splits' draws; metrics file and curves."""
     _check_target(cfg, target)
     manifest, splits = data_dir(cfg) / MANIFEST, data_dir(cfg) / SPLITS
     top = max(cfg.pipeline.shots)
@@ -127,7 +128,7 @@ def stage_evaluate(cfg: Config, target: str, progress: bool = False) -> dict[str
         variant = get_method(method).model
         model_dir = RESULTS / "models" / target / variant
         record[method] = {}
-        for k in sorted(cfg.pipeline.shots):
+        for k in cfg.pipeline.shots_of(method):
             first: dict[str, Any] = {}
 
             def keep_first(draw, scores, maps, test, first=first):
@@ -195,7 +196,7 @@ def stage_report(cfg: Config) -> dict[str, Any]:
     summary: dict[str, Any] = {}
     for method in cfg.pipeline.methods:
         summary[method] = {}
-        for k in shots:
+        for k in (f"K{k}" for k in cfg.pipeline.shots_of(method)):
             means = {}
             for name in METRIC_NAMES:
                 values = [r[method][k][name] for r in per_target.values() if name in r[method].get(k, {})]
@@ -210,11 +211,11 @@ def stage_report(cfg: Config) -> dict[str, Any]:
     write_csv(report / "bars.csv", ("target", "image_auroc"),
               [(f"{t}/{m}", r[m][top].get("image_auroc", float("nan"))) for t, r in per_target.items()
                for m in cfg.pipeline.methods])
-    atomic_write_text(report / "results.md", _markdown(cfg, per_target, summary, shots))
+    atomic_write_text(report / "results.md", _markdown(cfg, per_target, summary))
     return summary
 
 
-def _markdown(cfg: Config, per_target: dict, summary: dict, shots: list[str]) -> str:
+def _markdown(cfg: Config, per_target: dict, summary: dict) -> str:
     lines = [f"# Leave-one-category-out results ({cfg.pipeline.name})", "",
              f"Manifest sha256 `{summary['manifest_sha256']}`; {cfg.eval.draws} support draws per K "
              f"(splits.parquet); {cfg.train.episodes} training episodes per fold."
@@ -230,9 +231,9 @@ def _markdown(cfg: Config, per_target: dict, summary: dict, shots: list[str]) ->
 
     for target, r in per_target.items():
         for method in cfg.pipeline.methods:
-            for k in shots:
+            for k in (f"K{k}" for k in cfg.pipeline.shots_of(method)):
                 lines.append(f"| {target} | {method} | {k[1:]} | " + " | ".join(cell(r[method][k], n) for n in METRIC_NAMES) + " |")
     for method in cfg.pipeline.methods:
-        for k in shots:
+        for k in (f"K{k}" for k in cfg.pipeline.shots_of(method)):
             lines.append(f"| **mean** | {method} | {k[1:]} | " + " | ".join(cell(summary[method][k], n) for n in METRIC_NAMES) + " |")
     return "\n".join(lines) + "\n"
