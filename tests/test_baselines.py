@@ -369,3 +369,21 @@ def test_score_cache_keeps_only_methods_another_listed_method_could_reuse():
     both = ScoreCache(["knn", "knn_untrained"])
     both.put("id", "knn", draws)
     assert both.get("id") == ("knn", draws)
+
+
+def test_pixel_level_baselines_keep_their_blur_whatever_map_smooth_sigma_is():
+    """model.map_smooth_sigma (chosen for ours' and kNN's feature-grid maps) must not change the rivals: the
+    support-free gradient map and MAML-AE's reconstruction error keep σ = PIXEL_MAP_SIGMA = 2 px; kNN follows."""
+    from model.methods.base import PIXEL_MAP_SIGMA
+    from orchestrator.config import load_config, parse_overrides
+    from orchestrator.evaluation.evaluate import make_scorer, untrained_model
+
+    assert PIXEL_MAP_SIGMA == 2.0
+    for sigma in (0.0, 5.0):
+        cfg = load_config(None, parse_overrides(["data.image_size=32", "model.backbone.width=8", "model.backbone.out_dim=8",
+                                                 f"model.map_smooth_sigma={sigma}"]))
+        network = untrained_model(cfg)
+        assert make_scorer("nosupport", network, cfg).smooth_sigma == PIXEL_MAP_SIGMA
+        assert make_scorer("knn", network, cfg).smooth_sigma == sigma
+        cfg.train.method = "maml_ae"  # a MAML-AE model directory's config
+        assert make_scorer("maml_ae", ConvAutoencoder(SPEC), cfg).smooth_sigma == PIXEL_MAP_SIGMA

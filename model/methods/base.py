@@ -21,11 +21,18 @@ class Scorer(Protocol):
     def score(self, images: torch.Tensor, state: Any) -> tuple[torch.Tensor, torch.Tensor]: ...
 
 
+# Gaussian σ (pixels) of the pixel-level baselines' maps: MAML-AE's reconstruction error and the support-free
+# image-gradient map, which are computed per pixel rather than upsampled from a 4-px feature grid. Fixed at the
+# value they were always scored with; model.map_smooth_sigma (ScoringOptions.smooth_sigma) was chosen for the
+# feature-grid maps of ours and kNN (docs/benchmarks.md, "Map smoothing") and must not weaken these rivals.
+PIXEL_MAP_SIGMA = 2.0
+
+
 @dataclass(frozen=True)
 class ScoringOptions:
     """The settings scorers read (filled from model.*, maml.* and eval.* of a model's config)."""
 
-    smooth_sigma: float = 0.0  # Gaussian σ (pixels) on the anomaly maps; 0 = off
+    smooth_sigma: float = 0.0  # Gaussian σ (pixels) on the feature-grid maps (ours, kNN); 0 = off
     augment_support: bool = False  # ours: add the 8 dihedral copies of every shot to the dictionary
     anomaly_map: str = "gradient"  # ours: gradient | energy
     top_frac: float = 0.01  # nosupport: image score = mean of the top fraction of the map

@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from model.ebm.energy import gaussian_blur, top_mean
 from model.errors import InputError
 from model.methods import knn, ours
-from model.methods.base import Method, ScoringOptions
+from model.methods.base import PIXEL_MAP_SIGMA, Method, ScoringOptions
 
 
 def gradient_magnitude(images: torch.Tensor) -> torch.Tensor:
@@ -54,7 +54,7 @@ class NoSupportScorer:
 
 
 def build_nosupport(network: nn.Module, options: ScoringOptions) -> NoSupportScorer:
-    return NoSupportScorer(options.smooth_sigma, options.top_frac)  # the network is not used
+    return NoSupportScorer(PIXEL_MAP_SIGMA, options.top_frac)  # the network is not used
 
 
 # Baselines read the config of an `ours` model, never its weights.

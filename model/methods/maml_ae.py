@@ -12,7 +12,7 @@ from torch.func import functional_call
 from model.ebm.energy import gaussian_blur
 from model.errors import InputError
 from model.maml_ae import ConvAutoencoder, adapt, check_images, check_inner
-from model.methods.base import Method, ScoringOptions
+from model.methods.base import PIXEL_MAP_SIGMA, Method, ScoringOptions
 
 
 @torch.no_grad()
@@ -57,7 +57,7 @@ class MamlAEScorer:
 
 
 def build(network: ConvAutoencoder, options: ScoringOptions) -> MamlAEScorer:
-    return MamlAEScorer(network, options.inner_steps, options.inner_lr, smooth_sigma=options.smooth_sigma)
+    return MamlAEScorer(network, options.inner_steps, options.inner_lr, smooth_sigma=PIXEL_MAP_SIGMA)
 
 
 METHOD = Method(name="maml_ae", label="MAML-AE", model="maml_ae",

@@ -103,11 +103,14 @@ def metric_mean(record: dict, name: str) -> float:
     return summary[0] if summary else float("nan")
 
 
+def fifth(history: list[dict], last: bool) -> list[dict]:
+    """The first (or last) fifth of a training history's episodes (at least one)."""
+    count = max(1, len(history) // 5)
+    return history[-count:] if last else history[:count]
+
+
 def fifth_losses(history: list[dict], last: bool) -> list[float]:
-    """The losses of the first (or last) fifth of a training history's episodes (at least one)."""
-    losses = [h["loss"] for h in history]
-    count = max(1, len(losses) // 5)
-    return losses[-count:] if last else losses[:count]
+    return [h["loss"] for h in fifth(history, last)]
 
 
 def late_loss(history: list[dict]) -> float:
@@ -119,9 +122,11 @@ def early_loss(history: list[dict]) -> float:
 
 
 def loss_margin(first: list[dict], second: list[dict], last: bool) -> float:
-    """Two standard errors of the difference between two histories' fifth-means (Welch): every episode draws
-    its own category, shots and corruptions, so a smaller difference is that spread, not evidence."""
-    a, b = fifth_losses(first, last), fifth_losses(second, last)
-    if len(a) < 2 or len(b) < 2:
+    """Two standard errors of the mean per-episode loss difference over a fifth. Two trainings of one fold draw
+    the same episodes (train.seed: the same category, shots and corruptions at episode i), so the differences
+    are paired by episode; a smaller mean difference is the episodes' spread, not evidence."""
+    other = {h["episode"]: h["loss"] for h in fifth(second, last)}
+    diffs = [h["loss"] - other[h["episode"]] for h in fifth(first, last) if h["episode"] in other]
+    if len(diffs) < 2:
         return 0.0
-    return 2.0 * float(np.sqrt(np.var(a, ddof=1) / len(a) + np.var(b, ddof=1) / len(b)))
+    return 2.0 * float(np.std(diffs, ddof=1) / np.sqrt(len(diffs)))
