@@ -377,6 +377,7 @@ def test_pixel_level_baselines_keep_their_blur_whatever_map_smooth_sigma_is():
     from model.methods.base import PIXEL_MAP_SIGMA
     from orchestrator.config import load_config, parse_overrides
     from orchestrator.evaluation.evaluate import make_scorer, untrained_model
+    from orchestrator.training.selection import validation_scorer
 
     assert PIXEL_MAP_SIGMA == 2.0
     for sigma in (0.0, 5.0):
@@ -387,3 +388,5 @@ def test_pixel_level_baselines_keep_their_blur_whatever_map_smooth_sigma_is():
         assert make_scorer("knn", network, cfg).smooth_sigma == sigma
         cfg.train.method = "maml_ae"  # a MAML-AE model directory's config
         assert make_scorer("maml_ae", ConvAutoencoder(SPEC), cfg).smooth_sigma == PIXEL_MAP_SIGMA
+        # checkpoint selection scores MAML-AE's maps as its evaluation will
+        assert validation_scorer(cfg)(ConvAutoencoder(SPEC)).smooth_sigma == PIXEL_MAP_SIGMA

@@ -218,21 +218,29 @@ def test_threshold_is_in_the_units_of_the_test_scores_under_image_norm_support()
         assert (scorer.adapt_as(support[:2], k).normal_mean is not None) is standardised
 
 
+def counted_ours_calibration(*overrides: str):
+    """A tiny untrained `ours` scorer, 4 shots and a size-corrected calibration spec, with a list that a hook
+    on Ψ fills with the batch size of every pass: (scorer, support, spec, passes)."""
+    from orchestrator.config import load_config, parse_overrides
+    from orchestrator.evaluation.evaluate import make_scorer, untrained_model
+
+    cfg = load_config(None, parse_overrides(["data.image_size=32", "model.backbone.width=8", "model.backbone.out_dim=8",
+                                             *overrides]))
+    network = untrained_model(cfg)
+    passes: list[int] = []
+    network.backbone.register_forward_hook(lambda module, args, out: passes.append(args[0].shape[0]))
+    support = torch.rand(4, 3, 32, 32, generator=torch.Generator().manual_seed(7))
+    spec = CalibrationSpec(0.05, "normal_t", ("hflip", "shift"), "ours", size_correction=True)
+    return make_scorer("ours", network, cfg), support, spec, passes
+
+
 def test_a_calibration_passes_each_image_through_psi_once_and_scores_as_before(monkeypatch):
     """The shots' features serve every leave-one-out adaptation and each shot's augmentations are passed
     through Ψ once for both dictionaries (K − 1, K − 2): the samples and thresholds are those of passing the
     images anew every time."""
-    from orchestrator.config import load_config, parse_overrides
-    from orchestrator.evaluation.evaluate import make_scorer, untrained_model
     from model.methods.ours import OursScorer
 
-    cfg = load_config(None, parse_overrides(["data.image_size=32", "model.backbone.width=8", "model.backbone.out_dim=8"]))
-    network = untrained_model(cfg)
-    scorer = make_scorer("ours", network, cfg)
-    support = torch.rand(4, 3, 32, 32, generator=torch.Generator().manual_seed(7))
-    spec = CalibrationSpec(0.05, "normal_t", ("hflip", "shift"), "ours", size_correction=True)
-    seen = []
-    network.backbone.register_forward_hook(lambda module, args, out: seen.append(args[0].shape[0]))
+    scorer, support, spec, seen = counted_ours_calibration()
     fast = calibrate(scorer, support, spec)
     assert sum(seen) == 4 + 4 * 4  # the shots once, then each shot's 1 + 3 augmented images once
     seen.clear()
@@ -247,16 +255,6 @@ def test_a_calibration_cut_from_the_full_state_passes_no_shot_twice():
     """Where every leave-one-out state is cut from the K-shot one (ours without the shots' standardisation),
     the shots' features are never asked for: Ψ sees the shots once (the full adaptation) and each shot's
     augmentations once."""
-    from orchestrator.config import load_config, parse_overrides
-    from orchestrator.evaluation.evaluate import make_scorer, untrained_model
-
-    cfg = load_config(None, parse_overrides(["data.image_size=32", "model.backbone.width=8", "model.backbone.out_dim=8",
-                                             "model.image_norm=none"]))
-    network = untrained_model(cfg)
-    scorer = make_scorer("ours", network, cfg)
-    support = torch.rand(4, 3, 32, 32, generator=torch.Generator().manual_seed(7))
-    spec = CalibrationSpec(0.05, "normal_t", ("hflip", "shift"), "ours", size_correction=True)
-    seen = []
-    network.backbone.register_forward_hook(lambda module, args, out: seen.append(args[0].shape[0]))
+    scorer, support, spec, seen = counted_ours_calibration("model.image_norm=none")
     calibrate(scorer, support, spec)
     assert sum(seen) == 4 + 4 * 4, seen  # before the memo was lazy: 4 + 4 + 4 * 4

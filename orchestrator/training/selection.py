@@ -8,7 +8,7 @@ on validation than the one training started from; metadata records which episode
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
@@ -121,11 +121,12 @@ class CheckpointSelector:
 
 
 def validation_scorer(cfg: Config) -> Callable[[torch.nn.Module], Any]:
-    """How the selector scores the model it selects: MAML-AE by its own inner loop and reconstruction
-    maps (unsmoothed, like ours), ours by `ours_energy_scorer`."""
+    """How the selector scores the model it selects: as its evaluation will. MAML-AE by its own inner loop
+    and reconstruction-error maps with the pixel-level baselines' blur (PIXEL_MAP_SIGMA, whatever
+    model.map_smooth_sigma says); ours by `ours_energy_scorer` (unsmoothed energy maps)."""
     if cfg.train.method != MAML_AE.model:
         return ours_energy_scorer
-    return lambda model: MAML_AE.build(model, replace(scoring_options(cfg), smooth_sigma=0.0))
+    return lambda model: MAML_AE.build(model, scoring_options(cfg))
 
 
 def selection_record(selector: CheckpointSelector) -> dict:
