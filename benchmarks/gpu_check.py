@@ -1,7 +1,7 @@
 """The prepared GPU run (docs/benchmarks.md, "On a GPU"): CPU/CUDA parity, speed on CUDA, and the leave-one-out
 protocol at the full profile (stride-2 features, up to 1000 episodes, the checkpoint chosen on the validation
 categories) against the no-learning and no-support baselines: the question the CPU budget cannot answer (docs/
-benchmarks.md, "Five more levers", 4). Optionally the video protocol too.
+benchmarks.md, "Six more levers", 4). Optionally the video protocol too.
 
     python -m benchmarks.gpu_check prepare --out .devdata          # here: fsad-real + fsad-extra at 128 px
     python -m benchmarks.gpu_check run --data .devdata --out OUT   # on the GPU machine

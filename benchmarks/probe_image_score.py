@@ -1,4 +1,4 @@
-"""Probe (docs/benchmarks.md, "Five more levers" (2)): per-image normalisations of ours' image
+"""Probe (docs/benchmarks.md, "Six more levers" (2)): per-image normalisations of ours' image
 score, patched into `model.ebm.energy.image_score` for the run (the code's options do not include them), with the
 untrained Ψ on chosen categories (protocol of benchmarks.probe_features: K = 10, 3 draws, 160-image subsets).
 

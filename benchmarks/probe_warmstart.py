@@ -4,7 +4,7 @@ validation categories with the untrained-Ψ scorers (ours, kNN) at K = 10 (3 dra
     python -m benchmarks.probe_warmstart TRAIN_CATS VAL_CATS [section.key=value ...] [--steps N] [--every E]
         [--batch B] [--lr LR] [--data ROOT]
 
-Results: docs/benchmarks.md, "Five more levers" (1). Data: bench_out/data-all unless --data names another root.
+Results: docs/benchmarks.md, "Six more levers" (1). Data: bench_out/data-all unless --data names another root.
 
 Objective: dense VICReg (Bardes et al., 2022) between two photometric views of the same crop. Both views keep
 the geometry, so feature position (i, j) of one view is position (i, j) of the other; the invariance term makes Ψ
