@@ -35,7 +35,7 @@ class NoSupportScorer:
 
     uses_support = False  # evaluation may score a test set once for all support draws
 
-    def __init__(self, smooth_sigma: float = 2.0, top_frac: float = 0.01):
+    def __init__(self, smooth_sigma: float = PIXEL_MAP_SIGMA, top_frac: float = 0.01):
         if not math.isfinite(smooth_sigma) or smooth_sigma < 0:
             raise InputError(f"nosupport smooth_sigma={smooth_sigma}: expected a finite value >= 0")
         if not (math.isfinite(top_frac) and 0 < top_frac <= 1):

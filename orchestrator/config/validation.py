@@ -144,12 +144,10 @@ def validate_pipeline(p: PipelineConfig) -> None:
             p.max_test_images == 0 or p.max_test_images >= 2):
         raise InputError(f"pipeline.max_test_images={p.max_test_images!r}: expected 0 (every test image) or an "
                          "integer >= 2 (one normal and one anomalous at least)")
-    bad = [m for m in p.calibrate if m not in METHODS]
-    if bad:
-        raise InputError(f"pipeline.calibrate={p.calibrate}: expected methods among {', '.join(METHODS)}")
-    bad = [m for m in p.sweep_methods if m not in METHODS]
-    if bad:
-        raise InputError(f"pipeline.sweep_methods={p.sweep_methods}: expected methods among {', '.join(METHODS)}")
+    for key in ("calibrate", "sweep_methods"):
+        chosen = getattr(p, key)
+        if any(m not in METHODS for m in chosen):
+            raise InputError(f"pipeline.{key}={chosen}: expected methods among {', '.join(METHODS)}")
 
 
 def validate_experiments(e: ExperimentsConfig) -> None:

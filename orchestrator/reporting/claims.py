@@ -194,12 +194,13 @@ def ablation_claims(data: dict, cfg: Config) -> list[tuple[str, str, str]]:
             """SigShrink's first- and last-fifth mean losses both below hard shrink's by more than the
             episodes' spread (loss_margin)."""
             early, late = loss_margin(sig, hard, last=False), loss_margin(sig, hard, last=True)
-            holds = early_loss(sig) < early_loss(hard) - early and late_loss(sig) < late_loss(hard) - late
-            within = [name for name, margin, a, b in (("first", early, early_loss(sig), early_loss(hard)),
-                                                      ("last", late, late_loss(sig), late_loss(hard)))
+            sig_early, hard_early, sig_late, hard_late = early_loss(sig), early_loss(hard), late_loss(sig), late_loss(hard)
+            holds = sig_early < hard_early - early and sig_late < hard_late - late
+            within = [name for name, margin, a, b in (("first", early, sig_early, hard_early),
+                                                      ("last", late, sig_late, hard_late))
                       if abs(a - b) <= margin]
-            return holds, (f"first-fifth mean loss {early_loss(sig):.4f} vs {early_loss(hard):.4f} (± {early:.4f}), "
-                           f"last-fifth {late_loss(sig):.4f} vs {late_loss(hard):.4f} (± {late:.4f})"
+            return holds, (f"first-fifth mean loss {sig_early:.4f} vs {hard_early:.4f} (± {early:.4f}), "
+                           f"last-fifth {sig_late:.4f} vs {hard_late:.4f} (± {late:.4f})"
                            + (f"; the {' and '.join(within)} fifth's difference is within the episodes' spread"
                               if within else ""))
         judged = [(t, *fig5(sig, hard)) for t, sig, hard in pairs]

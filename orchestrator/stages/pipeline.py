@@ -196,7 +196,7 @@ def stage_report(cfg: Config) -> dict[str, Any]:
     summary: dict[str, Any] = {}
     for method in cfg.pipeline.methods:
         summary[method] = {}
-        for k in (f"K{k}" for k in cfg.pipeline.shots_of(method)):
+        for k in shot_keys(cfg, method):
             means = {}
             for name in METRIC_NAMES:
                 values = [r[method][k][name] for r in per_target.values() if name in r[method].get(k, {})]
@@ -215,6 +215,11 @@ def stage_report(cfg: Config) -> dict[str, Any]:
     return summary
 
 
+def shot_keys(cfg: Config, method: str) -> list[str]:
+    """The metrics keys ("K1", "K10", ...) of the shot counts `method` was evaluated at."""
+    return [f"K{k}" for k in cfg.pipeline.shots_of(method)]
+
+
 def _markdown(cfg: Config, per_target: dict, summary: dict) -> str:
     lines = [f"# Leave-one-category-out results ({cfg.pipeline.name})", "",
              f"Manifest sha256 `{summary['manifest_sha256']}`; {cfg.eval.draws} support draws per K "
@@ -231,9 +236,9 @@ def _markdown(cfg: Config, per_target: dict, summary: dict) -> str:
 
     for target, r in per_target.items():
         for method in cfg.pipeline.methods:
-            for k in (f"K{k}" for k in cfg.pipeline.shots_of(method)):
+            for k in shot_keys(cfg, method):
                 lines.append(f"| {target} | {method} | {k[1:]} | " + " | ".join(cell(r[method][k], n) for n in METRIC_NAMES) + " |")
     for method in cfg.pipeline.methods:
-        for k in (f"K{k}" for k in cfg.pipeline.shots_of(method)):
+        for k in shot_keys(cfg, method):
             lines.append(f"| **mean** | {method} | {k[1:]} | " + " | ".join(cell(summary[method][k], n) for n in METRIC_NAMES) + " |")
     return "\n".join(lines) + "\n"
