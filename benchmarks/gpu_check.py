@@ -146,10 +146,12 @@ def episode_rate(cfg, data: Path, work: Path, log) -> float:
 
 
 def full_budget_loo(data: Path, work: Path, episodes: int, deadline: float, log, device: str,
-                    targets=TARGETS, overrides: tuple[str, ...] = (), draws: int = 5) -> list[dict]:
+                    targets=TARGETS, overrides: tuple[str, ...] = (), draws: int = 5,
+                    rows: list[dict] | None = None) -> list[dict]:
     """Per held-out target: ours trained at the full profile (stride 2; `episodes`, cut to what the time left
     allows), its checkpoint chosen on the validation categories, against the no-learning and no-support
-    baselines; ours at K = 1 and 10, the baselines at K = 10; `draws` seeded draws each."""
+    baselines; ours at K = 1 and 10, the baselines at K = 10; `draws` seeded draws each. Each target's row is
+    appended to `rows` (the caller's result, which `log` writes out) before its line is logged."""
     from orchestrator.config import load_config, parse_overrides, with_values
     from orchestrator.evaluation.evaluate import evaluate
     from orchestrator.training.loop import train
@@ -157,14 +159,14 @@ def full_budget_loo(data: Path, work: Path, episodes: int, deadline: float, log,
     base = load_config(REPO / "params.yaml", parse_overrides(["experiments.profile=full", f"train.device={device}",
                                                             "train.checkpoint_every=100000", *overrides]))
     rate = episode_rate(with_values(base, {"data.exclude": [targets[0]]}), data, work, log)
-    rows = []
+    rows = [] if rows is None else rows
     for index, target in enumerate(targets):
         left = deadline - time.monotonic()
         # a target's evaluation took about a fifth of its training in the quick profile; keep room for it
         fit = int(rate * left / len(targets[index:]) * 0.75)
         if fit < 10:
-            log(f"budget spent: {target} not run")
             rows.append({"target": target, "skipped": "time budget spent"})
+            log(f"budget spent: {target} not run")
             continue
         n = min(episodes, fit)
         val = [c for c in VALIDATION if c != target]
@@ -230,8 +232,7 @@ def run(data: Path, out: Path, budget_s: float, episodes: int, device: str = "cu
         result["speed"] = speed(images, torch.device(device))
         log(f"speed: {result['speed']}")
     result["loo"] = []
-    for row in full_budget_loo(images, work, episodes, deadline, log, device, targets, overrides, draws):
-        result["loo"].append(row)
+    full_budget_loo(images, work, episodes, deadline, log, device, targets, overrides, draws, rows=result["loo"])
     if with_video:
         result["video"] = video(data, work, min(episodes, 300), device, video_every)
         log(f"video: {result['video']}")

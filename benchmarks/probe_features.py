@@ -44,6 +44,13 @@ class PatchedFeatures(nn.Module):
         return F.avg_pool2d(self.net.features(x), 3, 1, 1)  # pool3: (B, d, h', w')
 
 
+def probe(scorer, data, category: str, image_size: int) -> dict:
+    """The probes' protocol: K = 10, 3 draws (seed 0), a 160-image class-stratified subset of the test set, CPU."""
+    test = load_test_set(data, category, image_size)
+    test = subset_test_set(test, stratified_subset(test.labels, 160, 0, category))
+    return evaluate_scorer(scorer, test, 10, 3, 0, 32, torch.device("cpu"), progress=False)
+
+
 def main(argv: list[str]) -> None:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.probe_features", description=__doc__.split("\n")[0])
     parser.add_argument("variant", choices=("config", "pool3", "column448"))
@@ -60,11 +67,8 @@ def main(argv: list[str]) -> None:
             model = untrained_model(cfg)
             if variant != "config":
                 model.backbone = PatchedFeatures(model.backbone, variant)
-            scorer = make_scorer(method, model, cfg)
-            test = load_test_set(args.data, category, cfg.data.image_size)
-            test = subset_test_set(test, stratified_subset(test.labels, 160, 0, category))
             t0 = time.perf_counter()
-            res = evaluate_scorer(scorer, test, 10, 3, 0, 32, torch.device("cpu"), progress=False)
+            res = probe(make_scorer(method, model, cfg), args.data, category, cfg.data.image_size)
             pixel = res["pixel_auroc"]  # None for a category with image labels only (ELPV)
             print(f"{variant} {method} {category}: image AUROC {res['image_auroc']['mean']:.3f} "
                   f"pixel AUROC {'-' if not pixel else format(pixel['mean'], '.3f')} "

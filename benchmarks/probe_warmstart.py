@@ -22,8 +22,8 @@ import torch
 import torch.nn.functional as F
 
 from orchestrator.config.loading import load_config, parse_overrides
-from orchestrator.evaluation.evaluate import (evaluate_scorer, load_test_set, make_scorer, stratified_subset,
-                                              subset_test_set, untrained_model)
+from benchmarks.probe_features import probe
+from orchestrator.evaluation.evaluate import make_scorer, untrained_model
 from workers.data.sources import as_source
 
 DATA = "bench_out/data-all"
@@ -89,10 +89,7 @@ def evaluate_backbone(cfg, backbone_state, categories, data) -> list[str]:
             model = untrained_model(cfg)
             model.backbone.load_state_dict(backbone_state)
             model.eval()
-            scorer = make_scorer(method, model, cfg)
-            test = load_test_set(data, category, cfg.data.image_size)
-            test = subset_test_set(test, stratified_subset(test.labels, 160, 0, category))
-            res = evaluate_scorer(scorer, test, 10, 3, 0, 32, torch.device("cpu"), progress=False)
+            res = probe(make_scorer(method, model, cfg), data, category, cfg.data.image_size)
             lines.append(f"{method} {category} {res['image_auroc']['mean']:.3f}/{res['pixel_auroc']['mean']:.3f}")
     return lines
 
