@@ -258,3 +258,39 @@ def test_a_calibration_cut_from_the_full_state_passes_no_shot_twice():
     scorer, support, spec, seen = counted_ours_calibration("model.image_norm=none")
     calibrate(scorer, support, spec)
     assert sum(seen) == 4 + 4 * 4, seen  # before the memo was lazy: 4 + 4 + 4 * 4
+
+
+def test_subsets_of_the_shots_are_coded_from_one_product_per_image_and_score_as_adapting_anew(monkeypatch):
+    """With ours' defaults (FISTA over top-k atoms, no centre) a calibration builds no dictionary by adapting:
+    ShotSubsets cuts every leave-one-out dictionary and its normal energies from per-shot top-k lists. The
+    samples equal those of adapting to every subset (held_out_scores); with centring, the dictionaries depend
+    on every shot and the calibration adapts anew (2K subsets)."""
+    from model.ebm.energy import AdaptiveEBM
+    from orchestrator.evaluation.calibration import FeatureMemo, codes_subsets, held_out_scores
+
+    built: list[int] = []
+    original = AdaptiveEBM.build_dictionary
+
+    def counted(self, support, *args, **kwargs):
+        built.append(support.shape[0])
+        return original(self, support, *args, **kwargs)
+
+    monkeypatch.setattr(AdaptiveEBM, "build_dictionary", counted)
+    scorer, support, spec, _ = counted_ours_calibration()
+    assert codes_subsets(scorer)
+    scores, peaks, step = loo_scores(scorer, support, list(spec.augment), 32, "cpu", size_correction=True)
+    assert built == []
+    memo = FeatureMemo(scorer, support, 32, "cpu")
+    plain, plain_peaks = held_out_scores(scorer, support, list(spec.augment), 32, "cpu", memo=memo)
+    two, two_peaks = held_out_scores(scorer, support, list(spec.augment), 32, "cpu", without_next=True, memo=memo)
+    assert built == [3] * 4 + [2] * 4  # adapting anew: K − 1 shots, then K − 2, for every shot
+    from model.calibration import size_corrected, size_step
+
+    assert step == pytest.approx(size_step(plain, two), rel=1e-5, abs=1e-9)
+    np.testing.assert_allclose(scores, plain * np.exp(size_step(plain, two)), rtol=1e-5)
+    np.testing.assert_allclose(peaks, size_corrected(plain_peaks, two_peaks), rtol=1e-5)
+    centred, _, _, _ = counted_ours_calibration("model.center=true")
+    assert not codes_subsets(centred)
+    built.clear()
+    loo_scores(centred, support, [], 32, "cpu", size_correction=True)
+    assert built == [3] * 4 + [2] * 4

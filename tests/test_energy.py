@@ -540,3 +540,39 @@ def test_whitening_is_a_constant_of_the_task_and_spares_the_gradient_into_psi():
 def test_task_statistics_bad_values_are_refused(bad, match):
     with pytest.raises(InputError, match=match):
         make_ebm(**{**TASK, **bad})
+
+
+@pytest.mark.parametrize("receptive_field,smooth", [(1, 0.0), (3, 1.5)])
+def test_shot_subsets_give_what_adapting_to_the_subset_gives(receptive_field, smooth):
+    """ShotSubsets (one similarity product per image, top-k lists per shot) against building the dictionary of
+    the subset anew: the same normal energies and the same scores and energy maps, for subsets of one and two
+    shots left out, the standardisation of a K-shot task included."""
+    from model.ebm.energy import ShotSubsets
+
+    spec = BackboneSpec(name="conv", width=8, depth=2, stride=4, out_dim=16, max_width=128, input_norm="none",
+                        hypercolumn=False)
+    sparse = SparseSpec.paper(solver="fista", shrink="hard", lam_star=0.05, max_steps=20, top_k_atoms=8,
+                              center=False, image_norm="support", image_score="topk", top_frac=0.05,
+                              receptive_field=receptive_field)
+    torch.manual_seed(0)
+    ebm = AdaptiveEBM(ConvBackbone(spec), sparse).double().eval()
+    gen = torch.Generator().manual_seed(3)
+    shots = torch.rand(6, 3, 48, 48, generator=gen, dtype=torch.float64)
+    images = torch.rand(3, 3, 48, 48, generator=gen, dtype=torch.float64)
+    with torch.no_grad():
+        subsets = ShotSubsets(ebm, ebm.backbone(shots))
+        signals = subsets.signals(ebm.backbone(images))  # (3·h'w', m)
+    top = subsets.top(signals)
+    for keep in ([1, 2, 3, 4, 5], [0, 2, 3, 5], [0, 1, 3, 4, 5]):
+        mine = subsets.dictionary(keep, 6)
+        direct = ebm.build_dictionary(shots[keep], 6)
+        torch.testing.assert_close(mine.atoms, direct.atoms)
+        torch.testing.assert_close(mine.normal_mean, direct.normal_mean, rtol=1e-6, atol=1e-9)
+        torch.testing.assert_close(mine.normal_scale, direct.normal_scale, rtol=1e-6, atol=1e-9)
+        scores, maps = subsets.score(signals, top, keep, mine, (48, 48), smooth)
+        expected_scores, expected_maps = ebm.score_and_map(images, direct, smooth, "energy")
+        torch.testing.assert_close(scores, expected_scores, rtol=1e-6, atol=1e-9)
+        torch.testing.assert_close(maps, expected_maps, rtol=1e-6, atol=1e-9)
+    assert subsets.dictionary([2, 5], 3).normal_mean is None  # a 3-shot task is not standardised
+    with pytest.raises(InputError, match="ShotSubsets needs FISTA"):
+        ShotSubsets(AdaptiveEBM(ConvBackbone(spec), SparseSpec.paper()), torch.rand(2, 16, 12, 12))

@@ -450,3 +450,25 @@ def test_top_similar_gradient_is_topks():
     similarity.grad = None
     similarity.topk(16, dim=1).values.pow(2).sum().backward()
     assert torch.equal(mine, similarity.grad)
+
+
+@pytest.mark.parametrize("per_shot", [40, 12])
+@pytest.mark.parametrize("keep", [[0, 1, 2, 3, 4], [1, 3], [4], [0, 2, 3]])
+def test_merged_per_shot_lists_are_the_top_k_over_the_kept_shots(keep, per_shot):
+    """top_per_shot + merge_top = topk of the product with the kept shots' atoms alone (values and, mapped
+    back to the full dictionary, columns), also where the kept shots hold fewer than k atoms in all (one shot)."""
+    from model.ebm.sparse import merge_top, top_per_shot
+
+    gen = torch.Generator().manual_seed(len(keep))
+    shots, k = 5, 16
+    signals = torch.randn(30, 8, generator=gen, dtype=torch.float64)  # (n, m)
+    atoms = torch.randn(8, shots * per_shot, generator=gen, dtype=torch.float64)  # (m, K·P), shot-major
+    values, columns = top_per_shot(signals, atoms, shots, k, chunk_bytes=7 * 8 * shots * per_shot)  # 7-row chunks
+    assert values.shape == columns.shape == (30, shots, min(k, per_shot))
+    corr, index = merge_top(values, columns, keep, k)
+    kept_columns = torch.cat([torch.arange(j * per_shot, (j + 1) * per_shot) for j in keep])
+    expected = (signals @ atoms[:, kept_columns]).topk(min(k, len(kept_columns)), dim=1)
+    torch.testing.assert_close(corr, expected.values, rtol=1e-12, atol=1e-12)  # one product or another: rounding
+    assert torch.equal(index, kept_columns[expected.indices])
+    with pytest.raises(InputError, match="do not split into 5 shots"):
+        top_per_shot(signals, atoms[:, :-1], shots, k)

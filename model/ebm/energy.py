@@ -44,6 +44,9 @@ from model.ebm.sparse import (
     SOLVERS,
     fista_code,
     fista_energy,
+    local_energy,
+    top_per_shot,
+    merge_top,
     TaskDictionary,
     sparse_code,
     unfold_volumes,
@@ -289,10 +292,7 @@ class AdaptiveEBM(nn.Module):
                 others = torch.cat([atoms[:, :i * positions], atoms[:, (i + 1) * positions:]], 1)  # (m, (K−1)·h'w')
                 left_out = TaskDictionary(others, spectral_norm(others), shots - 1, center)
                 energies.append(self.signal_energy(volumes[i], left_out).reshape(size))  # (h', w')
-            loo = torch.stack(energies)  # (K, h', w')
-            mean = F.avg_pool2d(loo.mean(0)[None, None], 3, 1, 1, count_include_pad=False)[0, 0]  # (h', w')
-            spread = F.avg_pool2d(loo.std(0)[None, None], 3, 1, 1, count_include_pad=False)[0, 0]  # (h', w')
-            return mean, (spread + spread.mean()).clamp_min(1e-6)  # (h', w') each
+            return normal_statistics(torch.stack(energies))  # (K, h', w') -> (h', w') each
 
     def standardises(self, task_shots: int) -> bool:
         """Whether a task of task_shots shots gets normal energies (image_norm "support", K >= MIN_NORMAL_SHOTS)."""
@@ -361,20 +361,113 @@ class AdaptiveEBM(nn.Module):
         if mode == "energy":
             with torch.no_grad():
                 position = self.position_energy(images, dictionary, features)  # (B, h', w')
-            energies = self.image_energy(position, dictionary)
-            maps = F.interpolate(position[:, None], size=images.shape[-2:], mode="bilinear",
-                                 align_corners=False)[:, 0]  # (B, H, W)
+            return self.energy_map(position, dictionary, tuple(images.shape[-2:]), smooth_sigma)
         else:
             with torch.enable_grad():
                 x = images.detach().clone().requires_grad_(True)
                 energies = self.energy(x, dictionary.detach())
                 (grad,) = torch.autograd.grad(energies.sum(), x)
             maps = grad.abs().mean(1)  # (B, H, W)
-        if not math.isfinite(smooth_sigma) or smooth_sigma < 0:
-            raise InputError(f"map smoothing sigma {smooth_sigma}: expected a finite value >= 0")
-        if smooth_sigma > 0:
-            maps = gaussian_blur(maps, smooth_sigma)
-        return energies.detach(), maps.detach()
+        return energies.detach(), smoothed(maps, smooth_sigma).detach()
+
+    def energy_map(self, position: torch.Tensor, dictionary: TaskDictionary, image_size: tuple[int, int],
+                   smooth_sigma: float = 0.0) -> tuple[torch.Tensor, torch.Tensor]:
+        """score_and_map's mode "energy" from the position energies (B, h', w'): image energies (B,) and the
+        energies upsampled bilinearly to image_size (H, W), then smoothed -> (B, H, W)."""
+        energies = self.image_energy(position, dictionary)
+        maps = F.interpolate(position[:, None], size=image_size, mode="bilinear", align_corners=False)[:, 0]  # (B, H, W)
+        return energies.detach(), smoothed(maps, smooth_sigma).detach()
+
+    def codes_subsets(self) -> bool:
+        """Whether `ShotSubsets` can stand in for adapting to subsets of a task's shots: the prepared atoms of a
+        shot then do not depend on the other shots (no centre, whitening or exposure of the task) and each
+        position is coded over its top-k atoms (FISTA), chosen by similarity alone."""
+        spec = self.sparse
+        return (spec.solver == "fista" and spec.top_k_atoms > 0 and not spec.center and spec.whiten == "none"
+                and spec.exposure == "none")
+
+
+def normal_statistics(loo: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The shots' leave-one-out position energies (K, h', w') -> (mean, scale) (h', w') of `_normal_energy`:
+    mean and spread over the shots, each averaged over a 3×3 neighbourhood, the spread floored by its mean."""
+    mean = F.avg_pool2d(loo.mean(0)[None, None], 3, 1, 1, count_include_pad=False)[0, 0]  # (h', w')
+    spread = F.avg_pool2d(loo.std(0)[None, None], 3, 1, 1, count_include_pad=False)[0, 0]  # (h', w')
+    return mean, (spread + spread.mean()).clamp_min(1e-6)  # (h', w') each
+
+
+def smoothed(maps: torch.Tensor, sigma: float) -> torch.Tensor:
+    """maps (B, H, W) Gaussian-smoothed with sigma pixels (0: as they are)."""
+    if not math.isfinite(sigma) or sigma < 0:
+        raise InputError(f"map smoothing sigma {sigma}: expected a finite value >= 0")
+    return gaussian_blur(maps, sigma) if sigma > 0 else maps
+
+
+class ShotSubsets:
+    """Dictionaries of any subset of one task's K shots, and energies over them, from one similarity product
+    per image: a calibration adapts to 2K subsets (every shot left out, then two) and scores each left-out
+    shot's augmentations, which by adapting anew costs about K times the products of one adaptation.
+
+    Exact where `AdaptiveEBM.codes_subsets` holds: a shot's prepared atoms are the same in every subset, and the
+    k atoms a position is coded over are the k most similar of the subset's, which are among the k most similar
+    of their own shot (`top_per_shot`, `merge_top`). The FISTA runs differ from adapting anew only in how signals
+    are grouped for its stopping test (energies agree to ~1e-5; tests/test_energy.py)."""
+
+    def __init__(self, model: AdaptiveEBM, shot_features: torch.Tensor):
+        """shot_features: Ψ of the K shots (K, d, h', w')."""
+        if not model.codes_subsets():
+            raise InputError("ShotSubsets needs FISTA over top-k atoms without centre, whitening or exposure "
+                             "(model.solver=fista, model.top_k_atoms > 0, model.center=false, whiten/exposure none)")
+        self.model, self.spec = model, model.sparse
+        self.shots = shot_features.shape[0]
+        self.size = tuple(shot_features.shape[2:])  # (h', w')
+        volumes = model.prepare(unfold_volumes(shot_features, self.spec.receptive_field), None)  # (K, h'w', m)
+        self.positions = volumes.shape[1]
+        self.shot_signals = volumes.reshape(-1, volumes.shape[-1])  # (K·h'w', m), shot-major
+        self.atoms = self.shot_signals.transpose(0, 1)  # (m, K·h'w'): every position an atom, as build_dictionary
+        self.shot_top = self.top(self.shot_signals)  # (K·h'w', K, k) values and columns
+
+    def top(self, signals: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Prepared signals (n, m) -> their k most similar atoms in each shot (`top_per_shot`)."""
+        return top_per_shot(signals, self.atoms, self.shots, self.spec.top_k_atoms)
+
+    def energies(self, signals: torch.Tensor, top: tuple[torch.Tensor, torch.Tensor], keep: list[int]) -> torch.Tensor:
+        """Position energies (n,) of prepared signals (n, m) over the atoms of the shots `keep`, given their
+        per-shot lists `top`: what signal_energy gives over a dictionary built from those shots."""
+        spec = self.spec
+        corr, index = merge_top(*top, keep, spec.top_k_atoms)  # (n, k) each
+        return local_energy(signals, self.atoms, corr, index, spec.lam_star, spec.max_steps, spec.shrink, spec.tau,
+                            spec.tol)
+
+    def dictionary(self, keep: list[int], task_shots: int) -> TaskDictionary:
+        """What build_dictionary(shots `keep`, task_shots) returns, the normal energies included: shot j of
+        `keep` coded over the others of `keep`."""
+        with torch.no_grad():
+            columns = torch.cat([torch.arange(j * self.positions, (j + 1) * self.positions) for j in keep])
+            atoms = self.atoms[:, columns.to(self.atoms.device)]  # (m, |keep|·h'w')
+            dictionary = TaskDictionary(atoms=atoms, scale=spectral_norm(atoms), shots=len(keep), center=None)
+            if self.model.standardises(task_shots) and len(keep) >= 2:
+                loo = []
+                for j in keep:
+                    rows = slice(j * self.positions, (j + 1) * self.positions)
+                    own = (self.shot_top[0][rows], self.shot_top[1][rows])
+                    others = [o for o in keep if o != j]
+                    loo.append(self.energies(self.shot_signals[rows], own, others).reshape(self.size))  # (h', w')
+                dictionary.normal_mean, dictionary.normal_scale = normal_statistics(torch.stack(loo))
+        return dictionary
+
+    def signals(self, features: torch.Tensor) -> torch.Tensor:
+        """Ψ's features of images (B, d, h', w') -> prepared signals (B·h'w', m)."""
+        volumes = self.model.prepare(unfold_volumes(features, self.spec.receptive_field), None)  # (B, h'w', m)
+        return volumes.reshape(-1, volumes.shape[-1])
+
+    def score(self, signals: torch.Tensor, top: tuple[torch.Tensor, torch.Tensor], keep: list[int],
+              dictionary: TaskDictionary, image_size: tuple[int, int], smooth_sigma: float = 0.0
+              ) -> tuple[torch.Tensor, torch.Tensor]:
+        """score_and_map (mode "energy") of B images, given as prepared signals (B·h'w', m) and their per-shot
+        lists, over `dictionary` = self.dictionary(keep, ·) -> energies (B,), maps (B, H, W)."""
+        with torch.no_grad():
+            position = self.energies(signals, top, keep).reshape(-1, *self.size)  # (B, h', w')
+        return self.model.energy_map(position, dictionary, image_size, smooth_sigma)
 
 
 def gaussian_blur(maps: torch.Tensor, sigma: float) -> torch.Tensor:

@@ -276,17 +276,55 @@ def fista_energy(
         raise InputError(f"fista_energy needs top_k >= 1, got {top_k}; use fista_code for the full dictionary")
     k = min(top_k, atoms.shape[1])
     rows = _chunk_rows(signals, atoms, chunk_bytes)
-    atom_rows = atoms.transpose(0, 1)  # (A, m)
     out = []
     for chunk in signals.split(rows):
         corr, index = top_similar(chunk @ atoms, k)  # (r, k) similarities Dₖᵀz and which atoms
-        local = atom_rows[index]  # (r, k, m): each signal's k atoms
-        local_gram = local @ local.transpose(1, 2)  # (r, k, k)
-        codes = fista_solve(local_gram, corr, lam, max_steps, kind, tau, tol)  # (r, k)
-        quad = (codes.unsqueeze(1) @ local_gram @ codes.unsqueeze(2)).reshape(-1)  # (r,) αᵀGα
-        energy = chunk.pow(2).sum(1) - 2 * (codes * corr).sum(1) + quad  # (r,)
-        out.append(energy.clamp_min(0.0))  # rounding can dip below 0 for an exact fit
+        out.append(local_energy(chunk, atoms, corr, index, lam, max_steps, kind, tau, tol))
     return torch.cat(out)
+
+
+def local_energy(signals: torch.Tensor, atoms: torch.Tensor, corr: torch.Tensor, index: torch.Tensor, lam: float,
+                 max_steps: int, kind: str = "hard", tau: float = 20.0, tol: float = 1e-4) -> torch.Tensor:
+    """`fista_energy` once each signal's atoms are chosen: signals (r, m), atoms (m, A), their similarities
+    corr (r, k) = Dₖᵀz to the atoms of columns index (r, k) -> ‖z − Dₖα*‖² (r,). One FISTA run: its tolerance
+    is checked over all r signals at once."""
+    local = atoms.transpose(0, 1)[index]  # (r, k, m): each signal's k atoms
+    local_gram = local @ local.transpose(1, 2)  # (r, k, k)
+    codes = fista_solve(local_gram, corr, lam, max_steps, kind, tau, tol)  # (r, k)
+    quad = (codes.unsqueeze(1) @ local_gram @ codes.unsqueeze(2)).reshape(-1)  # (r,) αᵀGα
+    energy = signals.pow(2).sum(1) - 2 * (codes * corr).sum(1) + quad  # (r,)
+    return energy.clamp_min(0.0)  # rounding can dip below 0 for an exact fit
+
+
+def top_per_shot(signals: torch.Tensor, atoms: torch.Tensor, shots: int, k: int,
+                 chunk_bytes: int = 16 * 2**20) -> tuple[torch.Tensor, torch.Tensor]:
+    """The k largest similarities of every signal to the atoms of each shot separately: signals (n, m), atoms
+    (m, K·P) shot-major (P atoms per shot) -> values (n, K, k) largest first and their columns in `atoms`
+    (n, K, k). `merge_top` then gives the top k over any subset of the shots without another product."""
+    n, A = signals.shape[0], atoms.shape[1]
+    if A % shots:
+        raise InputError(f"{A} atoms do not split into {shots} shots of equal size")
+    per_shot = A // shots
+    k = min(k, per_shot)
+    offsets = (torch.arange(shots, device=atoms.device) * per_shot).view(1, shots, 1)  # (1, K, 1)
+    values, columns = [], []
+    with torch.no_grad():
+        for chunk in signals.split(_chunk_rows(signals, atoms, chunk_bytes)):
+            found = (chunk @ atoms).view(chunk.shape[0], shots, per_shot).topk(k, dim=2)  # (r, K, k) each
+            values.append(found.values)
+            columns.append(found.indices + offsets)
+    return torch.cat(values), torch.cat(columns)
+
+
+def merge_top(values: torch.Tensor, columns: torch.Tensor, keep: list[int], k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """`top_per_shot`'s lists (n, K, k') restricted to the shots `keep` -> the k largest similarities over those
+    shots' atoms and their columns, (n, k) each, largest first: what top_similar returns for the product with
+    the kept shots' atoms (any of the k largest over a union is among the k largest of its own shot)."""
+    keep_index = torch.as_tensor(keep, device=values.device)
+    kept_values = values.index_select(1, keep_index).flatten(1)  # (n, |keep|·k')
+    kept_columns = columns.index_select(1, keep_index).flatten(1)  # (n, |keep|·k')
+    top = kept_values.topk(min(k, kept_values.shape[1]), dim=1)  # (n, k)
+    return top.values, kept_columns.gather(1, top.indices)
 
 
 def local_atoms(signals: torch.Tensor, atoms: torch.Tensor, top_k: int) -> torch.Tensor:
