@@ -211,8 +211,8 @@ def codes_subsets(scorer) -> bool:
 def subset_scores(scorer, support: torch.Tensor, kinds, memo: FeatureMemo, without_next: bool
                   ) -> tuple[tuple[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray] | None] | None:
     """held_out_scores for the K − 1 dictionaries (and, with without_next, the K − 2 ones) through
-    `ShotSubsets`: one similarity product per image instead of one per image and dictionary (about 2.5×
-    faster at K = 10). None where that does not give the same scores (model.ebm.energy.ShotSubsets: ours
+    `ShotSubsets`: one similarity product per image instead of one per image and dictionary (1.5–2.1×
+    faster at K = 10 on 2 CPU cores, docs/benchmarks.md). None where that does not give the same scores (model.ebm.energy.ShotSubsets: ours
     with FISTA over top-k atoms, no centre, whitening, exposure, support augmentation; energy maps), or where
     the scorer does not expose Ψ's features; held_out_scores then adapts to every subset."""
     from model.ebm.energy import ShotSubsets
