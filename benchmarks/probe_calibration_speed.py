@@ -58,7 +58,8 @@ def main(argv: list[str]) -> None:
             began = time.perf_counter()
             fast = calibrate(scorer, support, spec)
             fast_s = time.perf_counter() - began
-            print(f"{category} draw {draw} K={cfg.eval.shots}: adapting anew {slow_s:.1f} s, ShotSubsets {fast_s:.1f} s "
+            print(f"{category} draw {draw} K={cfg.eval.shots}: adapting anew {slow_s:.1f} s, "
+                  f"ShotSubsets {fast_s:.1f} s "
                   f"({slow_s / fast_s:.1f}x); threshold {slow[0]:.6g} vs {fast.threshold:.6g} "
                   f"(rel. {abs(fast.threshold - slow[0]) / abs(slow[0]):.1e}), pixel threshold {slow[1]:.6g} vs "
                   f"{fast.pixel_threshold:.6g} (rel. {abs(fast.pixel_threshold - slow[1]) / abs(slow[1]):.1e})",

@@ -375,7 +375,8 @@ class AdaptiveEBM(nn.Module):
         """score_and_map's mode "energy" from the position energies (B, h', w'): image energies (B,) and the
         energies upsampled bilinearly to image_size (H, W), then smoothed -> (B, H, W)."""
         energies = self.image_energy(position, dictionary)
-        maps = F.interpolate(position[:, None], size=image_size, mode="bilinear", align_corners=False)[:, 0]  # (B, H, W)
+        maps = F.interpolate(position[:, None], size=image_size, mode="bilinear",
+                             align_corners=False)[:, 0]  # (B, H, W)
         return energies.detach(), smoothed(maps, smooth_sigma).detach()
 
     def codes_subsets(self) -> bool:

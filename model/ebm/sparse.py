@@ -301,7 +301,7 @@ def top_per_shot(signals: torch.Tensor, atoms: torch.Tensor, shots: int, k: int,
     """The k largest similarities of every signal to the atoms of each shot separately: signals (n, m), atoms
     (m, K·P) shot-major (P atoms per shot) -> values (n, K, k) largest first and their columns in `atoms`
     (n, K, k). `merge_top` then gives the top k over any subset of the shots without another product."""
-    n, A = signals.shape[0], atoms.shape[1]
+    A = atoms.shape[1]
     if A % shots:
         raise InputError(f"{A} atoms do not split into {shots} shots of equal size")
     per_shot = A // shots
@@ -316,7 +316,8 @@ def top_per_shot(signals: torch.Tensor, atoms: torch.Tensor, shots: int, k: int,
     return torch.cat(values), torch.cat(columns)
 
 
-def merge_top(values: torch.Tensor, columns: torch.Tensor, keep: list[int], k: int) -> tuple[torch.Tensor, torch.Tensor]:
+def merge_top(values: torch.Tensor, columns: torch.Tensor, keep: list[int],
+              k: int) -> tuple[torch.Tensor, torch.Tensor]:
     """`top_per_shot`'s lists (n, K, k') restricted to the shots `keep` -> the k largest similarities over those
     shots' atoms and their columns, (n, k) each, largest first: what top_similar returns for the product with
     the kept shots' atoms (any of the k largest over a union is among the k largest of its own shot)."""

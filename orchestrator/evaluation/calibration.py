@@ -211,10 +211,9 @@ def codes_subsets(scorer) -> bool:
 def subset_scores(scorer, support: torch.Tensor, kinds, memo: FeatureMemo, without_next: bool
                   ) -> tuple[tuple[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray] | None] | None:
     """held_out_scores for the K − 1 dictionaries (and, with without_next, the K − 2 ones) through
-    `ShotSubsets`: one similarity product per image instead of one per image and dictionary (1.5–2.1×
-    faster at K = 10 on 2 CPU cores, docs/benchmarks.md). None where that does not give the same scores (model.ebm.energy.ShotSubsets: ours
-    with FISTA over top-k atoms, no centre, whitening, exposure, support augmentation; energy maps), or where
-    the scorer does not expose Ψ's features; held_out_scores then adapts to every subset."""
+    `ShotSubsets`: one similarity product per image instead of one per image and dictionary (1.5–2.1× faster
+    at K = 10 on 2 CPU cores, docs/benchmarks.md). None where that would not give the same scores (see
+    codes_subsets) or the scorer does not expose Ψ's features; held_out_scores then adapts to every subset."""
     from model.ebm.energy import ShotSubsets
 
     if not codes_subsets(scorer):
@@ -238,7 +237,8 @@ def subset_scores(scorer, support: torch.Tensor, kinds, memo: FeatureMemo, witho
             keep = [k for k in range(K) if k not in drop]
             dictionary = subsets.dictionary(keep, K)  # standardised as the K-shot task is
             scores, maps = subsets.score(signals, top, keep, dictionary, image_size, scorer.smooth_sigma)
-            out[pass_index].append((scores.cpu().double().numpy(), maps.flatten(1).max(1).values.cpu().double().numpy()))
+            peaks = maps.flatten(1).max(1).values  # (1+A,)
+            out[pass_index].append((scores.cpu().double().numpy(), peaks.cpu().double().numpy()))
     joined = [(np.concatenate([s for s, _ in rows]), np.concatenate([p for _, p in rows])) if rows else None
               for rows in out]
     return joined[0], joined[1]
@@ -253,21 +253,19 @@ def loo_scores(scorer, support: torch.Tensor, kinds, batch_size: int, device,
     K = support.shape[0]
     memo = FeatureMemo(scorer, support, batch_size, device)
     both = size_correction and K >= 3
-    found = subset_scores(scorer, support, kinds, memo, both) if codes_subsets(scorer) else None
-    full = full_state
-    if found is None and full is None and K > 2 and can_cut(scorer, K):
-        full = scorer.adapt(support.to(device))
+    found = subset_scores(scorer, support, kinds, memo, both)
     if found is not None:
         (scores, peaks), second = found
-        if both:
-            scores2, peaks2 = second
     else:
+        full = full_state
+        if full is None and K > 2 and can_cut(scorer, K):
+            full = scorer.adapt(support.to(device))
         scores, peaks = held_out_scores(scorer, support, kinds, batch_size, device, full, memo=memo)
-        if both:
-            scores2, peaks2 = held_out_scores(scorer, support, kinds, batch_size, device, full, without_next=True,
-                                              memo=memo)
+        second = (held_out_scores(scorer, support, kinds, batch_size, device, full, without_next=True, memo=memo)
+                  if both else None)
     if not both:
         return scores, peaks, 0.0
+    scores2, peaks2 = second
     step = size_step(scores, scores2)
     return scores * np.exp(step), size_corrected(peaks, peaks2), step
 
