@@ -421,9 +421,8 @@ class ShotSubsets:
         self.model, self.spec = model, model.sparse
         self.shots = shot_features.shape[0]
         self.size = tuple(shot_features.shape[2:])  # (h', w')
-        volumes = model.prepare(unfold_volumes(shot_features, self.spec.receptive_field), None)  # (K, h'w', m)
-        self.positions = volumes.shape[1]
-        self.shot_signals = volumes.reshape(-1, volumes.shape[-1])  # (K·h'w', m), shot-major
+        self.positions = self.size[0] * self.size[1]
+        self.shot_signals = self.signals(shot_features)  # (K·h'w', m), shot-major
         self.atoms = self.shot_signals.transpose(0, 1)  # (m, K·h'w'): every position an atom, as build_dictionary
         self.shot_top = self.top(self.shot_signals)  # (K·h'w', K, k) values and columns
 

@@ -31,9 +31,9 @@ def nearest_distances(
 
     Distances are computed in blocks of at most `max_chunk_bytes` (query chunks × bank chunks with a
     running minimum), so the working memory stays bounded for any n; beside it sits one transposed copy of the
-    bank (N·m values: a contiguous (m, N) operand, measured faster than the transposed view). The neighbour is the row minimising
-    ‖b‖² − 2q·b (‖q − b‖² less the query's own ‖q‖²): one matmul per block, no square root. That form
-    loses precision near 0 (the terms cancel), so the winning distance is recomputed exactly from the
+    bank (N·m values: a contiguous (m, N) operand, measured faster than the transposed view). The neighbour is
+    the row minimising ‖b‖² − 2q·b (‖q − b‖² less the query's own ‖q‖²): one matmul per block, no square root.
+    That form loses precision near 0 (the terms cancel), so the winning distance is recomputed exactly from the
     difference vector: a query equal to a bank row gets exactly 0.
     """
     if queries.dim() != 2 or bank.dim() != 2 or queries.shape[1] != bank.shape[1]:
