@@ -22,10 +22,9 @@ from pathlib import Path
 import torch
 from PIL import Image
 
-from benchmarks.probe_features import DATA
+from benchmarks.probe_features import DATA, score_subset
 from orchestrator.config.loading import load_config
-from orchestrator.evaluation.evaluate import (TestSet, evaluate_scorer, make_scorer, stratified_subset,
-                                              subset_test_set, untrained_model)
+from orchestrator.evaluation.evaluate import TestSet, make_scorer, untrained_model
 from workers.data.images import clear_cache, stack_items
 from workers.data.sources import as_source
 
@@ -62,8 +61,8 @@ def square_becomes(side: int, shape: tuple[int, int]):
 
 
 def probe(scorer, root: str, category: str, image_size: int) -> dict:
-    """probe_features.probe, with the test set loaded here: the loader's all-zero masks of normal images are
-    image_size² whatever the resize did, so they are rebuilt at each image's own H × W."""
+    """probe_features.probe, with the test set loaded here: the loaders make a normal image's all-zero mask
+    image_size² whatever the resize did, so it is rebuilt at the image's own H × W before stacking."""
     source = as_source(root)
     train_items = source.load(category, image_size, split="train")
     test_items = source.load(category, image_size, split="test")
@@ -71,10 +70,8 @@ def probe(scorer, root: str, category: str, image_size: int) -> dict:
         if item.label == 0 and item.mask is not None and item.mask.shape != item.image.shape[-2:]:
             item.mask = torch.zeros(item.image.shape[-2:])  # (H, W)
     images, masks, labels = stack_items(test_items)
-    test = TestSet(category, torch.stack([it.image for it in train_items]), images, masks, labels,
-                   [it.path for it in test_items])
-    test = subset_test_set(test, stratified_subset(test.labels, 160, 0, category))
-    return evaluate_scorer(scorer, test, 10, 3, 0, 32, torch.device("cpu"), progress=False)
+    return score_subset(scorer, TestSet(category, torch.stack([it.image for it in train_items]), images, masks,
+                                        labels, [it.path for it in test_items]))
 
 
 def main(argv: list[str]) -> None:

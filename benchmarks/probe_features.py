@@ -44,11 +44,15 @@ class PatchedFeatures(nn.Module):
         return F.avg_pool2d(self.net.features(x), 3, 1, 1)  # pool3: (B, d, h', w')
 
 
-def probe(scorer, data, category: str, image_size: int) -> dict:
-    """The probes' protocol: K = 10, 3 draws (seed 0), a 160-image class-stratified subset of the test set, CPU."""
-    test = load_test_set(data, category, image_size)
-    test = subset_test_set(test, stratified_subset(test.labels, 160, 0, category))
+def score_subset(scorer, test) -> dict:
+    """The probes' protocol on a loaded test set: K = 10, 3 draws (seed 0), a 160-image class-stratified subset, CPU."""
+    test = subset_test_set(test, stratified_subset(test.labels, 160, 0, test.category))
     return evaluate_scorer(scorer, test, 10, 3, 0, 32, torch.device("cpu"), progress=False)
+
+
+def probe(scorer, data, category: str, image_size: int) -> dict:
+    """`score_subset` on the category's test set as the loader gives it."""
+    return score_subset(scorer, load_test_set(data, category, image_size))
 
 
 def main(argv: list[str]) -> None:
