@@ -22,11 +22,10 @@ from pathlib import Path
 import torch
 from PIL import Image
 
-from benchmarks.probe_features import DATA, score_subset
+from benchmarks.probe_features import DATA, probe
 from orchestrator.config.loading import load_config
-from orchestrator.evaluation.evaluate import TestSet, make_scorer, untrained_model
-from workers.data.images import clear_cache, stack_items
-from workers.data.sources import as_source
+from orchestrator.evaluation.evaluate import make_scorer, untrained_model
+from workers.data.images import clear_cache
 
 
 def aspect_shape(root: str, category: str, pixels: int, multiple: int = 8) -> tuple[int, int]:
@@ -58,20 +57,6 @@ def square_becomes(side: int, shape: tuple[int, int]):
     finally:
         Image.Image.resize = original
         clear_cache()
-
-
-def probe(scorer, root: str, category: str, image_size: int) -> dict:
-    """probe_features.probe, with the test set loaded here: the loaders make a normal image's all-zero mask
-    image_size² whatever the resize did, so it is rebuilt at the image's own H × W before stacking."""
-    source = as_source(root)
-    train_items = source.load(category, image_size, split="train")
-    test_items = source.load(category, image_size, split="test")
-    for item in test_items:
-        if item.label == 0 and item.mask is not None and item.mask.shape != item.image.shape[-2:]:
-            item.mask = torch.zeros(item.image.shape[-2:])  # (H, W)
-    images, masks, labels = stack_items(test_items)
-    return score_subset(scorer, TestSet(category, torch.stack([it.image for it in train_items]), images, masks,
-                                        labels, [it.path for it in test_items]))
 
 
 def main(argv: list[str]) -> None:

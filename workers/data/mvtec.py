@@ -112,7 +112,7 @@ class MVTecCategory:
         mask = None
         if masks:
             if label == 0:
-                mask = torch.zeros(size, size, dtype=torch.float32)
+                mask = torch.zeros(image.shape[-2:], dtype=torch.float32)  # (H, W) of the image as loaded
             else:
                 mp = self.mask_path(defect_type, path)
                 if mp is not None:

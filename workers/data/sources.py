@@ -113,7 +113,7 @@ class ManifestSource:
         mask = None
         if r["split"] == "test" and (r["mask_path"] is not None or self._has_masks(r["category"])):
             if r["mask_path"] is None:
-                mask = _zeros(image_size)
+                mask = torch.zeros(image.shape[-2:], dtype=torch.float32)  # (H, W) of the image as loaded
             else:
                 mask_path = self.manifest.root / r["mask_path"]
                 _verify(mask_path, r["mask_sha256"], self.manifest.path)
@@ -123,10 +123,6 @@ class ManifestSource:
 
     def _has_masks(self, category: str) -> bool:
         return any(r["mask_path"] is not None for r in self.manifest.select(category, "test"))
-
-
-def _zeros(size: int) -> torch.Tensor:
-    return torch.zeros(size, size, dtype=torch.float32)
 
 
 def _verify(path: Path, expected: str, manifest: Path) -> None:

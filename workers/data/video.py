@@ -155,7 +155,7 @@ def load_scene(root, scene: str, image_size: int, split: str = "train", every: i
             if mp.is_file():
                 mask = load_mask(mp, image_size, orig)
             elif label == 0:
-                mask = torch.zeros(image_size, image_size, dtype=torch.float32)
+                mask = torch.zeros(image.shape[-2:], dtype=torch.float32)  # (H, W) of the frame as loaded
             else:
                 raise InputError(f"mask for anomalous frame {path} is missing; expected {mp}")
         return ImageItem(image=image, mask=mask, label=label, category=str(scene), defect_type=clip,
