@@ -32,8 +32,8 @@ def normals(small_real_root) -> dict[str, torch.Tensor]:
     return out
 
 
-def sampler(normals, augment="none", seed=0, exclude=(EXCLUDED,), shots=K, queries=M):
-    return EpisodeSampler(normals, shots, queries, (0.1, 0.3), augment, seed, exclude=exclude)
+def sampler(normals, augment="none", seed=0, exclude=(EXCLUDED,), shots=K, queries=M, crop=0):
+    return EpisodeSampler(normals, shots, queries, (0.1, 0.3), augment, seed, exclude=exclude, crop=crop)
 
 
 def episodes_equal(a, b) -> bool:
@@ -204,6 +204,58 @@ def test_augment_image_transforms_each_image(normals):
 
 
 # --------------------------------------------------------------------------------------------------
+# Crop (train.crop): one window per task
+# --------------------------------------------------------------------------------------------------
+
+
+def position_coded(n: int, size: int) -> torch.Tensor:
+    """(n, 3, size, size): channel 0 = row, 1 = column, 2 = image index, so a crop's pixels say where they
+    were cut from and from which image."""
+    rows = torch.arange(size, dtype=torch.float32)[:, None].expand(size, size)
+    cols = torch.arange(size, dtype=torch.float32)[None, :].expand(size, size)
+    return torch.stack([torch.stack([rows, cols, torch.full((size, size), float(i))]) for i in range(n)])
+
+
+def test_crop_cuts_support_and_queries_from_one_window():
+    size, crop = 24, 16
+    s = EpisodeSampler({"a": position_coded(8, size)}, 3, 2, augment="none", seed=3, crop=crop)
+    corners = set()
+    for _ in range(40):
+        ep = s.sample()
+        both = torch.cat([ep.support, ep.queries])  # (K + M, 3, 16, 16)
+        assert both.shape == (5, 3, crop, crop) and ep.corrupted.shape == (2, 3, crop, crop)
+        assert ep.patch_mask.shape == (2, crop, crop)
+        top, left = int(both[0, 0, 0, 0]), int(both[0, 1, 0, 0])
+        assert 0 <= top <= size - crop and 0 <= left <= size - crop
+        # every image of the task is the same window, and each is still its indexed image
+        expected = position_coded(8, size)[ep.support_index + ep.query_index][..., top:top + crop, left:left + crop]
+        assert torch.equal(both, expected)
+        corners.add((top, left))
+    assert len(corners) > 20  # the window moves between tasks
+
+
+@pytest.mark.parametrize("crop", [0, SIZE, 4 * SIZE])
+def test_no_crop_or_a_crop_at_least_the_image_is_the_whole_image_and_keeps_the_stream(normals, crop):
+    a = sampler(normals, "episode", seed=4)
+    b = sampler(normals, "episode", seed=4, crop=crop)
+    for _ in range(5):
+        assert episodes_equal(a.sample(), b.sample())
+
+
+def test_crop_cuts_defects_with_their_masks():
+    g = torch.Generator().manual_seed(0)
+    normals = {"a": torch.rand(6, 3, 32, 32, generator=g)}
+    masks = torch.zeros(3, 32, 32, dtype=torch.bool)
+    masks[:, 4:20, 2:12] = True
+    defects = {"a": (torch.full((3, 3, 32, 32), 0.25) + masks[:, None] * 0.5, masks)}
+    s = EpisodeSampler(normals, 2, 2, augment="episode", seed=1, defects=defects, crop=16)
+    for _ in range(10):
+        ep = s.sample()
+        assert ep.anomalous.shape == (2, 3, 16, 16) and ep.anomalous_masks.shape == (2, 16, 16)
+        assert torch.equal(ep.anomalous[:, 0] > 0.5, ep.anomalous_masks)  # image and mask cut alike
+
+
+# --------------------------------------------------------------------------------------------------
 # Errors
 # --------------------------------------------------------------------------------------------------
 
@@ -228,6 +280,7 @@ def test_not_enough_images_only_counts_training_categories(normals):
     ({"queries": 0}, "train.queries"),
     ({"augment": "sideways"}, "train.augment"),
     ({"exclude": CATEGORIES}, "no training categories"),
+    ({"crop": 8}, "train.crop=8"),
 ])
 def test_bad_arguments(normals, kwargs, needle):
     with pytest.raises(InputError, match=needle):

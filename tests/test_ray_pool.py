@@ -70,6 +70,24 @@ def test_sync_update_through_ray_equals_in_process_update(ray_local, small_real_
         torch.testing.assert_close(a, b, rtol=0, atol=1e-4, msg=name)
 
 
+def test_episode_actors_cut_the_configured_crop(ray_local, small_real_root):
+    """train.crop reaches the Ray episode actors: their episode is the in-process sampler's, cut to one window."""
+    cfg = tiny_config("distributed.workers=1", "data.exclude=[tire]", "train.crop=16")
+    pool = actor_pool(cfg, small_real_root, TRAINED_ON)
+    try:
+        pool.start()
+        episode = ray.get(pool.episode(TRAINED_ON[0], 99))
+    finally:
+        pool.shutdown()
+    assert episode.support.shape[-2:] == (16, 16) and episode.corrupted.shape[-2:] == (16, 16)
+    normals = load_normals(small_real_root, [TRAINED_ON[0]], cfg.data.image_size)
+    local = EpisodeSampler(normals, cfg.train.shots, cfg.train.queries, (cfg.inpaint.min_frac, cfg.inpaint.max_frac),
+                           cfg.train.augment, corruptions=tuple(cfg.inpaint.kinds), crop=16)
+    local.set_state(torch.Generator().manual_seed(99).get_state())
+    expected = local.sample()
+    assert torch.equal(episode.support, expected.support) and torch.equal(episode.corrupted, expected.corrupted)
+
+
 def build_initial(cfg):
     torch.manual_seed(cfg.train.seed)  # the initialisation training starts from
     return build_model(cfg)

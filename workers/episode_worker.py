@@ -31,6 +31,7 @@ class EpisodeWorker:
         manifest: str | None = None,
         splits: str | None = None,
         fold: str | None = None,
+        crop: int = 0,
     ):
         if max_pixels is not None:  # this actor's process decodes the images: the config's limit applies here
             set_max_pixels(max_pixels)
@@ -39,6 +40,7 @@ class EpisodeWorker:
         self.root = None if root is None else str(root)  # None: the manifest's own image root
         self.categories, self.image_size = list(categories), image_size
         self.shots, self.queries, self.patch_frac, self.augment = shots, queries, tuple(patch_frac), augment
+        self.crop = crop
         self.corruptions = tuple(corruptions)  # donors come from the same category (one sampler each)
         self.manifest, self.splits, self.fold = manifest, splits, fold
         self._samplers: dict[str, EpisodeSampler] | None = None
@@ -55,7 +57,7 @@ class EpisodeWorker:
                 # One sampler per category: the learner, not the worker, picks the task's category.
                 samplers[category] = EpisodeSampler(
                     {category: images}, self.shots, self.queries, self.patch_frac, self.augment, seed=0,
-                    corruptions=self.corruptions,
+                    corruptions=self.corruptions, crop=self.crop,
                 )
             self._samplers = samplers
             self._counts = counts

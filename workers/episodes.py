@@ -5,6 +5,10 @@ Augmentation (Section 4.1: flips and 90° rotations) is applied per episode by d
 (support and queries alike) gets one random dihedral transform, which turns 3 training categories into
 up to 24 distinct tasks without making an upright query look anomalous against a rotated support. With
 `augment="image"` every image draws its own transform (for rotation-invariant textures).
+
+`crop`: every task is cut to one random S' × S' window (support, queries and their defects alike), so that
+the network trains at the pixel scale it is evaluated at, on a fraction of the pixels (train.crop); images no
+larger than the window are used whole.
 """
 from __future__ import annotations
 
@@ -17,6 +21,7 @@ from model.errors import InputError
 from model.ebm.inpaint import corrupt, noise_patch
 
 AUGMENT_MODES = ("none", "episode", "image")
+MIN_CROP = 16  # four feature cells a side at Ψ's output stride 4
 
 
 @dataclass
@@ -46,6 +51,7 @@ class EpisodeSampler:
         exclude: tuple[str, ...] = (),
         corruptions: tuple[str, ...] = ("noise",),
         defects: dict[str, tuple[torch.Tensor, torch.Tensor]] | None = None,
+        crop: int = 0,
     ):
         if shots < 1:
             raise InputError(f"train.shots={shots}: expected K >= 1")
@@ -54,6 +60,9 @@ class EpisodeSampler:
         if augment not in AUGMENT_MODES:
             raise InputError(f"train.augment={augment!r}: expected one of {AUGMENT_MODES}")
         self.normals = {c: x for c, x in normals.items() if c not in set(exclude)}
+        if crop != 0 and crop < MIN_CROP:
+            raise InputError(f"train.crop={crop}: expected 0 (whole images) or a side >= {MIN_CROP}")
+        self.crop = crop
         if not self.normals:
             raise InputError("no training categories left after excluding the held-out ones")
         for category, images in self.normals.items():
@@ -102,6 +111,8 @@ class EpisodeSampler:
             ts = torch.randint(8, (self.shots + self.queries,), generator=g).tolist()
             support = torch.stack([dihedral(x, t) for x, t in zip(support, ts[: self.shots])])
             queries = torch.stack([dihedral(x, t) for x, t in zip(queries, ts[self.shots :])])
+        window = self._window(support.shape[-2:])
+        support, queries = self._cut(support, window), self._cut(queries, window)
         if self.corruptions == ("noise",):  # the paper's start; keeps the seeded stream of earlier releases
             corrupted, patch_mask = noise_patch(queries, *self.patch_frac, generator=g)
         else:
@@ -110,8 +121,25 @@ class EpisodeSampler:
         episode = Episode(category, support, queries, corrupted, patch_mask, support_index, query_index)
         if self.defects is not None:  # drawn last: the stream of earlier draws is that of a run without defects
             transform = t if self.augment == "episode" else None
-            episode.anomalous, episode.anomalous_masks = self._defects(category, transform)
+            anomalous, masks = self._defects(category, transform)
+            episode.anomalous, episode.anomalous_masks = self._cut(anomalous, window), self._cut(masks, window)
         return episode
+
+    def _window(self, size: torch.Size) -> tuple[int, int] | None:
+        """The task's crop: its top-left corner (row, column), drawn uniformly; None without train.crop or when
+        the images are no larger than the crop (no draw: the seeded stream is that of a run without cropping)."""
+        if self.crop == 0 or self.crop >= min(size):
+            return None
+        g = self.generator
+        top = int(torch.randint(size[0] - self.crop + 1, (1,), generator=g))
+        left = int(torch.randint(size[1] - self.crop + 1, (1,), generator=g))
+        return top, left
+
+    def _cut(self, images: torch.Tensor, window: tuple[int, int] | None) -> torch.Tensor:
+        if window is None:
+            return images
+        top, left = window
+        return images[..., top : top + self.crop, left : left + self.crop].contiguous()  # (..., S, S) -> (..., S', S')
 
     def _defects(self, category: str, transform: int | None) -> tuple[torch.Tensor, torch.Tensor]:
         """M anomalous images of the category and their masks (A, C, S, S), (A, S, S), drawn with replacement.

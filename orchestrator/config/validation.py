@@ -28,7 +28,7 @@ from orchestrator.config.schema import (
 from orchestrator.config.search_space import validate_tune
 from orchestrator.config.specs import sparse_spec
 from workers.data.paths import plain_name
-from workers.episodes import AUGMENT_MODES
+from workers.episodes import AUGMENT_MODES, MIN_CROP
 
 # Images are resized to at most this: the largest source images (MVTec) are 1024 px, and every
 # training image is held in memory at this size (3 × S² float32), so larger values only exhaust memory.
@@ -106,6 +106,8 @@ def validate_training(cfg: Config) -> None:
             raise InputError(f"{key}={value!r}: expected one of {', '.join(choices)}")
     if t.augment not in AUGMENT_MODES:
         raise InputError(f"train.augment={t.augment!r}: expected one of {AUGMENT_MODES}")
+    if t.crop != 0 and t.crop < MIN_CROP:  # a crop >= data.image_size is the whole image
+        raise InputError(f"train.crop={t.crop}: expected 0 (whole images) or a side >= {MIN_CROP}")
     if not (t.device == "cpu" or t.device == "cuda" or t.device.startswith("cuda:")):
         raise InputError(f"train.device={t.device!r}: expected cpu, cuda or cuda:N")
     if cfg.maml.inner_steps < 0:

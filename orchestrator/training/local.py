@@ -33,7 +33,7 @@ class LocalWorkers:
         self.sampler = EpisodeSampler(
             normals, cfg.train.shots, cfg.train.queries, (cfg.inpaint.min_frac, cfg.inpaint.max_frac),
             cfg.train.augment, cfg.train.seed, exclude=tuple(cfg.data.exclude), corruptions=tuple(cfg.inpaint.kinds),
-            defects=defects,
+            defects=defects, crop=cfg.train.crop,
         )
         self.generator: torch.Generator | None = None
         self.description = f"train {cfg.train.method}"
