@@ -86,7 +86,8 @@ def speed(data_root: Path, device: torch.device) -> dict:
     normals = load_normals(data_root, ["kolektor", "tire"], cfg.data.image_size)
     support = normals["tire"][:10].to(device)  # K = 10 at the default size
     queries = normals["kolektor"][:64].to(device)
-    out: dict = {"image_size": cfg.data.image_size, "shots": 10, "image_norm": cfg.model.image_norm}
+    out: dict = {"image_size": cfg.data.image_size, "shots": 10, "image_norm": cfg.model.image_norm,
+                 "train_crop": cfg.train.crop}
 
     def sync():
         if device.type == "cuda":
@@ -140,7 +141,8 @@ def speed(data_root: Path, device: torch.device) -> dict:
     # Training episodes/s (default config, all Alg. 1 work: dictionary, J Langevin steps, backward).
     model.train()
     optimizer = torch.optim.Adam(model.parameters(), lr=cfg.train.lr)
-    sampler = EpisodeSampler(normals, cfg.train.shots, cfg.train.queries, seed=0, corruptions=tuple(cfg.inpaint.kinds))
+    sampler = EpisodeSampler(normals, cfg.train.shots, cfg.train.queries, seed=0, corruptions=tuple(cfg.inpaint.kinds),
+                             crop=cfg.train.crop)
     generator = torch.Generator(device=device).manual_seed(0)
 
     def step():
@@ -157,6 +159,13 @@ def speed(data_root: Path, device: torch.device) -> dict:
     return out
 
 
+def _episode_images(s: dict) -> str:
+    crop = s.get("train_crop", 0)  # figures saved before train.crop existed trained on whole images
+    if crop and crop < s["image_size"]:
+        return f"train.crop: {crop}×{crop} windows of the {s['image_size']}-px images"
+    return f"whole {s['image_size']}-px images"
+
+
 def speed_markdown(s: dict, command: str) -> str:
     rows = [
         (f"adaptation latency, ours (K=10: D and the shots' leave-one-out energies, image_norm={s['image_norm']})",
@@ -167,7 +176,7 @@ def speed_markdown(s: dict, command: str) -> str:
         ("scoring throughput, kNN (same backbone)", f"{s['knn_images_per_s']:.1f} images/s"),
         (f"sparse-coding layer ({s['solver_shape']})", f"{s['solver_ms']:.0f} ms"),
         ("its similarity matmul alone (the kNN-equivalent part)", f"{s['matmul_ms']:.0f} ms"),
-        ("training", f"{s['train_episodes_per_s']:.2f} episodes/s"),
+        (f"training ({_episode_images(s)})", f"{s['train_episodes_per_s']:.2f} episodes/s"),
         ("peak memory (RSS)", f"{s['peak_rss_mb']:.0f} MB"),
     ]
     if "peak_cuda_mb" in s:
