@@ -180,6 +180,15 @@ def test_report_writes_markdown_and_figures(tmp_path):
     assert "| a | sigshrink | `model.shrink=sigshrink` |" in text
     assert "| kept episode |" in text and " | – |" in text  # these fixtures have no selection
     assert text.count("**reproduced**") >= 8
+    # the budget says which images training saw: crops smaller than the images, or the images themselves
+    crop_words = f"on {cfg.train.crop}×{cfg.train.crop}-px crops (`train.crop`)"
+    assert (crop_words in text) == (0 < cfg.train.crop < cfg.data.image_size)
+    cfg.train.crop, cfg.data.image_size = 64, 128
+    build_report(cfg, tmp_path / "results", out)
+    assert "200 meta-training episodes per model on 64×64-px crops (`train.crop`), 128×128 px images" in out.read_text()
+    cfg.train.crop = 0
+    build_report(cfg, tmp_path / "results", out)
+    assert "-px crops" not in out.read_text()
     assert not list(tmp_path.rglob("*.tmp"))
 
 

@@ -76,7 +76,10 @@ def render(data: dict, cfg: Config, figures: dict[str, str], command: str) -> st
         f"Written by `{command}` (orchestrator/reporting/report.py) from the outputs of `{PIPELINE_COMMAND}`. "
         f"**Profile: `{profile}`** (`experiments.profile` in params.yaml"
         + (f"; overrides {PROFILES[profile]}" if PROFILES[profile] else "; the defaults of params.yaml") + "). ",
-        f"Budget: {cfg.train.episodes} meta-training episodes per model, {cfg.data.image_size}×{cfg.data.image_size} px, "
+        f"Budget: {cfg.train.episodes} meta-training episodes per model"
+        + (f" on {cfg.train.crop}×{cfg.train.crop}-px crops (`train.crop`)"
+           if 0 < cfg.train.crop < cfg.data.image_size else "")
+        + f", {cfg.data.image_size}×{cfg.data.image_size} px images, "
         f"K ∈ {{{', '.join(map(str, data['shots']))}}}, {cfg.eval.draws} support draws per K (the DVC splits), "
         f"features learnt from scratch (no pretrained weights), device `{cfg.train.device}`. "
         + (f"Each fold keeps the checkpoint (episode 0, the initial Ψ, included) that scores best on the validation "
