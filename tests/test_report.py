@@ -185,7 +185,8 @@ def test_report_writes_markdown_and_figures(tmp_path):
     assert (crop_words in text) == (0 < cfg.train.crop < cfg.data.image_size)
     cfg.train.crop, cfg.data.image_size = 64, 128
     build_report(cfg, tmp_path / "results", out)
-    assert "200 meta-training episodes per model on 64×64-px crops (`train.crop`), 128×128 px images" in out.read_text()
+    assert (f"{cfg.train.episodes} meta-training episodes per model on 64×64-px crops (`train.crop`), 128×128 px "
+            "images") in out.read_text()
     cfg.train.crop = 0
     build_report(cfg, tmp_path / "results", out)
     assert "-px crops" not in out.read_text()
