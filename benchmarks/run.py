@@ -28,7 +28,7 @@ from orchestrator.evaluation.evaluate import make_scorer, score_batches
 from orchestrator.evaluation.loo import method_means, results_table, run_loo
 from orchestrator.training.inputs import load_normals
 from orchestrator.training.learner import episode_step
-from workers.episodes import EpisodeSampler
+from workers.episodes import EpisodeSampler, crop_applies
 
 BENCH_ABLATIONS = ("l3", "sigshrink", "istc")  # the rest (J, noise_init) are in docs/results.md
 
@@ -161,7 +161,7 @@ def speed(data_root: Path, device: torch.device) -> dict:
 
 def _episode_images(s: dict) -> str:
     crop = s.get("train_crop", 0)  # figures saved before train.crop existed trained on whole images
-    if crop and crop < s["image_size"]:
+    if crop_applies(crop, s["image_size"]):
         return f"train.crop: {crop}×{crop} windows of the {s['image_size']}-px images"
     return f"whole {s['image_size']}-px images"
 

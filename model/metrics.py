@@ -139,20 +139,19 @@ def pixel_auroc(maps, masks) -> float | None:
 def rank_auroc(labels: np.ndarray, scores: np.ndarray) -> float:
     """AUROC as the Mann-Whitney statistic: labels (n,) in {0, 1} with both classes, scores (n,) finite.
 
-    Exactly sklearn's roc_auc_score (tied scores share their average rank, i.e. count one half), at
-    half its cost on the ~10⁷ pixels of a test set: one sort and linear passes, no ROC curve.
+    Exactly sklearn's roc_auc_score (tied scores share their average rank, i.e. count one half), at a
+    fraction of its cost on the ~10⁷ pixels of a test set: one value sort (no argsort, no permutation of the
+    labels) and a binary search per anomalous score for its tie group's average rank. Every rank is a
+    multiple of ½ far below 2⁵³, so the sums are exact in float64.
     """
-    order = np.argsort(scores, kind="stable")  # (n,)
-    ranked = scores[order]  # (n,) ascending
-    n = ranked.size
-    change = np.flatnonzero(ranked[1:] != ranked[:-1]) + 1  # first index of every tie group but the first
-    starts = np.concatenate(([0], change))  # (G,)
-    ends = np.concatenate((change, [n]))  # (G,)
-    mean_rank = (starts + ends + 1) / 2.0  # (G,) average 1-based rank of each tie group
-    positives = np.add.reduceat(labels[order].astype(np.int64), starts)  # (G,) anomalous count per group
-    n_pos = int(positives.sum())
-    n_neg = n - n_pos
-    rank_sum = float((positives * mean_rank).sum())
+    ranked = np.sort(scores)  # (n,) ascending
+    positive = labels.astype(bool)
+    anomalous = np.sort(scores[positive])  # (n_pos,) sorted, so that the searches below walk `ranked` in order
+    below = np.searchsorted(ranked, anomalous, side="left")  # (n_pos,) scores strictly below each
+    through = np.searchsorted(ranked, anomalous, side="right")  # (n_pos,) scores at or below each
+    n_pos = int(anomalous.size)
+    n_neg = int(ranked.size) - n_pos
+    rank_sum = float(((below + through + 1) / 2.0).sum())  # average 1-based rank of each anomalous score
     return (rank_sum - n_pos * (n_pos + 1) / 2.0) / (n_pos * n_neg)
 
 

@@ -9,7 +9,7 @@ import torch
 from model.augment import dihedral
 from model.errors import InputError
 from workers.data.mvtec import load_category
-from workers.episodes import AUGMENT_MODES, EpisodeSampler
+from workers.episodes import AUGMENT_MODES, EpisodeSampler, crop_applies
 
 SIZE = 16
 CATEGORIES = ("juice_bottle", "kolektor", "tire")
@@ -253,6 +253,40 @@ def test_crop_cuts_defects_with_their_masks():
         ep = s.sample()
         assert ep.anomalous.shape == (2, 3, 16, 16) and ep.anomalous_masks.shape == (2, 16, 16)
         assert torch.equal(ep.anomalous[:, 0] > 0.5, ep.anomalous_masks)  # image and mask cut alike
+
+
+@pytest.mark.parametrize("kind", ["cutpaste", "blend"])
+def test_crop_takes_donor_patches_from_anywhere_in_a_donor_window(kind):
+    size, crop = 48, 16
+    normals = {"a": position_coded(8, size), "b": position_coded(8, size) + torch.tensor([0.0, 0.0, 100.0])[:, None, None]}
+    s = EpisodeSampler(normals, 2, 2, augment="none", seed=5, crop=crop, corruptions=(kind,))
+    donor_rows, donor_cols = [], []
+    for _ in range(60):
+        ep = s.sample()
+        assert ep.corrupted.shape == (2, 3, crop, crop)
+        for query, corrupted, patched in zip(ep.queries, ep.corrupted, ep.patch_mask):
+            foreign = patched & (corrupted[2] != query[2])  # (16, 16) pixels the donor replaced
+            if kind == "cutpaste":  # a cut-and-pasted pixel is the donor's own: another category's image
+                assert torch.equal(foreign, patched)
+            donor_rows += corrupted[0][foreign].tolist()
+            donor_cols += corrupted[1][foreign].tolist()
+    if kind == "cutpaste":
+        # patches come from the whole donor, not only from its top-left crop × crop corner
+        assert max(donor_rows) >= size - crop and max(donor_cols) >= size - crop
+    assert len(donor_rows) > 0
+
+
+@pytest.mark.parametrize("kind", ["cutpaste", "blend"])
+def test_no_crop_keeps_the_donor_stream(normals, kind):
+    a = EpisodeSampler(normals, K, M, augment="episode", seed=2, corruptions=(kind,))
+    b = EpisodeSampler(normals, K, M, augment="episode", seed=2, corruptions=(kind,), crop=SIZE)
+    for _ in range(5):
+        assert episodes_equal(a.sample(), b.sample())
+
+
+def test_crop_applies_only_below_the_image_side():
+    assert crop_applies(64, 128) and crop_applies(64, (128, 96)) and crop_applies(16, torch.Size([203, 512]))
+    assert not crop_applies(0, 128) and not crop_applies(128, 128) and not crop_applies(64, (64, 512))
 
 
 # --------------------------------------------------------------------------------------------------

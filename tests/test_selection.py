@@ -76,6 +76,13 @@ def test_cutpaste_takes_pixels_from_a_donor():
     assert torch.equal(corrupted[:, 0][mask], torch.ones(int(mask.sum())))
 
 
+def test_donors_of_another_size_are_refused():
+    # a larger donor would silently lend only its top-left corner (the train.crop flaw this guards)
+    with pytest.raises(ValueError, match=r"donors of \(16, 16\) px for images of \(8, 8\) px"):
+        corrupt(torch.zeros(2, 3, 8, 8), ("cutpaste",), 0.2, 0.3, torch.Generator().manual_seed(0),
+                torch.zeros(3, 3, 16, 16))
+
+
 def test_unknown_corruption_is_rejected():
     with pytest.raises(InputError, match="inpaint.kinds"):
         corrupt(torch.zeros(1, 3, 8, 8), ("glitter",), 0.2, 0.3)

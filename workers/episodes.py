@@ -24,6 +24,13 @@ AUGMENT_MODES = ("none", "episode", "image")
 MIN_CROP = 16  # four feature cells a side at Ψ's output stride 4
 
 
+def crop_applies(crop: int, size: tuple[int, ...] | torch.Size | int) -> bool:
+    """Whether train.crop = `crop` cuts images of `size` ((H, W) or one side): a crop of 0 means whole images,
+    and images no larger than the crop are used whole (no window is drawn)."""
+    sides = (size,) if isinstance(size, int) else tuple(size)
+    return 0 < crop < min(sides)
+
+
 @dataclass
 class Episode:
     category: str
@@ -116,8 +123,11 @@ class EpisodeSampler:
         if self.corruptions == ("noise",):  # the paper's start; keeps the seeded stream of earlier releases
             corrupted, patch_mask = noise_patch(queries, *self.patch_frac, generator=g)
         else:
+            donors = self._donors(category)
+            if window is not None:  # foreign patches from anywhere in a donor, at the queries' size
+                donors = self._cut(donors, self._window(donors.shape[-2:]))
             corrupted, patch_mask = corrupt(queries, self.corruptions, *self.patch_frac, generator=g,
-                                            donors=self._donors(category))
+                                            donors=donors)
         episode = Episode(category, support, queries, corrupted, patch_mask, support_index, query_index)
         if self.defects is not None:  # drawn last: the stream of earlier draws is that of a run without defects
             transform = t if self.augment == "episode" else None
@@ -128,7 +138,7 @@ class EpisodeSampler:
     def _window(self, size: torch.Size) -> tuple[int, int] | None:
         """The task's crop: its top-left corner (row, column), drawn uniformly; None without train.crop or when
         the images are no larger than the crop (no draw: the seeded stream is that of a run without cropping)."""
-        if self.crop == 0 or self.crop >= min(size):
+        if not crop_applies(self.crop, size):
             return None
         g = self.generator
         top = int(torch.randint(size[0] - self.crop + 1, (1,), generator=g))

@@ -66,6 +66,10 @@ def corrupt(
     if not kinds or bad:
         raise InputError(f"inpaint.kinds={list(kinds)}: expected a non-empty list of {', '.join(CORRUPTIONS)}")
     B, C, H, W = images.shape
+    if donors is not None and donors.shape[-2:] != images.shape[-2:]:
+        # a larger donor would only ever give its top-left H × W corner: cut donors to the images' size first
+        raise ValueError(f"corrupt: donors of {tuple(donors.shape[-2:])} px for images of {(H, W)} px; "
+                         "expected donors of the images' own size")
     pool = images if donors is None else donors.to(images)
     corrupted = images.clone()
     mask = torch.zeros(B, H, W, dtype=torch.bool, device=images.device)

@@ -38,6 +38,7 @@ from orchestrator.reporting.results import (
     metric_mean,
     variant_label,
 )
+from workers.episodes import crop_applies
 from workers.files import atomic_write_text
 
 
@@ -78,7 +79,7 @@ def render(data: dict, cfg: Config, figures: dict[str, str], command: str) -> st
         + (f"; overrides {PROFILES[profile]}" if PROFILES[profile] else "; the defaults of params.yaml") + "). ",
         f"Budget: {cfg.train.episodes} meta-training episodes per model"
         + (f" on {cfg.train.crop}×{cfg.train.crop}-px crops (`train.crop`)"
-           if 0 < cfg.train.crop < cfg.data.image_size else "")
+           if crop_applies(cfg.train.crop, cfg.data.image_size) else "")
         + f", {cfg.data.image_size}×{cfg.data.image_size} px images, "
         f"K ∈ {{{', '.join(map(str, data['shots']))}}}, {cfg.eval.draws} support draws per K (the DVC splits), "
         f"features learnt from scratch (no pretrained weights), device `{cfg.train.device}`. "

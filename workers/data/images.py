@@ -358,3 +358,8 @@ def load_mask(path: Path, size: int | None, expected: tuple[int, int]) -> torch.
             f"mask {path} is {orig[0]}x{orig[1]}, expected the image's {expected[0]}x{expected[1]}"
         )
     return torch.from_numpy(arr).to(torch.float32)
+
+
+def empty_mask(image: torch.Tensor) -> torch.Tensor:
+    """A normal image's mask: all zeros at the image's own (H, W) as loaded (the label of every pixel)."""
+    return torch.zeros(image.shape[-2:], dtype=torch.float32)  # (C, H, W) -> (H, W)

@@ -11,8 +11,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-import torch
-
 from model.errors import InputError
 from workers.data.folders import (
     IMAGE_EXTENSIONS,
@@ -22,7 +20,7 @@ from workers.data.folders import (
     parallel_map,
     subfolders,
 )
-from workers.data.images import ImageItem, check_image_size, load_image, load_mask
+from workers.data.images import ImageItem, check_image_size, empty_mask, load_image, load_mask
 from workers.data.paths import plain_name
 
 __all__ = ["GOOD", "list_categories", "MVTecCategory", "load_category"]
@@ -112,7 +110,7 @@ class MVTecCategory:
         mask = None
         if masks:
             if label == 0:
-                mask = torch.zeros(image.shape[-2:], dtype=torch.float32)  # (H, W) of the image as loaded
+                mask = empty_mask(image)
             else:
                 mp = self.mask_path(defect_type, path)
                 if mp is not None:

@@ -11,10 +11,8 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import torch
-
 from model.errors import InputError
-from workers.data.images import ImageItem, load_image, load_mask
+from workers.data.images import ImageItem, empty_mask, load_image, load_mask
 from workers.data.manifest import Manifest, content_hash, read_manifest, rows_from_folder, sha256_bytes
 from workers.data.mvtec import GOOD, list_categories, load_category
 from workers.data.splits import Splits, read_splits
@@ -113,7 +111,7 @@ class ManifestSource:
         mask = None
         if r["split"] == "test" and (r["mask_path"] is not None or self._has_masks(r["category"])):
             if r["mask_path"] is None:
-                mask = torch.zeros(image.shape[-2:], dtype=torch.float32)  # (H, W) of the image as loaded
+                mask = empty_mask(image)
             else:
                 mask_path = self.manifest.root / r["mask_path"]
                 _verify(mask_path, r["mask_sha256"], self.manifest.path)

@@ -43,7 +43,7 @@ import torch
 
 from model.errors import InputError
 from workers.data.folders import check_root, check_split, folder_images, parallel_map, subfolders
-from workers.data.images import ImageItem, check_image_size, load_image, load_mask
+from workers.data.images import ImageItem, check_image_size, empty_mask, load_image, load_mask
 from workers.data.manifest import sha256_bytes
 from workers.data.paths import plain_name
 from workers.data.sources import as_source
@@ -155,7 +155,7 @@ def load_scene(root, scene: str, image_size: int, split: str = "train", every: i
             if mp.is_file():
                 mask = load_mask(mp, image_size, orig)
             elif label == 0:
-                mask = torch.zeros(image.shape[-2:], dtype=torch.float32)  # (H, W) of the frame as loaded
+                mask = empty_mask(image)
             else:
                 raise InputError(f"mask for anomalous frame {path} is missing; expected {mp}")
         return ImageItem(image=image, mask=mask, label=label, category=str(scene), defect_type=clip,
