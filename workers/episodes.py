@@ -125,7 +125,8 @@ class EpisodeSampler:
         else:
             donors = self._donors(category)
             if window is not None:  # foreign patches from anywhere in a donor, at the queries' size
-                donors = self._cut(donors, self._window(donors.shape[-2:]))
+                # a view: corrupt reads M of the category's N donors, so none of them is copied here
+                donors = self._cut(donors, self._window(donors.shape[-2:]), copy=False)
             corrupted, patch_mask = corrupt(queries, self.corruptions, *self.patch_frac, generator=g,
                                             donors=donors)
         episode = Episode(category, support, queries, corrupted, patch_mask, support_index, query_index)
@@ -145,11 +146,14 @@ class EpisodeSampler:
         left = int(torch.randint(size[1] - self.crop + 1, (1,), generator=g))
         return top, left
 
-    def _cut(self, images: torch.Tensor, window: tuple[int, int] | None) -> torch.Tensor:
+    def _cut(self, images: torch.Tensor, window: tuple[int, int] | None, copy: bool = True) -> torch.Tensor:
+        """The window of every image; copy=False returns a view (an episode's own tensors are copies, so that
+        shipping one to a Ray learner does not carry the uncropped images' storage)."""
         if window is None:
             return images
         top, left = window
-        return images[..., top : top + self.crop, left : left + self.crop].contiguous()  # (..., S, S) -> (..., S', S')
+        cut = images[..., top : top + self.crop, left : left + self.crop]  # (..., S, S) -> (..., S', S')
+        return cut.contiguous() if copy else cut
 
     def _defects(self, category: str, transform: int | None) -> tuple[torch.Tensor, torch.Tensor]:
         """M anomalous images of the category and their masks (A, C, S, S), (A, S, S), drawn with replacement.
