@@ -93,7 +93,7 @@ def build_initial(cfg):
     return build_model(cfg)
 
 
-def fixed_episode_loss(model, cfg, root, episodes: int = 8) -> float:
+def fixed_episode_loss(model, cfg, root, episodes: int = 32) -> float:
     """Mean loss of `model` on the same seeded episodes of the training categories (no update)."""
     normals = load_normals(root, TRAINED_ON, cfg.data.image_size)
     sampler = EpisodeSampler(normals, cfg.train.shots, cfg.train.queries, seed=123,
@@ -117,7 +117,9 @@ def test_async_run_learns_and_accounting_adds_up(ray_local, small_real_root, tmp
     for key in ("l_rec", "l_cd", "pos_energy", "neg_energy", "staleness_hist", "episodes_per_s", "learner_idle_s"):
         assert key in records[-1]
     # Learns: the final weights have a lower loss than the initial ones on the same fixed episodes. (The
-    # training trace itself is too noisy for that in 24 asynchronous episodes of mixed tasks.)
+    # training trace itself is too noisy for that in 24 asynchronous episodes of mixed tasks.) 32 fixed episodes,
+    # not 8: over 8 the margin ranged 0.0003-0.09 across runs (async order changes the weights) and once failed;
+    # over 32 it was 0.07-0.12 in 8 of 8 runs.
     initial = fixed_episode_loss(build_initial(cfg), cfg, small_real_root)
     final, _, _ = load_model_dir(tmp_path / "m")
     assert fixed_episode_loss(final, cfg, small_real_root) < initial
