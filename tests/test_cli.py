@@ -16,6 +16,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import yaml
 import torch
 from PIL import Image
 from safetensors.torch import load_file
@@ -294,6 +295,34 @@ def test_resume_is_exact(small_real_root, tmp_path, capsys):
     assert tensors_equal(resumed / "model.safetensors", scratch / "model.safetensors")
     assert meta["history"] == json.loads((scratch / "meta.json").read_text())["history"]
     assert not stray_tmp(resumed, scratch)
+
+
+def test_resume_refuses_a_changed_training_config(small_real_root, tmp_path, capsys):
+    """Only the budget and run-time keys may change on --resume: another crop or learning rate would train the
+    remaining episodes differently and leave a config.yaml that no longer describes the episodes already run."""
+    out = tmp_path / "m"
+    code, _, err = cli(capsys, *train_args(small_real_root, out, train__episodes=4))
+    assert code == 0, err
+    before = {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()}
+    code, _, err = cli(capsys, *train_args(small_real_root, out, "--resume", train__episodes=6, train__lr=0.01))
+    assert_bad_input(code, err, str(out), "train.lr=0.01", "checkpoint: 0.0003", "--out")
+    assert {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()} == before  # nothing written
+    # a bigger budget and a run-time key are what a resume is for
+    code, _, err = cli(capsys, *train_args(small_real_root, out, "--resume", train__episodes=5, eval__draws=2))
+    assert code == 0, err
+    assert json.loads((out / "meta.json").read_text())["episodes_done"] == 5
+
+
+def test_target_is_added_to_data_exclude(small_real_root, tmp_path, capsys):
+    """`--set data.exclude=[A] --target B` holds out both (it used to replace A by B, and train on A)."""
+    out = tmp_path / "m"
+    others = sorted(c for c in SMALL_CATEGORIES if c != HELD_OUT)
+    code, _, err = cli(capsys, *train_args(small_real_root, out, "--set", f"data.exclude=[{others[0]}]"))
+    assert code == 0, err
+    meta = json.loads((out / "meta.json").read_text())
+    assert HELD_OUT not in meta["train_categories"] and others[0] not in meta["train_categories"]
+    assert meta["train_categories"] == others[1:]
+    assert yaml.safe_load((out / "config.yaml").read_text())["data"]["exclude"] == [others[0], HELD_OUT]
 
 
 def test_resume_without_checkpoint_is_bad_input(small_real_root, tmp_path, capsys):

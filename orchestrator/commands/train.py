@@ -20,7 +20,7 @@ RENAMED = {"--exclude": "--target"}  # the old spelling, for one release
 def add_arguments(p):
     add_data_arguments(p, "splits.parquet from fsad split: train on the fold of the one --target category")
     p.add_argument("--target", action="append", default=[], metavar="CAT",
-                   help="held-out (target) category, never trained on (repeatable)")
+                   help="held-out (target) category, never trained on (repeatable; added to data.exclude)")
     p.add_argument("--method", choices=MODEL_KINDS, help="what to train (default: train.method)")
     p.add_argument("--out", required=True, help="model directory to write")
     p.add_argument("--resume", action="store_true", help="continue from the last checkpoint in --out")
@@ -42,14 +42,16 @@ def run(args) -> int:
         read_meta(Path(args.out))  # a damaged meta.json is reported now, not as a traceback mid-resume
     uri = tracking_uri(args)
     extra: dict = {}
-    if args.target:
-        extra["data.exclude"] = list(args.target)
     if args.method:
         extra["train.method"] = args.method
     extra.update(distributed_overrides(args))
     saved = Path(args.out) / "config.yaml"
     # resuming continues the saved config (./params.yaml and --config are not read); --set still applies
     cfg = config_from_args(args, extra, path=saved if args.resume and saved.is_file() else "rule")
+    if args.target:  # added to data.exclude of the file and --set, not in place of it: all of them stay unseen
+        from orchestrator.config import with_values
+
+        cfg = with_values(cfg, {"data.exclude": list(dict.fromkeys([*cfg.data.exclude, *args.target]))})
     if wants_distributed(args):
         if cfg.train.val_categories:
             from model.errors import InputError

@@ -9,8 +9,8 @@ import torch
 
 from model.errors import InputError
 from model.methods import MAML_AE
-from orchestrator.tracking.artifacts import STATE, WEIGHTS, build_model, model_writers
-from orchestrator.config import Config
+from orchestrator.tracking.artifacts import CONFIG, STATE, WEIGHTS, build_model, model_writers
+from orchestrator.config import Config, load_config
 from orchestrator.training.checkpoint import has_checkpoint, newest_state, save_checkpoint
 from orchestrator.training.selection import validation_categories
 from workers.data.sources import as_source, open_source
@@ -143,6 +143,32 @@ def refuse_resume_across(out: str | Path, distributed: bool) -> None:
     one has no sampler state for the in-process worker to continue from."""
     if not distributed and checkpoint_is_distributed(out):
         raise InputError(f"--resume: {out} holds a checkpoint written with Ray workers; resume it with --workers N")
+
+
+# what a resumed run may change: its budget, where it runs, what it logs; the rest shaped the episodes already run
+RESUMABLE_KEYS = ("train.episodes", "train.checkpoint_every", "train.device", "data.max_pixels", "tracking.", "eval.",
+                  "distributed.", "pipeline.", "experiments.")
+
+
+def _resumable(key: str) -> bool:
+    return any(key == k or (k.endswith(".") and key.startswith(k)) for k in RESUMABLE_KEYS)
+
+
+def refuse_changed_config(out: str | Path, cfg: Config) -> None:
+    """--resume continues the training that out/config.yaml describes. Another crop, learning rate, model, ...
+    would train the remaining episodes differently and leave a config.yaml that no longer describes the
+    episodes already run, so only RESUMABLE_KEYS may differ (one line naming what changed, else)."""
+    path = Path(out) / CONFIG
+    if not path.is_file():  # a checkpoint from before config.yaml was published: the consistency check decides
+        return
+    saved, now = load_config(path).flatten(), cfg.flatten()
+    changed = [key for key in now if key in saved and now[key] != saved[key] and not _resumable(key)]
+    if changed:
+        shown = ", ".join(f"{key}={now[key]!r} (checkpoint: {saved[key]!r})" for key in changed[:3])
+        more = f" and {len(changed) - 3} more" if len(changed) > 3 else ""
+        raise InputError(f"--resume: {out} was trained with another config: {shown}{more}; a resumed run may change "
+                         "only train.episodes, train.checkpoint_every and the run-time keys (train.device, "
+                         "data.max_pixels, tracking.*, eval.*, distributed.*): train into a new --out to change the rest")
 
 
 def write_initial_model(cfg: Config, data_root: str | Path, out: str | Path) -> dict[str, Any]:

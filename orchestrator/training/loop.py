@@ -22,7 +22,7 @@ from orchestrator.tracking.artifacts import META, STATE, WEIGHTS, build_model, m
 from orchestrator.config import Config
 from orchestrator.training.checkpoint import recover, save_checkpoint
 from orchestrator.training.inputs import (RunInputs, learns_from_defects, model_meta, open_inputs, prepare_out,
-                                         refuse_resume_across)
+                                         refuse_changed_config, refuse_resume_across)
 from orchestrator.training.learner import Learner, NonFiniteLoss, step_spec
 from orchestrator.training.local import LocalWorkers
 from orchestrator.training.selection import (
@@ -92,6 +92,7 @@ def _open_run(cfg: Config, data_root, out: Path, resume: bool, manifest, splits,
         if resume:
             recover(out)  # the newest consistent checkpoint, verified (or a one-line refusal)
             refuse_resume_across(out, distributed)
+            refuse_changed_config(out, cfg)
 
     return open_inputs(cfg, data_root, manifest, splits, before_categories=check_out)
 
