@@ -390,3 +390,59 @@ def test_pixel_level_baselines_keep_their_blur_whatever_map_smooth_sigma_is():
         assert make_scorer("maml_ae", ConvAutoencoder(SPEC), cfg).smooth_sigma == PIXEL_MAP_SIGMA
         # checkpoint selection scores MAML-AE's maps as its evaluation will
         assert validation_scorer(cfg)(ConvAutoencoder(SPEC)).smooth_sigma == PIXEL_MAP_SIGMA
+
+
+def test_one_target_loads_its_test_set_once_and_shares_psi_features_across_methods(small_real_root, tmp_path,
+                                                                                   monkeypatch):
+    """With a ScoreCache (as in the DVC stage), ours, kNN and the baselines read one loaded test set, and ours and
+    kNN on one Ψ one backbone pass of it; every number equals an evaluation without the cache."""
+    import orchestrator.evaluation.evaluate as ev
+    from orchestrator.evaluation.evaluate import ScoreCache
+
+    model_dir = _initial_model_dir(small_real_root, tmp_path)
+    methods = ["ours", "knn", "nosupport"]
+    alone = {m: _evaluate(model_dir, small_real_root, tmp_path / f"alone-{m}", m) for m in methods}
+    loads, passes = {"n": 0}, {"n": 0}
+    plain_load, plain_features = ev.load_test_set, ev.draw_free_features
+
+    def counted_load(*args, **kwargs):
+        loads["n"] += 1
+        return plain_load(*args, **kwargs)
+
+    def counted_features(*args, **kwargs):
+        passes["n"] += 1
+        return plain_features(*args, **kwargs)
+
+    monkeypatch.setattr(ev, "load_test_set", counted_load)
+    monkeypatch.setattr(ev, "draw_free_features", counted_features)
+    cache = ScoreCache(methods)
+    shared = {m: _evaluate(model_dir, small_real_root, tmp_path / f"shared-{m}", m, cache) for m in methods}
+    assert loads["n"] == 1
+    assert passes["n"] == 1  # ours computed Ψ of the test set; kNN took it (nosupport reads no Ψ)
+    for m in methods:
+        assert "scores_reused_from" not in shared[m]
+        for name in ("image_auroc", "pixel_auroc", "pro", "miou"):
+            assert shared[m][name] == alone[m][name], (m, name)
+        assert [d["pixel_auroc"] for d in shared[m]["per_draw"]] == [d["pixel_auroc"] for d in alone[m]["per_draw"]]
+
+
+def test_shared_features_do_not_reach_a_scorer_that_takes_none(small_real_root, tmp_path, monkeypatch):
+    """A scorer whose `features` gives none (ours with the gradient map differentiates through Ψ) is not handed
+    the Ψ features kNN left in the cache."""
+    from model.methods.ours import OursScorer
+    from orchestrator.evaluation.evaluate import ScoreCache
+
+    model_dir = _initial_model_dir(small_real_root, tmp_path)
+    cache = ScoreCache(["knn", "ours"])
+    _evaluate(model_dir, small_real_root, tmp_path / "knn", "knn", cache)
+    assert len(cache._features) == 1  # kNN's Ψ of the test set, kept
+    monkeypatch.setattr(OursScorer, "features", lambda self, images: None)
+    seen, plain = [], OursScorer.score
+
+    def spy(self, images, state, features=None):
+        seen.append(features)
+        return plain(self, images, state, features=features)
+
+    monkeypatch.setattr(OursScorer, "score", spy)
+    _evaluate(model_dir, small_real_root, tmp_path / "ours", "ours", cache)
+    assert seen and all(f is None for f in seen)

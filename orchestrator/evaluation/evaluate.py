@@ -13,7 +13,7 @@ import time
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import torch
@@ -112,6 +112,10 @@ class ScoreCache:
         builds = [get_method(m).build for m in methods]
         self._sharable = {m for m, b in zip(methods, builds) if builds.count(b) > 1}
         self._entries: dict[str, tuple[str, list[DrawOutputs]]] = {}
+        # besides whole outputs, what every method of one target reads alike: the test set (loaded once, not
+        # once per method and K) and Ψ's features of it (ours and kNN on one Ψ compute the same backbone pass)
+        self._tests: dict[tuple, tuple[TestSet, int]] = {}
+        self._features: dict[str, list[torch.Tensor]] = {}
 
     def shares(self, method: str) -> bool:
         """Whether another listed method has the same scorer function: only then is there anything to reuse."""
@@ -124,6 +128,45 @@ class ScoreCache:
     def put(self, identity: str, method: str, outputs: list[DrawOutputs]) -> None:
         if method in self._sharable and identity not in self._entries:
             self._entries[identity] = (method, outputs)
+
+    def test_set(self, key: tuple, load: Callable[[], tuple["TestSet", int]]) -> tuple["TestSet", int]:
+        """(test set, test images before any subset) for `key` (data, category, size, subset): loaded once."""
+        if key not in self._tests:
+            self._tests[key] = load()
+        return self._tests[key]
+
+    def backbone_features(self, key: str, compute: Callable[[], list[torch.Tensor] | None]) -> list[torch.Tensor] | None:
+        """Ψ's per-batch features of a test set for `key` (backbone_key): computed once, kept if not None."""
+        if key not in self._features:
+            found = compute()
+            if found is None:
+                return None
+            self._features[key] = found
+        return self._features[key]
+
+
+def takes_features(scorer: Scorer, probe: torch.Tensor) -> bool:
+    """Whether `scorer.score` takes precomputed Ψ features (its `features` gives some for a probe batch)."""
+    compute = getattr(scorer, "features", None)
+    return compute is not None and compute(probe) is not None
+
+
+def backbone_key(network: torch.nn.Module, images: torch.Tensor, batch_size: int, device: torch.device) -> str | None:
+    """sha256 of what Ψ(images) in batches depends on: the backbone's class, settings and weights, the images, the
+    batch size and the device; None for a network without a backbone (maml_ae)."""
+    backbone = getattr(network, "backbone", None)
+    if not isinstance(backbone, torch.nn.Module):
+        return None
+    digest = hashlib.sha256()
+    for part in (type(backbone).__qualname__, repr(getattr(backbone, "spec", None)), str(backbone.training),
+                 str(batch_size), str(device)):
+        digest.update(part.encode())
+        digest.update(b"\0")
+    for name, tensor in sorted(backbone.state_dict().items()):
+        digest.update(name.encode())
+        digest.update(tensor.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes())
+    digest.update(images.contiguous().view(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
 
 
 # Ψ's features of a test set kept across support draws up to this size; a larger set is scored as before
@@ -267,7 +310,8 @@ def evaluate_scorer(scorer: Scorer, test: TestSet, shots: int, draws: int, seed:
                     device: torch.device, progress: bool = True, on_draw=None,
                     draw_index: list[list[int]] | None = None,
                     calibration: CalibrationSpec | None = None,
-                    cached: list[DrawOutputs] | None = None, keep_outputs: bool = False) -> dict[str, Any]:
+                    cached: list[DrawOutputs] | None = None, keep_outputs: bool = False,
+                    test_features: Callable[[], list[torch.Tensor] | None] | None = None) -> dict[str, Any]:
     """Run the protocol; returns summaries, per-draw metrics, timings, the first draw's outputs and, with
     keep_outputs, every draw's ("outputs", DrawOutputs: a ScoreCache's entry).
 
@@ -277,6 +321,8 @@ def evaluate_scorer(scorer: Scorer, test: TestSet, shots: int, draws: int, seed:
     the realised false-alarm rate and recall at it (CALIBRATION_NAMES).
     cached, if given: the draws' outputs of an evaluation with the same scorer_identity, used instead of
     adapting and scoring (not with calibration, which needs the adapted state).
+    test_features, if given: returns draw_free_features of the test images (e.g. from a ScoreCache), called
+    once, before the first draw is scored.
     """
     if cached is not None and calibration is not None:
         raise ValueError("evaluate_scorer: cached outputs carry no adapted state to calibrate with")
@@ -302,8 +348,8 @@ def evaluate_scorer(scorer: Scorer, test: TestSet, shots: int, draws: int, seed:
                 scores, maps, found_metrics = unchanged
             else:
                 if features_pending:
-                    features = draw_free_features(scorer, test.images, batch_size, device, progress,
-                                                  desc=f"{test.category} features")
+                    features = test_features() if test_features is not None else draw_free_features(
+                        scorer, test.images, batch_size, device, progress, desc=f"{test.category} features")
                     features_pending = False
                 scores, maps = score_batches(scorer, state, test.images, batch_size, device, progress,
                                              desc=f"{test.category} K={shots} draw {draw + 1}/{draws}",
@@ -365,9 +411,10 @@ def prepare_evaluation(model_dir: str | Path, data_root: str | Path, category: s
                        method: str = OURS.name, seed: int | None = None, manifest: str | Path | None = None,
                        splits: str | Path | None = None, allow_partial: bool = False,
                        settings: dict[str, Any] | None = None, fpr: float | None = None,
-                       max_test_images: int = 0) -> PreparedEvaluation:
+                       max_test_images: int = 0, reuse: ScoreCache | None = None) -> PreparedEvaluation:
     """Load the model and the test set and check every input (InputError, one line) without scoring.
-    max_test_images > 0 keeps a class-stratified subset of that many test images (stratified_subset)."""
+    max_test_images > 0 keeps a class-stratified subset of that many test images (stratified_subset).
+    reuse: a ScoreCache holding the test set of an earlier evaluation of the same data, used instead of loading."""
     if fpr is not None:
         check_fpr(fpr)
     model, cfg, meta = load_model_dir(model_dir)
@@ -391,10 +438,15 @@ def prepare_evaluation(model_dir: str | Path, data_root: str | Path, category: s
     source = open_source(data_root, manifest, splits)
     _check_not_an_alias(source, category, seen.values(), model_dir)
     draw_index = source.support_index(category, shots, draws) if splits is not None else None
-    test = load_test_set(source, category, cfg.data.image_size)
     seed = cfg.eval.seed if seed is None else seed
-    n_all = int(test.labels.numel())
-    test = subset_test_set(test, stratified_subset(test.labels, max_test_images, seed, category))
+
+    def load() -> tuple[TestSet, int]:
+        whole = load_test_set(source, category, cfg.data.image_size)
+        n_all = int(whole.labels.numel())
+        return subset_test_set(whole, stratified_subset(whole.labels, max_test_images, seed, category)), n_all
+
+    data_key = (str(data_root), source.content_sha256, category, cfg.data.image_size, max_test_images, seed)
+    test, n_all = reuse.test_set(data_key, load) if reuse is not None else load()
     if draw_index is None:  # K against the support pool, the draw count: checked here, not mid-scoring
         draw_index = support_draws(test.support_pool.shape[0], shots, draws, seed, test.category)
     network = scoring_network(method, model, cfg)
@@ -429,7 +481,7 @@ def evaluate(model_dir: str | Path, data_root: str | Path, category: str, shots:
     from orchestrator.reporting.plots import write_overlays
 
     p = prepared or prepare_evaluation(model_dir, data_root, category, shots, draws, method, seed, manifest, splits,
-                                       allow_partial, settings, fpr, max_test_images)
+                                       allow_partial, settings, fpr, max_test_images, reuse)
     cfg, meta, source, test, seed = p.cfg, p.meta, p.source, p.test, p.seed
     set_max_pixels(cfg.data.max_pixels)
     spec = CalibrationSpec.from_config(cfg, method, fpr)
@@ -437,9 +489,17 @@ def evaluate(model_dir: str | Path, data_root: str | Path, category: str, shots:
     identity = (scorer_identity(method, p.network, cfg, test, p.draw_index)
                 if reuse is not None and reuse.shares(method) else None)
     found = reuse.get(identity) if identity is not None and not calibrate else None
+    test_features = None  # Ψ(test images) shared with the other methods of this process on the same Ψ
+    # (the probe keeps them from a scorer that takes none, e.g. ours with the gradient map)
+    if reuse is not None and found is None and takes_features(p.scorer, test.images[:1].to(p.device)):
+        features_key = backbone_key(p.network, test.images, cfg.eval.batch_size, p.device)
+        if features_key is not None:
+            def test_features():
+                return reuse.backbone_features(features_key, lambda: draw_free_features(
+                    p.scorer, test.images, cfg.eval.batch_size, p.device, progress, desc=f"{test.category} features"))
     result = evaluate_scorer(p.scorer, test, shots, draws, seed, cfg.eval.batch_size, p.device, progress, on_draw,
                              p.draw_index, spec if calibrate else None, cached=found[1] if found else None,
-                             keep_outputs=identity is not None and found is None)
+                             keep_outputs=identity is not None and found is None, test_features=test_features)
     if identity is not None and found is None:
         reuse.put(identity, method, result.pop("outputs"))
     first = result.pop("first")
