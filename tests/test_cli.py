@@ -528,6 +528,17 @@ def test_bad_hyper_parameter(override, needle, small_real_root, tmp_path, capsys
     assert_no_output(out)
 
 
+def test_loo_keeps_data_exclude_out_of_every_fold(small_real_root, tmp_path, capsys):
+    """`fsad loo --set data.exclude=[A]`: A is trained on in no fold (the fold's target is added, not put in its place)."""
+    out = tmp_path / "loo"
+    others = sorted(c for c in SMALL_CATEGORIES if c != HELD_OUT)
+    code, _, err = cli(capsys, "loo", "--data", small_real_root, "--shots", 2, "--draws", 1, "--target", HELD_OUT,
+                       "--methods", "ours", "--out", out, "--quiet", *tiny_sets(), "--set", f"data.exclude=[{others[0]}]")
+    assert code == 0, err
+    meta = json.loads((out / "models" / HELD_OUT / "ours" / "meta.json").read_text())
+    assert meta["train_categories"] == others[1:]
+
+
 @pytest.mark.parametrize("override", ["model.lam_max=0", "train.nope=1"])
 def test_loo_bad_hyper_parameter(override, small_real_root, tmp_path, capsys):
     out = tmp_path / "loo"

@@ -72,11 +72,12 @@ def run_loo(
         if category not in available:
             raise InputError(f"category {category!r} not found under {data_root}; available: {', '.join(available)}")
     overrides = dict(overrides or {})
-    load_config(config_path, overrides)  # validate once, before any work
+    # validate once, before any work; the file's and --set's data.exclude stay unseen in every fold
+    kept_out = load_config(config_path, overrides).data.exclude
     chosen = [BY_NAME[m] for m in methods]
     rows: list[dict[str, Any]] = []
     for category in targets:
-        base = {**overrides, "data.exclude": [category]}
+        base = {**overrides, "data.exclude": list(dict.fromkeys([*kept_out, category]))}
         plan: list[tuple[str, str, str]] = []  # (row name, evaluation method, model variant)
         trains_ours = any(m.model == OURS.model and not m.baseline for m in chosen) or bool(ablations)
         if trains_ours:
