@@ -147,7 +147,7 @@ def refuse_resume_across(out: str | Path, distributed: bool) -> None:
 
 # what a resumed run may change: its budget, where it runs, what it logs; the rest shaped the episodes already run
 RESUMABLE_KEYS = ("train.episodes", "train.checkpoint_every", "train.device", "data.max_pixels", "tracking.", "eval.",
-                  "distributed.", "pipeline.", "experiments.")
+                  "distributed.", "pipeline.", "experiments.", "tune.")
 
 
 def _resumable(key: str) -> bool:
