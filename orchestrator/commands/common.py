@@ -15,12 +15,9 @@ from pathlib import Path
 from typing import Any
 
 from model.errors import InputError
-from orchestrator.config import Config, load_config, parse_overrides, with_values
+from orchestrator.config import RUNTIME_KEYS, Config, key_in, load_config, parse_overrides, with_values
 
 PARAMS = Path("params.yaml")
-# What a verb that loads a trained model (evaluate, predict, register, adapt) takes from the config file
-# and --set: how it evaluates, where it logs, what it may decode, where it runs. Not how the model was made.
-RUNTIME_KEYS = ("eval.", "tracking.", "data.max_pixels", "train.device")
 
 
 def schema_default(key: str) -> Any:
@@ -77,7 +74,7 @@ def config_from_args(args: argparse.Namespace, extra: dict[str, Any] | None = No
 
 
 def is_runtime_key(key: str) -> bool:
-    return any(key == k or (k.endswith(".") and key.startswith(k)) for k in RUNTIME_KEYS)
+    return key_in(key, RUNTIME_KEYS)
 
 
 def runtime_settings(args: argparse.Namespace, verb: str) -> dict[str, Any]:

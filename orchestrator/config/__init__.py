@@ -30,18 +30,20 @@ from orchestrator.config.schema import (
     PipelineConfig,
     TrackingConfig,
     TrainConfig,
+    RUNTIME_KEYS,
     TuneConfig,
     flatten,
+    key_in,
 )
 from orchestrator.config.search_space import TUNE_KEYS, FloatRange, IntChoices, TuneSpace, validate_tune
 from orchestrator.config.specs import autoencoder_spec, backbone_spec, sparse_spec
 from orchestrator.config.validation import validate
 
 __all__ = [
-    "ABLATIONS", "PROFILES", "TUNE_KEYS", "BackboneConfig", "Config",
+    "ABLATIONS", "PROFILES", "RUNTIME_KEYS", "TUNE_KEYS", "BackboneConfig", "Config",
     "DataConfig", "DistributedConfig", "EvalConfig", "ExperimentsConfig", "FloatRange", "InpaintConfig",
     "IntChoices", "LangevinConfig", "MamlConfig", "ModelConfig", "PipelineConfig", "TrackingConfig",
-    "TrainConfig", "TuneConfig", "TuneSpace", "autoencoder_spec", "backbone_spec", "config_from_dict", "describe", "flatten",
+    "TrainConfig", "TuneConfig", "TuneSpace", "autoencoder_spec", "backbone_spec", "config_from_dict", "describe", "flatten", "key_in",
     "load_config", "parse_override", "parse_overrides", "save_config", "sparse_spec", "validate",
     "validate_tune", "with_values",
 ]

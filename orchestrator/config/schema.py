@@ -278,6 +278,17 @@ class Config:
         return self
 
 
+# What a verb that loads a trained model (evaluate, predict, register, adapt) takes from the config file
+# and --set, and what a resumed training may change besides its budget: how it evaluates, where it logs, what
+# it may decode, where it runs. Not how the model was made.
+RUNTIME_KEYS = ("eval.", "tracking.", "data.max_pixels", "train.device")
+
+
+def key_in(key: str, patterns: tuple[str, ...]) -> bool:
+    """Whether dotted `key` is one of `patterns`: a pattern ending in "." names every key of that section."""
+    return any(key == p or (p.endswith(".") and key.startswith(p)) for p in patterns)
+
+
 def flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     out: dict[str, Any] = {}
     for key, value in tree.items():

@@ -83,11 +83,16 @@ def scorer_identity(method: str, network: torch.nn.Module, cfg: Config, test: "T
                  repr(scoring_options(cfg)), repr(cfg.model), json.dumps(draw_index), json.dumps(test.paths)):
         digest.update(part.encode())
         digest.update(b"\0")
-    for name, tensor in sorted(network.state_dict().items()):
+    _hash_weights_and_images(digest, network, test.images)
+    return digest.hexdigest()
+
+
+def _hash_weights_and_images(digest, module: torch.nn.Module, images: torch.Tensor) -> None:
+    """Add every weight of `module` (by name) and the bytes of `images` to a hashlib digest."""
+    for name, tensor in sorted(module.state_dict().items()):
         digest.update(name.encode())
         digest.update(tensor.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes())
-    digest.update(test.images.contiguous().view(-1).view(torch.uint8).numpy().tobytes())
-    return digest.hexdigest()
+    digest.update(images.contiguous().view(-1).view(torch.uint8).numpy().tobytes())
 
 
 @dataclass
@@ -162,10 +167,7 @@ def backbone_key(network: torch.nn.Module, images: torch.Tensor, batch_size: int
                  str(batch_size), str(device)):
         digest.update(part.encode())
         digest.update(b"\0")
-    for name, tensor in sorted(backbone.state_dict().items()):
-        digest.update(name.encode())
-        digest.update(tensor.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes())
-    digest.update(images.contiguous().view(-1).view(torch.uint8).numpy().tobytes())
+    _hash_weights_and_images(digest, backbone, images)
     return digest.hexdigest()
 
 

@@ -10,7 +10,7 @@ import torch
 from model.errors import InputError
 from model.methods import MAML_AE
 from orchestrator.tracking.artifacts import CONFIG, STATE, WEIGHTS, build_model, model_writers
-from orchestrator.config import Config, load_config
+from orchestrator.config import RUNTIME_KEYS, Config, key_in, load_config
 from orchestrator.training.checkpoint import has_checkpoint, newest_state, save_checkpoint
 from orchestrator.training.selection import validation_categories
 from workers.data.sources import as_source, open_source
@@ -145,13 +145,10 @@ def refuse_resume_across(out: str | Path, distributed: bool) -> None:
         raise InputError(f"--resume: {out} holds a checkpoint written with Ray workers; resume it with --workers N")
 
 
-# what a resumed run may change: its budget, where it runs, what it logs; the rest shaped the episodes already run
-RESUMABLE_KEYS = ("train.episodes", "train.checkpoint_every", "train.device", "data.max_pixels", "tracking.", "eval.",
-                  "distributed.", "pipeline.", "experiments.", "tune.")
-
-
-def _resumable(key: str) -> bool:
-    return any(key == k or (k.endswith(".") and key.startswith(k)) for k in RESUMABLE_KEYS)
+# what a resumed run may change: its budget, the run-time keys, and sections no training reads; the rest shaped
+# the episodes already run
+RESUMABLE_KEYS = ("train.episodes", "train.checkpoint_every", *RUNTIME_KEYS, "distributed.", "pipeline.",
+                  "experiments.", "tune.")
 
 
 def refuse_changed_config(out: str | Path, cfg: Config) -> None:
@@ -162,13 +159,13 @@ def refuse_changed_config(out: str | Path, cfg: Config) -> None:
     if not path.is_file():  # a checkpoint from before config.yaml was published: the consistency check decides
         return
     saved, now = load_config(path).flatten(), cfg.flatten()
-    changed = [key for key in now if key in saved and now[key] != saved[key] and not _resumable(key)]
+    changed = [key for key in now if key in saved and now[key] != saved[key] and not key_in(key, RESUMABLE_KEYS)]
     if changed:
         shown = ", ".join(f"{key}={now[key]!r} (checkpoint: {saved[key]!r})" for key in changed[:3])
         more = f" and {len(changed) - 3} more" if len(changed) > 3 else ""
+        allowed = ", ".join(k + "*" if k.endswith(".") else k for k in RESUMABLE_KEYS)
         raise InputError(f"--resume: {out} was trained with another config: {shown}{more}; a resumed run may change "
-                         "only train.episodes, train.checkpoint_every and the run-time keys (train.device, "
-                         "data.max_pixels, tracking.*, eval.*, distributed.*): train into a new --out to change the rest")
+                         f"only {allowed}: train into a new --out to change the rest")
 
 
 def write_initial_model(cfg: Config, data_root: str | Path, out: str | Path) -> dict[str, Any]:
