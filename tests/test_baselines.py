@@ -2,6 +2,7 @@
 model/methods/maml_ae.py)."""
 
 import copy
+import re
 
 import numpy as np
 import pytest
@@ -316,13 +317,18 @@ def test_untrained_reuses_ours_outputs_when_the_weights_are_the_initial_ones(sma
     model_dir = _initial_model_dir(small_real_root, tmp_path)
     fresh = _evaluate(model_dir, small_real_root, tmp_path / "fresh", "untrained")  # no cache: scored
     calls = {"n": 0}
-    plain = OursScorer.score
+    plain, plain_atoms = OursScorer.score, OursScorer.score_and_atoms
 
     def counted(self, images, state, features=None):
         calls["n"] += 1
         return plain(self, images, state, features=features)
 
+    def counted_atoms(self, images, state, features=None):  # what ours scores with when kNN may take its atoms
+        calls["n"] += 1
+        return plain_atoms(self, images, state, features=features)
+
     monkeypatch.setattr(OursScorer, "score", counted)
+    monkeypatch.setattr(OursScorer, "score_and_atoms", counted_atoms)
     cache = ScoreCache(["ours", "knn", "untrained"])
     ours = _evaluate(model_dir, small_real_root, tmp_path / "ours", "ours", cache)
     scored = calls["n"]
@@ -446,3 +452,145 @@ def test_shared_features_do_not_reach_a_scorer_that_takes_none(small_real_root, 
     monkeypatch.setattr(OursScorer, "score", spy)
     _evaluate(model_dir, small_real_root, tmp_path / "ours", "ours", cache)
     assert seen and all(f is None for f in seen)
+
+
+# --------------------------------------------------------------------------------------------------
+# kNN from ours' top-k atoms (docs/benchmarks.md, "kNN from ours' top-k")
+# --------------------------------------------------------------------------------------------------
+
+
+def _unit_rows(n, m, seed):
+    rows = np.random.default_rng(seed).normal(size=(n, m)).astype(np.float32)
+    return rows / np.linalg.norm(rows, axis=1, keepdims=True)
+
+
+def test_nearest_among_the_most_similar_rows_is_the_nearest_row():
+    from model.methods.knn import nearest_among
+
+    q, b = _unit_rows(97, 12, 1), _unit_rows(300, 12, 2)
+    ref = np.sqrt(((q[:, None, :] - b[None]) ** 2).sum(-1)).min(1)  # (97,): numpy over every row
+    qt, bt = torch.from_numpy(q), torch.from_numpy(b)
+    top = (qt @ bt.T).topk(4, dim=1).indices  # (97, 4): most similar rows first
+    for budget in (1, 4 * 12 * 5, 2**30):  # one query per block, a few, all
+        np.testing.assert_allclose(nearest_among(qt, bt, top, budget).numpy(), ref, rtol=1e-5, atol=1e-6)
+    # the first candidate alone suffices; a wrong candidate list gives a farther row (the function trusts it)
+    np.testing.assert_allclose(nearest_among(qt, bt, top[:, :1]).numpy(), ref, rtol=1e-5, atol=1e-6)
+    far = (qt @ bt.T).topk(4, dim=1, largest=False).indices
+    assert (nearest_among(qt, bt, far) > torch.from_numpy(ref) + 0.1).all()
+    # a query equal to a bank row gets exactly 0
+    assert nearest_among(bt[7:8], bt, torch.tensor([[7]])).item() == 0.0
+
+
+def test_nearest_among_searches_rows_off_the_unit_sphere_for_every_query():
+    """A zero row (a zero volume stays zero when normalised) is at distance 1 from every unit query, nearer than
+    any unit row with inner product below 1/2, yet never the most similar: it must be searched anyway."""
+    from model.methods.knn import MAX_OFF_UNIT_ROWS, nearest_among
+
+    q, b = _unit_rows(50, 32, 3), _unit_rows(12, 32, 4)  # in 32 dimensions random rows are far apart
+    b[[3, 7]] = 0.0
+    ref = np.sqrt(((q[:, None, :] - b[None]) ** 2).sum(-1)).min(1)
+    assert (ref == 1.0).sum() > 10  # for many queries the nearest row is a zero row
+    qt, bt = torch.from_numpy(q), torch.from_numpy(b)
+    top = (qt @ bt.T).topk(2, dim=1).indices
+    assert not torch.isin(top, torch.tensor([3, 7])).any()  # and it is never among the most similar
+    np.testing.assert_allclose(nearest_among(qt, bt, top).numpy(), ref, rtol=1e-5, atol=1e-6)
+    # more rows off the sphere than MAX_OFF_UNIT_ROWS (a bank never normalised): the whole bank is searched
+    big = torch.cat([bt * s for s in torch.linspace(0.5, 2.0, MAX_OFF_UNIT_ROWS // 6)])  # (> 64, 32)
+    assert big.shape[0] > MAX_OFF_UNIT_ROWS
+    ref_big = np.sqrt(((q[:, None, :] - big.numpy()[None]) ** 2).sum(-1)).min(1)
+    np.testing.assert_allclose(nearest_among(qt, big, top).numpy(), ref_big, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("candidates, what", [
+    (torch.zeros(5, 2), "integer"),
+    (torch.zeros(4, 2, dtype=torch.long), "(5, c >= 1)"),
+    (torch.full((5, 2), 40, dtype=torch.long), "40 rows"),
+    (torch.full((5, 2), -1, dtype=torch.long), "40 rows"),
+])
+def test_nearest_among_rejects_bad_candidates(candidates, what):
+    from model.methods.knn import nearest_among
+
+    with pytest.raises(InputError, match=re.escape(what)):
+        nearest_among(torch.from_numpy(_unit_rows(5, 6, 5)), torch.from_numpy(_unit_rows(40, 6, 6)), candidates)
+
+
+def _ours_network(**model):
+    from orchestrator.config import load_config
+    from orchestrator.evaluation.evaluate import untrained_model
+
+    overrides = {"data.image_size": 32, "model.backbone.width": 8, "model.backbone.out_dim": 8,
+                 "model.backbone.max_width": 16, **{f"model.{k}": v for k, v in model.items()}}
+    cfg = load_config(None, overrides)
+    return untrained_model(cfg), cfg
+
+
+def test_ours_atoms_give_knn_its_scores_without_a_search(monkeypatch):
+    """ours' kept atoms are the kNN bank's rows: kNN given them scores what its full search scores, and ours'
+    score_and_atoms scores what score does."""
+    import model.methods.knn as knn
+    from orchestrator.evaluation.evaluate import make_scorer
+
+    network, cfg = _ours_network()
+    ours, nn_scorer = make_scorer("ours", network, cfg), make_scorer("knn", network, cfg)
+    assert ours.unit_volume_field() == nn_scorer.unit_volume_field() == 1
+    support, images = _images(4, seed=11), _images(6, seed=12)
+    images[2, :, 8:16, 8:16] = 1.0  # a bright patch: some positions far from every shot
+    dictionary, bank = ours.adapt(support), nn_scorer.adapt(support)
+    torch.testing.assert_close(dictionary.atoms.T, bank, rtol=0, atol=0)  # the same rows in the same order
+    plain_scores, plain_maps = ours.score(images, dictionary)
+    scores, maps, candidates = ours.score_and_atoms(images, dictionary)
+    assert candidates.shape == (6, (32 // 4) ** 2, 4) and candidates.dtype == torch.long
+    torch.testing.assert_close(scores, plain_scores, rtol=0, atol=0)
+    torch.testing.assert_close(maps, plain_maps, rtol=0, atol=0)
+    full_scores, full_maps = nn_scorer.score(images, bank)
+    monkeypatch.setattr(knn, "nearest_distances", lambda *a, **k: pytest.fail("searched the whole bank"))
+    shared_scores, shared_maps = nn_scorer.score(images, bank, candidates=candidates)
+    torch.testing.assert_close(shared_scores, full_scores, rtol=0, atol=1e-5)
+    torch.testing.assert_close(shared_maps, full_maps, rtol=0, atol=1e-5)
+    with pytest.raises(InputError, match="candidates of shape"):
+        nn_scorer.score(images, bank, candidates=candidates[:3])
+
+
+@pytest.mark.parametrize("model, augment", [({"center": True}, False), ({"whiten": "support"}, False),
+                                            ({"exposure": "support"}, False), ({"solver": "istc"}, False),
+                                            ({"anomaly_map": "gradient"}, False), ({}, True)])
+def test_ours_keeps_no_atoms_for_knn_where_its_signals_are_not_knns(model, augment):
+    """Centred, whitened or exposure-aligned signals, a solver that chooses no atoms, the gradient map or dihedral
+    copies of the shots: ours' atoms are not kNN's bank rows, so it offers none."""
+    from orchestrator.evaluation.evaluate import make_scorer
+
+    network, cfg = _ours_network(**model)
+    ours = make_scorer("ours", network, cfg, augment_support=augment)
+    assert ours.unit_volume_field() is None
+    with pytest.raises(InputError, match="score_and_atoms"):
+        ours.score_and_atoms(_images(2, seed=1), ours.adapt(_images(2, seed=2)))
+
+
+def test_knn_takes_ours_candidates_through_the_score_cache(small_real_root, tmp_path, monkeypatch):
+    """In one ScoreCache (the DVC stage), kNN after ours on the same Ψ never searches its whole bank, and scores
+    what it scores alone; each draw's candidates are handed over once."""
+    import model.methods.knn as knn
+    from orchestrator.evaluation.evaluate import ScoreCache
+
+    model_dir = _initial_model_dir(small_real_root, tmp_path)
+    alone = _evaluate(model_dir, small_real_root, tmp_path / "alone", "knn")
+    cache = ScoreCache(["ours", "knn"])
+    _evaluate(model_dir, small_real_root, tmp_path / "ours", "ours", cache)
+    assert len(cache._candidates) == 2  # one entry per draw
+    monkeypatch.setattr(knn, "nearest_distances", lambda *a, **k: pytest.fail("searched the whole bank"))
+    shared = _evaluate(model_dir, small_real_root, tmp_path / "knn", "knn", cache)
+    assert not cache._candidates  # taken
+    for name in ("image_auroc", "pixel_auroc", "pro"):
+        assert shared[name]["mean"] == pytest.approx(alone[name]["mean"], abs=1e-6), name
+    # nothing left to take: a second kNN evaluation searches the bank again
+    monkeypatch.undo()
+    calls = {"n": 0}
+    plain = knn.nearest_distances
+
+    def counted(*args, **kwargs):
+        calls["n"] += 1
+        return plain(*args, **kwargs)
+
+    monkeypatch.setattr(knn, "nearest_distances", counted)
+    _evaluate(model_dir, small_real_root, tmp_path / "again", "knn", cache)
+    assert calls["n"] > 0

@@ -44,6 +44,7 @@ from model.ebm.sparse import (
     SOLVERS,
     fista_code,
     fista_energy,
+    fista_energy_and_atoms,
     local_energy,
     top_per_shot,
     merge_top,
@@ -314,6 +315,30 @@ class AdaptiveEBM(nn.Module):
         signals, (h, w) = self.signals(images, dictionary, features)  # (B, h'w', m)
         B, P, m = signals.shape
         return self.signal_energy(signals.reshape(B * P, m), dictionary).reshape(B, h, w)  # (B, h', w')
+
+    def unit_volume_field(self) -> int | None:
+        """The receptive field l when the signals are Ψ's plain l-volumes at unit norm, coded over their top-k
+        atoms (FISTA) — the volumes and memory bank kNN scores on the same Ψ — else None (centre, whitening or
+        exposure make them another space; the other solvers choose no atoms)."""
+        spec = self.sparse
+        plain = (spec.normalize and not spec.center and spec.whiten == "none" and spec.exposure == "none")
+        return spec.receptive_field if plain and spec.solver == "fista" and spec.top_k_atoms > 0 else None
+
+    def position_energy_and_atoms(self, images: torch.Tensor, dictionary: TaskDictionary,
+                                  features: torch.Tensor | None = None, keep: int = 4
+                                  ) -> tuple[torch.Tensor, torch.Tensor]:
+        """`position_energy` (B, h', w') and the columns of D of every position's `keep` most similar atoms
+        (B, h'·w', keep), most similar first; needs `unit_volume_field` (InputError otherwise)."""
+        if self.unit_volume_field() is None:
+            raise InputError("the atoms of each position are chosen by FISTA over top-k atoms (model.solver=fista, "
+                             "model.top_k_atoms > 0) on plain unit volumes (no centre, whitening or exposure)")
+        spec = self.sparse
+        signals, (h, w) = self.signals(images, dictionary, features)  # (B, h'w', m)
+        B, P, m = signals.shape
+        energies, columns = fista_energy_and_atoms(signals.reshape(B * P, m), dictionary.atoms, spec.lam_star,
+                                                   spec.max_steps, spec.shrink, spec.tau, spec.top_k_atoms, spec.tol,
+                                                   keep=keep)  # (B·h'w',), (B·h'w', keep)
+        return energies.reshape(B, h, w), columns.reshape(B, P, -1)
 
     def signal_energy(self, flat: torch.Tensor, dictionary: TaskDictionary) -> torch.Tensor:
         """Eq. 8 for prepared signals (n, m) -> (n,)."""

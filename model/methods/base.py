@@ -14,7 +14,13 @@ class Scorer(Protocol):
 
     A scorer may also have `features(images)`: the part of score() that depends on the images alone (Ψ's
     features), or None where it does not exist; its score() then takes them as `features=` and gives the
-    same result. Evaluation computes them once for a test set scored under several support draws."""
+    same result. Evaluation computes them once for a test set scored under several support draws.
+
+    Scorers of unit-norm feature volumes may also have `unit_volume_field()`: the receptive field l of the
+    volumes they compare (None where they compare others). One that codes them over its top-k atoms has
+    `score_and_atoms(images, state, features)` -> (scores, maps, candidates (B, h'w', SHARED_CANDIDATES)); one
+    that searches a memory bank of them (kNN) takes those as `score(..., candidates=)`, for the same Ψ and shots,
+    and skips the search (orchestrator.evaluation.evaluate, ScoreCache)."""
 
     def adapt(self, support: torch.Tensor) -> Any: ...
 
@@ -26,6 +32,12 @@ class Scorer(Protocol):
 # value they were always scored with; model.map_smooth_sigma (ScoringOptions.smooth_sigma) was chosen for the
 # feature-grid maps of ours and kNN (docs/benchmarks.md, "Map smoothing") and must not weaken these rivals.
 PIXEL_MAP_SIGMA = 2.0
+
+
+# Nearest-atom candidates per feature position that a scorer coding unit volumes over its top-k atoms (ours) keeps
+# for kNN on the same Ψ and shots: kNN's nearest row is the most similar atom, so the first candidate already is
+# it up to float rounding; a few more make the exact-distance pick among them robust to ties.
+SHARED_CANDIDATES = 4
 
 
 @dataclass(frozen=True)

@@ -67,6 +67,54 @@ def nearest_distances(
     return out
 
 
+# A bank row whose norm differs from 1 by more than this is not a unit row (a zero volume stays zero when normalised)
+UNIT_NORM_TOLERANCE = 1e-4
+# more rows than this off the unit sphere and nearest_among searches the whole bank instead
+MAX_OFF_UNIT_ROWS = 64
+
+
+def nearest_among(queries: torch.Tensor, bank: torch.Tensor, candidates: torch.Tensor,
+                  max_chunk_bytes: int = DEFAULT_CHUNK_BYTES) -> torch.Tensor:
+    """Euclidean distance from every query row to its nearest bank row, searched among its candidate rows only:
+    queries (n, m), bank (N, m), candidates (n, c) row indices -> (n,).
+
+    `nearest_distances` without its search over all N rows, for unit-norm bank rows and candidates that hold each
+    query's most similar rows (largest inner product), as ours' top-k atoms do for the same volumes and shots: then
+    ‖q − b‖² = ‖q‖² + 1 − 2q·b, so the most similar row is the nearest and the exact distances to the c candidates
+    find it even where rounding ordered near-ties differently. Rows off the unit sphere (a zero volume normalises to
+    zero) break that equivalence, so they are every query's candidates too; beyond MAX_OFF_UNIT_ROWS of them the
+    whole bank is searched."""
+    if queries.dim() != 2 or bank.dim() != 2 or queries.shape[1] != bank.shape[1]:
+        raise InputError(
+            f"nearest_among: queries {tuple(queries.shape)} and bank {tuple(bank.shape)}: expected (n, m) and (N, m)"
+        )
+    if bank.shape[0] < 1:
+        raise InputError("nearest_among: the memory bank is empty")
+    if (candidates.dim() != 2 or candidates.shape[0] != queries.shape[0] or candidates.shape[1] < 1
+            or candidates.is_floating_point() or candidates.is_complex()):
+        raise InputError(f"nearest_among: candidates {tuple(candidates.shape)} {candidates.dtype}: expected integer "
+                         f"row indices of shape ({queries.shape[0]}, c >= 1)")
+    if candidates.numel() and (int(candidates.min()) < 0 or int(candidates.max()) >= bank.shape[0]):
+        raise InputError(f"nearest_among: candidate rows span {int(candidates.min())}..{int(candidates.max())}: "
+                         f"expected indices into a bank of {bank.shape[0]} rows")
+    bank = bank.to(device=queries.device, dtype=queries.dtype)
+    off_unit = torch.nonzero((bank.norm(dim=1) - 1).abs() > UNIT_NORM_TOLERANCE).flatten()  # (I,)
+    if off_unit.numel() > MAX_OFF_UNIT_ROWS:
+        return nearest_distances(queries, bank, max_chunk_bytes)
+    extra = bank[off_unit]  # (I, m)
+    candidates = candidates.to(queries.device).long()
+    per_query = (candidates.shape[1] + extra.shape[0]) * queries.shape[1] * queries.element_size()
+    rows = max(1, max_chunk_bytes // per_query)
+    out = queries.new_empty(queries.shape[0])
+    for q0 in range(0, queries.shape[0], rows):
+        q = queries[q0 : q0 + rows]  # (r, m)
+        best = (q.unsqueeze(1) - bank[candidates[q0 : q0 + rows]]).norm(dim=2).amin(1)  # (r, c, m) -> (r,)
+        if extra.shape[0]:
+            best = torch.minimum(best, (q.unsqueeze(1) - extra.unsqueeze(0)).norm(dim=2).amin(1))  # (r, I, m) -> (r,)
+        out[q0 : q0 + q.shape[0]] = best
+    return out
+
+
 class KnnScorer:
     """Memory-bank kNN anomaly scorer on a (frozen) backbone Ψ: (B, 3, H, W) -> (B, d, h', w')."""
 
@@ -105,17 +153,29 @@ class KnnScorer:
         test set under several support draws."""
         return self.backbone(images)
 
+    def unit_volume_field(self) -> int:
+        """The receptive field of the unit-norm volumes the memory bank holds (see model.methods.base.Scorer)."""
+        return self.receptive_field
+
     @torch.no_grad()
-    def score(self, images: torch.Tensor, bank: torch.Tensor,
-              features: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    def score(self, images: torch.Tensor, bank: torch.Tensor, features: torch.Tensor | None = None,
+              candidates: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """images (B, C, H, W), bank (N, m) -> scores (B,) = max position distance, maps (B, H, W);
-        features: Ψ(images) when the caller has them (`features`)."""
+        features: Ψ(images) when the caller has them (`features`); candidates (B, h'·w', c): each position's most
+        similar bank rows, found by a scorer that coded the same volumes over the same shots (`nearest_among`),
+        instead of searching the whole bank."""
         volumes, (h, w) = self._signals(images, "query", features)  # (B, h'w', m)
         B, P, m = volumes.shape
         if bank.dim() != 2 or bank.shape[1] != m:
             raise InputError(f"memory bank of shape {tuple(bank.shape)}: expected (N, {m}) for these features")
         flat = volumes.reshape(B * P, m)  # (B·h'w', m)
-        dist = nearest_distances(flat, bank, self.max_chunk_bytes).reshape(B, h, w)  # (B, h', w')
+        if candidates is None:
+            dist = nearest_distances(flat, bank, self.max_chunk_bytes)  # (B·h'w',)
+        else:
+            if candidates.dim() != 3 or tuple(candidates.shape[:2]) != (B, P):
+                raise InputError(f"candidates of shape {tuple(candidates.shape)}: expected ({B}, {P}, c) for these images")
+            dist = nearest_among(flat, bank, candidates.reshape(B * P, -1), self.max_chunk_bytes)  # (B·h'w',)
+        dist = dist.reshape(B, h, w)  # (B, h', w')
         scores = dist.flatten(1).amax(1)  # (B,)
         maps = F.interpolate(
             dist.unsqueeze(1), size=images.shape[-2:], mode="bilinear", align_corners=False

@@ -6,7 +6,8 @@ import torch
 
 from model.augment import DIHEDRAL_SIZE, dihedral
 from model.ebm.energy import AdaptiveEBM
-from model.methods.base import Method, ScoringOptions
+from model.errors import InputError
+from model.methods.base import SHARED_CANDIDATES, Method, ScoringOptions
 from model.ebm.sparse import TaskDictionary
 
 
@@ -43,6 +44,26 @@ class OursScorer:
             return None
         with torch.no_grad():
             return self.model.backbone(images)
+
+    def unit_volume_field(self) -> int | None:
+        """The receptive field of the unit volumes scored, when D's atoms are the shots' volumes as they are
+        (no dihedral copies) and the energy map needs no gradient (`AdaptiveEBM.unit_volume_field`); else None."""
+        if self.augment_support or self.map_mode != "energy":
+            return None
+        return self.model.unit_volume_field()
+
+    def score_and_atoms(self, images: torch.Tensor, dictionary: TaskDictionary,
+                        features: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """`score`, and every position's SHARED_CANDIDATES most similar atoms (B, h'·w', c), columns of D
+        (= rows of kNN's memory bank for these shots); needs `unit_volume_field`."""
+        if self.unit_volume_field() is None:
+            raise InputError("score_and_atoms needs the energy map over the shots' own unit volumes "
+                             "(model.anomaly_map=energy, eval.augment_support=false, FISTA over top-k atoms)")
+        with torch.no_grad():
+            position, columns = self.model.position_energy_and_atoms(images, dictionary, features,
+                                                                      SHARED_CANDIDATES)  # (B, h', w'), (B, h'w', c)
+            scores, maps = self.model.energy_map(position, dictionary, tuple(images.shape[-2:]), self.smooth_sigma)
+        return scores, maps, columns
 
     def score(self, images: torch.Tensor, dictionary: TaskDictionary,
               features: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:

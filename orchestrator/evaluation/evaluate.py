@@ -121,6 +121,8 @@ class ScoreCache:
         # once per method and K) and Ψ's features of it (ours and kNN on one Ψ compute the same backbone pass)
         self._tests: dict[tuple, tuple[TestSet, int]] = {}
         self._features: dict[str, list[torch.Tensor]] = {}
+        # and each draw's nearest-atom candidates of every test position, from ours for kNN (CandidateShare)
+        self._candidates: dict[tuple, list[torch.Tensor]] = {}
 
     def shares(self, method: str) -> bool:
         """Whether another listed method has the same scorer function: only then is there anything to reuse."""
@@ -148,6 +150,46 @@ class ScoreCache:
                 return None
             self._features[key] = found
         return self._features[key]
+
+
+    def put_candidates(self, key: tuple, per_batch: list[torch.Tensor]) -> None:
+        """One draw's candidates (per test batch, (B, h'w', c) each) for `key` (CandidateShare.draw_key)."""
+        self._candidates[key] = per_batch
+
+    def take_candidates(self, key: tuple) -> list[torch.Tensor] | None:
+        """The candidates put for `key`, handed over once (None if none were put)."""
+        return self._candidates.pop(key, None)
+
+
+@dataclass
+class CandidateShare:
+    """How one evaluation takes part in sharing nearest-atom candidates through a ScoreCache
+    (docs/benchmarks.md, "kNN from ours' top-k").
+
+    Ours codes every test position over its top-k atoms, the shots' unit volumes; kNN's memory bank holds the same
+    volumes in the same order when both score with one Ψ (ours and knn, or untrained and knn_untrained), so kNN's
+    nearest row is one of ours' most similar atoms. A scorer with `score_and_atoms` gives its candidates for every
+    draw (int32, about 25 MB for five draws of 300 images at 32×32 positions); a kNN scorer on the same backbone
+    pass (`backbone_key`: weights, test images, batch size, device), receptive field and shots takes them and
+    skips its search over the whole bank (model.methods.knn.nearest_among). Either may run without the other."""
+
+    cache: ScoreCache
+    features_key: str  # backbone_key of the test images' Ψ pass
+    receptive_field: int  # the unit volumes' l (Scorer.unit_volume_field)
+    gives: bool  # True: the scorer has score_and_atoms and keeps its candidates; False: it takes them
+
+    def draw_key(self, support: torch.Tensor) -> tuple:
+        """The key of one draw: the backbone pass, l and the bytes of the shots (K, C, H, W)."""
+        shots = hashlib.sha256(support.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes())
+        return self.features_key, self.receptive_field, shots.hexdigest()
+
+
+def candidate_share(scorer: Scorer, reuse: ScoreCache, features_key: str | None) -> CandidateShare | None:
+    """The scorer's part in sharing nearest-atom candidates, or None where it has none."""
+    field = getattr(scorer, "unit_volume_field", lambda: None)()
+    if features_key is None or field is None:
+        return None
+    return CandidateShare(reuse, features_key, field, gives=hasattr(scorer, "score_and_atoms"))
 
 
 def takes_features(scorer: Scorer, probe: torch.Tensor) -> bool:
@@ -198,16 +240,26 @@ def draw_free_features(scorer: Scorer, images: torch.Tensor, batch_size: int, de
 
 def score_batches(scorer: Scorer, state: Any, images: torch.Tensor, batch_size: int, device: torch.device,
                   progress: bool = False, desc: str = "score",
-                  features: list[torch.Tensor] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+                  features: list[torch.Tensor] | None = None, candidates: list[torch.Tensor] | None = None,
+                  keep_candidates: list[torch.Tensor] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """images (N, C, H, W) -> scores (N,), maps (N, H, W) in batches; features: draw_free_features of these
-    images with this batch size, when the caller has them."""
+    images with this batch size, when the caller has them. candidates: per batch, what a giving scorer's
+    score_and_atoms kept (for a kNN scorer); keep_candidates: a list that collects this scorer's, per batch."""
     scores, maps = [], []
     starts = range(0, images.shape[0], batch_size)
-    if features is not None and len(features) != len(starts):
-        raise ValueError(f"score_batches: features of {len(features)} batches for {len(starts)} batches of images")
+    for name, given in (("features", features), ("candidates", candidates)):
+        if given is not None and len(given) != len(starts):
+            raise ValueError(f"score_batches: {name} of {len(given)} batches for {len(starts)} batches of images")
     for i, start in enumerate(tqdm(starts, desc=desc, disable=not progress, leave=False, dynamic_ncols=True)):
         batch = images[start : start + batch_size].to(device)
-        s, m = scorer.score(batch, state) if features is None else scorer.score(batch, state, features=features[i])
+        extra = {} if features is None else {"features": features[i]}
+        if keep_candidates is not None:
+            s, m, found = scorer.score_and_atoms(batch, state, **extra)
+            keep_candidates.append(found.to(device="cpu", dtype=torch.int32))  # (B, h'w', c): rows < 2³¹
+        elif candidates is not None:
+            s, m = scorer.score(batch, state, candidates=candidates[i].to(device), **extra)
+        else:
+            s, m = scorer.score(batch, state, **extra)
         scores.append(s.detach().cpu())
         maps.append(m.detach().cpu())
     return torch.cat(scores), torch.cat(maps)
@@ -313,7 +365,8 @@ def evaluate_scorer(scorer: Scorer, test: TestSet, shots: int, draws: int, seed:
                     draw_index: list[list[int]] | None = None,
                     calibration: CalibrationSpec | None = None,
                     cached: list[DrawOutputs] | None = None, keep_outputs: bool = False,
-                    test_features: Callable[[], list[torch.Tensor] | None] | None = None) -> dict[str, Any]:
+                    test_features: Callable[[], list[torch.Tensor] | None] | None = None,
+                    share: CandidateShare | None = None) -> dict[str, Any]:
     """Run the protocol; returns summaries, per-draw metrics, timings, the first draw's outputs and, with
     keep_outputs, every draw's ("outputs", DrawOutputs: a ScoreCache's entry).
 
@@ -325,6 +378,8 @@ def evaluate_scorer(scorer: Scorer, test: TestSet, shots: int, draws: int, seed:
     adapting and scoring (not with calibration, which needs the adapted state).
     test_features, if given: returns draw_free_features of the test images (e.g. from a ScoreCache), called
     once, before the first draw is scored.
+    share, if given: every draw gives its nearest-atom candidates to the share's ScoreCache or takes them from it
+    (CandidateShare; test_features must then come from that cache's pass of the same key).
     """
     if cached is not None and calibration is not None:
         raise ValueError("evaluate_scorer: cached outputs carry no adapted state to calibrate with")
@@ -353,9 +408,14 @@ def evaluate_scorer(scorer: Scorer, test: TestSet, shots: int, draws: int, seed:
                     features = test_features() if test_features is not None else draw_free_features(
                         scorer, test.images, batch_size, device, progress, desc=f"{test.category} features")
                     features_pending = False
+                draw_key = share.draw_key(support) if share is not None else None
+                given = share.cache.take_candidates(draw_key) if share is not None and not share.gives else None
+                kept = [] if share is not None and share.gives else None
                 scores, maps = score_batches(scorer, state, test.images, batch_size, device, progress,
                                              desc=f"{test.category} K={shots} draw {draw + 1}/{draws}",
-                                             features=features)
+                                             features=features, candidates=given, keep_candidates=kept)
+                if kept is not None:
+                    share.cache.put_candidates(draw_key, kept)
                 if not (torch.isfinite(scores).all() and torch.isfinite(maps).all()):
                     raise RuntimeError(f"non-finite anomaly scores on {test.category} draw {draw}")
                 found_metrics = draw_metrics(scores, maps, test)
@@ -493,15 +553,18 @@ def evaluate(model_dir: str | Path, data_root: str | Path, category: str, shots:
     found = reuse.get(identity) if identity is not None and not calibrate else None
     test_features = None  # Ψ(test images) shared with the other methods of this process on the same Ψ
     # (the probe keeps them from a scorer that takes none, e.g. ours with the gradient map)
+    share = None  # and ours' nearest-atom candidates, given to kNN on that Ψ
     if reuse is not None and found is None and takes_features(p.scorer, test.images[:1].to(p.device)):
         features_key = backbone_key(p.network, test.images, cfg.eval.batch_size, p.device)
         if features_key is not None:
             def test_features():
                 return reuse.backbone_features(features_key, lambda: draw_free_features(
                     p.scorer, test.images, cfg.eval.batch_size, p.device, progress, desc=f"{test.category} features"))
+            share = candidate_share(p.scorer, reuse, features_key)
     result = evaluate_scorer(p.scorer, test, shots, draws, seed, cfg.eval.batch_size, p.device, progress, on_draw,
                              p.draw_index, spec if calibrate else None, cached=found[1] if found else None,
-                             keep_outputs=identity is not None and found is None, test_features=test_features)
+                             keep_outputs=identity is not None and found is None, test_features=test_features,
+                             share=share)
     if identity is not None and found is None:
         reuse.put(identity, method, result.pop("outputs"))
     first = result.pop("first")

@@ -17,7 +17,7 @@ from orchestrator.tracking.artifacts import META, WEIGHTS
 from model.methods import BY_NAME, METHODS, MODEL_KINDS, OURS
 from orchestrator.training.checkpoint import has_checkpoint, recover
 from orchestrator.config import ABLATIONS, Config, describe, load_config
-from orchestrator.evaluation.evaluate import METRIC_NAMES, format_metric
+from orchestrator.evaluation.evaluate import METRIC_NAMES, ScoreCache, format_metric
 from orchestrator.tracking.tracked import tracked_evaluate
 from orchestrator.training.tracked import tracked_train
 from orchestrator.training.inputs import write_initial_model
@@ -104,6 +104,8 @@ def run_loo(
             _train_variant(data_root, out / "models" / category / name, config_path, {**base, **ABLATIONS[name]}, progress,
                            tracking_uri)
             plan.append((f"{OURS.name}[{name}]", OURS.name, name))
+        # one category's methods share its loaded test set, Ψ passes and ours' nearest atoms (as the DVC stage does)
+        reuse = ScoreCache([method for _, method, _ in plan])
         for row, method, variant in plan:
             eval_dir = out / "eval" / category / row.replace("[", "_").replace("]", "")
             metrics_file = eval_dir / "metrics.json"
@@ -111,7 +113,8 @@ def run_loo(
             if not record or record.get("shots") != shots or record.get("draws") != draws:
                 log(f"[{category}] evaluating {row}: K={shots}, {draws} draws")
                 record = tracked_evaluate(out / "models" / category / variant, data_root, category, shots, draws,
-                                          eval_dir, method=method, progress=progress, uri=tracking_uri)
+                                          eval_dir, method=method, progress=progress, uri=tracking_uri,
+                                          reuse=reuse)
             rows.append({"category": category, "method": row, **{m: record[m] for m in METRIC_NAMES},
                          "score_gap": record.get("score_gap"), "metrics": str(metrics_file)})
     results = {"data_root": str(data_root), "shots": shots, "draws": draws, "rows": rows,

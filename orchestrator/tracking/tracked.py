@@ -202,7 +202,8 @@ def tracked_evaluate(model_dir, data_root, category: str, shots: int, draws: int
                         progress=progress, overlays=overlays, **kwargs)
     # every input check (model, data, category, K, draws) before the run exists: bad input leaves no FAILED run
     prepared = prepare_evaluation(model_dir, data_root, category, shots, draws, method, seed,
-                                  **{k: kwargs[k] for k in ("manifest", "splits", "allow_partial", "settings", "fpr")
+                                  **{k: kwargs[k] for k in ("manifest", "splits", "allow_partial", "settings", "fpr",
+                                                 "max_test_images", "reuse")
                                      if k in kwargs})
     out = Path(out)
     runs = EvaluationRuns(uri, prepared, model_dir, data_root, category, shots, draws, method, seed, out, kwargs)
