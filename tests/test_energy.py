@@ -576,3 +576,17 @@ def test_shot_subsets_give_what_adapting_to_the_subset_gives(receptive_field, sm
     assert subsets.dictionary([2, 5], 3).normal_mean is None  # a 3-shot task is not standardised
     with pytest.raises(InputError, match="ShotSubsets needs FISTA"):
         ShotSubsets(AdaptiveEBM(ConvBackbone(spec), SparseSpec.paper()), torch.rand(2, 16, 12, 12))
+
+
+def test_fista_energy_returns_the_columns_of_each_signals_most_similar_atoms():
+    """return_atoms: the same energies, and the columns topk gives over the similarity product, most similar first
+    (the candidates kNN takes, model.methods.knn.nearest_among)."""
+    g = torch.Generator().manual_seed(5)
+    signals = torch.nn.functional.normalize(torch.randn(300, 12, generator=g), dim=1)  # (n, m)
+    atoms = torch.nn.functional.normalize(torch.randn(12, 700, generator=g), dim=0)  # (m, A)
+    plain = fista_energy(signals, atoms, 0.05, 20, top_k=8, chunk_bytes=4 * 700 * 64)  # several chunks
+    energies, columns = fista_energy(signals, atoms, 0.05, 20, top_k=8, chunk_bytes=4 * 700 * 64, return_atoms=3)
+    torch.testing.assert_close(energies, plain, rtol=0, atol=0)
+    assert columns.shape == (300, 3)
+    torch.testing.assert_close(columns, (signals @ atoms).topk(3, dim=1).indices, rtol=0, atol=0)
+    assert fista_energy(signals, atoms, 0.05, 20, top_k=2, return_atoms=5)[1].shape == (300, 2)  # at most top_k

@@ -44,7 +44,6 @@ from model.ebm.sparse import (
     SOLVERS,
     fista_code,
     fista_energy,
-    fista_energy_and_atoms,
     local_energy,
     top_per_shot,
     merge_top,
@@ -335,9 +334,9 @@ class AdaptiveEBM(nn.Module):
         spec = self.sparse
         signals, (h, w) = self.signals(images, dictionary, features)  # (B, h'w', m)
         B, P, m = signals.shape
-        energies, columns = fista_energy_and_atoms(signals.reshape(B * P, m), dictionary.atoms, spec.lam_star,
-                                                   spec.max_steps, spec.shrink, spec.tau, spec.top_k_atoms, spec.tol,
-                                                   keep=keep)  # (B·h'w',), (B·h'w', keep)
+        energies, columns = fista_energy(signals.reshape(B * P, m), dictionary.atoms, spec.lam_star, spec.max_steps,
+                                         spec.shrink, spec.tau, spec.top_k_atoms, spec.tol,
+                                         return_atoms=keep)  # (B·h'w',), (B·h'w', keep)
         return energies.reshape(B, h, w), columns.reshape(B, P, -1)
 
     def signal_energy(self, flat: torch.Tensor, dictionary: TaskDictionary) -> torch.Tensor:

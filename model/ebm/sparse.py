@@ -261,7 +261,8 @@ def fista_energy(
     top_k: int = 16,
     tol: float = 1e-4,
     chunk_bytes: int = 16 * 2**20,  # similarity blocks that stay near the cache: ~1.5x faster than 128 MiB on CPU
-) -> torch.Tensor:
+    return_atoms: int = 0,
+) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
     """Eq. 8's residual ‖z − Dα*‖² per signal, α* the FISTA solution over each signal's top_k atoms.
 
     signals (n, m), atoms (m, A) -> (n,). With c = Dₖᵀz (the top_k similarities themselves) and the local
@@ -271,37 +272,23 @@ def fista_energy(
     has 10 240² entries, 400 MB).
     Differentiable in signals and atoms (through the similarities and the Gram); the choice of the k atoms
     is not (a selection).
+
+    return_atoms > 0 (as torch's return_indices): returns (energies (n,), columns (n, min(return_atoms, k)) of each
+    signal's most similar atoms, most similar first). For unit-norm signals and atoms the first is the nearest
+    atom, so kNN on the same volumes can take its neighbour from them instead of searching all A atoms again
+    (`model.methods.knn.nearest_among`).
     """
-    return fista_energy_and_atoms(signals, atoms, lam, max_steps, kind, tau, top_k, tol, chunk_bytes)[0]
-
-
-def fista_energy_and_atoms(
-    signals: torch.Tensor,
-    atoms: torch.Tensor,
-    lam: float,
-    max_steps: int,
-    kind: str = "hard",
-    tau: float = 20.0,
-    top_k: int = 16,
-    tol: float = 1e-4,
-    chunk_bytes: int = 16 * 2**20,
-    keep: int | None = None,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """`fista_energy`, and which atoms each signal was coded over: signals (n, m), atoms (m, A) -> energies (n,)
-    and the columns (n, keep) of each signal's `keep` (default top_k) most similar atoms, most similar first. For
-    unit-norm signals and atoms the first is the nearest atom: kNN on the same volumes can take its neighbour
-    from these columns instead of searching all A atoms again (`model.methods.knn.nearest_among`)."""
     if top_k < 1:
         raise InputError(f"fista_energy needs top_k >= 1, got {top_k}; use fista_code for the full dictionary")
     k = min(top_k, atoms.shape[1])
-    keep = k if keep is None else min(keep, k)
     rows = _chunk_rows(signals, atoms, chunk_bytes)
     energies, columns = [], []
     for chunk in signals.split(rows):
         corr, index = top_similar(chunk @ atoms, k)  # (r, k) similarities Dₖᵀz and which atoms
         energies.append(local_energy(chunk, atoms, corr, index, lam, max_steps, kind, tau, tol))
-        columns.append(index[:, :keep])  # (r, keep)
-    return torch.cat(energies), torch.cat(columns)
+        if return_atoms > 0:
+            columns.append(index[:, :return_atoms])  # (r, min(return_atoms, k))
+    return (torch.cat(energies), torch.cat(columns)) if return_atoms > 0 else torch.cat(energies)
 
 
 def local_energy(signals: torch.Tensor, atoms: torch.Tensor, corr: torch.Tensor, index: torch.Tensor, lam: float,
