@@ -309,11 +309,16 @@ class AdaptiveEBM(nn.Module):
 
     # -- energy -----------------------------------------------------------------------------
     def position_energy(self, images: torch.Tensor, dictionary: TaskDictionary,
-                        features: torch.Tensor | None = None) -> torch.Tensor:
-        """Eq. 8 per feature position: images (B, C, H, W) -> e (B, h', w'); features: Ψ(images) if known."""
+                        features: torch.Tensor | None = None,
+                        return_atoms: int = 0) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+        """Eq. 8 per feature position: images (B, C, H, W) -> e (B, h', w'); features: Ψ(images) if known.
+        return_atoms > 0 (`signal_energy`): also the columns of every position's most similar atoms (B, h'·w', c)."""
         signals, (h, w) = self.signals(images, dictionary, features)  # (B, h'w', m)
         B, P, m = signals.shape
-        return self.signal_energy(signals.reshape(B * P, m), dictionary).reshape(B, h, w)  # (B, h', w')
+        found = self.signal_energy(signals.reshape(B * P, m), dictionary, return_atoms)
+        if return_atoms > 0:
+            return found[0].reshape(B, h, w), found[1].reshape(B, P, -1)  # (B, h', w'), (B, h'w', c)
+        return found.reshape(B, h, w)  # (B, h', w')
 
     def unit_volume_field(self) -> int | None:
         """The receptive field l when the signals are Ψ's plain l-volumes at unit norm, coded over their top-k
@@ -323,28 +328,17 @@ class AdaptiveEBM(nn.Module):
         plain = (spec.normalize and not spec.center and spec.whiten == "none" and spec.exposure == "none")
         return spec.receptive_field if plain and spec.solver == "fista" and spec.top_k_atoms > 0 else None
 
-    def position_energy_and_atoms(self, images: torch.Tensor, dictionary: TaskDictionary,
-                                  features: torch.Tensor | None = None, keep: int = 4
-                                  ) -> tuple[torch.Tensor, torch.Tensor]:
-        """`position_energy` (B, h', w') and the columns of D of every position's `keep` most similar atoms
-        (B, h'·w', keep), most similar first; needs `unit_volume_field` (InputError otherwise)."""
-        if self.unit_volume_field() is None:
-            raise InputError("the atoms of each position are chosen by FISTA over top-k atoms (model.solver=fista, "
-                             "model.top_k_atoms > 0) on plain unit volumes (no centre, whitening or exposure)")
-        spec = self.sparse
-        signals, (h, w) = self.signals(images, dictionary, features)  # (B, h'w', m)
-        B, P, m = signals.shape
-        energies, columns = fista_energy(signals.reshape(B * P, m), dictionary.atoms, spec.lam_star, spec.max_steps,
-                                         spec.shrink, spec.tau, spec.top_k_atoms, spec.tol,
-                                         return_atoms=keep)  # (B·h'w',), (B·h'w', keep)
-        return energies.reshape(B, h, w), columns.reshape(B, P, -1)
-
-    def signal_energy(self, flat: torch.Tensor, dictionary: TaskDictionary) -> torch.Tensor:
-        """Eq. 8 for prepared signals (n, m) -> (n,)."""
+    def signal_energy(self, flat: torch.Tensor, dictionary: TaskDictionary,
+                      return_atoms: int = 0) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+        """Eq. 8 for prepared signals (n, m) -> (n,). return_atoms > 0 (FISTA over top-k atoms only, as
+        `fista_energy`): also the columns (n, c) of each signal's most similar atoms, most similar first."""
         spec = self.sparse
         if spec.solver == "fista" and spec.top_k_atoms > 0:
             return fista_energy(flat, dictionary.atoms, spec.lam_star, spec.max_steps, spec.shrink, spec.tau,
-                                spec.top_k_atoms, spec.tol)  # (n,)
+                                spec.top_k_atoms, spec.tol, return_atoms=return_atoms)  # (n,) [, (n, c)]
+        if return_atoms > 0:
+            raise InputError("only FISTA over top-k atoms (model.solver=fista, model.top_k_atoms > 0) chooses each "
+                             "position's atoms")
         if spec.solver == "fista":
             recon = fista_code(flat, dictionary.atoms, spec.lam_star, spec.max_steps, spec.shrink, spec.tau,
                                0, spec.tol)  # (n, m)

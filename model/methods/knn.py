@@ -24,6 +24,18 @@ from model.ebm.sparse import feature_volumes
 DEFAULT_CHUNK_BYTES = 16 * 2**20
 
 
+def _check_search(name: str, queries: torch.Tensor, bank: torch.Tensor, max_chunk_bytes: int) -> None:
+    """InputError naming `name` unless queries (n, m) and bank (N >= 1, m) match and max_chunk_bytes >= 1."""
+    if queries.dim() != 2 or bank.dim() != 2 or queries.shape[1] != bank.shape[1]:
+        raise InputError(
+            f"{name}: queries {tuple(queries.shape)} and bank {tuple(bank.shape)}: expected (n, m) and (N, m)"
+        )
+    if bank.shape[0] < 1:
+        raise InputError(f"{name}: the memory bank is empty")
+    if max_chunk_bytes < 1:
+        raise InputError(f"{name}: max_chunk_bytes={max_chunk_bytes}: expected >= 1")
+
+
 def nearest_distances(
     queries: torch.Tensor, bank: torch.Tensor, max_chunk_bytes: int = DEFAULT_CHUNK_BYTES
 ) -> torch.Tensor:
@@ -36,14 +48,7 @@ def nearest_distances(
     That form loses precision near 0 (the terms cancel), so the winning distance is recomputed exactly from the
     difference vector: a query equal to a bank row gets exactly 0.
     """
-    if queries.dim() != 2 or bank.dim() != 2 or queries.shape[1] != bank.shape[1]:
-        raise InputError(
-            f"nearest_distances: queries {tuple(queries.shape)} and bank {tuple(bank.shape)}: expected (n, m) and (N, m)"
-        )
-    if bank.shape[0] < 1:
-        raise InputError("nearest_distances: the memory bank is empty")
-    if max_chunk_bytes < 1:
-        raise InputError(f"nearest_distances: max_chunk_bytes={max_chunk_bytes}: expected >= 1")
+    _check_search("nearest_distances", queries, bank, max_chunk_bytes)
     bank = bank.to(device=queries.device, dtype=queries.dtype)
     bank_sq = bank.pow(2).sum(1)  # (N,)
     bank_t = bank.transpose(0, 1).contiguous()  # (m, N)
@@ -84,12 +89,7 @@ def nearest_among(queries: torch.Tensor, bank: torch.Tensor, candidates: torch.T
     find it even where rounding ordered near-ties differently. Rows off the unit sphere (a zero volume normalises to
     zero) break that equivalence, so they are every query's candidates too; beyond MAX_OFF_UNIT_ROWS of them the
     whole bank is searched."""
-    if queries.dim() != 2 or bank.dim() != 2 or queries.shape[1] != bank.shape[1]:
-        raise InputError(
-            f"nearest_among: queries {tuple(queries.shape)} and bank {tuple(bank.shape)}: expected (n, m) and (N, m)"
-        )
-    if bank.shape[0] < 1:
-        raise InputError("nearest_among: the memory bank is empty")
+    _check_search("nearest_among", queries, bank, max_chunk_bytes)
     if (candidates.dim() != 2 or candidates.shape[0] != queries.shape[0] or candidates.shape[1] < 1
             or candidates.is_floating_point() or candidates.is_complex()):
         raise InputError(f"nearest_among: candidates {tuple(candidates.shape)} {candidates.dtype}: expected integer "

@@ -60,8 +60,8 @@ class OursScorer:
             raise InputError("score_and_atoms needs the energy map over the shots' own unit volumes "
                              "(model.anomaly_map=energy, eval.augment_support=false, FISTA over top-k atoms)")
         with torch.no_grad():
-            position, columns = self.model.position_energy_and_atoms(images, dictionary, features,
-                                                                      SHARED_CANDIDATES)  # (B, h', w'), (B, h'w', c)
+            position, columns = self.model.position_energy(images, dictionary, features,
+                                                           return_atoms=SHARED_CANDIDATES)  # (B, h', w'), (B, h'w', c)
             scores, maps = self.model.energy_map(position, dictionary, tuple(images.shape[-2:]), self.smooth_sigma)
         return scores, maps, columns
 

@@ -91,8 +91,13 @@ def _hash_weights_and_images(digest, module: torch.nn.Module, images: torch.Tens
     """Add every weight of `module` (by name) and the bytes of `images` to a hashlib digest."""
     for name, tensor in sorted(module.state_dict().items()):
         digest.update(name.encode())
-        digest.update(tensor.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes())
-    digest.update(images.contiguous().view(-1).view(torch.uint8).numpy().tobytes())
+        digest.update(_tensor_bytes(tensor))
+    digest.update(_tensor_bytes(images))
+
+
+def _tensor_bytes(tensor: torch.Tensor) -> bytes:
+    """The raw bytes of a tensor's values (on the CPU, in row-major order)."""
+    return tensor.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes()
 
 
 @dataclass
@@ -151,7 +156,6 @@ class ScoreCache:
             self._features[key] = found
         return self._features[key]
 
-
     def put_candidates(self, key: tuple, per_batch: list[torch.Tensor]) -> None:
         """One draw's candidates (per test batch, (B, h'w', c) each) for `key` (CandidateShare.draw_key)."""
         self._candidates[key] = per_batch
@@ -180,8 +184,7 @@ class CandidateShare:
 
     def draw_key(self, support: torch.Tensor) -> tuple:
         """The key of one draw: the backbone pass, l and the bytes of the shots (K, C, H, W)."""
-        shots = hashlib.sha256(support.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes())
-        return self.features_key, self.receptive_field, shots.hexdigest()
+        return self.features_key, self.receptive_field, hashlib.sha256(_tensor_bytes(support)).hexdigest()
 
 
 def candidate_share(scorer: Scorer, reuse: ScoreCache, features_key: str | None) -> CandidateShare | None:

@@ -15,6 +15,7 @@ PRO curves, its score histogram with the threshold line).
 """
 from __future__ import annotations
 
+import inspect
 import json
 import time
 from pathlib import Path
@@ -201,10 +202,10 @@ def tracked_evaluate(model_dir, data_root, category: str, shots: int, draws: int
         return evaluate(model_dir, data_root, category, shots, draws, out, method=method, seed=seed,
                         progress=progress, overlays=overlays, **kwargs)
     # every input check (model, data, category, K, draws) before the run exists: bad input leaves no FAILED run
+    # the options evaluate hands to prepare_evaluation, whichever they are (the rest are evaluate's own)
+    takes = inspect.signature(prepare_evaluation).parameters
     prepared = prepare_evaluation(model_dir, data_root, category, shots, draws, method, seed,
-                                  **{k: kwargs[k] for k in ("manifest", "splits", "allow_partial", "settings", "fpr",
-                                                 "max_test_images", "reuse")
-                                     if k in kwargs})
+                                  **{k: v for k, v in kwargs.items() if k in takes})
     out = Path(out)
     runs = EvaluationRuns(uri, prepared, model_dir, data_root, category, shots, draws, method, seed, out, kwargs)
     try:
