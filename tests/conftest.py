@@ -35,6 +35,15 @@ os.environ.setdefault("FSAD_TRACKING", "0")
 # (tests/test_cli.py) remove this variable.
 os.environ.setdefault("FSAD_PARAMS", "0")
 
+# Under pytest-xdist (`make test` runs two workers on the 2-core machines) each worker, and every fsad process
+# it starts, does its torch math on one thread: two workers of two OpenMP threads would oversubscribe the cores,
+# and tests that compare a subprocess's weights bit for bit with this process's need the same thread count.
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    import torch
+
+    os.environ["OMP_NUM_THREADS"] = "1"
+    torch.set_num_threads(1)
+
 # HELD_OUT is the target category of CLI tests (one of SMALL_CATEGORIES).
 HELD_OUT = "tire"
 

@@ -203,8 +203,26 @@ def working_dir(tmp_path_factory) -> Path:
     return copy_worktree(tmp_path_factory.mktemp("job_working_dir") / "repo")
 
 
+def wait_for_job_agent(head, timeout_s: float = 120) -> None:
+    """Until the head's job agent takes a job. The dashboard answers /api/version before the agent has
+    registered, and a submit meanwhile waits 10 s for it, then fails ("No available agent to submit job");
+    on a loaded machine (two test workers) the agent took longer. docs/cluster.md waits the same way."""
+    if head.get("agent_ready"):
+        return
+    deadline = time.time() + timeout_s
+    while True:
+        probe = subprocess.run([str(BIN / "ray"), "job", "submit", "--address", head["dashboard"], "--no-wait", "--",
+                                "true"], env=head["env"], capture_output=True, text=True, timeout=60)
+        if probe.returncode == 0:
+            head["agent_ready"] = True
+            return
+        assert time.time() < deadline, "the head's job agent took no job: " + probe.stderr[-2000:]
+        time.sleep(1)
+
+
 def submit(head, working_dir: Path, *fsad, env_vars: dict | None = None) -> subprocess.CompletedProcess:
     """`ray job submit` of `fsad ...` with the repository as the working directory (waits for the end)."""
+    wait_for_job_agent(head)
     runtime_env = json.dumps({"env_vars": {"OMP_NUM_THREADS": "1", **(env_vars or {})}})
     env = dict(head["env"])
     env.pop("MLFLOW_TRACKING_URI", None)

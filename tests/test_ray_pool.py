@@ -93,14 +93,18 @@ def build_initial(cfg):
     return build_model(cfg)
 
 
-def fixed_episode_loss(model, cfg, root, episodes: int = 32) -> float:
-    """Mean loss of `model` on the same seeded episodes of the training categories (no update)."""
+def fixed_episode_stats(model, cfg, root, episodes: int = 32) -> dict[str, float]:
+    """Mean loss terms of `model` on the same seeded episodes of the training categories (no update)."""
     normals = load_normals(root, TRAINED_ON, cfg.data.image_size)
     sampler = EpisodeSampler(normals, cfg.train.shots, cfg.train.queries, seed=123,
                              corruptions=tuple(cfg.inpaint.kinds))
     generator = torch.Generator().manual_seed(7)
-    return sum(float(episode_step(model, sampler.sample(), cfg, generator, torch.device("cpu")).loss)
-               for _ in range(episodes)) / episodes
+    totals: dict[str, float] = {}
+    for _ in range(episodes):
+        stats = episode_step(model, sampler.sample(), cfg, generator, torch.device("cpu")).stats
+        for key, value in stats.items():
+            totals[key] = totals.get(key, 0.0) + value / episodes
+    return totals
 
 
 def test_async_run_learns_and_accounting_adds_up(ray_local, small_real_root, tmp_path):
@@ -116,13 +120,14 @@ def test_async_run_learns_and_accounting_adds_up(ray_local, small_real_root, tmp
     assert [r["update"] for r in records] == list(range(1, total + 1))
     for key in ("l_rec", "l_cd", "pos_energy", "neg_energy", "staleness_hist", "episodes_per_s", "learner_idle_s"):
         assert key in records[-1]
-    # Learns: the final weights have a lower loss than the initial ones on the same fixed episodes. (The
-    # training trace itself is too noisy for that in 24 asynchronous episodes of mixed tasks.) 32 fixed episodes,
-    # not 8: over 8 the margin ranged 0.0003-0.09 across runs (async order changes the weights) and once failed;
-    # over 32 it was 0.07-0.12 in 8 of 8 runs.
-    initial = fixed_episode_loss(build_initial(cfg), cfg, small_real_root)
-    final, _, _ = load_model_dir(tmp_path / "m")
-    assert fixed_episode_loss(final, cfg, small_real_root) < initial
+    # Learns: on the same fixed episodes the final weights' chain inpaints better (L_rec, the η₀ term: the MSE
+    # between the Langevin negatives and the clean queries) than the initial weights'. Not the total loss: its
+    # contrastive and regulariser terms trade against each other, and over 24 asynchronous episodes (the
+    # arrival order changes the weights) its margin ranged 0.04-0.13 in 6 runs here and was -0.05 once in CI.
+    # L_rec fell to 0.49-0.58 of its initial value in 5 of 5 runs (measured; 0.8 leaves room).
+    initial = fixed_episode_stats(build_initial(cfg), cfg, small_real_root)
+    final = fixed_episode_stats(load_model_dir(tmp_path / "m")[0], cfg, small_real_root)
+    assert final["l_rec"] < 0.8 * initial["l_rec"], (initial, final)
     lines = (tmp_path / "m" / "metrics.jsonl").read_text().splitlines()
     assert len(lines) == total
     assert (tmp_path / "m" / "model.safetensors").is_file()
