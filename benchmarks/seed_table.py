@@ -19,6 +19,15 @@ ROWS = ("ours", "untrained", "knn", "knn_untrained", "nosupport", "maml_ae")
 IMAGE_RIVALS = ("untrained", "knn", "knn_untrained")
 
 
+def kept_episode(folder: Path, target: str) -> int | None:
+    """The checkpoint the fold's validation selection kept (0: the untrained Ψ), from results/models beside
+    results/metrics; None where that model is absent."""
+    meta = folder.parent / "models" / target / "ours" / "meta.json"
+    if not meta.is_file():
+        return None
+    return json.loads(meta.read_text()).get("selection", {}).get("best_episode")
+
+
 def read_folder(folder: Path) -> dict[str, dict[str, tuple[float, float]]]:
     """{target: {method: (image AUROC, pixel AUROC) at K = 10}} of one metrics folder."""
     files = sorted(folder.glob("*.json"))
@@ -47,19 +56,20 @@ def mean_over(tables: list[dict]) -> dict:
                      for m in ROWS if all(m in t[target] for t in tables)} for target in targets}
 
 
-def markdown(title: str, table: dict) -> str:
+def markdown(title: str, table: dict, kept: dict[str, int | None] | None = None) -> str:
     methods = [m for m in ROWS if all(m in row for row in table.values())]
-    lines = [f"**{title}**", "", "| target | " + " | ".join(methods) + " | criteria |",
-             "|---" * (len(methods) + 2) + "|"]
+    lines = [f"**{title}**", "", "| target | " + " | ".join(methods) + " | criteria | kept |",
+             "|---" * (len(methods) + 3) + "|"]
     for target, row in table.items():
         failed = criteria(row)
         verdict = "4 of 4" if not failed else f"{4 - len(failed)} of 4 ({', '.join(failed)})"
+        episode = (kept or {}).get(target)
         lines.append(f"| {target} | " + " | ".join(f"{row[m][0]:.3f} / {row[m][1]:.3f}" for m in methods)
-                     + f" | {verdict} |")
+                     + f" | {verdict} | {'' if episode is None else episode} |")
     means = {m: tuple(sum(row[m][i] for row in table.values()) / len(table) for i in (0, 1)) for m in methods}
     passing = sum(not criteria(row) for row in table.values())
     lines.append("| **mean** | " + " | ".join(f"{means[m][0]:.3f} / {means[m][1]:.3f}" for m in methods)
-                 + f" | {passing} of {len(table)} targets |")
+                 + f" | {passing} of {len(table)} targets | |")
     return "\n".join(lines)
 
 
@@ -72,11 +82,11 @@ def main(argv: list[str] | None = None) -> int:
         label, sep, folder = item.partition("=")
         if not sep:
             raise SystemExit(f"seed_table: {item!r} is not LABEL=FOLDER")
-        tables.append((label, read_folder(Path(folder))))
-    for label, table in tables:
-        print(markdown(label, table) + "\n")
+        tables.append((label, Path(folder), read_folder(Path(folder))))
+    for label, folder, table in tables:
+        print(markdown(label, table, {t: kept_episode(folder, t) for t in table}) + "\n")
     if len(tables) > 1:
-        print(markdown(f"mean over {', '.join(label for label, _ in tables)}", mean_over([t for _, t in tables])))
+        print(markdown(f"mean over {', '.join(label for label, _, _ in tables)}", mean_over([t for _, _, t in tables])))
     return 0
 
 

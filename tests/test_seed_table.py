@@ -37,9 +37,12 @@ def test_mean_over_seeds_averages_each_method_then_judges(tmp_path, capsys):
     assert criteria(tables[0]["tire"]) == ["image ≤ untrained"] and criteria(tables[1]["tire"]) == []
     mean = mean_over(tables)["tire"]
     assert mean["ours"] == pytest.approx((0.65, 0.9)) and criteria(mean) == []
+    meta = tmp_path / "models" / "tire" / "ours" / "meta.json"  # beside the metrics folders, as in results/
+    meta.parent.mkdir(parents=True)
+    meta.write_text(json.dumps({"selection": {"best_episode": 40}}))
     assert main([f"a={tmp_path / 'a'}", f"b={tmp_path / 'b'}"]) == 0
     out = capsys.readouterr().out
-    assert "**mean over a, b**" in out and "3 of 4 (image ≤ untrained)" in out and "1 of 1 targets" in out
+    assert "**mean over a, b**" in out and "3 of 4 (image ≤ untrained) | 40 |" in out and "1 of 1 targets" in out
 
 
 def test_an_empty_folder_is_refused_by_name(tmp_path):
