@@ -11,21 +11,20 @@ the untrained Ψ, and its pixel AUROC above the support-free map.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
+from orchestrator.reporting.claims import IMAGE_RIVALS, NO_SUPPORT
+from orchestrator.reporting.results import kept_episode, read_json
+
 ROWS = ("ours", "untrained", "knn", "knn_untrained", "nosupport", "maml_ae")
-IMAGE_RIVALS = ("untrained", "knn", "knn_untrained")
 
 
-def kept_episode(folder: Path, target: str) -> int | None:
+def kept(folder: Path, target: str) -> int | None:
     """The checkpoint the fold's validation selection kept (0: the untrained Ψ), from results/models beside
     results/metrics; None where that model is absent."""
     meta = folder.parent / "models" / target / "ours" / "meta.json"
-    if not meta.is_file():
-        return None
-    return json.loads(meta.read_text()).get("selection", {}).get("best_episode")
+    return kept_episode(read_json(meta)) if meta.is_file() else None
 
 
 def read_folder(folder: Path) -> dict[str, dict[str, tuple[float, float]]]:
@@ -35,18 +34,19 @@ def read_folder(folder: Path) -> dict[str, dict[str, tuple[float, float]]]:
         raise SystemExit(f"seed_table: {folder} holds no <target>.json (expected a results/metrics folder)")
     table = {}
     for path in files:
-        record = json.loads(path.read_text())
+        record = read_json(path)
         table[record["category"]] = {m: (record[m]["K10"]["image_auroc"], record[m]["K10"]["pixel_auroc"])
                                      for m in ROWS if m in record}
     return table
 
 
 def criteria(row: dict[str, tuple[float, float]]) -> list[str]:
-    """The criteria that fail for one target (empty: all four hold)."""
+    """The criteria that fail for one target (empty: all four hold): the rule of the report's
+    `baseline_claims`, on the same rivals (a tie is no win)."""
     ours_image, ours_pixel = row["ours"]
     failed = [f"image ≤ {m}" for m in IMAGE_RIVALS if ours_image <= row[m][0]]
-    if ours_pixel <= row["nosupport"][1]:
-        failed.append("pixel ≤ nosupport")
+    if ours_pixel <= row[NO_SUPPORT][1]:
+        failed.append(f"pixel ≤ {NO_SUPPORT}")
     return failed
 
 
@@ -84,7 +84,7 @@ def main(argv: list[str] | None = None) -> int:
             raise SystemExit(f"seed_table: {item!r} is not LABEL=FOLDER")
         tables.append((label, Path(folder), read_folder(Path(folder))))
     for label, folder, table in tables:
-        print(markdown(label, table, {t: kept_episode(folder, t) for t in table}) + "\n")
+        print(markdown(label, table, {t: kept(folder, t) for t in table}) + "\n")
     if len(tables) > 1:
         print(markdown(f"mean over {', '.join(label for label, _, _ in tables)}", mean_over([t for _, _, t in tables])))
     return 0
