@@ -14,7 +14,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from orchestrator.reporting.claims import IMAGE_RIVALS, NO_SUPPORT
+from orchestrator.reporting.claims import failed_rivals
 from orchestrator.reporting.results import kept_episode, read_json
 
 ROWS = ("ours", "untrained", "knn", "knn_untrained", "nosupport", "maml_ae")
@@ -41,13 +41,8 @@ def read_folder(folder: Path) -> dict[str, dict[str, tuple[float, float]]]:
 
 
 def criteria(row: dict[str, tuple[float, float]]) -> list[str]:
-    """The criteria that fail for one target (empty: all four hold): the rule of the report's
-    `baseline_claims`, on the same rivals (a tie is no win)."""
-    ours_image, ours_pixel = row["ours"]
-    failed = [f"image ≤ {m}" for m in IMAGE_RIVALS if ours_image <= row[m][0]]
-    if ours_pixel <= row[NO_SUPPORT][1]:
-        failed.append(f"pixel ≤ {NO_SUPPORT}")
-    return failed
+    """The criteria that fail for one target (empty: all four hold): the report's rule (`failed_rivals`)."""
+    return [f"{metric} ≤ {rival}" for metric, rival in failed_rivals(row)]
 
 
 def mean_over(tables: list[dict]) -> dict:
