@@ -55,6 +55,14 @@ def probe(scorer, data, category: str, image_size: int) -> dict:
     return score_subset(scorer, load_test_set(data, category, image_size))
 
 
+def result_line(label: str, res: dict, seconds: float) -> str:
+    """One probe result as the probes print it: image AUROC (mean ± std over draws), pixel AUROC ('-' for a
+    category with image labels only, such as ELPV) and the time taken."""
+    pixel = res["pixel_auroc"]
+    return (f"{label}: image AUROC {res['image_auroc']['mean']:.3f} ± {res['image_auroc']['std']:.3f} "
+            f"pixel AUROC {'-' if not pixel else format(pixel['mean'], '.3f')} ({seconds:.0f} s)")
+
+
 def main(argv: list[str]) -> None:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.probe_features", description=__doc__.split("\n")[0])
     parser.add_argument("variant", choices=("config", "pool3", "column448"))
@@ -73,10 +81,7 @@ def main(argv: list[str]) -> None:
                 model.backbone = PatchedFeatures(model.backbone, variant)
             t0 = time.perf_counter()
             res = probe(make_scorer(method, model, cfg), args.data, category, cfg.data.image_size)
-            pixel = res["pixel_auroc"]  # None for a category with image labels only (ELPV)
-            print(f"{variant} {method} {category}: image AUROC {res['image_auroc']['mean']:.3f} "
-                  f"pixel AUROC {'-' if not pixel else format(pixel['mean'], '.3f')} "
-                  f"({time.perf_counter() - t0:.0f} s)", flush=True)
+            print(result_line(f"{variant} {method} {category}", res, time.perf_counter() - t0), flush=True)
 
 
 if __name__ == "__main__":

@@ -21,7 +21,7 @@ import model.ebm.energy as energy_module
 from model.ebm.sparse import _chunk_rows, fista_energy, local_energy
 from orchestrator.config.loading import load_config, parse_overrides
 from orchestrator.evaluation.evaluate import make_scorer, untrained_model
-from benchmarks.probe_features import DATA, probe
+from benchmarks.probe_features import DATA, probe, result_line
 
 RADIUS = [math.inf]
 
@@ -79,10 +79,7 @@ def main(argv: list[str]) -> None:
             RADIUS[0] = radius
             t0 = time.perf_counter()
             res = probe(make_scorer("ours", untrained_model(cfg), cfg), args.data, category, cfg.data.image_size)
-            pixel = res["pixel_auroc"]
-            print(f"radius {radius:g} {category}: image AUROC {res['image_auroc']['mean']:.3f} "
-                  f"± {res['image_auroc']['std']:.3f} pixel AUROC {'-' if not pixel else format(pixel['mean'], '.3f')} "
-                  f"({time.perf_counter() - t0:.0f} s)", flush=True)
+            print(result_line(f"radius {radius:g} {category}", res, time.perf_counter() - t0), flush=True)
 
 
 if __name__ == "__main__":

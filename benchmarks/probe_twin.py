@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from orchestrator.config.loading import parse_overrides, with_values
 from orchestrator.evaluation.evaluate import make_scorer, untrained_model
 from orchestrator.tracking.artifacts import build_model, load_model_dir
-from benchmarks.probe_features import DATA, probe
+from benchmarks.probe_features import DATA, probe, result_line
 
 
 class TwinFeatures(nn.Module):
@@ -64,10 +64,7 @@ def main(argv: list[str]) -> None:
                 model = trained
             t0 = time.perf_counter()
             res = probe(make_scorer("ours", model, cfg), args.data, category, cfg.data.image_size)
-            pixel = res["pixel_auroc"]
-            print(f"{args.model_dir} {variant} {' '.join(args.overrides)} {category}: image AUROC {res['image_auroc']['mean']:.3f} "
-                  f"± {res['image_auroc']['std']:.3f} pixel AUROC {'-' if not pixel else format(pixel['mean'], '.3f')} "
-                  f"({time.perf_counter() - t0:.0f} s)", flush=True)
+            print(result_line(f"{args.model_dir} {variant} {' '.join(args.overrides)} {category}", res, time.perf_counter() - t0), flush=True)
 
 
 if __name__ == "__main__":
