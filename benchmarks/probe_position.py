@@ -18,7 +18,7 @@ import time
 import torch
 
 import model.ebm.energy as energy_module
-from model.ebm.sparse import _chunk_rows, fista_energy, local_energy
+from model.ebm.sparse import fista_energy, local_energy
 from orchestrator.config.loading import load_config, parse_overrides
 from orchestrator.evaluation.evaluate import make_scorer, untrained_model
 from benchmarks.probe_features import DATA, probe, result_line
@@ -48,7 +48,7 @@ def windowed_energy(signals, atoms, lam, max_steps, kind="hard", tau=20.0, top_k
     atom_cells = grid_coordinates(atoms.shape[1], positions)  # (A, 2)
     signal_cells = grid_coordinates(signals.shape[0], positions)  # (n, 2)
     k = min(top_k, atoms.shape[1])
-    rows = _chunk_rows(signals, atoms, chunk_bytes)
+    rows = max(1, chunk_bytes // (atoms.shape[1] * signals.element_size()))  # a (rows × A) block per chunk
     out, columns = [], []
     for chunk, cells in zip(signals.split(rows), signal_cells.split(rows)):
         similarity = chunk @ atoms  # (r, A)
