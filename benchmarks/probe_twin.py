@@ -1,5 +1,5 @@
-"""Probe (docs/benchmarks.md, "A frozen twin beside the trained Ψ"): ours with the features of a trained Ψ, of
-the network it started from, and of both side by side (each position's two feature vectors at unit norm,
+"""Probe (docs/benchmarks.md, "Five levers measured, none adopted", items 2, 4, 5): ours with the features of a
+trained Ψ, of the network it started from, and of both side by side (each position's two feature vectors at unit norm,
 concatenated and scaled by 1/√2, so a similarity is the mean of the two networks' cosines), on chosen
 categories at K = 10 (3 draws, the probes' 160-image class-stratified test subset).
 
@@ -21,6 +21,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from orchestrator.config.loading import parse_overrides, with_values
+from orchestrator.config.schema import Config
 from orchestrator.evaluation.evaluate import make_scorer, untrained_model
 from orchestrator.tracking.artifacts import build_model, load_model_dir
 from benchmarks.probe_features import DATA, probe, result_line
@@ -39,6 +40,21 @@ class TwinFeatures(nn.Module):
         return torch.cat(halves, 1) / math.sqrt(2)  # (B, 2d, h', w')
 
 
+def variant_model(model_dir: str, variant: str, overrides: dict) -> tuple[nn.Module, Config]:
+    """The model one variant scores with (trained, untrained or twin) and its config; overrides build the model
+    for another scoring config over the same weights."""
+    trained, cfg, _ = load_model_dir(model_dir)
+    if overrides:
+        cfg = with_values(cfg, overrides)
+        weights, trained = trained.state_dict(), build_model(cfg)
+        trained.load_state_dict(weights)
+    if variant == "untrained":
+        return untrained_model(cfg), cfg
+    if variant == "twin":
+        trained.backbone = TwinFeatures(trained.backbone, untrained_model(cfg).backbone)
+    return trained, cfg
+
+
 def main(argv: list[str]) -> None:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.probe_twin", description=__doc__.split("\n")[0])
     parser.add_argument("model_dir")
@@ -48,23 +64,13 @@ def main(argv: list[str]) -> None:
     parser.add_argument("--variants", default="trained,untrained,twin", type=lambda text: text.split(","))
     args = parser.parse_args(argv)
     torch.set_num_threads(2)
-    for category in args.categories:
-        for variant in args.variants:
-            trained, cfg, meta = load_model_dir(args.model_dir)
-            if args.overrides:  # the same weights in a model built for the overridden config
-                cfg = with_values(cfg, parse_overrides(args.overrides))
-                weights, trained = trained.state_dict(), build_model(cfg)
-                trained.load_state_dict(weights)
-            if variant == "untrained":
-                model = untrained_model(cfg)
-            elif variant == "twin":
-                model = trained
-                model.backbone = TwinFeatures(trained.backbone, untrained_model(cfg).backbone)
-            else:
-                model = trained
+    for variant in args.variants:
+        model, cfg = variant_model(args.model_dir, variant, parse_overrides(args.overrides))
+        for category in args.categories:
             t0 = time.perf_counter()
             res = probe(make_scorer("ours", model, cfg), args.data, category, cfg.data.image_size)
-            print(result_line(f"{args.model_dir} {variant} {' '.join(args.overrides)} {category}", res, time.perf_counter() - t0), flush=True)
+            label = f"{args.model_dir} {variant} {' '.join(args.overrides)} {category}"
+            print(result_line(label, res, time.perf_counter() - t0), flush=True)
 
 
 if __name__ == "__main__":

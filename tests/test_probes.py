@@ -8,12 +8,11 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from benchmarks import probe_position
 from benchmarks.probe_position import grid_coordinates, windowed_energy
 from benchmarks.probe_twin import TwinFeatures
 from model.ebm.sparse import fista_energy
 
-SIDE = 32  # the probe's grid guess for 128-px images at stride 4
+SIDE = 32  # the grid of 128-px images at stride 4
 POSITIONS = SIDE * SIDE
 
 
@@ -22,11 +21,7 @@ def unit(rows: int, dim: int, seed: int) -> torch.Tensor:
 
 
 def energies(radius: float, signals: torch.Tensor, atoms: torch.Tensor) -> torch.Tensor:
-    probe_position.RADIUS[0] = radius
-    try:
-        return windowed_energy(signals, atoms, 0.05, 20, top_k=4)
-    finally:
-        probe_position.RADIUS[0] = math.inf
+    return windowed_energy(signals, atoms, 0.05, 20, top_k=4, radius=radius, positions=POSITIONS)
 
 
 def test_grid_coordinates_are_row_major_per_image():
