@@ -323,9 +323,26 @@ def test_ablations_are_typed_values_that_render_as_before():
     # the words metrics.json, the logs and the report have always shown
     assert describe(ABLATIONS["istc"]) == ["model.solver=istc", "model.lam_star=0.1"]
     assert describe(ABLATIONS["noise_only"]) == ["inpaint.kinds=[noise]"]
-    assert describe(ABLATIONS["noise_init"]) == ["inpaint.min_frac=1.0", "inpaint.max_frac=1.0"]
+    assert describe(ABLATIONS["noise_init"]) == ["inpaint.kinds=[noise]", "inpaint.min_frac=1.0", "inpaint.max_frac=1.0"]
     for name, values in ABLATIONS.items():  # each parses back to itself, so --set gives the same variant
         assert parse_overrides(describe(values)) == values, name
+
+
+def test_noise_init_starts_every_chain_from_pure_noise():
+    """Section 3.3's alternative to inpainting: the chain starts from uniform noise over the whole image. Under
+    the default corruption kinds a whole-image cutpaste or blend would start it from a donor image instead."""
+    import torch
+
+    from model.ebm.inpaint import corrupt
+    from orchestrator.stages.experiments import variant_config
+
+    inpaint = variant_config(Config(), "noise_init", "screw").inpaint
+    images, donors = torch.zeros(8, 3, 16, 16), torch.ones(5, 3, 16, 16)
+    corrupted, mask = corrupt(images, tuple(inpaint.kinds), inpaint.min_frac, inpaint.max_frac,
+                              generator=torch.Generator().manual_seed(0), donors=donors)
+    assert mask.all()  # every pixel of every start is replaced
+    assert (corrupted < 1).all() and (corrupted > 0).float().mean() > 0.99  # U[0, 1) noise, no donor's ones
+    assert corrupted.std() > 0.2
 
 
 def test_overrides_in_code_are_a_mapping_not_words():

@@ -44,7 +44,9 @@ ABLATIONS: dict[str, dict[str, Any]] = {
     "nosparsity": {"model.shrink": "none"},  # Table 4: plain least squares, no shrinkage
     "j1": {"langevin.steps": 1},  # Langevin steps J
     "j10": {"langevin.steps": 10},
-    "noise_init": {"inpaint.min_frac": 1.0, "inpaint.max_frac": 1.0},  # negatives start from pure noise
+    # negatives start from pure noise (Section 3.3's alternative): the whole image, and only the noise kind —
+    # a whole-image cutpaste or blend would start the chain from another category's normal image
+    "noise_init": {"inpaint.kinds": ["noise"], "inpaint.min_frac": 1.0, "inpaint.max_frac": 1.0},
 }
 
 
