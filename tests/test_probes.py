@@ -1,5 +1,6 @@
 """The probes of docs/benchmarks.md that change what the model computes: the position-windowed top-k search
-(benchmarks/probe_position.py) and the frozen twin of Ψ (benchmarks/probe_twin.py)."""
+(benchmarks/probe_position.py), the frozen twin of Ψ (benchmarks/probe_twin.py) and l × l volume similarities
+from shifted cell maps (benchmarks/probe_l3_search.py)."""
 from __future__ import annotations
 
 import math
@@ -8,6 +9,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from benchmarks.probe_l3_search import volume_similarity_shifted, volume_similarity_unfold
 from benchmarks.probe_position import grid_coordinates, windowed_energy
 from benchmarks.probe_twin import TwinFeatures
 from model.ebm.sparse import fista_energy
@@ -67,3 +69,24 @@ def test_twin_similarity_is_the_mean_of_the_two_cosines():
     a, b = pair[0, :, 1, 1], pair[1, :, 3, 2]
     cos = [F.cosine_similarity(net(images)[0, :, 1, 1], net(images)[1, :, 3, 2], dim=0) for net in (first, second)]
     assert torch.isclose(a.norm(), torch.tensor(1.0)) and torch.isclose(a @ b, (cos[0] + cos[1]) / 2, atol=1e-6)
+
+
+def test_shifted_cell_maps_give_the_volume_cosines_of_the_unfold():
+    """Against a numpy reference built position by position from zero-padded 3 × 3 volumes, and against the
+    model's unfold, on a grid small enough that a third of the positions touch the border."""
+    g = torch.Generator().manual_seed(3)
+    queries, atoms = torch.randn(2, 4, 5, 6, generator=g), torch.randn(3, 4, 5, 6, generator=g)  # (B|K, d, h, w)
+    shifted = volume_similarity_shifted(queries, atoms, 3).numpy()  # (2·30, 3·30)
+
+    def volume(x: np.ndarray, i: int, j: int) -> np.ndarray:  # (d, h, w) -> the unit 3 × 3 volume at (i, j)
+        padded = np.pad(x, ((0, 0), (1, 1), (1, 1)))
+        v = padded[:, i:i + 3, j:j + 3].ravel()
+        return v / np.linalg.norm(v)
+
+    q = [volume(x, i, j) for x in queries.numpy() for i in range(5) for j in range(6)]
+    a = [volume(x, i, j) for x in atoms.numpy() for i in range(5) for j in range(6)]
+    np.testing.assert_allclose(shifted, np.array(q) @ np.array(a).T, atol=1e-5)
+    np.testing.assert_allclose(shifted, volume_similarity_unfold(queries, atoms, 3).numpy(), atol=1e-5)
+    # l = 1 degenerates to the plain cosines of cells
+    np.testing.assert_allclose(volume_similarity_shifted(queries, atoms, 1).numpy(),
+                               volume_similarity_unfold(queries, atoms, 1).numpy(), atol=1e-5)
