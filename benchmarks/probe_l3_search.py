@@ -4,17 +4,19 @@ maps of the l = 1 (cell by cell) dot products instead of one product of the unfo
 agree up to rounding; the probe times both on features of the default grid (d = 128, 32 × 32 positions, K = 10
 shots) and checks that they pick the same top-k atoms. Nothing in the package changes.
 
-    python -m benchmarks.probe_l3_search [--shots 10] [--side 32] [--dim 128] [--field 3] [--top-k 16]
+    python -m benchmarks.probe_l3_search [--shots 10] [--side 32] [--dim 128] [--field 3] [--top-k 16] [--repeats 5]
+
+Times are medians of --repeats runs after one warm-up (benchmarks.run.timed).
 """
 from __future__ import annotations
 
 import argparse
 import sys
-import time
 
 import torch
 import torch.nn.functional as F
 
+from benchmarks.run import timed
 from model.ebm.sparse import top_similar, unfold_volumes
 
 
@@ -53,15 +55,6 @@ def volume_similarity_shifted(queries: torch.Tensor, atoms: torch.Tensor, field:
     return total.reshape(B * h * w, K * h * w)  # (B·h·w, K·h·w), rows image-major, columns shot-major
 
 
-def best_seconds(fn, repeats: int) -> float:
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return min(times)
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--shots", type=int, default=10)
@@ -69,7 +62,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--dim", type=int, default=128, help="feature width d")
     parser.add_argument("--field", type=int, default=3, help="receptive field l (odd)")
     parser.add_argument("--top-k", type=int, default=16)
-    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--repeats", type=int, default=5)
     args = parser.parse_args(argv)
     if args.field < 1 or args.field % 2 == 0:
         print(f"probe_l3_search: error: --field {args.field}: expected an odd integer >= 1", file=sys.stderr)
@@ -83,9 +76,9 @@ def main(argv: list[str] | None = None) -> int:
         shifted = volume_similarity_shifted(query, atoms, args.field)
         same_atoms = (top_similar(reference, args.top_k)[1].sort(1).values
                       == top_similar(shifted, args.top_k)[1].sort(1).values).all(1).float().mean()
-        unfold_s = best_seconds(lambda: volume_similarity_unfold(query, atoms, args.field), args.repeats)
-        shifted_s = best_seconds(lambda: volume_similarity_shifted(query, atoms, args.field), args.repeats)
-        cell_s = best_seconds(lambda: volume_similarity_unfold(query, atoms, 1), args.repeats)
+        unfold_s = timed(lambda: volume_similarity_unfold(query, atoms, args.field), args.repeats)
+        shifted_s = timed(lambda: volume_similarity_shifted(query, atoms, args.field), args.repeats)
+        cell_s = timed(lambda: volume_similarity_unfold(query, atoms, 1), args.repeats)
     print(f"l = {args.field}, d = {args.dim}, {args.side}x{args.side} positions, K = {args.shots}, one image "
           f"({reference.shape[0]} x {reference.shape[1]} similarities), {torch.get_num_threads()} threads")
     print(f"unfolded volumes (d*l^2 = {args.dim * args.field ** 2} wide): {unfold_s * 1e3:.0f} ms")
