@@ -25,6 +25,7 @@ from orchestrator.config.loading import load_config, parse_overrides
 from orchestrator.evaluation.evaluate import make_scorer, untrained_model
 from benchmarks.probe_features import DATA, probe, result_line
 
+
 def grid_coordinates(count: int, positions: int) -> torch.Tensor:
     """(count,) rows laid out image-major over a side × side grid -> their (row, column) cells (count, 2)."""
     side = math.isqrt(positions)
