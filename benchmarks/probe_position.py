@@ -20,7 +20,7 @@ from functools import partial
 import torch
 
 import model.ebm.energy as energy_module
-from model.ebm.sparse import fista_energy, local_energy
+from model.ebm.sparse import chunk_rows, fista_energy, local_energy
 from orchestrator.config.loading import load_config, parse_overrides
 from orchestrator.evaluation.evaluate import make_scorer, untrained_model
 from benchmarks.probe_features import DATA, probe, result_line
@@ -44,7 +44,7 @@ def windowed_energy(signals, atoms, lam, max_steps, kind="hard", tau=20.0, top_k
     # a window with fewer than k atoms: the rest point at column A, a zero atom, which no code uses
     padded = torch.cat([atoms, atoms.new_zeros(atoms.shape[0], 1)], 1)  # (m, A + 1)
     k = min(top_k, atoms.shape[1])
-    rows = max(1, chunk_bytes // (atoms.shape[1] * signals.element_size()))  # a (rows × A) block per chunk
+    rows = chunk_rows(signals, atoms, chunk_bytes)  # a (rows × A) block per chunk
     out, columns = [], []
     for chunk, cells in zip(signals.split(rows), signal_cells.split(rows)):
         similarity = chunk @ atoms  # (r, A)

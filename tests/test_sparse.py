@@ -472,3 +472,40 @@ def test_merged_per_shot_lists_are_the_top_k_over_the_kept_shots(keep, per_shot)
     assert torch.equal(index, kept_columns[expected.indices])
     with pytest.raises(InputError, match="do not split into 5 shots"):
         top_per_shot(signals, atoms[:, :-1], shots, k)
+
+
+def test_fista_stops_each_problem_on_its_own():
+    """A problem that meets the tolerance keeps its code while slower problems of the batch iterate on: its
+    solution is the one it gets alone (a stopping test over the whole batch kept it iterating, so its code
+    depended on its batch-mates)."""
+    from model.ebm.sparse import fista_solve
+
+    gen = torch.Generator().manual_seed(5)
+    grams, corrs = [], []
+    for shift in (0.0, 3.0):  # nearly orthogonal atoms (stops early) and strongly correlated ones (slow)
+        atoms = torch.nn.functional.normalize(torch.randn(6, 4, generator=gen, dtype=torch.float64) + shift, dim=0)
+        grams.append(atoms.T @ atoms)  # (k, k)
+        corrs.append(atoms.T @ torch.randn(6, generator=gen, dtype=torch.float64))  # (k,) Dᵀz
+    grams, corr = torch.stack(grams), torch.stack(corrs)  # (2, k, k), (2, k)
+    alone = [fista_solve(grams[i:i + 1], corr[i:i + 1], 0.05, 500, tol=1e-3) for i in range(2)]
+    together = fista_solve(grams, corr, 0.05, 500, tol=1e-3)
+    assert torch.equal(together[0:1], alone[0]) and torch.equal(together[1:2], alone[1])
+    # the case has teeth: iterating the first problem on (as its slow batch-mate does) still moves its code
+    assert not torch.equal(fista_solve(grams[0:1], corr[0:1], 0.05, 500, tol=1e-9), alone[0])
+
+
+def test_fista_energy_does_not_depend_on_chunks_or_groups():
+    """A signal's energy is its own: the same scored alone, in one group, or split into many chunks and FISTA
+    groups (the stopping test is per signal)."""
+    from model.ebm.sparse import fista_energy
+
+    gen = torch.Generator().manual_seed(11)
+    base = torch.randn(6, 24, generator=gen)  # correlated features, as Ψ's are
+    signals = torch.nn.functional.normalize(torch.randn(90, 6, generator=gen) @ base + 1.5, dim=1)  # (n, m)
+    atoms = torch.nn.functional.normalize(torch.randn(400, 6, generator=gen) @ base + 1.5, dim=1).T  # (m, A)
+    whole = fista_energy(signals, atoms, 0.05, 50, top_k=8, tol=1e-3)
+    pieces = fista_energy(signals, atoms, 0.05, 50, top_k=8, tol=1e-3, chunk_bytes=4 * 400 * 7,
+                          solve_bytes=4 * 8 * 24 * 20)  # 7-row search chunks, FISTA over 3 chunks at a time
+    alone = torch.cat([fista_energy(signals[i:i + 1], atoms, 0.05, 50, top_k=8, tol=1e-3) for i in range(90)])
+    torch.testing.assert_close(pieces, whole, rtol=0, atol=1e-6)
+    torch.testing.assert_close(alone, whole, rtol=0, atol=1e-6)
