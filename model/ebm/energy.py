@@ -428,8 +428,8 @@ class ShotSubsets:
 
     Exact where `AdaptiveEBM.codes_subsets` holds: a shot's prepared atoms are the same in every subset, and the
     k atoms a position is coded over are the k most similar of the subset's, which are among the k most similar
-    of their own shot (`top_per_shot`, `merge_top`). The FISTA runs differ from adapting anew only in how signals
-    are grouped for its stopping test (energies agree to ~1e-5; tests/test_energy.py)."""
+    of their own shot (`top_per_shot`, `merge_top`). FISTA stops each signal on its own, so energies differ from
+    adapting anew only by the rounding of the two similarity products (tests/test_energy.py)."""
 
     def __init__(self, model: AdaptiveEBM, shot_features: torch.Tensor):
         """shot_features: Ψ of the K shots (K, d, h', w')."""

@@ -170,8 +170,8 @@ def fista_solve(gram, corr: torch.Tensor, lam: float, max_steps: int, kind: str 
     """FISTA on ½αᵀGα − αᵀc + λ‖α‖₁ (Eq. 5 up to the constant ½‖z‖²), G = DᵀD, c = Dᵀz.
 
     gram: (n, k, k) one small Gram per problem, or a function codes -> G·codes; corr c (n, k). lipschitz
-    (n, 1) or (1, 1): ‖D‖₂² (the top eigenvalue of each small Gram when not given). Iterates until the
-    largest code change is below `tol` (only when no gradient is being recorded: an unrolled,
+    (n, 1) or (1, 1): ‖D‖₂² (the top eigenvalue of each small Gram when not given). Iterates each problem
+    until its largest code change is below `tol` (only when no gradient is being recorded: an unrolled,
     differentiable solve runs all `max_steps`) or `max_steps` is reached. With kind "hard" (Eq. 7, the
     soft threshold) this is the exact Lasso solver; "sigshrink" uses Eq. 9 as the proximal map; "none" is
     plain accelerated gradient descent. Returns codes α (n, k).
@@ -179,7 +179,7 @@ def fista_solve(gram, corr: torch.Tensor, lam: float, max_steps: int, kind: str 
     The tolerance is tested per problem: a problem whose code moved by at most `tol` keeps that code while
     the others iterate on, so each problem's solution is the same whether it is solved alone or in a batch
     of any size (a test over the whole batch made it depend on its batch-mates), and batches can be large,
-    which on CPU costs a third of as many small batches (per-operation overhead dominates k×k problems).
+    which on CPU costs about a third of as many small batches (k = 16: per-operation overhead dominates).
     """
     if callable(gram):
         apply_gram = gram
@@ -317,8 +317,8 @@ def fista_energy(
 def local_energy(signals: torch.Tensor, atoms: torch.Tensor, corr: torch.Tensor, index: torch.Tensor, lam: float,
                  max_steps: int, kind: str = "hard", tau: float = 20.0, tol: float = 1e-4) -> torch.Tensor:
     """`fista_energy` once each signal's atoms are chosen: signals (r, m), atoms (m, A), their similarities
-    corr (r, k) = Dₖᵀz to the atoms of columns index (r, k) -> ‖z − Dₖα*‖² (r,). One FISTA run: its tolerance
-    is checked over all r signals at once."""
+    corr (r, k) = Dₖᵀz to the atoms of columns index (r, k) -> ‖z − Dₖα*‖² (r,). One FISTA run over all r
+    signals, each stopping on its own tolerance."""
     atom_rows = atoms.transpose(0, 1)  # (A, m)
     if not atom_rows.is_contiguous():  # gathering rows of a strided view is slow: copy it once
         atom_rows = atom_rows.contiguous()
