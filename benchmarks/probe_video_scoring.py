@@ -1,4 +1,4 @@
-"""Probe (docs/benchmarks.md, "FISTA stops each problem on its own"): the time the video stage spends scoring
+"""Probe (docs/benchmarks.md, "FISTA stops each position on its own"): the time the video stage spends scoring
 one scene — every K of experiments.video_shots × video_draws support draws, as `orchestrator.evaluation.video`
 scores them — and the frame AUROC of each draw, for one model directory. Run it from the root of any checkout
 (with PYTHONPATH=.) to compare two commits' scoring on the same model and machine; --save keeps the scores of

@@ -193,24 +193,21 @@ def fista_solve(gram, corr: torch.Tensor, lam: float, max_steps: int, kind: str 
     codes = corr.new_zeros(corr.shape)  # α₀ = 0
     momentum_point, t = codes, 1.0
     track = not torch.is_grad_enabled() or not corr.requires_grad
-    moving = None  # (n, 1) problems still iterating, once the tolerance is tracked
+    moving = torch.ones(corr.shape[0], 1, dtype=torch.bool, device=corr.device)  # (n, 1) problems still iterating
     for _ in range(max_steps):
         step = momentum_point - (apply_gram(momentum_point) - corr) / lipschitz
         new = _shrink_step(step, lam_t, kind, tau, lipschitz)
         t_next = (1.0 + math.sqrt(1.0 + 4.0 * t * t)) / 2.0
         new_momentum = new + ((t - 1.0) / t_next) * (new - codes)
+        t = t_next
         if not track:  # an unrolled, differentiable solve: every problem runs all max_steps
-            codes, momentum_point, t = new, new_momentum, t_next
+            codes, momentum_point = new, new_momentum
             continue
         still = (new - codes).abs().amax(1, keepdim=True) > tol  # (n, 1): moved more than tol this step
-        if moving is None:
-            codes, momentum_point = new, new_momentum
-            moving = still
-        else:  # a problem that stopped keeps its code: the step it stopped at was its last
-            codes = torch.where(moving, new, codes)
-            momentum_point = torch.where(moving, new_momentum, momentum_point)
-            moving = moving & still
-        t = t_next
+        # a problem that stopped keeps its code: the step it stopped at was its last
+        codes = torch.where(moving, new, codes)
+        momentum_point = torch.where(moving, new_momentum, momentum_point)
+        moving = moving & still
         if not bool(moving.any()):
             break
     return codes
